@@ -1,0 +1,292 @@
+"""``InstructIPT``: the backbone, its task modulation and the ordered task names, with save/load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .io import atomic_write, atomic_write_text
+from .models import IPTV2, IPTConfig
+from .modulation import ModulationConfig, ParameterCount, TaskModulation, modulate
+from .modulation.modulate import TaskSpec
+
+DEFAULT_TASKS: tuple[str, ...] = ("denoise", "deblur", "derain", "dehaze", "desnow")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "instruct-ipt"
+ADAPTER_FORMAT = "instruct-ipt-adapter"
+
+
+class CheckpointError(ValueError):
+    """A saved model or adapter does not fit: the message names what differs."""
+
+
+def _diff(ours: dict[str, Any], theirs: dict[str, Any], what: str) -> list[str]:
+    keys = sorted(set(ours) | set(theirs))
+    return [f"{what}.{k}: {theirs.get(k)!r} in the file, {ours.get(k)!r} in the model" for k in keys if ours.get(k) != theirs.get(k)]
+
+
+class InstructIPT(nn.Module):
+    """All-in-one restoration model: an :class:`IPTV2` backbone whose task-sensitive weights are
+    modulated per task (``W + B1[t] @ B2[t]``).
+
+    ``modulation=None`` builds the plain backbone (one shared model for all tasks): the baseline
+    the paper compares against, with the same save/load and forward signature.
+    """
+
+    def __init__(
+        self,
+        config: IPTConfig | str = "small",
+        tasks: Sequence[str] = DEFAULT_TASKS,
+        modulation: ModulationConfig | None = ModulationConfig(),
+    ) -> None:
+        super().__init__()
+        self.config = IPTConfig.named(config) if isinstance(config, str) else config
+        self.backbone = IPTV2(self.config)
+        self.modulation_config = modulation
+        self.modulation: TaskModulation | None = None
+        if modulation is not None:
+            self.modulation = modulate(
+                self.backbone,
+                tasks,
+                rank=modulation.rank,
+                targets=modulation.targets,
+                strategy=modulation.strategy,
+                proportion=modulation.proportion,
+            )
+            self._tasks = self.modulation.tasks  # shared list: add_task updates both
+        else:
+            self._tasks = list(tasks)
+            if len(set(self._tasks)) != len(self._tasks) or not self._tasks:
+                raise ValueError(f"task names must be unique and non-empty, got {list(tasks)}")
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._tasks)
+
+    @property
+    def modulated(self) -> bool:
+        return self.modulation is not None
+
+    def task_index(self, task: str | int) -> int:
+        if self.modulation is not None:
+            return self.modulation.task_index(task)
+        if isinstance(task, int):
+            if not 0 <= task < len(self._tasks):
+                raise ValueError(f"task index {task} out of range for {len(self._tasks)} tasks")
+            return task
+        if task not in self._tasks:
+            raise ValueError(f"unknown task {task!r}; this model knows: {', '.join(self._tasks)}")
+        return self._tasks.index(task)
+
+    def forward(self, x: torch.Tensor, tasks: TaskSpec | None = None) -> torch.Tensor:
+        """Restore ``x`` (``(B, 3, H, W)`` in [0, 1]).
+
+        ``tasks``: one task name/index for the batch, or one per sample (list or 1-D tensor).
+        It may be omitted only after :meth:`merge`.
+        """
+        if self.modulation is None:
+            if tasks is not None:
+                self._check_tasks(tasks)
+            return self.backbone(x)
+        if tasks is None and self.modulation.merged_task is None:
+            raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
+        if tasks is None:
+            return self.backbone(x)
+        if not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
+            raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
+        with self.modulation.select(tasks):
+            return self.backbone(x)
+
+    def _check_tasks(self, tasks: TaskSpec) -> None:
+        if isinstance(tasks, (str, int)):
+            self.task_index(tasks)
+        elif not isinstance(tasks, torch.Tensor):
+            for t in tasks:
+                self.task_index(t)
+
+    # single-task inference ----------------------------------------------------------
+    def merge(self, task: str | int) -> "InstructIPT":
+        """Fold ``task``'s biases into the weights: forward then costs exactly the backbone."""
+        if self.modulation is not None:
+            self.modulation.merge(task)
+        return self
+
+    def unmerge(self) -> "InstructIPT":
+        if self.modulation is not None:
+            self.modulation.unmerge()
+        return self
+
+    def export_merged(self, task: str | int) -> nn.Module:
+        """A plain :class:`IPTV2` for one task (no modulation code needed to run it)."""
+        if self.modulation is None:
+            import copy
+
+            return copy.deepcopy(self.backbone)
+        return self.modulation.export_merged(task)
+
+    def add_task(self, name: str) -> int:
+        """Add a downstream task; its biases start at zero effect (the backbone's output)."""
+        if self.modulation is None:
+            raise ValueError("a plain (unmodulated) model has no task biases to add")
+        return self.modulation.add_task(name)
+
+    # accounting ---------------------------------------------------------------------
+    def parameter_count(self) -> ParameterCount:
+        if self.modulation is None:
+            n = sum(p.numel() for p in self.parameters())
+            return ParameterCount(backbone=n, per_task=0, tasks=len(self._tasks), layers=0)
+        return self.modulation.parameter_count()
+
+    def backbone_fingerprint(self) -> str:
+        """SHA-256 of the backbone weights: an adapter only makes sense on the backbone it was trained on."""
+        h = hashlib.sha256()
+        params = self.modulation.backbone_parameters() if self.modulation else list(self.parameters())
+        names = {id(p): n for n, p in self.named_parameters()}
+        for p in sorted(params, key=lambda p: names[id(p)]):
+            h.update(names[id(p)].encode())
+            h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
+        return h.hexdigest()
+
+    # save / load --------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": __version__,
+            "backbone": self.config.to_dict(),
+            "tasks": self.tasks,
+            "modulation": None if self.modulation_config is None else self.modulation_config.to_dict(),
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (each atomically)."""
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config_dict(), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict[str, Any]) -> "InstructIPT":
+        if cfg.get("format") != FORMAT:
+            raise CheckpointError(f"not an instruct-ipt model config (format={cfg.get('format')!r})")
+        try:
+            backbone = IPTConfig.from_dict(cfg["backbone"])
+            mod = None if cfg.get("modulation") is None else ModulationConfig.from_dict(cfg["modulation"])
+            return cls(backbone, cfg["tasks"], mod)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"invalid model config: {e}") from e
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+    ) -> "InstructIPT":
+        """Load a model written by :meth:`save_pretrained`."""
+        directory = Path(directory)
+        cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for p in (cfg_path, weights_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found: a saved model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+        model = cls.from_config_dict(cfg)
+        state = load_file(str(weights_path), device=str(device))
+        model._load_checked(state, str(weights_path))
+        return model.to(device)
+
+    def _load_checked(self, state: dict[str, torch.Tensor], source: str) -> None:
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [
+            f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+            for k in sorted(set(own) & set(state))
+            if state[k].shape != own[k].shape
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            problems.append(f"shape mismatch in {len(shapes)} tensors: " + "; ".join(shapes[:3]))
+        if problems:
+            raise CheckpointError(f"{source} does not match its config: " + " | ".join(problems))
+        self.load_state_dict(state)
+
+    # adapters: one task's biases alone ------------------------------------------------
+    def save_adapter(self, path: str | os.PathLike, task: str) -> Path:
+        """Save one task's biases (a few percent of the model) to a ``.safetensors`` file."""
+        if self.modulation is None:
+            raise ValueError("a plain (unmodulated) model has no task biases")
+        state = self.modulation.task_state_dict(task)
+        meta = {
+            "format": ADAPTER_FORMAT,
+            "version": __version__,
+            "task": self.tasks[self.task_index(task)],
+            "backbone": json.dumps(self.config.to_dict(), sort_keys=True),
+            "modulation": json.dumps(self.modulation_config.to_dict(), sort_keys=True),
+            "backbone_sha256": self.backbone_fingerprint(),
+        }
+        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+    def load_adapter(
+        self, path: str | os.PathLike, task: str | None = None, replace: bool = False, check_backbone: bool = True
+    ) -> str:
+        """Attach a task saved by :meth:`save_adapter`; returns the task name.
+
+        A new task name is added to the model; an existing one is overwritten only with
+        ``replace=True``. The adapter must come from the same backbone config, modulation
+        config and (unless ``check_backbone=False``) the same backbone weights.
+        """
+        if self.modulation is None:
+            raise ValueError("a plain (unmodulated) model cannot take task biases")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != ADAPTER_FORMAT:
+            raise CheckpointError(f"{path} is not an instruct-ipt adapter")
+        problems = _diff(self.config.to_dict(), json.loads(meta["backbone"]), "backbone")
+        problems += _diff(self.modulation_config.to_dict(), json.loads(meta["modulation"]), "modulation")
+        if problems:
+            raise CheckpointError(f"{path} was made for another model: " + "; ".join(problems))
+        if check_backbone and meta.get("backbone_sha256") != self.backbone_fingerprint():
+            raise CheckpointError(
+                f"{path} was trained on different backbone weights (checksum differs); "
+                "pass check_backbone=False to attach it anyway"
+            )
+        name = task or meta["task"]
+        if name in self._tasks and not replace:
+            raise ValueError(f"task {name!r} already exists; pass replace=True to overwrite its biases")
+        state = load_file(str(path), device=str(next(self.parameters()).device))
+        added = name not in self._tasks
+        if added:
+            self.add_task(name)
+        try:
+            self.modulation.load_task_state_dict(name, state)
+        except ValueError as e:
+            if added:  # leave the model as it was
+                self._drop_last_task()
+            raise CheckpointError(f"{path}: {e}") from e
+        return name
+
+    def _drop_last_task(self) -> None:
+        assert self.modulation is not None
+        for _, layer in self.modulation.layers():
+            layer.task_B1 = nn.Parameter(layer.task_B1.detach()[:-1].clone())
+            layer.task_B2 = nn.Parameter(layer.task_B2.detach()[:-1].clone())
+        self._tasks.pop()
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.tasks}, modulation={self.modulation_config}"

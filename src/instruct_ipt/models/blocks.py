@@ -1,0 +1,213 @@
+"""Transformer building blocks of the IPT-V2-style backbone.
+
+Every layer that weight modulation may target (``qkv``, ``proj``, ``ffn.expand``, ``ffn.reduce``)
+is a 1x1 ``nn.Conv2d`` applied to the whole ``(B, C, H, W)`` map *before* tokens are regrouped
+into windows or grid groups. That keeps dimension 0 equal to the sample index, which per-sample
+task modulation relies on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """Layer norm over channels at each pixel (channel-normalised pre-norm)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        x = (x - mu) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class FocalContextAttention(nn.Module):
+    """Focal context self-attention: channel self-attention inside non-overlapping windows.
+
+    Q, K, V come from a 1x1 conv followed by a 3x3 depthwise conv. Inside each window the
+    attention matrix is ``d x d`` over the channels of a head (as in Restormer's MDTA), so its
+    cost is linear in the window area. ``shift=True`` rolls the map by half a window first
+    (used by alternate blocks) so information crosses window borders. Windows larger than the
+    map shrink to the map; maps that are not a multiple of the window are zero-padded, which is
+    exactly neutral for channel attention (padded tokens add zero to every channel dot product).
+    """
+
+    def __init__(self, dim: int, heads: int, window_size: int, shift: bool = False) -> None:
+        super().__init__()
+        self.heads = heads
+        self.window_size = window_size
+        self.shift = shift
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
+        self.qkv_dw = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=False)
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.proj = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv_dw(self.qkv(x))
+        wh, ww = min(self.window_size, h), min(self.window_size, w)
+        sh, sw = (wh // 2, ww // 2) if self.shift else (0, 0)
+        if sh or sw:
+            qkv = torch.roll(qkv, shifts=(-sh, -sw), dims=(2, 3))
+        ph, pw = (-h) % wh, (-w) % ww
+        if ph or pw:
+            qkv = F.pad(qkv, (0, pw, 0, ph))
+        hp, wp = h + ph, w + pw
+        nh, nw = hp // wh, wp // ww
+        d = c // self.heads
+        # (B, 3, heads, d, nh, wh, nw, ww) -> (3, B*nh*nw, heads, d, wh*ww)
+        t = qkv.view(b, 3, self.heads, d, nh, wh, nw, ww)
+        t = t.permute(1, 0, 4, 6, 2, 3, 5, 7).reshape(3, b * nh * nw, self.heads, d, wh * ww)
+        q, k, v = t[0], t[1], t[2]
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        out = attn.softmax(dim=-1) @ v  # (B*nh*nw, heads, d, wh*ww)
+        out = out.view(b, nh, nw, self.heads, d, wh, ww).permute(0, 3, 4, 1, 5, 2, 6)
+        out = out.reshape(b, c, hp, wp)[:, :, :h, :w]
+        if sh or sw:
+            out = torch.roll(out, shifts=(sh, sw), dims=(2, 3))
+        return self.proj(out)
+
+
+class GridAttention(nn.Module):
+    """Global grid self-attention: spatial attention among tokens on a sparse image-wide grid.
+
+    As in MaxViT's grid attention, the map is split into a ``g x g`` grid of cells and tokens
+    at the same offset inside every cell attend to each other, so each group spans the whole
+    image. Maps that are not a multiple of ``g`` are zero-padded and the padded keys masked out.
+    """
+
+    def __init__(self, dim: int, heads: int, grid_size: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.grid_size = grid_size
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
+        self.proj = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        gh, gw = min(self.grid_size, h), min(self.grid_size, w)
+        ph, pw = (-h) % gh, (-w) % gw
+        qkv = self.qkv(x)
+        if ph or pw:
+            qkv = F.pad(qkv, (0, pw, 0, ph))
+        hp, wp = h + ph, w + pw
+        ch, cw = hp // gh, wp // gw  # cell size
+        d = c // self.heads
+        # row index = i * ch + a: grid position i, offset a. Groups are offsets (a, b).
+        t = qkv.view(b, 3, self.heads, d, gh, ch, gw, cw)
+        t = t.permute(1, 0, 5, 7, 2, 4, 6, 3).reshape(3, b * ch * cw, self.heads, gh * gw, d)
+        mask = None
+        if ph or pw:
+            rows = torch.arange(gh, device=x.device)[:, None] * ch + torch.arange(ch, device=x.device)
+            cols = torch.arange(gw, device=x.device)[:, None] * cw + torch.arange(cw, device=x.device)
+            valid = (rows < h)[:, None, :, None] & (cols < w)[None, :, None, :]  # (gh, gw, ch, cw)
+            mask = valid.permute(2, 3, 0, 1).reshape(1, ch * cw, 1, 1, gh * gw)
+            mask = mask.expand(b, -1, -1, -1, -1).reshape(b * ch * cw, 1, 1, gh * gw)
+        out = F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=mask)
+        out = out.view(b, ch, cw, self.heads, gh, gw, d).permute(0, 3, 6, 4, 1, 5, 2)
+        out = out.reshape(b, c, hp, wp)[:, :, :h, :w]
+        return self.proj(out)
+
+
+class FeedForward(nn.Module):
+    """Gated FFN: 1x1 expand, 3x3 depthwise, GELU gate, 1x1 reduce."""
+
+    def __init__(self, dim: int, expansion: float) -> None:
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.expand = nn.Conv2d(dim, hidden * 2, 1, bias=False)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=False)
+        self.reduce = nn.Conv2d(hidden, dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, g = self.dwconv(self.expand(x)).chunk(2, dim=1)
+        return self.reduce(F.gelu(g) * a)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: focal context attention, global grid attention, gated FFN."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window_size: int,
+        grid_size: int,
+        ffn_expansion: float,
+        shift: bool = False,
+        grid_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim)
+        self.attn = FocalContextAttention(dim, heads, window_size, shift=shift)
+        self.norm2 = LayerNorm2d(dim) if grid_attention else None
+        self.grid = GridAttention(dim, heads, grid_size) if grid_attention else None
+        self.norm3 = LayerNorm2d(dim)
+        self.ffn = FeedForward(dim, ffn_expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        if self.grid is not None:
+            x = x + self.grid(self.norm2(x))
+        return x + self.ffn(self.norm3(x))
+
+
+class Stage(nn.Module):
+    """A run of transformer blocks at one resolution; odd blocks use shifted windows."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        window_size: int,
+        grid_size: int,
+        ffn_expansion: float,
+        grid_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *(
+                TransformerBlock(
+                    dim, heads, window_size, grid_size, ffn_expansion, shift=bool(i % 2), grid_attention=grid_attention
+                )
+                for i in range(depth)
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Downsample(nn.Module):
+    """3x3 conv halving the channels, then PixelUnshuffle(2): (C, H, W) -> (2C, H/2, W/2)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False)
+        self.shuffle = nn.PixelUnshuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+class Upsample(nn.Module):
+    """3x3 conv doubling the channels, then PixelShuffle(2): (C, H, W) -> (C/2, 2H, 2W)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim * 2, 3, padding=1, bias=False)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))

@@ -1,0 +1,81 @@
+"""IPT-V2-style U-Net image-processing transformer.
+
+Layer names are part of the API: weight modulation selects layers by name, and later
+feature-adaptation modules hook into the explicit stages (``encoders[i]``, ``bottleneck``,
+``decoders[i]``, ``refine``)::
+
+    embed                       3x3 conv, in -> C                 (never modulated)
+    encoders[i]                 Stage at width C*2**i
+    downsamples[i].conv         3x3 conv + PixelUnshuffle(2)
+    bottleneck                  Stage at width C*2**levels
+    upsamples[i].conv           3x3 conv + PixelShuffle(2), width C*2**(i+1) -> C*2**i
+    reduces[i]                  1x1 conv after the skip concat, 2*C*2**i -> C*2**i
+    decoders[i]                 Stage at width C*2**i
+    refine                      Stage at width C
+    output                      3x3 conv, C -> in; output = input + residual
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Downsample, Stage, Upsample
+from .config import IPTConfig
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad the bottom/right so both sides are multiples; replicate where reflect can't."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+class IPTV2(nn.Module):
+    """U-Net of transformer stages with a global residual; accepts any input size."""
+
+    def __init__(self, config: IPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        widths = [c.dim * 2**i for i in range(c.levels + 1)]
+
+        def stage(level: int, depth: int) -> Stage:
+            return Stage(
+                widths[level], depth, c.heads[level], c.window_size, c.grid_size, c.ffn_expansion, c.grid_attention
+            )
+
+        self.embed = nn.Conv2d(c.in_channels, c.dim, 3, padding=1)
+        self.encoders = nn.ModuleList(stage(i, d) for i, d in enumerate(c.encoder_depths))
+        self.downsamples = nn.ModuleList(Downsample(widths[i]) for i in range(c.levels))
+        self.bottleneck = stage(c.levels, c.bottleneck_depth)
+        self.upsamples = nn.ModuleList(Upsample(widths[i + 1]) for i in range(c.levels))
+        self.reduces = nn.ModuleList(nn.Conv2d(widths[i] * 2, widths[i], 1, bias=False) for i in range(c.levels))
+        self.decoders = nn.ModuleList(stage(i, d) for i, d in enumerate(c.decoder_depths))
+        self.refine = stage(0, c.refine_depth)
+        self.output = nn.Conv2d(c.dim, c.in_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected a (batch, {self.config.in_channels}, height, width) tensor, got shape {tuple(x.shape)}"
+            )
+        xp, (h, w) = pad_to_multiple(x, self.config.size_multiple)
+        feats = self.embed(xp)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downsamples):
+            feats = encoder(feats)
+            skips.append(feats)
+            feats = down(feats)
+        feats = self.bottleneck(feats)
+        for i in reversed(range(self.config.levels)):
+            feats = self.upsamples[i](feats)
+            feats = self.reduces[i](torch.cat([feats, skips[i]], dim=1))
+            feats = self.decoders[i](feats)
+        feats = self.refine(feats)
+        out = xp + self.output(feats)
+        return out[..., :h, :w]

@@ -1,0 +1,26 @@
+"""Weight modulation: per-task low-rank biases on the task-sensitive layers of any ``nn.Module``."""
+
+from .layers import ModulatedConv2d, ModulatedLayer, ModulatedLinear, TaskSelection
+from .modulate import (
+    DEFAULT_TARGETS,
+    TARGET_GROUPS,
+    ModulationConfig,
+    ParameterCount,
+    TaskFreeze,
+    TaskModulation,
+    modulate,
+)
+
+__all__ = [
+    "modulate",
+    "TaskModulation",
+    "TaskFreeze",
+    "ModulationConfig",
+    "ParameterCount",
+    "ModulatedLayer",
+    "ModulatedLinear",
+    "ModulatedConv2d",
+    "TaskSelection",
+    "DEFAULT_TARGETS",
+    "TARGET_GROUPS",
+]

@@ -1,0 +1,224 @@
+"""Modulated layers: a base ``nn.Linear``/``nn.Conv2d`` plus a low-rank bias per task.
+
+For task ``t`` the layer computes with ``W + reshape(B1[t] @ B2[t])`` where ``B1`` is
+``(tasks, out, r)`` and ``B2`` is ``(tasks, r, in/groups * k * k)``. Biases of all tasks live in
+two stacked parameters (not one module per task) so every parameter takes part in every step,
+which DistributedDataParallel requires even when a batch lacks some task.
+
+``B1`` starts at zero, so a freshly modulated layer computes exactly its base layer. The base
+layer is never modified: ``merge`` caches ``W + delta`` in a non-persistent buffer and
+``unmerge`` drops it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TaskSelection:
+    """Which task the next forward uses, shared by every modulated layer of one model.
+
+    Either one task index for the whole batch (``index``) or one index per sample (``ids``,
+    a 1-D long tensor whose length is the batch size).
+    """
+
+    __slots__ = ("index", "ids", "_ids_by_device")
+
+    def __init__(self) -> None:
+        self.index: int | None = None
+        self.ids: torch.Tensor | None = None
+        self._ids_by_device: dict[torch.device, torch.Tensor] = {}
+
+    def set(self, index: int | None = None, ids: torch.Tensor | None = None) -> None:
+        self.index, self.ids = index, ids
+        self._ids_by_device = {} if ids is None else {ids.device: ids}
+
+    def ids_on(self, device: torch.device) -> torch.Tensor:
+        assert self.ids is not None
+        if device not in self._ids_by_device:
+            self._ids_by_device[device] = self.ids.to(device)
+        return self._ids_by_device[device]
+
+    def __deepcopy__(self, memo: dict) -> "TaskSelection":
+        # A copied model gets its own selection, shared by the copied layers (memo keeps that).
+        new = TaskSelection()
+        new.set(self.index, None if self.ids is None else self.ids.clone())
+        return new
+
+
+class ModulatedLayer(nn.Module):
+    """Common part of :class:`ModulatedLinear` and :class:`ModulatedConv2d`."""
+
+    base_layer: nn.Module
+
+    def __init__(self, base_layer: nn.Module, num_tasks: int, rank: int, selection: TaskSelection) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        if num_tasks < 1:
+            raise ValueError("a modulated layer needs at least one task")
+        self.base_layer = base_layer
+        self.rank = rank
+        self.selection = selection
+        w = base_layer.weight
+        out_features = w.shape[0]
+        fan_in = w[0].numel()  # in/groups * k * k
+        self.task_B1 = nn.Parameter(torch.zeros(num_tasks, out_features, rank, device=w.device, dtype=w.dtype))
+        self.task_B2 = nn.Parameter(self._init_B2(num_tasks, fan_in, w))
+        self.merged_task: int | None = None
+        self.register_buffer("merged_weight", None, persistent=False)
+
+    def _init_B2(self, n: int, fan_in: int, like: torch.Tensor) -> torch.Tensor:
+        # Same scale as a freshly initialised layer of this fan-in (kaiming-uniform, a=sqrt(5)).
+        bound = 1.0 / math.sqrt(fan_in)
+        return torch.empty(n, self.rank, fan_in, device=like.device, dtype=like.dtype).uniform_(-bound, bound)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.task_B1.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight W (never modified)."""
+        return self.base_layer.weight
+
+    def delta_weight(self, task: int) -> torch.Tensor:
+        """``B1[task] @ B2[task]`` in the shape of W."""
+        return (self.task_B1[task] @ self.task_B2[task]).view_as(self.weight)
+
+    def task_weight(self, task: int) -> torch.Tensor:
+        return self.weight + self.delta_weight(task)
+
+    def add_tasks(self, n: int = 1) -> None:
+        """Append ``n`` task rows initialised to zero effect (B1 = 0)."""
+        b1 = torch.zeros(n, *self.task_B1.shape[1:], device=self.task_B1.device, dtype=self.task_B1.dtype)
+        b2 = self._init_B2(n, self.task_B2.shape[2], self.task_B2)
+        self.task_B1 = nn.Parameter(torch.cat([self.task_B1.detach(), b1]))
+        self.task_B2 = nn.Parameter(torch.cat([self.task_B2.detach(), b2]))
+
+    @torch.no_grad()
+    def merge(self, task: int) -> None:
+        """Cache ``W + delta[task]`` so forward costs exactly one base-layer call."""
+        self.merged_weight = self.task_weight(task).detach().clone()
+        self.merged_task = task
+
+    def unmerge(self) -> None:
+        self.merged_weight = None
+        self.merged_task = None
+
+    def to_plain(self, task: int) -> nn.Module:
+        """A copy of the base layer whose weight is ``W + delta[task]``."""
+        import copy
+
+        plain = copy.deepcopy(self.base_layer)
+        with torch.no_grad():
+            plain.weight.copy_(self.task_weight(task))
+        return plain
+
+    # forward -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sel = self.selection
+        if self.merged_weight is not None:
+            if sel.ids is not None or (sel.index is not None and sel.index != self.merged_task):
+                raise RuntimeError(
+                    f"layer is merged for task {self.merged_task}; call unmerge() before running other tasks"
+                )
+            return self._forward_with_weight(x, self.merged_weight)
+        if sel.index is not None:
+            return self._forward_with_weight(x, self.task_weight(sel.index))
+        if sel.ids is None:
+            raise RuntimeError("no task selected for a modulated layer: pass tasks to the model's forward")
+        ids = sel.ids_on(x.device)
+        if ids.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"{ids.shape[0]} task ids for a batch of {x.shape[0]}: modulated layers need dim 0 to index samples"
+            )
+        return self._forward_mixed(x, ids)
+
+    def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.num_tasks}, rank={self.rank}"
+
+
+class ModulatedLinear(ModulatedLayer):
+    """``nn.Linear`` with per-task low-rank weight biases; input ``(B, ..., in)``."""
+
+    def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.base_layer.bias)
+
+    def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        w = self.weight.unsqueeze(0) + self.task_B1[ids] @ self.task_B2[ids]  # (B, out, in)
+        y = torch.bmm(x.reshape(b, -1, x.shape[-1]), w.transpose(1, 2))
+        if self.base_layer.bias is not None:
+            y = y + self.base_layer.bias
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+class ModulatedConv2d(ModulatedLayer):
+    """``nn.Conv2d`` with per-task low-rank weight biases; input ``(B, C, H, W)``.
+
+    Mixed batches run batched, with no loop over samples: pointwise and grouped convs use each
+    sample's full weight (a batched matmul, or one conv with ``B * groups`` groups); dense kxk
+    convs add a low-rank path beside the shared base conv, which is cheaper on CPU than a
+    grouped conv with per-sample kxk weights.
+    """
+
+    def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
+
+    def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        conv: nn.Conv2d = self.base_layer
+        b = x.shape[0]
+        pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid", "same")
+        if conv.groups == 1 and not pointwise:
+            return self._forward_mixed_low_rank(x, ids)
+        # each sample's full weight W + B1[t] @ B2[t]; the same FLOPs as the base layer
+        w = self.weight.unsqueeze(0) + (self.task_B1[ids] @ self.task_B2[ids]).view(b, *self.weight.shape)
+        if conv.groups == 1:  # pointwise: a batched matmul
+            y = torch.bmm(w.view(b, w.shape[1], -1), x.flatten(2)).view(b, -1, *x.shape[2:])
+            return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+        xp, padding = self._pad(x)  # grouped (e.g. depthwise): one conv with B * groups groups
+        bias = None if conv.bias is None else conv.bias.repeat(b)
+        y = F.conv2d(
+            xp.reshape(1, -1, *xp.shape[2:]),
+            w.reshape(-1, *self.weight.shape[1:]),
+            bias,
+            stride=conv.stride,
+            padding=padding,
+            dilation=conv.dilation,
+            groups=b * conv.groups,
+        )
+        return y.view(b, -1, *y.shape[2:])
+
+    def _forward_mixed_low_rank(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Dense kxk conv: shared base conv, plus each sample's ``B2`` as a grouped conv to ``r``
+        channels and its ``B1`` as a batched matmul (cheaper than per-sample full kxk weights)."""
+        conv: nn.Conv2d = self.base_layer
+        b = x.shape[0]
+        base = conv(x)
+        xp, padding = self._pad(x)
+        h = F.conv2d(
+            xp.reshape(1, -1, *xp.shape[2:]),
+            self.task_B2[ids].reshape(b * self.rank, *self.weight.shape[1:]),
+            stride=conv.stride,
+            padding=padding,
+            dilation=conv.dilation,
+            groups=b,
+        )
+        return base + torch.bmm(self.task_B1[ids], h.view(b, self.rank, -1)).view_as(base)
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | str]:
+        conv: nn.Conv2d = self.base_layer
+        if conv.padding_mode == "zeros":
+            return x, conv.padding
+        return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), (0, 0)

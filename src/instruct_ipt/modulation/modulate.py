@@ -1,0 +1,354 @@
+"""``modulate()``: give any ``nn.Module`` per-task low-rank weight biases, and the handle to drive them."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .layers import ModulatedConv2d, ModulatedLayer, ModulatedLinear, TaskSelection
+
+#: Task-sensitive layer groups of the paper (names of :class:`~instruct_ipt.models.IPTV2`).
+#: Not the image embedder, not norms, not depthwise convs.
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "sampling": ("downsamples.*.conv", "upsamples.*.conv"),
+    "reduction": ("reduces.*",),
+    "output": ("output",),
+    "qkv": ("*.attn.qkv", "*.grid.qkv"),
+    "projection": ("*.attn.proj", "*.grid.proj"),
+    "ffn": ("*.ffn.expand", "*.ffn.reduce"),
+}
+DEFAULT_TARGETS: tuple[str, ...] = tuple(p for group in TARGET_GROUPS.values() for p in group)
+
+Strategy = Literal["constant", "proportional"]
+TaskSpec = str | int | Sequence[str | int] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ModulationConfig:
+    """How a model is modulated; saved in ``config.json``."""
+
+    rank: int = 8
+    #: ``constant``: every layer gets ``rank``; ``proportional``: round(proportion * min(out, in*k*k))
+    strategy: Strategy = "constant"
+    proportion: float = 0.05
+    #: fnmatch patterns over qualified module names
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.strategy not in ("constant", "proportional"):
+            raise ValueError(f"unknown rank strategy {self.strategy!r}; use 'constant' or 'proportional'")
+        if self.strategy == "constant" and self.rank < 1:
+            raise ValueError("rank must be at least 1")
+        if self.strategy == "proportional" and not 0 < self.proportion <= 1:
+            raise ValueError("proportion must be in (0, 1]")
+
+    def rank_for(self, weight: torch.Tensor) -> int:
+        if self.strategy == "constant":
+            return self.rank
+        return max(1, round(self.proportion * min(weight.shape[0], weight[0].numel())))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModulationConfig":
+        return cls(**d)
+
+
+@dataclass
+class ParameterCount:
+    backbone: int
+    per_task: int
+    tasks: int
+    layers: int
+    ranks: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def share(self) -> float:
+        """Extra parameters of one task as a fraction of the backbone."""
+        return self.per_task / self.backbone if self.backbone else 0.0
+
+
+def _wrap(module: nn.Module, num_tasks: int, rank: int, selection: TaskSelection) -> ModulatedLayer:
+    if isinstance(module, nn.Linear):
+        return ModulatedLinear(module, num_tasks, rank, selection)
+    return ModulatedConv2d(module, num_tasks, rank, selection)
+
+
+def modulate(
+    model: nn.Module,
+    tasks: Sequence[str],
+    rank: int = 8,
+    targets: Sequence[str] | Callable[[str, nn.Module], bool] = DEFAULT_TARGETS,
+    strategy: Strategy = "constant",
+    proportion: float = 0.05,
+) -> "TaskModulation":
+    """Replace each targeted ``nn.Linear``/``nn.Conv2d`` of ``model`` (in place) by a modulated layer.
+
+    ``targets`` are fnmatch patterns over qualified module names (``"*.attn.qkv"``), or a
+    predicate ``(name, module) -> bool``. Every pattern must match at least one layer, so a typo
+    fails loudly. Returns the :class:`TaskModulation` handle that selects tasks, merges, and
+    groups parameters.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("modulate() needs at least one task")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"task names must be unique, got {tasks}")
+    if any(isinstance(m, ModulatedLayer) for m in model.modules()):
+        raise ValueError("model is already modulated")
+    pattern_targets = not callable(targets)
+    config = ModulationConfig(
+        rank=rank, strategy=strategy, proportion=proportion, targets=tuple(targets) if pattern_targets else ()
+    )
+    if pattern_targets:
+        patterns = tuple(targets)
+
+        def wanted(name: str, module: nn.Module) -> bool:
+            return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    else:
+        wanted = targets  # type: ignore[assignment]
+
+    chosen = [
+        (name, m)
+        for name, m in model.named_modules()
+        if name and isinstance(m, (nn.Linear, nn.Conv2d)) and wanted(name, m)
+    ]
+    if pattern_targets:
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n, _ in chosen)]
+        if unmatched:
+            raise ValueError(f"target patterns matched no Linear/Conv2d layer: {', '.join(unmatched)}")
+    if not chosen:
+        raise ValueError("no layer matched the modulation targets")
+
+    selection = TaskSelection()
+    for name, module in chosen:
+        layer = _wrap(module, len(tasks), config.rank_for(module.weight), selection)
+        _set_submodule(model, name, layer)
+    return TaskModulation(model, tasks, config, selection)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+class TaskModulation:
+    """Handle of a modulated model: task names, task selection, merging, parameter groups."""
+
+    def __init__(self, model: nn.Module, tasks: list[str], config: ModulationConfig, selection: TaskSelection):
+        self.model = model
+        self.tasks = tasks
+        self.config = config
+        self.selection = selection
+
+    # layers --------------------------------------------------------------------
+    def layers(self) -> Iterator[tuple[str, ModulatedLayer]]:
+        """Modulated layers by qualified name, in model order."""
+        for name, m in self.model.named_modules():
+            if isinstance(m, ModulatedLayer):
+                yield name, m
+
+    # task selection ----------------------------------------------------------------
+    def task_index(self, task: str | int) -> int:
+        if isinstance(task, (int,)) and not isinstance(task, bool):
+            if not 0 <= task < len(self.tasks):
+                raise ValueError(f"task index {task} out of range for {len(self.tasks)} tasks")
+            return task
+        if task not in self.tasks:
+            raise ValueError(f"unknown task {task!r}; this model knows: {', '.join(self.tasks)}")
+        return self.tasks.index(task)
+
+    @contextlib.contextmanager
+    def _restoring(self, previous: tuple[int | None, torch.Tensor | None]) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.selection.set(*previous)
+
+    def select(self, tasks: TaskSpec | None) -> contextlib.AbstractContextManager[None]:
+        """Choose the task(s) of the next forward passes.
+
+        ``tasks`` is one name/index for the whole batch, or a sequence / 1-D tensor with one
+        name or index per sample (a mixed-task batch). Takes effect at once; used as a context
+        manager it restores the previous selection on exit.
+        """
+        previous = (self.selection.index, self.selection.ids)
+        if tasks is None:
+            self.selection.set()
+        elif isinstance(tasks, (str, int)):
+            self.selection.set(index=self.task_index(tasks))
+        elif isinstance(tasks, torch.Tensor):
+            ids = tasks.long().reshape(-1)
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.tasks)):
+                raise ValueError(f"task ids must be in [0, {len(self.tasks)}), got {ids.tolist()}")
+            self.selection.set(ids=ids)
+        else:
+            idx = [self.task_index(t) for t in tasks]
+            if not idx:
+                raise ValueError("empty task list")
+            self.selection.set(ids=torch.tensor(idx, dtype=torch.long))
+        return self._restoring(previous)
+
+    # merging -------------------------------------------------------------------
+    def merge(self, task: str | int) -> None:
+        """Fold one task's biases into every layer's weight for zero-overhead inference."""
+        t = self.task_index(task)
+        for _, layer in self.layers():
+            layer.merge(t)
+        self.selection.set(index=t)
+
+    def unmerge(self) -> None:
+        for _, layer in self.layers():
+            layer.unmerge()
+
+    @property
+    def merged_task(self) -> str | None:
+        merged = {layer.merged_task for _, layer in self.layers()}
+        if merged == {None}:
+            return None
+        (t,) = merged
+        return None if t is None else self.tasks[t]
+
+    def export_merged(self, task: str | int) -> nn.Module:
+        """A deep copy of the model with plain layers holding ``W + delta[task]``: no modulation left."""
+        t = self.task_index(task)
+        plain = copy.deepcopy(self.model)
+        for name, m in list(plain.named_modules()):
+            if isinstance(m, ModulatedLayer):
+                _set_submodule(plain, name, m.to_plain(t))
+        return plain
+
+    # tasks ---------------------------------------------------------------------
+    def add_task(self, name: str) -> int:
+        """Add a task whose biases start at zero effect; returns its index.
+
+        The stacked parameters are replaced by longer ones, so build optimizers afterwards.
+        """
+        if name in self.tasks:
+            raise ValueError(f"task {name!r} already exists")
+        for _, layer in self.layers():
+            layer.add_tasks(1)
+        self.tasks.append(name)
+        return len(self.tasks) - 1
+
+    def task_state_dict(self, task: str | int) -> dict[str, torch.Tensor]:
+        """One task's biases, keyed ``<layer>.task_B1`` / ``<layer>.task_B2`` (adapter-style)."""
+        t = self.task_index(task)
+        out = {}
+        for name, layer in self.layers():
+            out[f"{name}.task_B1"] = layer.task_B1[t].detach().clone()
+            out[f"{name}.task_B2"] = layer.task_B2[t].detach().clone()
+        return out
+
+    @torch.no_grad()
+    def load_task_state_dict(self, task: str | int, state: dict[str, torch.Tensor]) -> None:
+        """Set one task's biases from :meth:`task_state_dict` output; names and shapes must match."""
+        t = self.task_index(task)
+        expected = {f"{n}.task_B{i}": p for n, layer in self.layers() for i, p in ((1, layer.task_B1), (2, layer.task_B2))}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                "task biases do not fit this model's modulated layers"
+                + (f"; missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "") if missing else "")
+                + (f"; unexpected: {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "") if unexpected else "")
+            )
+        for key, param in expected.items():
+            if tuple(state[key].shape) != tuple(param.shape[1:]):
+                raise ValueError(
+                    f"{key}: shape {tuple(state[key].shape)} does not match the model's {tuple(param.shape[1:])}"
+                    " (different rank or layer size)"
+                )
+        for key, param in expected.items():
+            param[t].copy_(state[key])
+
+    # parameter groups ------------------------------------------------------------
+    def task_parameters(self) -> list[nn.Parameter]:
+        """The stacked bias parameters (one row per task in each)."""
+        return [p for _, layer in self.layers() for p in (layer.task_B1, layer.task_B2)]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the model that is not a task bias."""
+        bias_ids = {id(p) for p in self.task_parameters()}
+        return [p for p in self.model.parameters() if id(p) not in bias_ids]
+
+    def freeze(self, train_tasks: Sequence[str | int] | None = None, train_backbone: bool = False) -> "TaskFreeze":
+        """Train only some tasks' biases (and optionally the backbone); keep the rest bit-identical.
+
+        Returns a :class:`TaskFreeze`: build the optimizer from ``freeze.parameters`` and call
+        ``freeze.attach(optimizer)``. ``train_tasks=None`` means all tasks.
+        """
+        rows = sorted({self.task_index(t) for t in (train_tasks if train_tasks is not None else self.tasks)})
+        return TaskFreeze(self, rows, train_backbone)
+
+    def parameter_count(self) -> ParameterCount:
+        backbone = sum(p.numel() for p in self.backbone_parameters())
+        per_task = sum(p[0].numel() for p in self.task_parameters())
+        ranks = {name: layer.rank for name, layer in self.layers()}
+        return ParameterCount(backbone=backbone, per_task=per_task, tasks=len(self.tasks), layers=len(ranks), ranks=ranks)
+
+
+class TaskFreeze:
+    """Freezes the backbone and/or some task rows of the stacked biases for a training phase.
+
+    Frozen rows are protected twice: their gradients are zeroed (so clipping and optimizer
+    moments never see them) and, after every optimizer step, they are copied back from a
+    snapshot (so weight decay or stale momentum cannot move them either). The result is
+    bit-identical rows whatever the optimizer.
+    """
+
+    def __init__(self, modulation: TaskModulation, train_rows: list[int], train_backbone: bool) -> None:
+        self.modulation = modulation
+        self.train_rows = train_rows
+        self.train_backbone = train_backbone
+        bias = modulation.task_parameters()
+        backbone = modulation.backbone_parameters()
+        self._requires_grad = {id(p): p.requires_grad for p in bias + backbone}
+        self._all = bias + backbone
+        for p in backbone:
+            p.requires_grad_(train_backbone)
+        for p in bias:
+            p.requires_grad_(True)
+        n = len(modulation.tasks)
+        frozen = [t for t in range(n) if t not in train_rows]
+        self.frozen_rows = frozen
+        self._snapshots: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._handles: list[Any] = []
+        if frozen:
+            for p in bias:
+                keep = torch.zeros(n, *([1] * (p.ndim - 1)), dtype=p.dtype, device=p.device)
+                keep[train_rows] = 1
+                self._handles.append(p.register_hook(lambda g, keep=keep: g * keep))
+                self._snapshots.append((p, p.detach()[frozen].clone()))
+        self.parameters: list[nn.Parameter] = (backbone if train_backbone else []) + bias
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore frozen rows after each step of ``optimizer``."""
+        if self.frozen_rows:
+            self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, snap in self._snapshots:
+            p[self.frozen_rows] = snap
+
+    def release(self) -> None:
+        """Remove hooks and give every parameter back its previous ``requires_grad``."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p in self._all:
+            p.requires_grad_(self._requires_grad[id(p)])

@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from instruct_ipt.models import IPTV2, FocalContextAttention, GridAttention, IPTConfig, LayerNorm2d
+
+
+@pytest.mark.parametrize("size", [(37, 53), (1, 1), (5, 3), (16, 24)])
+def test_any_input_size_round_trips(size):
+    model = IPTV2(IPTConfig.tiny()).eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_global_residual_output_layer_zero_is_identity():
+    model = IPTV2(IPTConfig.tiny())
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.zero_()
+    x = torch.rand(1, 3, 19, 21)
+    assert torch.equal(model(x), x)
+
+
+def test_named_sizes_parameter_budgets():
+    def params(cfg):
+        return sum(p.numel() for p in IPTV2(cfg).parameters())
+
+    assert params(IPTConfig.tiny()) < 0.5e6
+    assert 2e6 <= params(IPTConfig.small()) <= 5e6
+    assert 24e6 <= params(IPTConfig.base()) <= 28e6
+
+
+def test_layer_names_are_explicit():
+    names = dict(IPTV2(IPTConfig.tiny()).named_modules())
+    for n in ["embed", "encoders.0", "downsamples.2.conv", "bottleneck", "upsamples.0.conv", "reduces.1",
+              "decoders.2", "refine", "output", "encoders.0.blocks.0.attn.qkv", "decoders.1.blocks.0.grid.proj",
+              "refine.blocks.0.ffn.expand"]:
+        assert n in names, n
+
+
+def test_config_round_trip_and_errors():
+    cfg = IPTConfig.small()
+    assert IPTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown backbone config keys: bogus"):
+        IPTConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="heads"):
+        IPTConfig(heads=(1, 2))
+    with pytest.raises(ValueError, match="unknown model size"):
+        IPTConfig.named("huge")
+
+
+def test_wrong_channels_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
+        IPTV2(IPTConfig.tiny())(torch.rand(1, 1, 8, 8))
+
+
+def test_layernorm2d_matches_layer_norm_over_channels():
+    norm = LayerNorm2d(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 6, 5, 7)
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(norm(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def reference_window_channel_attention(attn: FocalContextAttention, x: torch.Tensor) -> torch.Tensor:
+    """Loop-based reference: channel attention in each (shifted, clipped) window."""
+    b, c, h, w = x.shape
+    qkv = attn.qkv_dw(attn.qkv(x))
+    wh, ww = min(attn.window_size, h), min(attn.window_size, w)
+    sh, sw = (wh // 2, ww // 2) if attn.shift else (0, 0)
+    qkv = torch.roll(qkv, (-sh, -sw), (2, 3))
+    out = torch.zeros(b, c, h, w)
+    d = c // attn.heads
+    for top in range(0, h, wh):
+        for left in range(0, w, ww):
+            win = qkv[:, :, top:top + wh, left:left + ww]  # edge windows are smaller: zero padding is neutral
+            q, k, v = win.flatten(2).chunk(3, dim=1)
+            for hd in range(attn.heads):
+                sl = slice(hd * d, (hd + 1) * d)
+                qh, kh = F.normalize(q[:, sl], dim=-1), F.normalize(k[:, sl], dim=-1)
+                a = (qh @ kh.transpose(1, 2) * attn.temperature[hd]).softmax(-1)
+                out[:, sl, top:top + wh, left:left + ww] = (a @ v[:, sl]).view(b, d, *win.shape[2:])
+    return attn.proj(torch.roll(out, (sh, sw), (2, 3)))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("size", [(8, 8), (11, 6), (3, 13)])
+def test_focal_context_attention_matches_reference(shift, size):
+    attn = FocalContextAttention(8, heads=2, window_size=4, shift=shift)
+    with torch.no_grad():
+        attn.temperature.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, *size)
+    torch.testing.assert_close(attn(x), reference_window_channel_attention(attn, x), rtol=1e-4, atol=1e-5)
+
+
+def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tensor:
+    """Loop-based reference: tokens at the same offset of every grid cell attend to each other."""
+    b, c, h, w = x.shape
+    gh, gw = min(attn.grid_size, h), min(attn.grid_size, w)
+    ch, cw = math.ceil(h / gh), math.ceil(w / gw)
+    q, k, v = attn.qkv(x).chunk(3, dim=1)
+    d = c // attn.heads
+    out = torch.zeros(b, c, h, w)
+    for a in range(ch):
+        for o in range(cw):
+            rows = [i * ch + a for i in range(gh) if i * ch + a < h]
+            cols = [j * cw + o for j in range(gw) if j * cw + o < w]
+            idx = [(r, cc) for r in rows for cc in cols]
+            for hd in range(attn.heads):
+                sl = slice(hd * d, (hd + 1) * d)
+                tq = torch.stack([q[:, sl, r, cc] for r, cc in idx], 1)  # (b, n, d)
+                tk = torch.stack([k[:, sl, r, cc] for r, cc in idx], 1)
+                tv = torch.stack([v[:, sl, r, cc] for r, cc in idx], 1)
+                o_ = ((tq @ tk.transpose(1, 2)) / math.sqrt(d)).softmax(-1) @ tv
+                for n, (r, cc) in enumerate(idx):
+                    out[:, sl, r, cc] = o_[:, n]
+    return attn.proj(out)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (12, 10), (3, 5)])
+def test_grid_attention_matches_reference(size):
+    attn = GridAttention(8, heads=2, grid_size=4)
+    x = torch.randn(2, 8, *size)
+    torch.testing.assert_close(attn(x), reference_grid_attention(attn, x), rtol=1e-4, atol=1e-5)

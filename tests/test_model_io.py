@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import randomize_task_biases
+from instruct_ipt import CheckpointError, InstructIPT, ModulationConfig
+from instruct_ipt.models import IPTConfig
+
+TASKS = ["denoise", "deblur"]
+
+
+def trained_like(tasks=TASKS, **kw) -> InstructIPT:
+    model = InstructIPT("tiny", tasks=tasks, **kw)
+    if model.modulation is not None:
+        randomize_task_biases(model.modulation)
+    return model
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    model = trained_like(modulation=ModulationConfig(rank=3, strategy="proportional", proportion=0.1))
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = InstructIPT.from_pretrained(tmp_path / "m")
+    assert loaded.tasks == TASKS
+    assert loaded.config == model.config and loaded.modulation_config == model.modulation_config
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 17, 23)
+    with torch.no_grad():
+        assert torch.equal(model(x, ["deblur", "denoise"]), loaded(x, ["deblur", "denoise"]))
+
+
+def test_plain_model_round_trip(tmp_path):
+    model = InstructIPT("tiny", tasks=TASKS, modulation=None)
+    model.save_pretrained(tmp_path)
+    loaded = InstructIPT.from_pretrained(tmp_path)
+    assert loaded.modulation is None and loaded.tasks == TASKS
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x, "deblur"), loaded(x, "deblur"))
+    with pytest.raises(ValueError, match="unknown task"):
+        loaded(x, "dehaze")
+
+
+def test_config_json_is_readable(tmp_path):
+    InstructIPT("tiny", tasks=TASKS).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["format"] == "instruct-ipt"
+    assert cfg["tasks"] == TASKS
+    assert cfg["modulation"]["rank"] == 8 and cfg["modulation"]["strategy"] == "constant"
+    assert "output" in cfg["modulation"]["targets"]
+    assert cfg["backbone"] == IPTConfig.tiny().to_dict()
+
+
+def test_missing_and_mismatched_checkpoints_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        InstructIPT.from_pretrained(tmp_path / "nowhere")
+    trained_like().save_pretrained(tmp_path)
+    # weights from a model of another rank under this config
+    other = InstructIPT("tiny", tasks=TASKS, modulation=ModulationConfig(rank=2))
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"shape mismatch in \d+ tensors: .*task_B1: \(2, \d+, 2\) in the file, \(2, \d+, 8\) in the model"):
+        InstructIPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        InstructIPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="not an instruct-ipt model"):
+        InstructIPT.from_pretrained(tmp_path)
+
+
+def test_save_never_leaves_temp_files(tmp_path):
+    trained_like().save_pretrained(tmp_path)
+    trained_like().save_pretrained(tmp_path)  # overwrite in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_adapter_round_trip_onto_fresh_backbone(tmp_path):
+    base = trained_like()
+    base.save_pretrained(tmp_path / "base")
+    # a downstream task trained on top of the saved model
+    model = InstructIPT.from_pretrained(tmp_path / "base")
+    model.add_task("derain")
+    with torch.no_grad():
+        for _, layer in model.modulation.layers():
+            layer.task_B1[2].normal_(0, 0.05)
+    path = model.save_adapter(tmp_path / "derain.safetensors", "derain")
+    adapter = load_file(str(path))
+    assert all(k.endswith(("task_B1", "task_B2")) for k in adapter)
+    adapter_size = sum(v.numel() for v in adapter.values())
+    assert adapter_size == model.parameter_count().per_task
+
+    fresh = InstructIPT.from_pretrained(tmp_path / "base")
+    assert fresh.load_adapter(path) == "derain"
+    assert fresh.tasks == ["denoise", "deblur", "derain"]
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, "derain"), model(x, "derain"))
+        assert torch.equal(fresh(x, "denoise"), base(x, "denoise"))
+    with pytest.raises(ValueError, match="already exists; pass replace=True"):
+        fresh.load_adapter(path)
+    fresh.load_adapter(path, task="derain", replace=True)
+    assert fresh.load_adapter(path, task="derain-copy") == "derain-copy"
+
+
+def test_adapter_mismatches_name_what_differs(tmp_path):
+    model = trained_like()
+    path = model.save_adapter(tmp_path / "a.safetensors", "deblur")
+    other_rank = InstructIPT("tiny", tasks=TASKS, modulation=ModulationConfig(rank=4))
+    with pytest.raises(CheckpointError, match=r"modulation.rank: 8 in the file, 4 in the model"):
+        other_rank.load_adapter(path, task="x")
+    other_cfg = InstructIPT(IPTConfig(**{**IPTConfig.tiny().to_dict(), "dim": 12}), tasks=TASKS)
+    with pytest.raises(CheckpointError, match=r"backbone.dim: 8 in the file, 12 in the model"):
+        other_cfg.load_adapter(path, task="x")
+    other_weights = trained_like()  # same config, different backbone weights
+    with pytest.raises(CheckpointError, match="different backbone weights"):
+        other_weights.load_adapter(path, task="x")
+    assert other_weights.tasks == TASKS  # nothing was added
+    assert other_weights.load_adapter(path, task="x", check_backbone=False) == "x"
+    with pytest.raises(CheckpointError, match="not an instruct-ipt adapter"):
+        other_weights.load_adapter(_plain_safetensors(tmp_path))
+
+
+def _plain_safetensors(tmp_path):
+    p = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(1)}, str(p))
+    return p

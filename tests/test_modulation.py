@@ -1,0 +1,249 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import randomize_task_biases
+from instruct_ipt import InstructIPT
+from instruct_ipt.models import IPTV2, IPTConfig
+from instruct_ipt.modulation import ModulatedConv2d, ModulatedLayer, ModulatedLinear, modulate
+
+TASKS = ["denoise", "deblur", "derain"]
+
+
+class ConvNet(nn.Module):
+    """A model we did not write: every kind of layer the modulated layers support."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),  # dense kxk
+            nn.GELU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"),  # depthwise, reflect pad
+            nn.Conv2d(8, 16, 1),  # pointwise
+            nn.Conv2d(16, 8, 3, stride=2, padding=1, bias=False),  # strided
+        )
+        self.head = nn.Sequential(nn.Flatten(1), nn.Linear(8 * 4 * 4, 10), nn.ReLU(), nn.Linear(10, 5))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def modulated_convnet(**kw):
+    net = ConvNet()
+    return net, modulate(net, TASKS, rank=2, targets=["body.*", "head.*"], **kw)
+
+
+def test_plain_sequential_models_can_be_modulated():
+    net, mod = modulated_convnet()
+    kinds = {type(m) for _, m in mod.layers()}
+    assert kinds == {ModulatedConv2d, ModulatedLinear}
+    assert len(list(mod.layers())) == 6
+    linear_only = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    m2 = modulate(linear_only, ["a", "b"], rank=3, targets=["0", "2"])
+    randomize_task_biases(m2)
+    x = torch.randn(3, 4)
+    with torch.no_grad(), m2.select("a"):
+        ya = linear_only(x)
+    with torch.no_grad(), m2.select("b"):
+        yb = linear_only(x)
+    assert ya.shape == (3, 2) and not torch.allclose(ya, yb)
+
+
+def test_zero_initialised_model_computes_exactly_the_backbone():
+    backbone = IPTV2(IPTConfig.tiny())
+    reference = copy.deepcopy(backbone)
+    mod = modulate(backbone, TASKS, rank=4)
+    x = torch.rand(3, 3, 20, 28)
+    with torch.no_grad():
+        expected = reference(x)
+        for t in TASKS:
+            with mod.select(t):
+                assert torch.equal(backbone(x), expected)  # W + 0 is exactly W
+        with mod.select(["deblur", "denoise", "derain"]):
+            torch.testing.assert_close(backbone(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def per_sample_reference(model_fn, x, tasks):
+    return torch.cat([model_fn(x[i : i + 1], t) for i, t in enumerate(tasks)])
+
+
+@pytest.mark.parametrize("strategy", ["constant", "proportional"])
+def test_mixed_batch_equals_per_sample_merged_weights(strategy):
+    net, mod = modulated_convnet(strategy=strategy, proportion=0.5)
+    randomize_task_biases(mod, 0.2)
+    x = torch.randn(5, 3, 8, 8)
+    tasks = ["derain", "denoise", "derain", "deblur", "denoise"]
+    with torch.no_grad(), mod.select(tasks):
+        mixed = net(x)
+
+    def merged(xi, t):
+        mod.merge(t)
+        try:
+            with mod.select(None):
+                return net(xi)
+        finally:
+            mod.unmerge()
+
+    with torch.no_grad():
+        expected = per_sample_reference(merged, x, tasks)
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_batch_full_model_matches_exported_single_task_models():
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    x = torch.rand(4, 3, 21, 19)
+    tasks = ["deblur", "derain", "denoise", "deblur"]
+    with torch.no_grad():
+        mixed = model(x, tasks)
+        plain = {t: model.export_merged(t) for t in TASKS}
+        expected = per_sample_reference(lambda xi, t: plain[t](xi), x, tasks)
+        by_ids = model(x, torch.tensor([model.task_index(t) for t in tasks]))
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(by_ids, mixed, rtol=0, atol=0)
+    assert not any(isinstance(m, ModulatedLayer) for t in TASKS for m in plain[t].modules())
+
+
+def test_merge_unmerge_leaves_weights_bit_identical():
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x, "derain")
+        model.merge("derain")
+        assert model.modulation.merged_task == "derain"
+        merged = model(x)  # no task needed once merged
+        same_task = model(x, "derain")
+        with pytest.raises(RuntimeError, match="unmerge"):
+            model(x, "denoise")
+        model.unmerge()
+        after = model(x, "derain")
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(same_task, merged)
+    assert torch.equal(after, expected)
+    assert model.modulation.merged_task is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_gradients_reach_backbone_and_only_present_tasks():
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    x = torch.rand(2, 3, 16, 16)
+    loss = model(x, ["denoise", "derain"]).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.modulation.backbone_parameters())
+    assert any(p.grad.abs().sum() > 0 for p in model.modulation.backbone_parameters())
+    for _, layer in model.modulation.layers():
+        for p in (layer.task_B1, layer.task_B2):
+            assert p.grad[1].abs().sum() == 0  # deblur absent
+    present = sum(float(p.grad[[0, 2]].abs().sum()) for p in model.modulation.task_parameters())
+    assert present > 0
+
+
+def test_bias_only_training_keeps_backbone_and_other_tasks_bit_identical():
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    # momentum from an earlier synchronous phase must not leak into frozen rows
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    x, y = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
+    (model(x, TASKS) - y).abs().mean().backward()
+    opt.step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    freeze = model.modulation.freeze(train_tasks=["derain"], train_backbone=False)
+    opt = torch.optim.AdamW(freeze.parameters, lr=1e-2, weight_decay=0.1)
+    freeze.attach(opt)
+    for _ in range(3):
+        opt.zero_grad()
+        # batches may even contain the frozen tasks: their rows still must not move
+        (model(x, ["derain", "denoise", "derain"]) - y).abs().mean().backward()
+        opt.step()
+    freeze.release()
+
+    changed = set()
+    for k, v in model.state_dict().items():
+        if "task_B" in k:
+            assert torch.equal(v[[0, 1]], before[k][[0, 1]]), k
+            if not torch.equal(v[2], before[k][2]):
+                changed.add(k)
+        else:
+            assert torch.equal(v, before[k]), k
+    assert changed, "the trained task's biases did not change"
+    assert all(p.requires_grad for p in model.parameters())  # release restores requires_grad
+
+
+def test_add_task_starts_at_the_backbone():
+    model = InstructIPT("tiny", tasks=TASKS)
+    plain = model.export_merged("denoise")  # B1 = 0 for every task: the backbone
+    randomize_task_biases(model.modulation)
+    idx = model.add_task("desnow")
+    assert idx == 3 and model.tasks[-1] == "desnow"
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x, "desnow"), plain(x))
+    with pytest.raises(ValueError, match="already exists"):
+        model.add_task("desnow")
+
+
+def test_default_targets_are_the_task_sensitive_groups():
+    model = InstructIPT("tiny", tasks=TASKS)
+    names = {n for n, _ in model.modulation.layers()}
+    assert "embed" not in names
+    assert "output" in names
+    assert {"downsamples.0.conv", "upsamples.2.conv", "reduces.1"} <= names
+    assert "encoders.0.blocks.0.attn.qkv" in names and "encoders.0.blocks.0.attn.proj" in names
+    assert "bottleneck.blocks.0.grid.qkv" in names and "refine.blocks.0.ffn.reduce" in names
+    assert not any(n.endswith(("qkv_dw", "dwconv")) for n in names)
+    assert not any("norm" in n for n in names)
+
+
+def test_rank_strategies():
+    _, const = modulated_convnet()
+    assert set(const.parameter_count().ranks.values()) == {2}
+    net = ConvNet()
+    prop = modulate(net, TASKS, targets=["body.*", "head.*"], strategy="proportional", proportion=0.25)
+    ranks = prop.parameter_count().ranks
+    assert ranks["body.0"] == round(0.25 * min(8, 27))  # out=8, in*k*k=27
+    assert ranks["body.3"] == round(0.25 * min(16, 8))
+    assert ranks["head.3"] == max(1, round(0.25 * min(5, 10)))
+
+
+def test_parameter_accounting():
+    model = InstructIPT("tiny", tasks=TASKS)
+    count = model.parameter_count()
+    per_task = sum(layer.task_B1[0].numel() + layer.task_B2[0].numel() for _, layer in model.modulation.layers())
+    assert count.per_task == per_task
+    assert count.backbone == sum(p.numel() for p in IPTV2(IPTConfig.tiny()).parameters())
+    assert count.share == pytest.approx(per_task / count.backbone)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == count.backbone + len(TASKS) * count.per_task
+
+
+def test_clear_errors():
+    backbone = IPTV2(IPTConfig.tiny())
+    with pytest.raises(ValueError, match="matched no Linear/Conv2d layer: nope.*"):
+        modulate(backbone, TASKS, targets=["output", "nope.*"])
+    mod = modulate(backbone, TASKS)
+    with pytest.raises(ValueError, match="already modulated"):
+        modulate(backbone, TASKS)
+    with pytest.raises(ValueError, match="unknown task 'dehaze'; this model knows: denoise, deblur, derain"):
+        mod.select("dehaze")
+    with pytest.raises(RuntimeError, match="no task selected"):
+        backbone(torch.rand(1, 3, 8, 8))
+    model = InstructIPT("tiny", tasks=TASKS)
+    with pytest.raises(ValueError, match="say which task"):
+        model(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="2 tasks for a batch of 3"):
+        model(torch.rand(3, 3, 8, 8), ["denoise", "deblur"])
+    with pytest.raises(ValueError, match=r"task ids must be in \[0, 3\)"):
+        model(torch.rand(2, 3, 8, 8), torch.tensor([0, 7]))
+
+
+def test_callable_targets():
+    net = ConvNet()
+    mod = modulate(net, TASKS, rank=1, targets=lambda name, m: isinstance(m, nn.Linear))
+    assert {n for n, _ in mod.layers()} == {"head.1", "head.3"}
