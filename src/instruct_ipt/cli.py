@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pathlib import Path
+
 import torch
 
 from . import __version__
@@ -71,6 +73,107 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocols(args: argparse.Namespace, tasks: list[str]) -> dict:
+    from .eval.protocol import default_protocol
+
+    changes = {}
+    if args.channel:
+        changes["channel"] = args.channel
+    if args.crop_border is not None:
+        changes["crop_border"] = args.crop_border
+    if args.no_clamp:
+        changes["clamp"] = False
+    if args.no_quantize:
+        changes["quantize"] = False
+    if args.test_noise:
+        changes["test_noise"] = args.test_noise
+    return {t: default_protocol(t).with_(**changes) for t in tasks}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.degradations import DEGRADATIONS
+    from .data.images import list_images
+    from .data.paired import detect_layout
+    from .eval.runner import Skip, benchmark_cases, evaluate, format_table, summarise, synthetic_cases, write_results
+    from .inference import pick_device, restore_array
+    from .model import InstructIPT
+
+    if not args.data and not args.photos:
+        raise ValueError("give a benchmark folder (--data) or a folder of clean photos (--photos)")
+    if args.model is None and not args.peers:
+        raise ValueError("nothing to evaluate: give --model DIR and/or --peers")
+    model = None
+    if args.model:
+        model = InstructIPT.from_pretrained(args.model, device=pick_device(args.device)).eval()
+
+    skipped_early: list[Skip] = []
+    sources = []  # (cases iterator, number of cases, tasks)
+    for folder in args.data or []:
+        layout = detect_layout(folder)
+        task = args.task or layout.task
+        if task is None:
+            raise ValueError(f"{folder}: the {layout.name} layout does not imply a task; say which with --task")
+        sources.append((folder, [task], len(layout.pairs) + len(layout.unpaired)))
+    if args.photos:
+        known = list(DEGRADATIONS)
+        tasks = args.tasks.split(",") if args.tasks else [t for t in (model.tasks if model else known) if t in known]
+        for t in tasks:
+            if t not in known:
+                skipped_early.append(Skip(f"task {t}", f"no synthetic degradation for it; known: {', '.join(known)}"))
+        tasks = [t for t in tasks if t in known]
+        sources.append((args.photos, tasks, len(list_images(args.photos)) * len(tasks)))
+    all_tasks = list(dict.fromkeys(t for _, ts, _ in sources for t in ts))
+    if model is not None:
+        for t in all_tasks:
+            if t not in model.tasks:
+                skipped_early.append(Skip(f"task {t}", f"the model has no task {t!r}; it knows: {', '.join(model.tasks)}"))
+    protocols = _protocols(args, all_tasks)
+    runnable = [t for t in all_tasks if model is None or t in model.tasks]
+
+    def restore(case) -> "np.ndarray":
+        if model.modulation is not None and model.modulation.merged_task != case.task:
+            model.unmerge().merge(case.task)
+        return restore_array(model, case.input, None if model.modulation is not None else case.task)
+
+    def cases():
+        for folder, tasks, _ in sources:
+            if folder == args.photos:
+                params = {"denoise": {"sigma": args.sigma}} if args.sigma is not None else {}
+                yield from (c for c in synthetic_cases(folder, [t for t in tasks if t in runnable], params, args.seed,
+                                                       args.crop, protocols) if isinstance(c, Skip) or c.task in runnable)
+            elif tasks[0] in runnable:
+                yield from benchmark_cases(folder, tasks[0], args.sigma, protocols[tasks[0]])
+
+    def on_skip(s: Skip) -> None:
+        tqdm.write(f"instruct-ipt eval: {s}", file=sys.stderr)
+
+    for s in skipped_early:
+        on_skip(s)
+    total = sum(n for _, ts, n in sources)
+    with tqdm(total=total, desc="eval", unit="img", disable=None, file=sys.stderr) as bar:
+        records, skipped = evaluate(
+            cases(), restore if model is not None else None, method=args.method, protocols=protocols,
+            peers=args.peers, save_dir=Path(args.out) / "images" if args.save else None,
+            on_skip=on_skip, progress=lambda c: bar.update(1),
+        )
+    skipped = skipped_early + skipped
+    rows = summarise(records)
+    if not rows:
+        print("instruct-ipt eval: error: no image could be evaluated", file=sys.stderr)
+        return 2
+    print(format_table(rows, protocols))
+    meta = {"model": args.model, "device": str(pick_device(args.device)), "seed": args.seed, "version": __version__}
+    json_path, csv_path = write_results(args.out, rows, records, skipped, protocols, meta)
+    print(f"wrote {json_path} and {csv_path}" + (f"; restored images under {Path(args.out) / 'images'}" if args.save else ""))
+    failed = [s for s in skipped if s.fatal]
+    if failed:
+        print(f"{len(failed)} item(s) skipped (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import SIZES
 
@@ -92,6 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macs", type=int, nargs="?", const=128, metavar="SIZE", help="also count MACs at SIZE x SIZE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "eval",
+        help="PSNR/SSIM of a saved model (and classical peers) on benchmark folders or synthetic degradations",
+        description="Evaluate on benchmark folders (GoPro, Rain100L/H, SOTS, CSD, BSD68/CBSD68, input/+target/) "
+        "or on synthetic degradations of a folder of clean photos. Prints a table per task headed by its "
+        "protocol, and writes results.json and results.csv to --out.",
+    )
+    p.add_argument("--model", metavar="DIR", help="saved model folder")
+    p.add_argument("--data", metavar="FOLDER", action="append", help="benchmark folder (repeatable)")
+    p.add_argument("--task", help="task for --data when the layout does not imply one (input/ + target/)")
+    p.add_argument("--photos", metavar="FOLDER", help="clean photos to degrade synthetically, once per task")
+    p.add_argument("--tasks", help="comma-separated tasks for --photos (default: the model's tasks)")
+    p.add_argument("--sigma", type=float, help="noise level (0-255) for denoise: clean-only benchmarks and --photos")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations (default 0)")
+    p.add_argument("--crop", type=int, default=0, help="centre-crop --photos to this size (0: whole image)")
+    g = p.add_argument_group("protocol (defaults: Y channel for derain, RGB otherwise; clamped, uint8-quantised)")
+    g.add_argument("--channel", choices=("rgb", "y", "both"), help="measure on RGB, MATLAB BT.601 Y, or both")
+    g.add_argument("--crop-border", type=int, help="pixels dropped on each side before measuring")
+    g.add_argument("--no-clamp", action="store_true", help="measure raw outputs (not clamped to [0, 1])")
+    g.add_argument("--no-quantize", action="store_true", help="measure float outputs (not rounded to 8 bits)")
+    g.add_argument("--test-noise", choices=("float", "uint8"), help="synthetic noisy inputs as float or rounded to 8 bits")
+    p.add_argument("--peers", action="store_true", help="also run classical baselines (input, BM3D, NLM, dark channel)")
+    p.add_argument("--save", action="store_true", help="write restored images under OUT/images/")
+    p.add_argument("--out", default="eval-results", metavar="DIR", help="folder for results.json/.csv (default eval-results)")
+    p.add_argument("--method", default="instruct-ipt", help="name of the model's rows in the table")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""What every degradation operator shares: sampled parameters, the result type, image checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+#: a fixed value, or a (low, high) range sampled uniformly per image
+Range = Union[float, tuple[float, float]]
+
+
+def sample(rng: np.random.Generator, r: Range) -> float:
+    if isinstance(r, (tuple, list)):
+        lo, hi = r
+        if hi < lo:
+            raise ValueError(f"range {r} has high < low")
+        return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+    return float(r)
+
+
+@dataclass
+class Degraded:
+    """A degraded image with what was sampled to make it."""
+
+    image: np.ndarray  # float32 (H, W, 3)
+    params: dict[str, float] = field(default_factory=dict)
+    #: auxiliary maps: blur kernel, rain streaks, snow mask, transmission ...
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Degradation(Protocol):
+    """``op(clean, rng)`` degrades a float32 (H, W, 3) image in [0, 1]."""
+
+    task: str
+
+    def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded: ...
+
+
+def check_image(img: np.ndarray) -> np.ndarray:
+    """Validate a clean image: float (H, W, 3) in [0, 1]; returns it as float32."""
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected a float (H, W, 3) image in [0, 1], got {getattr(img, 'shape', type(img))}")
+    if img.dtype.kind != "f":
+        raise ValueError(f"expected a float image in [0, 1], got dtype {img.dtype} (divide uint8 by 255)")
+    return img.astype(np.float32, copy=False)
+
+
+def convolve_reflect(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """2-D convolution of each channel (or a 2-D map) with reflect boundaries, via FFT."""
+    kh, kw = kernel.shape
+    ph, pw = kh // 2, kw // 2
+    pad = ((ph, kh - 1 - ph), (pw, kw - 1 - pw)) + ((0, 0),) * (img.ndim - 2)
+    mode = "reflect" if min(img.shape[:2]) > max(ph, pw) else "symmetric"
+    padded = np.pad(img, pad, mode=mode)
+    k = kernel if img.ndim == 2 else kernel[..., None]
+    return fftconvolve(padded, k, mode="valid", axes=(0, 1)).astype(np.float32)
+
+
+def splat(points: np.ndarray, size: int) -> np.ndarray:
+    """Rasterise sub-pixel points (N, 2) as (x, y), centred on the kernel, with bilinear weights.
+
+    The point cloud is shifted so its centroid sits at the kernel centre: a blur made from it
+    does not move the image, so degraded and clean stay aligned.
+    """
+    pts = points - points.mean(axis=0) + (size - 1) / 2
+    pts = np.clip(pts, 0, size - 1 - 1e-6)
+    x0 = np.floor(pts[:, 0]).astype(int)
+    y0 = np.floor(pts[:, 1]).astype(int)
+    fx, fy = pts[:, 0] - x0, pts[:, 1] - y0
+    k = np.zeros((size, size), dtype=np.float64)
+    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(k, (np.minimum(y0 + dy, size - 1), np.minimum(x0 + dx, size - 1)), w)
+    return (k / k.sum()).astype(np.float32)
+
+
+def line_points(length: float, angle_deg: float) -> np.ndarray:
+    """Dense points on a segment of ``length`` px at ``angle_deg`` (0 = horizontal)."""
+    n = max(2, int(np.ceil(length * 4)))
+    s = np.linspace(-length / 2, length / 2, n)
+    a = np.deg2rad(angle_deg)
+    return np.stack([s * np.cos(a), s * np.sin(a)], axis=1)

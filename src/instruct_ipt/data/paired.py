@@ -1,0 +1,139 @@
+"""Benchmark folders: recognise the standard layouts and pair degraded inputs with targets.
+
+Recognised (sub-folder names are matched case-insensitively):
+
+=============  ==========================================  ===========  =======================
+layout         folders                                     task         pairing
+=============  ==========================================  ===========  =======================
+gopro          ``<scene>/blur`` + ``<scene>/sharp``        deblur       same file name
+               (or ``blur`` + ``sharp`` at the top)
+rain100        ``rainy`` + ``norain`` (Rain100L/H)          derain       number in the name
+sots           ``hazy`` + ``clear`` or ``gt`` (SOTS)        dehaze       number before ``_``;
+                                                                        many hazy per clear
+csd            ``Snow`` + ``Gt`` (CSD)                      desnow       same file name
+generic        ``input`` + ``target``                       (given)      same file name
+clean-only     images only, e.g. BSD68 / CBSD68             denoise      noise added, seed 0
+=============  ==========================================  ===========  =======================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .images import list_images
+
+LAYOUT_HELP = (
+    "expected one of: <scene>/blur + <scene>/sharp (GoPro), rainy/ + norain/ (Rain100L/H), "
+    "hazy/ + clear/ or gt/ (SOTS), Snow/ + Gt/ (CSD), input/ + target/ (generic), "
+    "or a folder of clean images only (BSD68/CBSD68, noise is added)"
+)
+
+
+class LayoutError(ValueError):
+    """A benchmark folder that matches no known layout."""
+
+
+@dataclass
+class Pair:
+    name: str
+    target: Path
+    input: Path | None  # None: the input is synthesised from the target (clean-only layouts)
+
+
+@dataclass
+class Layout:
+    name: str
+    task: str | None
+    root: Path
+    pairs: list[Pair]
+    #: inputs that found no target (reported, not evaluated)
+    unpaired: list[Path] = field(default_factory=list)
+
+
+def _subdir(folder: Path, *names: str) -> Path | None:
+    wanted = {n.lower() for n in names}
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() and p.name.lower() in wanted:
+            return p
+    return None
+
+
+def _number_id(stem: str) -> str:
+    m = re.search(r"\d+", stem)
+    return str(int(m.group())) if m else stem
+
+
+def _prefix_id(stem: str) -> str:
+    return _number_id(stem.split("_")[0])
+
+
+def _pair(inputs: Path, targets: Path, key=lambda s: s, prefix: str = "") -> tuple[list[Pair], list[Path]]:
+    by_key = {}
+    for t in list_images(targets):
+        by_key.setdefault(key(t.stem), t)
+    pairs, unpaired = [], []
+    for i in list_images(inputs):
+        t = by_key.get(key(i.stem))
+        if t is None:
+            unpaired.append(i)
+        else:
+            pairs.append(Pair(prefix + i.stem, t, i))
+    return pairs, unpaired
+
+
+def detect_layout(root: str | os.PathLike) -> Layout:
+    """Recognise ``root``'s layout and pair its images; :class:`LayoutError` names what was expected."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    checks = [
+        ("rain100", "derain", ("rainy",), ("norain",), _number_id),
+        ("sots", "dehaze", ("hazy",), ("clear", "gt"), _prefix_id),
+        ("csd", "desnow", ("snow",), ("gt",), lambda s: s),
+        ("gopro", "deblur", ("blur",), ("sharp",), lambda s: s),
+        ("generic", None, ("input",), ("target",), lambda s: s),
+    ]
+    for name, task, in_names, tgt_names, key in checks:
+        inputs, targets = _subdir(root, *in_names), _subdir(root, *tgt_names)
+        if inputs and targets:
+            pairs, unpaired = _pair(inputs, targets, key)
+            if not pairs:
+                raise LayoutError(f"{root}: looks like {name} ({inputs.name}/ + {targets.name}/) but no file pairs up")
+            return Layout(name, task, root, pairs, unpaired)
+    scenes = [d for d in sorted(root.iterdir()) if d.is_dir() and _subdir(d, "blur") and _subdir(d, "sharp")]
+    if scenes:
+        pairs, unpaired = [], []
+        for d in scenes:
+            p, u = _pair(_subdir(d, "blur"), _subdir(d, "sharp"), prefix=f"{d.name}/")
+            pairs += p
+            unpaired += u
+        return Layout("gopro", "deblur", root, pairs, unpaired)
+    clean = list_images(root)
+    if clean:
+        return Layout("clean-only", "denoise", root, [Pair(p.stem, p, None) for p in clean])
+    for sub in ("original_png", "cbsd68", "bsd68", "gt", "clean"):
+        d = _subdir(root, sub)
+        if d and list_images(d):
+            return Layout("clean-only", "denoise", root, [Pair(p.stem, p, None) for p in list_images(d)])
+    raise LayoutError(f"{root}: unrecognised benchmark folder; {LAYOUT_HELP}")
+
+
+class SeededNoise:
+    """Gaussian test noise for clean-only benchmarks, as the standard scripts draw it.
+
+    ``numpy.random.seed(0)`` once, then one ``normal(0, sigma/255, shape)`` draw per image in
+    sorted file order (the DnCNN/Restormer convention), so the noisy set is identical between runs
+    and matches published evaluations.
+    """
+
+    def __init__(self, sigma: float, seed: int = 0) -> None:
+        self.sigma = sigma
+        self.state = np.random.RandomState(seed)
+
+    def __call__(self, clean: np.ndarray) -> np.ndarray:
+        return (clean + self.state.normal(0, self.sigma / 255.0, clean.shape)).astype(np.float32)

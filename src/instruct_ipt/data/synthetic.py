@@ -1,0 +1,140 @@
+"""Training data: random crops of clean photos, degraded on the fly, each sample labelled with its task.
+
+Every random choice of sample ``i`` in epoch ``e`` comes from ``numpy.random.default_rng((seed, e, i))``,
+so a sample is the same whatever the number of DataLoader workers, their order, or the DDP rank
+that draws it, and a resumed run sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .degradations import Degradation
+from .images import list_images, read_rgb
+
+
+def load_clean_images(sources: Sequence[str | os.PathLike | np.ndarray], min_size: int = 0) -> list[np.ndarray]:
+    """Clean photos as uint8 (H, W, 3) arrays (kept in memory: 8 bits per value is enough for targets).
+
+    ``sources`` mixes folders, image files and arrays (uint8, or float in [0, 1]). Images smaller
+    than ``min_size`` on either side are refused by name, since crops would be mostly padding.
+    """
+    images: list[np.ndarray] = []
+    for src in sources:
+        if isinstance(src, np.ndarray):
+            arr = src if src.dtype == np.uint8 else (np.clip(src, 0, 1) * 255 + 0.5).astype(np.uint8)
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            images.append(arr[..., :3])
+            continue
+        p = Path(src)
+        files = list_images(p) if p.is_dir() else [p]
+        if p.is_dir() and not files:
+            raise FileNotFoundError(f"{p}: no images (png, jpg, bmp, tif, webp) in this folder")
+        for f in files:
+            images.append((read_rgb(f) * 255 + 0.5).astype(np.uint8))
+    if not images:
+        raise ValueError("no clean images given")
+    small = [i for i, im in enumerate(images) if min(im.shape[:2]) < min_size]
+    if small:
+        raise ValueError(f"{len(small)} images are smaller than {min_size}px (indices {small[:5]})")
+    return images
+
+
+class TaskSampler:
+    """Draws a task per sample with fixed weights (a mixed-task batch is a batch of these draws)."""
+
+    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+        self.tasks = list(tasks)
+        w = np.array([float((weights or {}).get(t, 1.0)) for t in self.tasks])
+        unknown = sorted(set(weights or {}) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"weights given for unknown tasks: {', '.join(unknown)}")
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError("task weights must be >= 0 and not all zero")
+        self.probs = w / w.sum()
+
+    def __call__(self, rng: np.random.Generator) -> int:
+        return int(rng.choice(len(self.tasks), p=self.probs))
+
+
+def random_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h < size or w < size:  # reflect-pad small photos up to the patch size
+        img = np.pad(img, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")
+        h, w = img.shape[:2]
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    return img[top : top + size, left : left + size]
+
+
+def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One of the 8 flips/rotations of the square, uniformly."""
+    k = int(rng.integers(0, 8))
+    if k >= 4:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(np.rot90(img, k % 4))
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+
+
+class SyntheticDataset(Dataset):
+    """``length`` samples per epoch: a random photo, crop, flip/rotation, then a task's degradation.
+
+    ``degradations`` maps each task to its operator; ``tasks`` fixes the task order (the model's),
+    so ``sample['task']`` is the index the model expects. Samples are dicts with ``input`` and
+    ``target`` (3, P, P) float tensors, ``task`` (int) and ``task_name``.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        degradations: Mapping[str, Degradation],
+        patch_size: int = 128,
+        length: int = 1000,
+        task_weights: Mapping[str, float] | None = None,
+        tasks: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not images:
+            raise ValueError("no clean images")
+        self.images = list(images)
+        self.tasks = list(tasks) if tasks is not None else list(degradations)
+        missing = [t for t in degradations if t not in self.tasks]
+        if missing:
+            raise ValueError(f"degradations for tasks the model lacks: {', '.join(missing)}")
+        self.degradations = dict(degradations)
+        self.active = [t for t in self.tasks if t in self.degradations]
+        self.sampler = TaskSampler(self.active, task_weights)
+        self.patch_size = patch_size
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        name = self.active[self.sampler(rng)]
+        img = self.images[int(rng.integers(len(self.images)))]
+        clean = augment(random_crop(img, self.patch_size, rng), rng).astype(np.float32) / 255.0
+        degraded = self.degradations[name](clean, rng).image
+        return {
+            "input": to_tensor(degraded),
+            "target": to_tensor(clean),
+            "task": self.tasks.index(name),
+            "task_name": name,
+        }

@@ -1,0 +1,126 @@
+"""A fixed validation set: degraded once from clean photos with fixed seeds, cached on disk.
+
+Validation numbers are comparable between runs only if every run sees the same degraded images;
+regenerating them on the fly would tie them to library versions and RNG call order. The cache
+holds float32 ``.npz`` pairs (inputs are not rounded, so noise stays float) and a manifest; it is
+rebuilt only when the sources, crop, seed or degradation parameters change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write, atomic_write_text
+from .degradations import Degradation
+from .images import list_images, read_rgb
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ValidationItem:
+    task: str
+    name: str
+    input: np.ndarray  # float32 (H, W, 3)
+    target: np.ndarray
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    if size <= 0:
+        return img
+    h, w = img.shape[:2]
+    s_h, s_w = min(size, h), min(size, w)
+    top, left = (h - s_h) // 2, (w - s_w) // 2
+    return img[top : top + s_h, left : left + s_w]
+
+
+def _sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    files: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        files += list_images(p) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no clean images in {', '.join(map(str, sources))}")
+    return files
+
+
+def _manifest(files: list[Path], degradations: Mapping[str, Degradation], crop: int, seed: int) -> dict:
+    return {
+        "format": 1,
+        "seed": seed,
+        "crop": crop,
+        "sources": [[f.name, f.stat().st_size] for f in files],
+        "degradations": {t: repr(op) for t, op in degradations.items()},
+    }
+
+
+class ValidationSet:
+    """Items grouped by task, loaded from a cache folder made by :meth:`build`."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{self.folder}: not a validation cache (no {MANIFEST})")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.items: list[ValidationItem] = []
+        for task in self.manifest["degradations"]:
+            for f in sorted((self.folder / task).glob("*.npz")):
+                with np.load(f) as z:
+                    self.items.append(ValidationItem(task, f.stem, z["input"], z["target"]))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest["degradations"])
+
+    def by_task(self, task: str) -> list[ValidationItem]:
+        return [i for i in self.items if i.task == task]
+
+    def __iter__(self) -> Iterator[ValidationItem]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def build(
+        cls,
+        sources: Sequence[str | os.PathLike],
+        degradations: Mapping[str, Degradation],
+        folder: str | os.PathLike,
+        crop: int = 256,
+        seed: int = 0,
+    ) -> "ValidationSet":
+        """Make (or reuse) the cache in ``folder``: each photo centre-cropped to ``crop`` (0: whole),
+        degraded once per task with ``default_rng((seed, crc32(task), photo index))``."""
+        folder = Path(folder)
+        files = _sources(sources)
+        manifest = _manifest(files, degradations, crop, seed)
+        path = folder / MANIFEST
+        if path.is_file() and json.loads(path.read_text()) == manifest:
+            return cls(folder)
+        if path.is_file():
+            path.unlink()  # stale: rebuild
+        for task, op in degradations.items():
+            (folder / task).mkdir(parents=True, exist_ok=True)
+            for old in (folder / task).glob("*.npz"):
+                old.unlink()
+            for i, f in enumerate(files):
+                clean = center_crop(read_rgb(f), crop)
+                rng = np.random.default_rng((seed, zlib.crc32(task.encode()), i))
+                degraded = op(clean, rng).image.astype(np.float32)
+
+                def write(tmp: str, degraded=degraded, clean=clean) -> None:
+                    with open(tmp, "wb") as fh:
+                        np.savez_compressed(fh, input=degraded, target=clean.astype(np.float32))
+
+                atomic_write(folder / task / f"{f.stem}.npz", write)
+        atomic_write_text(path, json.dumps(manifest, indent=2))  # last: marks the cache complete
+        return cls(folder)

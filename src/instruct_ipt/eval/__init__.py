@@ -1,0 +1,6 @@
+"""Evaluation: metrics, protocols, benchmark runs."""
+
+from .metrics import gaussian_window, psnr, rgb_to_y, ssim
+from .protocol import DEFAULT_PROTOCOLS, Protocol, default_protocol
+
+__all__ = ["psnr", "ssim", "rgb_to_y", "gaussian_window", "Protocol", "DEFAULT_PROTOCOLS", "default_protocol"]

@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+from torch.utils.data import DataLoader
+
+from instruct_ipt.data import (
+    LayoutError,
+    SeededNoise,
+    SyntheticDataset,
+    TaskSampler,
+    ValidationSet,
+    detect_layout,
+    load_clean_images,
+)
+from instruct_ipt.data.degradations import JPEG, Haze, Noise
+
+TASKS = ["denoise", "deblur", "dehaze", "jpeg"]
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [data.astronaut()[:120, :100], data.coffee()[:90, :140], data.chelsea()[:64, :64]]
+
+
+def make_ds(photos, **kw):
+    ops = {"denoise": Noise(sigma=25), "dehaze": Haze(), "jpeg": JPEG()}
+    return SyntheticDataset(photos, ops, patch_size=48, length=40, tasks=TASKS, **kw)
+
+
+def test_samples_are_labelled_and_reproducible(photos):
+    ds = make_ds(photos, seed=7)
+    s = ds[3]
+    assert s["input"].shape == (3, 48, 48) and s["target"].shape == (3, 48, 48)
+    assert s["task"] == TASKS.index(s["task_name"]) and s["task_name"] in ("denoise", "dehaze", "jpeg")
+    again = make_ds(photos, seed=7)[3]
+    assert torch.equal(s["input"], again["input"]) and torch.equal(s["target"], again["target"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3]["target"], s["target"])
+
+
+def test_same_batches_whatever_the_worker_count(photos):
+    ds = make_ds(photos, seed=1)
+    one = [b["input"] for b in DataLoader(ds, batch_size=8, num_workers=0)]
+    two = [b["input"] for b in DataLoader(ds, batch_size=8, num_workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_task_weights(photos):
+    ds = make_ds(photos, task_weights={"denoise": 3, "dehaze": 1, "jpeg": 0})
+    names = [ds[i]["task_name"] for i in range(len(ds))]
+    assert "jpeg" not in names and names.count("denoise") > names.count("dehaze")
+    sampler = TaskSampler(["a", "b"], {"a": 1, "b": 3})
+    rng = np.random.default_rng(0)
+    share = np.mean([sampler(rng) for _ in range(4000)])
+    assert share == pytest.approx(0.75, abs=0.03)
+    with pytest.raises(ValueError, match="unknown tasks: c"):
+        TaskSampler(["a"], {"c": 1})
+    with pytest.raises(ValueError, match="lacks: desnow"):
+        SyntheticDataset(photos, {"desnow": Noise()}, tasks=TASKS)
+
+
+def test_small_photos_are_padded_to_the_patch(photos):
+    ds = SyntheticDataset([photos[2][:20, :30]], {"denoise": Noise()}, patch_size=48, length=2)
+    assert ds[0]["input"].shape == (3, 48, 48)
+
+
+def save(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def img(seed, h=24, w=24):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_load_clean_images(tmp_path, photos):
+    save(tmp_path / "a.png", img(0))
+    (tmp_path / "notes.txt").write_text("x")
+    out = load_clean_images([tmp_path, photos[0], np.zeros((30, 30), np.float32)])
+    assert len(out) == 3 and out[2].shape == (30, 30, 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        load_clean_images([tmp_path / "empty"])
+    with pytest.raises(ValueError, match="smaller than 100px"):
+        load_clean_images([tmp_path], min_size=100)
+
+
+@pytest.mark.parametrize(
+    "layout,task,files",
+    [
+        ("gopro", "deblur", ["GOPR0384/blur/000001.png", "GOPR0384/sharp/000001.png", "GOPR0410/blur/000002.png", "GOPR0410/sharp/000002.png"]),
+        ("rain100", "derain", ["rainy/rain-001.png", "norain/norain-001.png", "rainy/rain-002.png", "norain/norain-002.png"]),
+        ("sots", "dehaze", ["hazy/0001_0.8_0.2.jpg", "hazy/0001_0.9_0.16.jpg", "clear/0001.png", "hazy/0002_1_0.2.jpg", "GT/0002.png"]),
+        ("csd", "desnow", ["Snow/1.tif", "Gt/1.tif", "Snow/2.tif", "Gt/2.tif"]),
+        ("generic", None, ["input/x.png", "target/x.png", "input/y.png", "target/y.png"]),
+        ("clean-only", "denoise", ["test001.png", "test002.png"]),
+    ],
+)
+def test_layouts_are_recognised(tmp_path, layout, task, files):
+    if layout == "sots":  # clear/ and GT/ cannot both be the target folder: use one per test
+        files = [f.replace("GT/", "clear/") for f in files]
+    for i, f in enumerate(files):
+        save(tmp_path / f, img(i))
+    found = detect_layout(tmp_path)
+    assert found.name == layout and found.task == task
+    assert len(found.pairs) == 2 if layout != "sots" else len(found.pairs) == 3
+    for p in found.pairs:
+        if layout == "clean-only":
+            assert p.input is None
+        else:
+            assert p.input.is_file() and p.target.is_file() and p.input != p.target
+    if layout == "sots":
+        assert {p.target.name for p in found.pairs} == {"0001.png", "0002.png"}
+
+
+def test_unpaired_and_unrecognised(tmp_path):
+    save(tmp_path / "input/a.png", img(0))
+    save(tmp_path / "input/b.png", img(1))
+    save(tmp_path / "target/a.png", img(2))
+    found = detect_layout(tmp_path)
+    assert [p.name for p in found.pairs] == ["a"] and [p.name for p in found.unpaired] == ["b.png"]
+    (tmp_path / "other/deeper").mkdir(parents=True)
+    with pytest.raises(LayoutError, match="unrecognised benchmark folder; expected one of: .*GoPro.*Rain100"):
+        detect_layout(tmp_path / "other")
+    with pytest.raises(FileNotFoundError):
+        detect_layout(tmp_path / "missing")
+
+
+def test_seeded_noise_matches_the_standard_scripts():
+    clean = [np.zeros((4, 5, 3), np.float32), np.ones((3, 3, 3), np.float32) * 0.5]
+    noise = SeededNoise(25)
+    ours = [noise(c) for c in clean]
+    np.random.seed(0)
+    ref = [c + np.random.normal(0, 25 / 255.0, c.shape) for c in clean]
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_validation_set_is_cached_and_fixed(tmp_path):
+    save(tmp_path / "photos/a.png", img(0, 40, 50))
+    save(tmp_path / "photos/b.png", img(1, 30, 30))
+    ops = {"denoise": Noise(sigma=25), "dehaze": Haze()}
+    vs = ValidationSet.build([tmp_path / "photos"], ops, tmp_path / "val", crop=32)
+    assert len(vs) == 4 and vs.tasks == ["denoise", "dehaze"]
+    assert vs.by_task("denoise")[0].input.shape == (32, 32, 3)
+    assert vs.by_task("denoise")[1].input.shape == (30, 30, 3)  # smaller than the crop: whole image
+    stamp = (tmp_path / "val/denoise/a.npz").stat().st_mtime_ns
+    again = ValidationSet.build([tmp_path / "photos"], ops, tmp_path / "val", crop=32)
+    assert (tmp_path / "val/denoise/a.npz").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert np.array_equal(again.by_task("denoise")[0].input, vs.by_task("denoise")[0].input)
+    changed = ValidationSet.build([tmp_path / "photos"], {"denoise": Noise(sigma=50)}, tmp_path / "val", crop=32)
+    assert changed.tasks == ["denoise"]
+    assert not np.array_equal(changed.by_task("denoise")[0].input, vs.by_task("denoise")[0].input)

@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from instruct_ipt.data.degradations import (
+    DEGRADATIONS,
+    JPEG,
+    Haze,
+    MotionBlur,
+    Noise,
+    Rain,
+    Snow,
+    convolve_reflect,
+    degrade,
+    linear_kernel,
+    make_degradation,
+)
+from instruct_ipt.eval.metrics import psnr
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return data.astronaut()[100:196, 150:278].astype(np.float32) / 255.0  # 96 x 128
+
+
+@pytest.mark.parametrize("task", list(DEGRADATIONS))
+def test_seeded_shape_dtype_range(task, clean):
+    a, b = degrade(clean, task, seed=5), degrade(clean, task, seed=5)
+    c = degrade(clean, task, seed=6)
+    assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, c.image)
+    assert a.image.shape == clean.shape and a.image.dtype == np.float32
+    if task != "denoise":  # raw AWGN is unclipped by convention
+        assert a.image.min() >= 0 and a.image.max() <= 1
+    assert psnr(a.image, clean) < 45  # it really degrades
+
+
+def test_noise_sigma_and_clipping(clean):
+    d = Noise(sigma=25)(clean, np.random.default_rng(0))
+    assert d.params["sigma"] == 25
+    assert np.std(d.image - clean) == pytest.approx(25 / 255, rel=0.03)
+    clipped = Noise(sigma=50, clip=True)(clean, np.random.default_rng(0)).image
+    assert clipped.min() >= 0 and clipped.max() <= 1
+    with pytest.raises(ValueError, match="uint8"):
+        Noise()(data.astronaut(), np.random.default_rng(0))
+
+
+def test_poisson_noise_grows_with_brightness():
+    img = np.concatenate([np.full((64, 64, 3), 0.1), np.full((64, 64, 3), 0.9)], axis=1).astype(np.float32)
+    d = Noise(sigma=0, poisson_peak=30)(img, np.random.default_rng(0))
+    dark, bright = (d.image - img)[:, :64].var(), (d.image - img)[:, 64:].var()
+    assert bright > 5 * dark
+    assert dark == pytest.approx(0.1 / 30, rel=0.15)  # Var(Poisson(x p) / p) = x / p
+
+
+def test_blur_kernel_is_normalised_centred_and_applied(clean):
+    d = MotionBlur()(clean, np.random.default_rng(3))
+    k = d.extras["kernel"]
+    assert k.shape == (31, 31) and k.min() >= 0 and k.sum() == pytest.approx(1, abs=1e-5)
+    ys, xs = np.mgrid[:31, :31]
+    assert (ys * k).sum() == pytest.approx(15, abs=0.6) and (xs * k).sum() == pytest.approx(15, abs=0.6)
+    expected = np.stack([ndimage.convolve(clean[..., c], k, mode="mirror") for c in range(3)], axis=2)
+    np.testing.assert_allclose(d.image, np.clip(expected, 0, 1), atol=2e-5)
+
+
+def test_linear_kernel_geometry_and_length_effect(clean):
+    k = linear_kernel(11, 0, 15)
+    rows, cols = np.nonzero(k > 1e-4)
+    assert cols.max() - cols.min() in (10, 11, 12) and rows.max() - rows.min() <= 1
+    short = MotionBlur(trajectory_prob=0, length=5)(clean, np.random.default_rng(1)).image
+    long = MotionBlur(trajectory_prob=0, length=21)(clean, np.random.default_rng(1)).image
+    assert psnr(long, clean) < psnr(short, clean) - 2
+    with pytest.raises(ValueError, match="odd"):
+        MotionBlur(kernel_size=10)
+
+
+def test_convolve_reflect_matches_scipy():
+    img = np.random.default_rng(0).random((20, 17)).astype(np.float32)
+    k = np.random.default_rng(1).random((5, 7)).astype(np.float32)
+    np.testing.assert_allclose(convolve_reflect(img, k), ndimage.convolve(img, k, mode="mirror"), atol=1e-5)
+
+
+def test_rain_streaks_follow_parameters(clean):
+    d = Rain(angle=0, layers=1)(clean, np.random.default_rng(0))
+    s = d.extras["streaks"]
+    np.testing.assert_allclose(d.image, np.clip(clean + s[..., None], 0, 1), atol=1e-6)
+    # vertical streaks: neighbours along the streak are more alike than across it
+    v = np.corrcoef(s[1:, :].ravel(), s[:-1, :].ravel())[0, 1]
+    h = np.corrcoef(s[:, 1:].ravel(), s[:, :-1].ravel())[0, 1]
+    assert v > h + 0.2
+    sparse = Rain(density=0.001, layers=1)(clean, np.random.default_rng(0)).extras["streaks"].mean()
+    dense = Rain(density=0.006, layers=1)(clean, np.random.default_rng(0)).extras["streaks"].mean()
+    assert dense > 3 * sparse
+    assert Rain.heavy().density != Rain.light().density
+
+
+def test_haze_follows_scattering_model(clean):
+    d = Haze(beta=1.2, airlight=0.9)(clean, np.random.default_rng(0))
+    t = d.extras["transmission"]
+    np.testing.assert_allclose(d.image, np.clip(clean * t[..., None] + 0.9 * (1 - t[..., None]), 0, 1), atol=1e-6)
+    depth = d.extras["depth"]
+    assert depth.min() == pytest.approx(0, abs=1e-6) and depth.max() == pytest.approx(1, abs=1e-6)
+    assert depth[:10].mean() > depth[-10:].mean()  # far at the top
+    thin = Haze(beta=0.6)(clean, np.random.default_rng(0)).extras["transmission"].mean()
+    thick = Haze(beta=1.8)(clean, np.random.default_rng(0)).extras["transmission"].mean()
+    assert thick < thin
+
+
+def test_snow_mask_and_density(clean):
+    none = Snow(density=0, veil=0)(clean, np.random.default_rng(0))
+    assert np.abs(none.extras["mask"]).max() == 0
+    np.testing.assert_allclose(none.image, clean, atol=1e-6)
+    light = Snow(density=0.5)(clean, np.random.default_rng(0)).extras["mask"]
+    heavy = Snow(density=3.0)(clean, np.random.default_rng(0)).extras["mask"]
+    assert 0 <= light.min() and heavy.max() <= 1
+    assert heavy.mean() > 2 * light.mean()
+
+
+def test_jpeg_quality(clean):
+    low = JPEG(quality=10)(clean, np.random.default_rng(0)).image
+    high = JPEG(quality=90)(clean, np.random.default_rng(0)).image
+    assert psnr(low, clean) < psnr(high, clean) - 5
+    np.testing.assert_allclose(low * 255, np.round(low * 255), atol=1e-4)  # decoded 8-bit levels
+
+
+def test_unknown_task_and_params():
+    with pytest.raises(ValueError, match="no degradation for task 'sharpen'"):
+        make_degradation("sharpen")
+    op = make_degradation("denoise", sigma=15)
+    assert isinstance(op, Noise) and op.sigma == 15

@@ -1,0 +1,98 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from instruct_ipt import InstructIPT
+from instruct_ipt.cli import main
+from instruct_ipt.data.degradations import Haze, Noise
+from instruct_ipt.eval.metrics import psnr
+from instruct_ipt.eval.peers import bm3d_peer, dark_channel_prior, nlm_peer
+
+
+@pytest.fixture
+def setup(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()[:48, :64]).save(photos / "astronaut.png")
+    Image.fromarray(data.coffee()[:40, :40]).save(photos / "coffee.png")
+    InstructIPT("tiny", tasks=["denoise", "dehaze"]).save_pretrained(tmp_path / "model")
+    return tmp_path
+
+
+def test_eval_synthetic_end_to_end(setup, capsys):
+    out = setup / "out"
+    rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--sigma", "25",
+               "--peers", "--save", "--out", str(out), "--channel", "both"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "denoise | protocol: channel=both" in printed and "dehaze | protocol" in printed
+    assert "dark-channel-prior" in printed and "bm3d" in printed
+    doc = json.loads((out / "results.json").read_text())
+    methods = {(r["task"], r["method"]) for r in doc["summary"]}
+    assert methods == {("denoise", "instruct-ipt"), ("denoise", "input"), ("denoise", "bm3d"), ("denoise", "opencv-nlm"),
+                       ("dehaze", "instruct-ipt"), ("dehaze", "input"), ("dehaze", "dark-channel-prior")}
+    assert all(r["images"] == 2 for r in doc["summary"])
+    assert doc["protocols"]["denoise"]["channel"] == "both"
+    assert len(doc["images"]) == 2 * 7
+    # the input row is the degraded image itself: its PSNR is that of sigma=25 noise
+    noisy_row = next(r for r in doc["summary"] if r["method"] == "input" and r["task"] == "denoise")
+    assert 19 < noisy_row["metrics"]["psnr_rgb"] < 23
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 7 and "psnr_y" in rows[0] and rows[0]["protocol"].startswith("channel=both")
+    saved = out / "images/denoise/photos-synthetic/instruct-ipt/astronaut.png"
+    assert Image.open(saved).size == (64, 48)
+
+
+def test_eval_benchmark_folder_skips_bad_files_and_continues(setup, capsys):
+    bench = setup / "bench"
+    (bench / "input").mkdir(parents=True)
+    (bench / "target").mkdir()
+    rng = np.random.default_rng(0)
+    clean = data.astronaut()[:32, :32]
+    noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(clean).save(bench / "target/good.png")
+    Image.fromarray(noisy).save(bench / "input/good.png")
+    Image.fromarray(clean[:20]).save(bench / "target/small.png")
+    Image.fromarray(noisy).save(bench / "input/small.png")
+    (bench / "input/broken.png").write_bytes(b"not a png")
+    Image.fromarray(clean).save(bench / "target/broken.png")
+    rc = main(["eval", "--model", str(setup / "model"), "--data", str(bench), "--task", "denoise", "--out", str(setup / "o")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "skipped small: size mismatch" in err
+    assert "skipped broken:" in err and "broken.png: not a readable image" in err
+    doc = json.loads((setup / "o/results.json").read_text())
+    assert [r["images"] for r in doc["summary"]] == [1]
+    assert len(doc["skipped"]) == 2
+
+
+def test_eval_clean_only_needs_sigma_and_unknown_task_is_named(setup, capsys):
+    assert main(["eval", "--model", str(setup / "model"), "--data", str(setup / "photos"), "--out", str(setup / "o")]) == 2
+    assert "noise level (--sigma)" in capsys.readouterr().err
+    rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--tasks", "denoise,derain,sharpen",
+               "--out", str(setup / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "the model has no task 'derain'" in err and "task sharpen: no synthetic degradation" in err
+    assert json.loads((setup / "o2/results.json").read_text())["summary"][0]["task"] == "denoise"
+
+
+def test_eval_missing_folder_is_one_line_error(setup, capsys):
+    rc = main(["eval", "--model", str(setup / "model"), "--data", str(setup / "nope"), "--out", str(setup / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("instruct-ipt eval: error:") and "nope" in err and len(err.splitlines()) == 1
+
+
+def test_peers_improve_on_their_degradation():
+    clean = data.astronaut()[100:164, 150:214].astype(np.float32) / 255
+    noisy = Noise(sigma=25)(clean, np.random.default_rng(0)).image
+    info = {"sigma": 25}
+    assert psnr(bm3d_peer(noisy, info), clean) > psnr(noisy, clean) + 4
+    assert psnr(nlm_peer(noisy, info), clean) > psnr(noisy, clean) + 2
+    big = data.astronaut()[::2, ::2].astype(np.float32) / 255
+    hazy = Haze(beta=1.5, airlight=0.9)(big, np.random.default_rng(0)).image
+    assert psnr(dark_channel_prior(hazy, {}), big) > psnr(hazy, big) + 2
