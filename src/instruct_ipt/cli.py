@@ -174,6 +174,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainingError, load_config, train
+
+    cfg = load_config(args.config)
+    if args.out:
+        cfg.out = args.out
+    try:
+        train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    except TrainingError as e:
+        print(f"instruct-ipt train: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import SIZES
 
@@ -223,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="instruct-ipt", help="name of the model's rows in the table")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "train",
+        help="train or extend a model from a YAML config (sync, plain, single, two-stage, bias-only; stages)",
+        description="Train from a YAML config (see configs/). Several GPUs: "
+        "torchrun --nproc_per_node=N -m instruct_ipt.train CONFIG.yaml",
+    )
+    p.add_argument("config", help="YAML training config")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's out folder from its last checkpoint")
+    p.add_argument("--out", help="override the config's output folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to OUT/log.jsonl)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

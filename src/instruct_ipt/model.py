@@ -136,10 +136,44 @@ class InstructIPT(nn.Module):
         return self.modulation.export_merged(task)
 
     def add_task(self, name: str) -> int:
-        """Add a downstream task; its biases start at zero effect (the backbone's output)."""
+        """Add a downstream task; its biases start at zero effect (the backbone's output).
+
+        A plain model only records the name: it runs every task with the same weights.
+        """
         if self.modulation is None:
-            raise ValueError("a plain (unmodulated) model has no task biases to add")
+            if name in self._tasks:
+                raise ValueError(f"task {name!r} already exists")
+            self._tasks.append(name)
+            return len(self._tasks) - 1
         return self.modulation.add_task(name)
+
+    # backbone weights under canonical names -------------------------------------------
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backbone weights keyed as in a plain :class:`IPTV2` (no ``base_layer``, no task biases).
+
+        The same keys for a plain and a modulated model: the bridge for two-stage training
+        (a plain model's weights become a modulated model's frozen backbone).
+        """
+        return {
+            k.replace(".base_layer.", "."): v
+            for k, v in self.backbone.state_dict().items()
+            if not k.endswith((".task_B1", ".task_B2"))
+        }
+
+    @torch.no_grad()
+    def load_backbone_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load backbone weights saved by :meth:`backbone_state_dict` of a plain or modulated model."""
+        own = {k.replace(".base_layer.", "."): k for k in self.backbone.state_dict() if not k.endswith((".task_B1", ".task_B2"))}
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"backbone weights do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        target = self.backbone.state_dict()
+        for k, full in own.items():
+            if target[full].shape != state[k].shape:
+                raise CheckpointError(f"backbone weight {k}: shape {tuple(state[k].shape)} vs {tuple(target[full].shape)}")
+            target[full].copy_(state[k])
 
     # accounting ---------------------------------------------------------------------
     def parameter_count(self) -> ParameterCount:

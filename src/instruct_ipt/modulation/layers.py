@@ -139,6 +139,12 @@ class ModulatedLayer(nn.Module):
             )
         return self._forward_mixed(x, ids)
 
+    def _sample_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each sample's full weight, ``(B, *W.shape)``: every task's weight is built once (a
+        batched matmul over tasks, not samples) and then gathered per sample."""
+        per_task = self.weight.unsqueeze(0) + torch.bmm(self.task_B1, self.task_B2).view(-1, *self.weight.shape)
+        return per_task[ids]
+
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -157,7 +163,7 @@ class ModulatedLinear(ModulatedLayer):
 
     def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        w = self.weight.unsqueeze(0) + self.task_B1[ids] @ self.task_B2[ids]  # (B, out, in)
+        w = self._sample_weights(ids)  # (B, out, in)
         y = torch.bmm(x.reshape(b, -1, x.shape[-1]), w.transpose(1, 2))
         if self.base_layer.bias is not None:
             y = y + self.base_layer.bias
@@ -183,7 +189,7 @@ class ModulatedConv2d(ModulatedLayer):
         if conv.groups == 1 and not pointwise:
             return self._forward_mixed_low_rank(x, ids)
         # each sample's full weight W + B1[t] @ B2[t]; the same FLOPs as the base layer
-        w = self.weight.unsqueeze(0) + (self.task_B1[ids] @ self.task_B2[ids]).view(b, *self.weight.shape)
+        w = self._sample_weights(ids)
         if conv.groups == 1:  # pointwise: a batched matmul
             y = torch.bmm(w.view(b, w.shape[1], -1), x.flatten(2)).view(b, -1, *x.shape[2:])
             return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)

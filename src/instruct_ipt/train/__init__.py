@@ -1,0 +1,6 @@
+"""Training: typed YAML configs, the staged training loop, checkpoints, DDP."""
+
+from .config import ConfigError, TrainConfig, config_from_dict, load_config
+from .trainer import Trainer, TrainingError, plan_stages, train
+
+__all__ = ["TrainConfig", "ConfigError", "config_from_dict", "load_config", "Trainer", "TrainingError", "plan_stages", "train"]

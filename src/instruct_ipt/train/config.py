@@ -1,0 +1,222 @@
+"""Typed training configuration, loaded from YAML; an unknown key is an error naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Mode = Literal["sync", "plain", "single", "two-stage", "bias-only"]
+MODES = ("sync", "plain", "single", "two-stage", "bias-only")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used; the message names the key."""
+
+
+@dataclass
+class TaskConfig:
+    #: sampling weight in mixed-task batches
+    weight: float = 1.0
+    #: parameters of the task's degradation operator (instruct_ipt.data.degradations)
+    degradation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    #: tiny | small | base, or a dict of IPTConfig fields
+    size: str | dict[str, Any] = "small"
+    rank: int = 8
+    strategy: Literal["constant", "proportional"] = "constant"
+    proportion: float = 0.05
+    #: fnmatch patterns of modulated layers; None: the paper's task-sensitive groups
+    targets: list[str] | None = None
+    #: a saved model folder to start from (bias-only: the model that gains tasks)
+    init: str | None = None
+
+
+@dataclass
+class DataConfig:
+    #: folders of clean training photos
+    train: list[str] = field(default_factory=list)
+    #: also train on scikit-image's bundled colour photos
+    skimage_photos: bool = False
+    #: folders of clean validation photos (degraded once, cached)
+    val: list[str] = field(default_factory=list)
+    val_crop: int = 256
+    #: where the degraded validation set is cached (default: <out>/val-cache)
+    val_cache: str | None = None
+    patch_size: int = 64
+    #: global batch size (split over DDP processes)
+    batch_size: int = 8
+    workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 100
+    #: max gradient norm; 0 disables clipping
+    grad_clip: float = 0.0
+
+
+@dataclass
+class StageConfig:
+    """One phase of a multi-stage schedule; unset fields inherit the top-level values."""
+
+    name: str = ""
+    mode: Mode | None = None
+    #: tasks trained in this stage (bias-only: the tasks that gain or retrain biases)
+    tasks: list[str] | None = None
+    iterations: int | None = None
+    lr: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    mode: Mode = "sync"
+    #: every task the run knows, in model order, with its sampling weight and degradation
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    #: tasks trained (default: all of ``tasks``; bias-only: those the init model lacks)
+    train_tasks: list[str] | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    iterations: int = 1000
+    loss: Literal["l1", "charbonnier"] = "l1"
+    #: EMA decay of the weights (e.g. 0.999); None disables
+    ema: float | None = None
+    #: bfloat16 autocast on CUDA (ignored on CPU)
+    amp: bool = True
+    #: share of iterations for the plain phase of two-stage mode
+    two_stage_split: float = 0.5
+    stages: list[StageConfig] | None = None
+    log_every: int = 10
+    val_every: int = 500
+    ckpt_every: int = 100
+    out: str = "runs/default"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# loading ---------------------------------------------------------------------------
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{path}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{path}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _from_dict(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown config key '{where}' (known here: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    cfg = _from_dict(TrainConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    return config_from_dict(data or {})
+
+
+def validate(cfg: TrainConfig) -> None:
+    if not cfg.tasks:
+        raise ConfigError("tasks: list at least one task")
+    for name in cfg.train_tasks or []:
+        if name not in cfg.tasks:
+            raise ConfigError(f"train_tasks: {name!r} is not in tasks ({', '.join(cfg.tasks)})")
+    if cfg.mode == "single" and len(cfg.train_tasks or cfg.tasks) != 1:
+        raise ConfigError("mode single trains one task: give exactly one in tasks or train_tasks")
+    if cfg.mode == "bias-only" and not cfg.model.init:
+        raise ConfigError("mode bias-only needs model.init: the saved model whose backbone stays frozen")
+    for i, st in enumerate(cfg.stages or []):
+        for t in st.tasks or []:
+            if t not in cfg.tasks:
+                raise ConfigError(f"stages[{i}].tasks: {t!r} is not in tasks ({', '.join(cfg.tasks)})")
+        if st.mode == "two-stage":
+            raise ConfigError(f"stages[{i}].mode: two-stage is itself a schedule; use plain then bias-only stages")
+    if cfg.stages and cfg.stages[0].mode == "bias-only" and not cfg.model.init:
+        raise ConfigError("stages[0]: a bias-only first stage needs model.init")
+    for key in ("iterations", "log_every", "val_every", "ckpt_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: must be at least 1")
+    if cfg.data.batch_size < 1 or cfg.data.patch_size < 8:
+        raise ConfigError("data.batch_size must be >= 1 and data.patch_size >= 8")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise ConfigError("ema: a decay in (0, 1), e.g. 0.999")
+    if not 0 < cfg.two_stage_split < 1:
+        raise ConfigError("two_stage_split: a share in (0, 1)")
