@@ -188,6 +188,130 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(path: str | None, device: str = "auto"):
+    from .inference import pick_device
+    from .model import InstructIPT
+
+    if path is None:
+        raise ValueError("no default model is shipped yet: pass --model DIR (a folder made by save_pretrained or train)")
+    return InstructIPT.from_pretrained(path, device=pick_device(device)).eval()
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    from .instruct import InstructionError, InstructionHead, Interpreter
+
+    if args.model:
+        interp = _load_model(args.model, "cpu").interpreter()
+    else:
+        interp = Interpreter(InstructionHead.load(args.head) if args.head else InstructionHead.default())
+    try:
+        result = interp(args.text)
+    except InstructionError as e:
+        print(f"instruct-ipt interpret: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def cmd_train_head(args: argparse.Namespace) -> int:
+    from .instruct import InstructionHead, default_encoder, load_corpus, split, train_head
+    from .instruct.corpus import UNSUPPORTED, read_phrases
+    from .instruct.head import HEAD_FILE
+
+    corpus = load_corpus(args.corpus)
+    for spec in args.phrases or []:
+        task, _, path = spec.partition("=")
+        if not path:
+            raise ValueError(f"--phrases takes TASK=FILE, got {spec!r}")
+        corpus[task] = corpus.get(task, []) + read_phrases(path)
+    tasks = _load_model(args.model, "cpu").tasks if args.model else [c for c in corpus if c != UNSUPPORTED]
+    missing = [t for t in tasks if not corpus.get(t)]
+    if missing:
+        raise ValueError(f"no phrasings for task(s) {', '.join(missing)}: add them with --phrases TASK=FILE (one per line)")
+    train, held = split({c: corpus[c] for c in [*tasks, UNSUPPORTED]})
+    encoder = default_encoder()
+    head = train_head(train, tasks, encoder, seed=args.seed)
+    out = Path(args.out) if args.out else (Path(args.model) / HEAD_FILE if args.model else Path(HEAD_FILE))
+    head.save(out)
+    n_ok = n = 0
+    for c, phrases in held.items():
+        if phrases:
+            pred = head.probabilities(encoder.encode(phrases)).argmax(1)
+            n_ok += sum(head.classes[int(i)] == c for i in pred)
+            n += len(phrases)
+    print(f"trained an instruction head for {', '.join(tasks)} on {sum(map(len, train.values()))} phrasings; "
+          f"held-out accuracy {100 * n_ok / max(1, n):.1f}% ({n} phrasings); wrote {out}")
+    InstructionHead.load(out)  # the file reads back
+    return 0
+
+
+def _expand_inputs(items: list[str]) -> list[Path]:
+    import glob
+
+    from .data.images import is_image_file, list_images
+
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += [f for f in list_images(p) if ".restored." not in f.name]
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item))
+            files += [m for m in matches if m.is_file() and is_image_file(m)]
+            if not matches:
+                files.append(p)  # reported as missing
+        else:
+            files.append(p)
+    return list(dict.fromkeys(files))
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.images import ImageReadError, load_image
+    from .instruct import InstructionError
+    from .io import atomic_write
+    from .restore import choose_tasks, run_tasks, to_pil
+
+    if args.task and args.instruction:
+        raise ValueError("give --task or --instruction, not both")
+    model = _load_model(args.model, args.device)
+    files = _expand_inputs(args.inputs)
+    if not files:
+        raise ValueError("no input images")
+    failures = 0
+    outdir = Path(args.output) if args.output else None
+    plan = None
+    if args.instruction is not None:  # one instruction for every file: interpret it once
+        try:
+            plan = choose_tasks(model, None, instruction=args.instruction)
+        except InstructionError as e:
+            print(f"instruct-ipt restore: {e}", file=sys.stderr)
+            return 2
+        print(f"tasks: {plan.describe()}")
+    inputs = {f.resolve() for f in files if f.exists()}
+    for f in tqdm(files, desc="restore", unit="img", disable=None if len(files) > 1 else True, file=sys.stderr):
+        target = (outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png")
+        try:
+            if target.resolve() in inputs:
+                raise ValueError(f"{target} is an input; refusing to overwrite it")
+            img = load_image(f)
+            choice = plan or choose_tasks(model, img.rgb, task=args.task)
+            out = run_tasks(model, img.rgb, choice.tasks)
+            atomic_write(target, lambda tmp: to_pil(img, out).save(tmp, format="PNG"))
+            if plan is None:
+                tqdm.write(f"{f} -> {target}: {choice.describe()}")
+            else:
+                tqdm.write(f"{f} -> {target}")
+        except (ImageReadError, ValueError, OSError) as e:
+            failures += 1
+            tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)
+    if failures:
+        print(f"{failures} of {len(files)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import SIZES
 
@@ -250,6 +374,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to OUT/log.jsonl)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("restore", help="restore images: by task, by instruction (-i), or blind")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside each input as NAME.restored.png)")
+    p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR)")
+    p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')
+    p.add_argument("--model", metavar="DIR", help="saved model folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("interpret", help="show which task(s) an instruction selects, as JSON (no image needed)")
+    p.add_argument("text", help="the instruction")
+    p.add_argument("--model", metavar="DIR", help="use this model's instruction head and tasks")
+    p.add_argument("--head", metavar="FILE", help="an instruction head file")
+    p.set_defaults(func=cmd_interpret)
+
+    p = sub.add_parser("train-head", help="retrain the instruction head, e.g. for a model with new tasks")
+    p.add_argument("--model", metavar="DIR", help="train for this model's tasks; the head is saved in its folder")
+    p.add_argument("--corpus", metavar="DIR", help="corpus folder of <task>.txt files (default: the packaged corpus)")
+    p.add_argument("--phrases", action="append", metavar="TASK=FILE", help="extra phrasings for a task, one per line")
+    p.add_argument("--out", metavar="FILE", help="where to write the head")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_head)
     return parser
 
 

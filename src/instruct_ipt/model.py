@@ -55,6 +55,10 @@ class InstructIPT(nn.Module):
         self.backbone = IPTV2(self.config)
         self.modulation_config = modulation
         self.modulation: TaskModulation | None = None
+        #: the folder the model was loaded from (its instruction head may live there)
+        self.source_dir: Path | None = None
+        self._interpreter = None
+        self._classifier = None
         if modulation is not None:
             self.modulation = modulate(
                 self.backbone,
@@ -192,6 +196,42 @@ class InstructIPT(nn.Module):
             h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
         return h.hexdigest()
 
+    # instructions, blind mode, restore ---------------------------------------------------
+    def interpreter(self):
+        """The instruction interpreter for this model: the head saved beside its weights
+        (``instruction_head.safetensors``) or the packaged one; it must know the model's tasks."""
+        if self._interpreter is None:
+            from .instruct import InstructionHead, Interpreter
+            from .instruct.head import HEAD_FILE
+
+            own = self.source_dir / HEAD_FILE if self.source_dir else None
+            head = InstructionHead.load(own) if own is not None and own.is_file() else InstructionHead.default()
+            head.check_tasks(self.tasks)
+            self._interpreter = Interpreter(head)
+        return self._interpreter
+
+    def degradation_classifier(self):
+        """Blind mode's classifier: the one saved beside the weights, or the packaged one."""
+        if self._classifier is None:
+            from .instruct.blind import BLIND_FILE, DegradationClassifier
+
+            own = self.source_dir / BLIND_FILE if self.source_dir else None
+            clf = DegradationClassifier.load(own) if own is not None and own.is_file() else DegradationClassifier.default()
+            object.__setattr__(self, "_classifier", clf)  # not a submodule: never saved with the weights
+        return self._classifier
+
+    def restore(self, image, task: str | None = None, instruction: str | None = None, return_choice: bool = False):
+        """Restore a path, PIL image or NumPy array and return the same kind (a PIL image for a path).
+
+        Name a ``task``, or give an ``instruction`` in plain words, or neither (blind mode: a
+        classifier picks the task from the image). With ``return_choice=True`` also returns the
+        :class:`~instruct_ipt.restore.TaskChoice` (tasks, confidences, how they were chosen).
+        """
+        from .restore import restore_image
+
+        out, choice = restore_image(self, image, task=task, instruction=instruction)
+        return (out, choice) if return_choice else out
+
     # save / load --------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +278,7 @@ class InstructIPT(nn.Module):
         model = cls.from_config_dict(cfg)
         state = load_file(str(weights_path), device=str(device))
         model._load_checked(state, str(weights_path))
+        model.source_dir = directory
         return model.to(device)
 
     def _load_checked(self, state: dict[str, torch.Tensor], source: str) -> None:

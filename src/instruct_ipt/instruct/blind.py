@@ -1,0 +1,112 @@
+"""Blind mode: a light CNN that tells which degradation an image has, when no task is given."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.degradations import Degradation
+from ..data.synthetic import SyntheticDataset
+from ..io import atomic_write
+
+BLIND_FORMAT = "instruct-ipt-degradation-classifier"
+BLIND_FILE = "degradation_classifier.safetensors"
+
+
+class DegradationClassifier(nn.Module):
+    """Full-resolution convs (noise and JPEG live in single pixels), then strided ones; the mean and
+    standard deviation of the last features over the image feed a linear layer over the tasks."""
+
+    def __init__(self, tasks: Sequence[str], width: int = 32) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self.width = width
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GELU(),
+        )
+        self.classifier = nn.Linear(8 * w, len(self.tasks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x - 0.5)
+        return self.classifier(torch.cat([f.mean((2, 3)), f.std((2, 3))], dim=1))
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray, crop: int = 128, max_crops: int = 16) -> dict[str, float]:
+        """Task probabilities for a float (H, W, 3) image: logits averaged over a grid of crops."""
+        self.eval()
+        p = next(self.parameters())
+        h, w = rgb.shape[:2]
+        if min(h, w) < crop:
+            crop = min(h, w)
+        rows = np.linspace(0, h - crop, max(1, min(4, h // crop))).astype(int)
+        cols = np.linspace(0, w - crop, max(1, min(4, w // crop))).astype(int)
+        tiles = [rgb[r : r + crop, c : c + crop] for r in rows for c in cols][:max_crops]
+        x = torch.from_numpy(np.stack(tiles).transpose(0, 3, 1, 2).copy()).to(p.device, p.dtype)
+        probs = self(x).softmax(-1).mean(0)
+        return {t: float(v) for t, v in zip(self.tasks, probs)}
+
+    def save(self, path: str | Path) -> Path:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
+        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DegradationClassifier":
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != BLIND_FORMAT:
+            raise ValueError(f"{path} is not an instruct-ipt degradation classifier")
+        model = cls(json.loads(meta["tasks"]), width=int(meta["width"]))
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+
+    @classmethod
+    def default(cls) -> "DegradationClassifier":
+        return cls.load(Path(str(resources.files("instruct_ipt.instruct") / BLIND_FILE)))
+
+
+def train_classifier(
+    images: Sequence[np.ndarray],
+    degradations: Mapping[str, Degradation],
+    steps: int = 1500,
+    batch_size: int = 32,
+    patch_size: int = 96,
+    lr: float = 2e-3,
+    seed: int = 0,
+    workers: int = 0,
+    log=None,
+) -> DegradationClassifier:
+    """Train on synthetic degradations of clean photos (the training data of the restoration model)."""
+    tasks = list(degradations)
+    ds = SyntheticDataset(images, degradations, patch_size=patch_size, length=steps * batch_size, tasks=tasks, seed=seed)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DegradationClassifier(tasks)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step, batch in enumerate(loader):
+        loss = F.cross_entropy(model(batch["input"]), batch["task"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and (step + 1) % 50 == 0:
+            log(f"step {step + 1}/{steps} loss {loss.item():.4f}")
+    return model.eval()

@@ -1,0 +1,41 @@
+"""The instruction corpus (package data): phrasings per task and unsupported requests.
+
+One file per class in ``corpus/``: ``<task>.txt`` and ``unsupported.txt``, one instruction a line.
+A fixed fifth of each file, chosen by a hash of the text (so the split never moves when lines are
+added elsewhere), is held out: training never sees it, and accuracy is reported on it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from importlib import resources
+from pathlib import Path
+
+UNSUPPORTED = "unsupported"
+
+
+def corpus_dir() -> Path:
+    return Path(str(resources.files("instruct_ipt.instruct") / "corpus"))
+
+
+def read_phrases(path: str | Path) -> list[str]:
+    """Non-empty, stripped, de-duplicated lines (``#`` starts a comment line)."""
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    return list(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
+
+
+def load_corpus(folder: str | Path | None = None) -> dict[str, list[str]]:
+    """``{class: phrases}`` for every ``*.txt`` in the corpus folder."""
+    folder = Path(folder) if folder else corpus_dir()
+    return {p.stem: read_phrases(p) for p in sorted(folder.glob("*.txt"))}
+
+
+def is_held_out(text: str) -> bool:
+    return zlib.crc32(text.lower().encode("utf-8")) % 5 == 0
+
+
+def split(corpus: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(train, held-out) by :func:`is_held_out`."""
+    train = {c: [t for t in ts if not is_held_out(t)] for c, ts in corpus.items()}
+    held = {c: [t for t in ts if is_held_out(t)] for c, ts in corpus.items()}
+    return train, held

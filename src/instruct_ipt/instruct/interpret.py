@@ -1,0 +1,121 @@
+"""From an instruction to the task(s) to run, with confidences, or a clear refusal."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from .corpus import UNSUPPORTED
+from .encoder import SentenceEncoder, default_encoder
+from .head import InstructionHead
+
+#: Order in which several tasks run: the reverse of how the degradations arise. A scene's weather
+#: (haze far away, rain or snow in front of it) is photographed through a shaking camera, whose
+#: sensor adds noise, and the file is then JPEG-compressed; restoration undoes the last step first.
+PIPELINE_ORDER = ("jpeg", "denoise", "deblur", "derain", "desnow", "dehaze")
+
+EXAMPLES = {
+    "denoise": "remove the noise",
+    "deblur": "my hand shook, fix the blur",
+    "derain": "remove the rain",
+    "dehaze": "the photo is foggy, clear it up",
+    "desnow": "remove the falling snow",
+    "jpeg": "remove the JPEG artifacts",
+}
+
+_CONJUNCTION = re.compile(r"\s*(?:;|&|\+|\band then\b|\bthen\b|\band also\b|\balso\b|\bas well as\b|\bplus\b|\band\b)\s*", re.I)
+_LIST_COMMA = re.compile(r"\s*,\s*")
+
+
+def clauses(text: str) -> list[str]:
+    """Split at conjunctions ("and", "then", "plus", ";", ...); commas split only in a list that
+    also has a conjunction ("rain, noise and blur"), since a lone comma usually joins a symptom to
+    a request ("the photo is foggy, clear it up")."""
+    parts = [p for p in _CONJUNCTION.split(text) if p and len(p.strip()) > 1]
+    if len(parts) > 1:
+        parts = [q for p in parts for q in _LIST_COMMA.split(p) if q and len(q.strip()) > 1]
+    return parts if len(parts) > 1 else []
+
+
+class InstructionError(ValueError):
+    """An instruction that names no supported task; the message lists the tasks and examples."""
+
+
+@dataclass
+class Interpretation:
+    instruction: str
+    tasks: list[str]
+    confidences: list[float]
+    #: each clause that was classified separately, with its best class and probability
+    segments: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return ", then ".join(f"{t} ({c:.0%})" for t, c in zip(self.tasks, self.confidences))
+
+
+def order_tasks(tasks: Sequence[str]) -> list[str]:
+    rank = {t: i for i, t in enumerate(PIPELINE_ORDER)}
+    return sorted(dict.fromkeys(tasks), key=lambda t: (rank.get(t, len(rank)), t))
+
+
+class Interpreter:
+    """Maps instructions to tasks with an :class:`InstructionHead` over frozen sentence embeddings.
+
+    The whole instruction and each of its :func:`clauses` are embedded in one encoder call. If two or more clauses confidently name different tasks, all of
+    them run, in :data:`PIPELINE_ORDER`; otherwise the whole instruction decides. Below
+    ``threshold`` (or when "unsupported" wins) the instruction is refused.
+    """
+
+    def __init__(
+        self,
+        head: InstructionHead | None = None,
+        encoder: SentenceEncoder | None = None,
+        threshold: float = 0.5,
+        segment_threshold: float = 0.8,
+    ) -> None:
+        self.head = head or InstructionHead.default()
+        self._encoder = encoder
+        self.threshold = threshold
+        self.segment_threshold = segment_threshold
+
+    @property
+    def encoder(self) -> SentenceEncoder:
+        if self._encoder is None:
+            self._encoder = default_encoder()
+        return self._encoder
+
+    def refusal(self, text: str, reason: str) -> InstructionError:
+        examples = "; ".join(f'{t}: "{EXAMPLES.get(t, t)}"' for t in self.head.tasks)
+        return InstructionError(
+            f"{reason} Supported tasks: {', '.join(self.head.tasks)}. Try e.g. {examples}."
+        )
+
+    def __call__(self, text: str) -> Interpretation:
+        text = (text or "").strip()
+        if not text:
+            raise self.refusal(text, "the instruction is empty.")
+        segments = clauses(text)
+        probs = self.head.probabilities(self.encoder.encode([text, *segments]))
+        classes = self.head.classes
+        seg_info = []
+        found: dict[str, float] = {}
+        for s, p in zip(segments, probs[1:]):
+            conf, idx = p.max(0)
+            seg_info.append({"text": s, "class": classes[int(idx)], "confidence": round(float(conf), 4)})
+            if classes[int(idx)] != UNSUPPORTED and float(conf) >= self.segment_threshold:
+                found[classes[int(idx)]] = max(found.get(classes[int(idx)], 0.0), float(conf))
+        if len(found) >= 2:
+            tasks = order_tasks(found)
+            return Interpretation(text, tasks, [round(found[t], 4) for t in tasks], seg_info)
+        whole = probs[0]
+        conf, idx = whole.max(0)
+        best = classes[int(idx)]
+        if best == UNSUPPORTED:
+            raise self.refusal(text, f"{text!r} does not ask for a supported restoration ({float(conf):.0%} sure).")
+        if float(conf) < self.threshold:
+            raise self.refusal(text, f"{text!r} is unclear: the best guess, {best}, is only {float(conf):.0%} sure.")
+        return Interpretation(text, [best], [round(float(conf), 4)], seg_info)

@@ -1,0 +1,144 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instruct_ipt import InstructIPT
+from instruct_ipt.cli import main
+from instruct_ipt.instruct import (
+    PIPELINE_ORDER,
+    UNSUPPORTED,
+    HeadMismatch,
+    InstructionError,
+    InstructionHead,
+    Interpreter,
+    default_encoder,
+    load_corpus,
+    split,
+    train_head,
+)
+from instruct_ipt.instruct.interpret import clauses
+
+TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
+
+
+@pytest.fixture(scope="module")
+def interp():
+    return Interpreter()
+
+
+def test_corpus_is_large_and_split_stably():
+    corpus = load_corpus()
+    assert set(corpus) == {*TASKS, UNSUPPORTED}
+    assert all(len(v) >= 150 for v in corpus.values())
+    train, held = split(corpus)
+    for c in corpus:
+        assert held[c] and not set(held[c]) & set(train[c])
+        assert 0.1 < len(held[c]) / len(corpus[c]) < 0.3
+    assert split(corpus) == (train, held)
+
+
+def test_head_training_is_deterministic():
+    train, _ = split(load_corpus())
+    small = {c: v[:15] for c, v in train.items()}
+    a = train_head(small, TASKS, default_encoder(), seed=3, epochs=30)
+    b = train_head(small, TASKS, default_encoder(), seed=3, epochs=30)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+@pytest.mark.parametrize(
+    "text,task",
+    [
+        ("please remove the noise", "denoise"),
+        ("my night photo is so grainy", "denoise"),
+        ("my hand shook", "deblur"),
+        ("everything is smeared sideways", "deblur"),
+        ("it was pouring", "derain"),
+        ("remove the rain streaks", "derain"),
+        ("the mountains are lost in mist", "dehaze"),
+        ("the photo is foggy, clear it up", "dehaze"),
+        ("remove the falling snow", "desnow"),
+        ("there are snowflakes everywhere", "desnow"),
+        ("remove the jpeg artifacts", "jpeg"),
+        ("whatsapp compressed it and now it's blocky", "jpeg"),
+    ],
+)
+def test_fixed_phrasings(interp, text, task):
+    result = interp(text)
+    assert result.tasks == [task] and result.confidences[0] >= 0.5
+
+
+@pytest.mark.parametrize("text", ["make it black and white", "what's the weather tomorrow", "crop it to a square", "", "   "])
+def test_off_topic_and_empty_are_refused_with_help(interp, text):
+    with pytest.raises(InstructionError) as e:
+        interp(text)
+    msg = str(e.value)
+    assert "Supported tasks: denoise, deblur, derain, dehaze, desnow, jpeg" in msg and "remove the rain" in msg
+
+
+def test_several_degradations_run_in_pipeline_order(interp):
+    assert interp("remove the rain and the noise").tasks == ["denoise", "derain"]
+    assert interp("remove the fog, the snow and the jpeg blocks").tasks == ["jpeg", "desnow", "dehaze"]
+    assert interp("it was pouring and my hand shook").tasks == ["deblur", "derain"]
+    assert PIPELINE_ORDER.index("jpeg") < PIPELINE_ORDER.index("denoise") < PIPELINE_ORDER.index("deblur")
+    assert clauses("the photo is foggy, clear it up") == []  # a lone comma does not split
+
+
+def test_model_and_head_task_mismatch(tmp_path):
+    model = InstructIPT("tiny", tasks=["denoise", "deblur"])
+    with pytest.raises(HeadMismatch, match="instruct-ipt train-head --model DIR"):
+        model.interpreter()
+    full = InstructIPT("tiny", tasks=TASKS)
+    assert full.interpreter()("remove the rain").tasks == ["derain"]
+
+
+def test_offline_loading_with_an_empty_hub_cache(tmp_path):
+    code = "from instruct_ipt.instruct import SentenceEncoder; print(SentenceEncoder().encode(['hi']).shape)"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "torch.Size([1, 768])" in r.stdout
+
+
+def test_interpret_cli(capsys):
+    assert main(["interpret", "remove the rain and the noise"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tasks"] == ["denoise", "derain"] and len(out["confidences"]) == 2
+    assert main(["interpret", "order me a pizza"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Supported tasks" in captured.err
+
+
+def test_train_head_for_a_model_with_a_new_task(tmp_path, capsys):
+    phrases = tmp_path / "sharpen.txt"
+    phrases.write_text("\n".join([
+        "sharpen the edges", "make the edges crisper", "add sharpness", "increase the sharpness",
+        "crisp up the details", "apply an unsharp mask", "more acutance please", "boost local contrast of edges",
+        "sharpen it a bit", "make the details pop with sharpening", "the edges are soft, sharpen them",
+        "sharpening please", "oversharpen it", "sharpen the text", "give it a sharpening pass",
+    ]))
+    InstructIPT("tiny", tasks=["denoise", "derain", "sharpen"]).save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="no phrasings for task\\(s\\) sharpen"):
+        _train_head_without_phrases(tmp_path)
+    assert main(["train-head", "--model", str(tmp_path / "m"), "--phrases", f"sharpen={phrases}"]) == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    model = InstructIPT.from_pretrained(tmp_path / "m")
+    assert model.interpreter().head.tasks == ["denoise", "derain", "sharpen"]
+    assert model.interpreter()("it was pouring").tasks == ["derain"]
+
+
+def _train_head_without_phrases(tmp_path):
+    from argparse import Namespace
+
+    from instruct_ipt.cli import cmd_train_head
+
+    cmd_train_head(Namespace(model=str(tmp_path / "m"), corpus=None, phrases=None, out=None, seed=0))
+
+
+def test_packaged_head_knows_the_default_tasks():
+    head = InstructionHead.default()
+    assert head.tasks == TASKS
+    assert head.classes[-1] == UNSUPPORTED

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from instruct_ipt import InstructIPT
+from instruct_ipt.cli import main
+from instruct_ipt.data.degradations import make_degradation
+from instruct_ipt.instruct.blind import BLIND_FILE, DegradationClassifier, train_classifier
+
+TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    InstructIPT("tiny", tasks=TASKS).save_pretrained(d)
+    ops = {t: make_degradation(t) for t in TASKS}
+    train_classifier([data.astronaut()[:64, :64]], ops, steps=2, batch_size=4, patch_size=32).save(d / BLIND_FILE)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return InstructIPT.from_pretrained(model_dir)
+
+
+def test_numpy_in_numpy_out(model):
+    rgb = data.astronaut()[:40, :52]
+    out, choice = model.restore(rgb, task="denoise", return_choice=True)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    assert choice.tasks == ["denoise"] and choice.source == "task"
+    f = model.restore(rgb.astype(np.float32) / 255, task="deblur")
+    assert f.dtype == np.float32 and f.shape == rgb.shape
+    grey = model.restore(data.camera()[:30, :30], task="denoise")
+    assert grey.shape == (30, 30) and grey.dtype == np.uint8
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 77, np.uint8)])
+    out4 = model.restore(rgba, task="denoise")
+    assert out4.shape == rgba.shape and (out4[..., 3] == 77).all()
+
+
+def test_pil_and_path_in_pil_out(model, tmp_path):
+    im = Image.fromarray(data.coffee()[:33, :47])
+    out = model.restore(im, instruction="remove the rain")
+    assert isinstance(out, Image.Image) and out.size == im.size and out.mode == "RGB"
+    grey = model.restore(Image.fromarray(data.camera()[:20, :24]), task="dehaze")
+    assert grey.mode == "L" and grey.size == (24, 20)
+    path = tmp_path / "x.png"
+    Image.fromarray(data.coffee()[:20, :20]).convert("RGBA").save(path)
+    out, choice = model.restore(path, instruction="it was pouring and my hand shook", return_choice=True)
+    assert out.mode == "RGBA" and choice.tasks == ["deblur", "derain"] and choice.source == "instruction"
+
+
+def test_blind_mode_uses_the_classifier(model):
+    out, choice = model.restore(data.astronaut()[:64, :64], return_choice=True)
+    assert choice.source == "blind" and choice.tasks[0] in TASKS and 0 < choice.confidences[0] <= 1
+
+
+def test_bad_requests(model):
+    with pytest.raises(ValueError, match="unknown task 'sharpen'"):
+        model.restore(data.astronaut()[:16, :16], task="sharpen")
+    with pytest.raises(ValueError, match="not both"):
+        model.restore(data.astronaut()[:16, :16], task="denoise", instruction="remove the noise")
+    with pytest.raises(TypeError, match="path, a PIL image or a NumPy array"):
+        model.restore([1, 2, 3], task="denoise")
+
+
+def _photos(folder):
+    folder.mkdir()
+    Image.fromarray(data.astronaut()[:24, :24]).save(folder / "a.png")
+    Image.fromarray(data.coffee()[:24, :30]).save(folder / "b.jpg")
+    return folder
+
+
+def test_cli_restore_beside_inputs_and_never_overwrites(model_dir, tmp_path, capsys):
+    photos = _photos(tmp_path / "in")
+    before = (photos / "a.png").read_bytes()
+    assert main(["restore", str(photos / "a.png"), str(photos / "b.jpg"), "--model", str(model_dir), "-t", "denoise"]) == 0
+    assert (photos / "a.restored.png").is_file() and (photos / "b.restored.png").is_file()
+    assert (photos / "a.png").read_bytes() == before
+    # the restored files are not picked up again from the folder, and an output never replaces an input
+    assert main(["restore", str(photos), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.restored.png", "b.restored.png"]
+    kept = (photos / "a.restored.png").read_bytes()
+    rc = main(["restore", str(photos / "a.png"), str(photos / "a.restored.png"), "--model", str(model_dir), "-t", "denoise"])
+    assert rc == 1 and "a.restored.png is an input; refusing to overwrite it" in capsys.readouterr().err
+    assert (photos / "a.restored.png").read_bytes() == kept
+
+
+def test_cli_restore_instruction_glob_and_corrupt_file(model_dir, tmp_path, capsys):
+    photos = _photos(tmp_path / "in")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    rc = main(["restore", str(photos / "*.png"), str(photos / "b.jpg"), "--model", str(model_dir),
+               "-i", "remove the snow", "-o", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "tasks: desnow" in captured.out
+    err_lines = [ln for ln in captured.err.splitlines() if "broken.png" in ln]
+    assert len(err_lines) == 1 and "not a readable image" in err_lines[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.restored.png", "b.restored.png"]
+    assert main(["restore", str(photos / "a.png"), "--model", str(model_dir), "-i", "make it sepia"]) == 2
+    assert "Supported tasks" in capsys.readouterr().err
+
+
+def test_cli_restore_needs_a_model_for_now(tmp_path, capsys):
+    assert main(["restore", str(tmp_path / "x.png"), "-t", "denoise"]) == 2
+    assert "--model DIR" in capsys.readouterr().err
+
+
+def test_classifier_round_trip(tmp_path):
+    clf = DegradationClassifier(["a", "b"], width=8)
+    clf.save(tmp_path / "c.safetensors")
+    back = DegradationClassifier.load(tmp_path / "c.safetensors")
+    probs = back.predict(np.random.default_rng(0).random((50, 70, 3)).astype(np.float32))
+    assert set(probs) == {"a", "b"} and abs(sum(probs.values()) - 1) < 1e-5
+    assert probs == clf.predict(np.random.default_rng(0).random((50, 70, 3)).astype(np.float32))
