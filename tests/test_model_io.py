@@ -2,9 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import randomize_task_biases
 from safetensors.torch import load_file, save_file
 
-from conftest import randomize_task_biases
 from instruct_ipt import CheckpointError, InstructIPT, ModulationConfig
 from instruct_ipt.models import IPTConfig
 

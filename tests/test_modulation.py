@@ -2,9 +2,9 @@ import copy
 
 import pytest
 import torch
+from conftest import randomize_task_biases
 from torch import nn
 
-from conftest import randomize_task_biases
 from instruct_ipt import InstructIPT
 from instruct_ipt.models import IPTV2, IPTConfig
 from instruct_ipt.modulation import ModulatedConv2d, ModulatedLayer, ModulatedLinear, modulate

@@ -2,18 +2,18 @@
 
 __version__ = "0.1.0"
 
-from .model import DEFAULT_TASKS, CheckpointError, InstructIPT  # noqa: E402
-from .models import IPTV2, IPTConfig  # noqa: E402
-from .modulation import ModulationConfig, TaskModulation, modulate  # noqa: E402
+from .model import DEFAULT_TASKS, CheckpointError, InstructIPT
+from .models import IPTV2, IPTConfig
+from .modulation import ModulationConfig, TaskModulation, modulate
 
 __all__ = [
-    "__version__",
-    "InstructIPT",
-    "CheckpointError",
     "DEFAULT_TASKS",
     "IPTV2",
+    "CheckpointError",
     "IPTConfig",
+    "InstructIPT",
     "ModulationConfig",
     "TaskModulation",
+    "__version__",
     "modulate",
 ]

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-
 from pathlib import Path
 
 import torch
@@ -132,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     protocols = _protocols(args, all_tasks)
     runnable = [t for t in all_tasks if model is None or t in model.tasks]
 
-    def restore(case) -> "np.ndarray":
+    def restore(case):
         if model.modulation is not None and model.modulation.merged_task != case.task:
             model.unmerge().merge(case.task)
         return restore_array(model, case.input, None if model.modulation is not None else case.task)
@@ -298,7 +297,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             img = load_image(f)
             choice = plan or choose_tasks(model, img.rgb, task=args.task)
             out = run_tasks(model, img.rgb, choice.tasks)
-            atomic_write(target, lambda tmp: to_pil(img, out).save(tmp, format="PNG"))
+            atomic_write(target, lambda tmp, img=img, out=out: to_pil(img, out).save(tmp, format="PNG"))
             if plan is None:
                 tqdm.write(f"{f} -> {target}: {choice.describe()}")
             else:

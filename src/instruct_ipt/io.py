@@ -33,3 +33,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
 
     return atomic_write(path, write)
+
+
+def save_tagged(path: str | os.PathLike, state: dict, metadata: dict[str, str]) -> Path:
+    """Write tensors to a ``.safetensors`` file atomically, with string metadata (format tags)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def load_tagged(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, dict[str, str]]:
+    """Tensors and metadata of a ``.safetensors`` file whose ``format`` tag must be ``fmt``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path} is not {what}")
+    return load_file(str(path)), meta

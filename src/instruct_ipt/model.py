@@ -120,13 +120,13 @@ class InstructIPT(nn.Module):
                 self.task_index(t)
 
     # single-task inference ----------------------------------------------------------
-    def merge(self, task: str | int) -> "InstructIPT":
+    def merge(self, task: str | int) -> InstructIPT:
         """Fold ``task``'s biases into the weights: forward then costs exactly the backbone."""
         if self.modulation is not None:
             self.modulation.merge(task)
         return self
 
-    def unmerge(self) -> "InstructIPT":
+    def unmerge(self) -> InstructIPT:
         if self.modulation is not None:
             self.modulation.unmerge()
         return self
@@ -251,7 +251,7 @@ class InstructIPT(nn.Module):
         return directory
 
     @classmethod
-    def from_config_dict(cls, cfg: dict[str, Any]) -> "InstructIPT":
+    def from_config_dict(cls, cfg: dict[str, Any]) -> InstructIPT:
         if cfg.get("format") != FORMAT:
             raise CheckpointError(f"not an instruct-ipt model config (format={cfg.get('format')!r})")
         try:
@@ -264,7 +264,7 @@ class InstructIPT(nn.Module):
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
-    ) -> "InstructIPT":
+    ) -> InstructIPT:
         """Load a model written by :meth:`save_pretrained`."""
         directory = Path(directory)
         cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME

@@ -33,7 +33,7 @@ class TaskChoice:
         return f"{parts} [{how[self.source]}]"
 
 
-def choose_tasks(model: "InstructIPT", rgb: np.ndarray | None, task: str | None = None, instruction: str | None = None) -> TaskChoice:
+def choose_tasks(model: InstructIPT, rgb: np.ndarray | None, task: str | None = None, instruction: str | None = None) -> TaskChoice:
     """A named task wins; else an instruction is interpreted; else blind mode looks at the image."""
     if task is not None and instruction is not None:
         raise ValueError("give a task or an instruction, not both")
@@ -53,7 +53,7 @@ def choose_tasks(model: "InstructIPT", rgb: np.ndarray | None, task: str | None 
     return TaskChoice([best], [round(candidates[best], 4)], "blind")
 
 
-def run_tasks(model: "InstructIPT", rgb: np.ndarray, tasks: list[str]) -> np.ndarray:
+def run_tasks(model: InstructIPT, rgb: np.ndarray, tasks: list[str]) -> np.ndarray:
     """Apply the tasks one after the other (each output clamped to [0, 1] before the next)."""
     out = rgb
     for t in tasks:
@@ -100,7 +100,7 @@ def _to_array(img: LoadedImage, rgb: np.ndarray, kind: str, channels: int) -> np
 
 
 def restore_image(
-    model: "InstructIPT", image: Any, task: str | None = None, instruction: str | None = None
+    model: InstructIPT, image: Any, task: str | None = None, instruction: str | None = None
 ) -> tuple[Any, TaskChoice]:
     """Restore a path, PIL image or NumPy array; returns the same kind (a PIL image for a path)."""
     if isinstance(image, (str, os.PathLike)):

@@ -97,7 +97,7 @@ class ValidationSet:
         folder: str | os.PathLike,
         crop: int = 256,
         seed: int = 0,
-    ) -> "ValidationSet":
+    ) -> ValidationSet:
         """Make (or reuse) the cache in ``folder``: each photo centre-cropped to ``crop`` (0: whole),
         degraded once per task with ``default_rng((seed, crc32(task), photo index))``."""
         folder = Path(folder)

@@ -3,4 +3,4 @@
 from .metrics import gaussian_window, psnr, rgb_to_y, ssim
 from .protocol import DEFAULT_PROTOCOLS, Protocol, default_protocol
 
-__all__ = ["psnr", "ssim", "rgb_to_y", "gaussian_window", "Protocol", "DEFAULT_PROTOCOLS", "default_protocol"]
+__all__ = ["DEFAULT_PROTOCOLS", "Protocol", "default_protocol", "gaussian_window", "psnr", "rgb_to_y", "ssim"]

@@ -71,7 +71,7 @@ class Protocol:
             res[f"ssim_{ch}"] = ssim(out, target, self.crop_border, y_channel=y)
         return res
 
-    def with_(self, **changes) -> "Protocol":
+    def with_(self, **changes) -> Protocol:
         return replace(self, **changes)
 
 

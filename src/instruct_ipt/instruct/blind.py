@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.degradations import Degradation
 from ..data.synthetic import SyntheticDataset
-from ..io import atomic_write
+from ..io import load_tagged, save_tagged
 
 BLIND_FORMAT = "instruct-ipt-degradation-classifier"
 BLIND_FILE = "degradation_classifier.safetensors"
@@ -51,8 +49,7 @@ class DegradationClassifier(nn.Module):
         self.eval()
         p = next(self.parameters())
         h, w = rgb.shape[:2]
-        if min(h, w) < crop:
-            crop = min(h, w)
+        crop = min(crop, min(h, w))
         rows = np.linspace(0, h - crop, max(1, min(4, h // crop))).astype(int)
         cols = np.linspace(0, w - crop, max(1, min(4, w // crop))).astype(int)
         tiles = [rgb[r : r + crop, c : c + crop] for r in rows for c in cols][:max_crops]
@@ -61,22 +58,18 @@ class DegradationClassifier(nn.Module):
         return {t: float(v) for t, v in zip(self.tasks, probs)}
 
     def save(self, path: str | Path) -> Path:
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
-        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        return save_tagged(path, self.state_dict(), meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "DegradationClassifier":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != BLIND_FORMAT:
-            raise ValueError(f"{path} is not an instruct-ipt degradation classifier")
+    def load(cls, path: str | Path) -> DegradationClassifier:
+        state, meta = load_tagged(path, BLIND_FORMAT, "an instruct-ipt degradation classifier")
         model = cls(json.loads(meta["tasks"]), width=int(meta["width"]))
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(state)
         return model.eval()
 
     @classmethod
-    def default(cls) -> "DegradationClassifier":
+    def default(cls) -> DegradationClassifier:
         return cls.load(Path(str(resources.files("instruct_ipt.instruct") / BLIND_FILE)))
 
 

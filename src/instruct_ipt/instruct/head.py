@@ -9,11 +9,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..io import atomic_write
+from ..io import load_tagged, save_tagged
 from .corpus import UNSUPPORTED
 from .encoder import EMBED_DIM, ENCODER_NAME, SentenceEncoder
 
@@ -57,25 +55,21 @@ class InstructionHead(nn.Module):
             )
 
     def save(self, path: str | Path) -> Path:
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": HEAD_FORMAT, "tasks": json.dumps(self.tasks), "encoder": ENCODER_NAME,
                 "hidden": str(self.hidden)}
-        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        return save_tagged(path, self.state_dict(), meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "InstructionHead":
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != HEAD_FORMAT:
-            raise ValueError(f"{path} is not an instruct-ipt instruction head")
+    def load(cls, path: str | Path) -> InstructionHead:
+        state, meta = load_tagged(path, HEAD_FORMAT, "an instruct-ipt instruction head")
         if meta.get("encoder") != ENCODER_NAME:
             raise ValueError(f"{path} was trained on embeddings of {meta.get('encoder')}, not {ENCODER_NAME}")
         head = cls(json.loads(meta["tasks"]), hidden=int(meta.get("hidden", 256)))
-        head.load_state_dict(load_file(str(path)))
+        head.load_state_dict(state)
         return head.eval()
 
     @classmethod
-    def default(cls) -> "InstructionHead":
+    def default(cls) -> InstructionHead:
         """The head shipped with the package (trained on the package's corpus)."""
         return cls.load(Path(str(resources.files("instruct_ipt.instruct") / HEAD_FILE)))
 

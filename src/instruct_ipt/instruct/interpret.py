@@ -24,7 +24,7 @@ EXAMPLES = {
     "jpeg": "remove the JPEG artifacts",
 }
 
-_CONJUNCTION = re.compile(r"\s*(?:;|&|\+|\band then\b|\bthen\b|\band also\b|\balso\b|\bas well as\b|\bplus\b|\band\b)\s*", re.I)
+_CONJUNCTION = re.compile(r"\s*(?:;|&|\+|\band then\b|\bthen\b|\band also\b|\balso\b|\bas well as\b|\bplus\b|\band\b)\s*", re.IGNORECASE)
 _LIST_COMMA = re.compile(r"\s*,\s*")
 
 

@@ -6,13 +6,13 @@ from .ipt import IPTV2, pad_to_multiple
 
 __all__ = [
     "IPTV2",
-    "IPTConfig",
     "SIZES",
-    "Stage",
-    "TransformerBlock",
+    "FeedForward",
     "FocalContextAttention",
     "GridAttention",
-    "FeedForward",
+    "IPTConfig",
     "LayerNorm2d",
+    "Stage",
+    "TransformerBlock",
     "pad_to_multiple",
 ]

@@ -62,7 +62,7 @@ class IPTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IPTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> IPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -71,7 +71,7 @@ class IPTConfig:
 
     # Named sizes -----------------------------------------------------------------
     @classmethod
-    def tiny(cls) -> "IPTConfig":
+    def tiny(cls) -> IPTConfig:
         """0.21 M parameters: for tests."""
         return cls(
             dim=8,
@@ -85,7 +85,7 @@ class IPTConfig:
         )
 
     @classmethod
-    def small(cls) -> "IPTConfig":
+    def small(cls) -> IPTConfig:
         """3.25 M parameters (2.84 GMACs at 128x128): the CPU-trainable default."""
         return cls(
             dim=24,
@@ -99,7 +99,7 @@ class IPTConfig:
         )
 
     @classmethod
-    def base(cls) -> "IPTConfig":
+    def base(cls) -> IPTConfig:
         """Paper scale (25.8 M parameters, 39.3 GMACs at 128x128), for GPUs."""
         return cls(
             dim=48,
@@ -114,7 +114,7 @@ class IPTConfig:
         )
 
     @classmethod
-    def named(cls, name: str) -> "IPTConfig":
+    def named(cls, name: str) -> IPTConfig:
         sizes = {"tiny": cls.tiny, "small": cls.small, "base": cls.base}
         if name not in sizes:
             raise ValueError(f"unknown model size {name!r}; choose one of {', '.join(sizes)}")

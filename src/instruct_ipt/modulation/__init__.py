@@ -12,15 +12,15 @@ from .modulate import (
 )
 
 __all__ = [
-    "modulate",
-    "TaskModulation",
-    "TaskFreeze",
-    "ModulationConfig",
-    "ParameterCount",
-    "ModulatedLayer",
-    "ModulatedLinear",
-    "ModulatedConv2d",
-    "TaskSelection",
     "DEFAULT_TARGETS",
     "TARGET_GROUPS",
+    "ModulatedConv2d",
+    "ModulatedLayer",
+    "ModulatedLinear",
+    "ModulationConfig",
+    "ParameterCount",
+    "TaskFreeze",
+    "TaskModulation",
+    "TaskSelection",
+    "modulate",
 ]

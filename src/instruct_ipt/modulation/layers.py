@@ -26,7 +26,7 @@ class TaskSelection:
     a 1-D long tensor whose length is the batch size).
     """
 
-    __slots__ = ("index", "ids", "_ids_by_device")
+    __slots__ = ("_ids_by_device", "ids", "index")
 
     def __init__(self) -> None:
         self.index: int | None = None
@@ -43,7 +43,7 @@ class TaskSelection:
             self._ids_by_device[device] = self.ids.to(device)
         return self._ids_by_device[device]
 
-    def __deepcopy__(self, memo: dict) -> "TaskSelection":
+    def __deepcopy__(self, memo: dict) -> TaskSelection:
         # A copied model gets its own selection, shared by the copied layers (memo keeps that).
         new = TaskSelection()
         new.set(self.index, None if self.ids is None else self.ids.clone())

@@ -61,7 +61,7 @@ class ModulationConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModulationConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModulationConfig:
         return cls(**d)
 
 
@@ -92,7 +92,7 @@ def modulate(
     targets: Sequence[str] | Callable[[str, nn.Module], bool] = DEFAULT_TARGETS,
     strategy: Strategy = "constant",
     proportion: float = 0.05,
-) -> "TaskModulation":
+) -> TaskModulation:
     """Replace each targeted ``nn.Linear``/``nn.Conv2d`` of ``model`` (in place) by a modulated layer.
 
     ``targets`` are fnmatch patterns over qualified module names (``"*.attn.qkv"``), or a
@@ -285,7 +285,7 @@ class TaskModulation:
         bias_ids = {id(p) for p in self.task_parameters()}
         return [p for p in self.model.parameters() if id(p) not in bias_ids]
 
-    def freeze(self, train_tasks: Sequence[str | int] | None = None, train_backbone: bool = False) -> "TaskFreeze":
+    def freeze(self, train_tasks: Sequence[str | int] | None = None, train_backbone: bool = False) -> TaskFreeze:
         """Train only some tasks' biases (and optionally the backbone); keep the rest bit-identical.
 
         Returns a :class:`TaskFreeze`: build the optimizer from ``freeze.parameters`` and call

@@ -3,4 +3,4 @@
 from .config import ConfigError, TrainConfig, config_from_dict, load_config
 from .trainer import Trainer, TrainingError, plan_stages, train
 
-__all__ = ["TrainConfig", "ConfigError", "config_from_dict", "load_config", "Trainer", "TrainingError", "plan_stages", "train"]
+__all__ = ["ConfigError", "TrainConfig", "Trainer", "TrainingError", "config_from_dict", "load_config", "plan_stages", "train"]

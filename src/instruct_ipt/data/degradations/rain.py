@@ -29,11 +29,11 @@ class Rain:
     task: str = "derain"
 
     @classmethod
-    def light(cls) -> "Rain":
+    def light(cls) -> Rain:
         return cls(density=(0.001, 0.005), length=(10.0, 25.0), width=(0.5, 1.0), brightness=(0.4, 0.7), layers=1)
 
     @classmethod
-    def heavy(cls) -> "Rain":
+    def heavy(cls) -> Rain:
         return cls(density=(0.002, 0.004), length=(20.0, 40.0), width=(1.0, 2.0), brightness=(0.4, 0.7), layers=(2, 3))
 
     def streaks(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
