@@ -43,7 +43,7 @@ def test_corpus_is_large_and_split_stably():
 
 def test_head_training_is_deterministic():
     train, _ = split(load_corpus())
-    small = {c: v[:15] for c, v in train.items()}
+    small = {c: v[:15] for c, v in train.items()}  # (augmented inside train_head, seeded)
     a = train_head(small, TASKS, default_encoder(), seed=3, epochs=30)
     b = train_head(small, TASKS, default_encoder(), seed=3, epochs=30)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())

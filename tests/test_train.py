@@ -247,3 +247,21 @@ def test_shipped_configs_load(name):
     assert stages[0].tasks == ["denoise", "deblur"]
     assert stages[1].tasks == ["derain", "dehaze", "desnow", "jpeg"]
     assert list(cfg.tasks) == ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
+
+
+def test_torchrun_entry_point(folders, tmp_path):
+    """The documented multi-process command, with 2 CPU processes (gloo)."""
+    import subprocess
+    import sys
+
+    cfg = make_cfg(folders, tmp_path / "run", iterations=2, data={"val": []})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "instruct_ipt.train", str(path), "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run/model/model.safetensors").is_file()
+    logs = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in logs if "loss" in x] == [1, 2]

@@ -296,7 +296,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 raise ValueError(f"{target} is an input; refusing to overwrite it")
             img = load_image(f)
             choice = plan or choose_tasks(model, img.rgb, task=args.task)
-            out = run_tasks(model, img.rgb, choice.tasks)
+            out = run_tasks(model, img.rgb, choice.tasks, tile=args.tile, overlap=args.overlap)
             atomic_write(target, lambda tmp, img=img, out=out: to_pil(img, out).save(tmp, format="PNG"))
             if plan is None:
                 tqdm.write(f"{f} -> {target}: {choice.describe()}")
@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR)")
     p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')
     p.add_argument("--model", metavar="DIR", help="saved model folder")
+    p.add_argument("--tile", type=int, default=None,
+                   help="restore in tiles of this size (default: 512 above 1024x1024 pixels; 0: never)")
+    p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles, blended (default 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.set_defaults(func=cmd_restore)
 

@@ -1,11 +1,18 @@
-"""Running a model on NumPy images: the glue between files and tensors."""
+"""Running a model on NumPy images: the glue between files and tensors, and tiling for large images."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .model import InstructIPT
+
+#: images with more pixels than this are restored in tiles by default (bounded peak memory)
+AUTO_TILE_PIXELS = 1024 * 1024
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 32
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -16,12 +23,74 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 @torch.inference_mode()
-def restore_array(model: InstructIPT, rgb: np.ndarray, task: str | int | None = None) -> np.ndarray:
-    """Restore one float32 (H, W, 3) image; returns float32 (H, W, 3), not clamped.
-
-    With ``task=None`` the model must be merged for a task already.
-    """
+def _run(model: InstructIPT, rgb: np.ndarray, task: str | int | None) -> np.ndarray:
     p = next(model.parameters())
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).unsqueeze(0).to(p.device, p.dtype)
-    y = model(x, task)
-    return y[0].float().cpu().numpy().transpose(1, 2, 0)
+    return model(x, task)[0].float().cpu().numpy().transpose(1, 2, 0)
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _ramp(n: int, overlap: int) -> np.ndarray:
+    """1 inside, rising linearly over ``overlap`` pixels at both ends (never exactly 0)."""
+    w = np.ones(n, np.float32)
+    k = min(overlap, n // 2)
+    if k > 0:
+        r = (np.arange(k, dtype=np.float32) + 0.5) / k
+        w[:k], w[n - k :] = r, r[::-1]
+    return w
+
+
+def run_tiled(fn: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, tile: int, overlap: int,
+              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Apply ``fn`` tile by tile and blend the overlaps with linear ramps (no visible seams).
+
+    Tiles are ``tile`` px squares stepping by ``tile - overlap``; every pixel's result is the
+    weighted mean of the tiles covering it. Only one tile is in flight, so peak memory depends on
+    ``tile``, not on the image.
+    """
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    h, w = rgb.shape[:2]
+    if h <= tile and w <= tile:
+        return fn(rgb)
+    stride = tile - overlap
+    rows, cols = _starts(h, tile, stride), _starts(w, tile, stride)
+    out = np.zeros((h, w, 3), np.float32)
+    weight = np.zeros((h, w, 1), np.float32)
+    total, done = len(rows) * len(cols), 0
+    for r in rows:
+        for c in cols:
+            patch = rgb[r : r + tile, c : c + tile]
+            wt = (_ramp(patch.shape[0], overlap)[:, None] * _ramp(patch.shape[1], overlap)[None, :])[..., None]
+            out[r : r + patch.shape[0], c : c + patch.shape[1]] += fn(patch) * wt
+            weight[r : r + patch.shape[0], c : c + patch.shape[1]] += wt
+            done += 1
+            if progress:
+                progress(done, total)
+    return out / weight
+
+
+def restore_array(
+    model: InstructIPT,
+    rgb: np.ndarray,
+    task: str | int | None = None,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Restore one float32 (H, W, 3) image; returns float32 (H, W, 3), not clamped.
+
+    ``tile=None`` tiles automatically above :data:`AUTO_TILE_PIXELS` (with :data:`DEFAULT_TILE`);
+    ``tile=0`` never tiles. With ``task=None`` the model must be merged for a task already.
+    """
+    if tile is None:
+        tile = DEFAULT_TILE if rgb.shape[0] * rgb.shape[1] > AUTO_TILE_PIXELS else 0
+    if tile:
+        return run_tiled(lambda patch: _run(model, patch, task), rgb, tile, overlap, progress)
+    return _run(model, rgb, task)

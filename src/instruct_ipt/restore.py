@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .data.images import LoadedImage, load_image
-from .inference import restore_array
+from .inference import DEFAULT_OVERLAP, restore_array
 
 if TYPE_CHECKING:
     from .model import InstructIPT
@@ -53,15 +53,19 @@ def choose_tasks(model: InstructIPT, rgb: np.ndarray | None, task: str | None = 
     return TaskChoice([best], [round(candidates[best], 4)], "blind")
 
 
-def run_tasks(model: InstructIPT, rgb: np.ndarray, tasks: list[str]) -> np.ndarray:
-    """Apply the tasks one after the other (each output clamped to [0, 1] before the next)."""
+def run_tasks(model: InstructIPT, rgb: np.ndarray, tasks: list[str], tile: int | None = None,
+              overlap: int = DEFAULT_OVERLAP, progress=None) -> np.ndarray:
+    """Apply the tasks one after the other (each output clamped to [0, 1] before the next).
+
+    ``tile``: see :func:`~instruct_ipt.inference.restore_array` (None: automatic above a size).
+    """
     out = rgb
     for t in tasks:
         if model.modulated:
             model.unmerge().merge(t)
-            out = restore_array(model, out, None)
+            out = restore_array(model, out, None, tile, overlap, progress)
         else:
-            out = restore_array(model, out, t)
+            out = restore_array(model, out, t, tile, overlap, progress)
         out = np.clip(out, 0.0, 1.0)
     if model.modulated:
         model.unmerge()

@@ -7,6 +7,7 @@ added elsewhere), is held out: training never sees it, and accuracy is reported 
 
 from __future__ import annotations
 
+import random
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -39,3 +40,33 @@ def split(corpus: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str,
     train = {c: [t for t in ts if not is_held_out(t)] for c, ts in corpus.items()}
     held = {c: [t for t in ts if is_held_out(t)] for c, ts in corpus.items()}
     return train, held
+
+
+_PREFIXES = ("please ", "can you ", "hey, ", "i need you to ", "help: ")
+_SUFFIXES = (" please", " thanks", " asap", "!", " for me")
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    words = text.split()
+    long = [i for i, w in enumerate(words) if len(w) >= 4]
+    if not long:
+        return text
+    i = rng.choice(long)
+    w = words[i]
+    j = rng.randrange(len(w) - 1)
+    words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :] if rng.random() < 0.5 else w[:j] + w[j + 1 :]
+    return " ".join(words)
+
+
+def augment(phrases: dict[str, list[str]], seed: int = 0) -> dict[str, list[str]]:
+    """Three seeded variants of every phrase: one typo (swapped or dropped letter), a polite or
+    conversational prefix, a suffix. Users type like that; in cross-validation on the corpus it
+    raised task accuracy and lowered false refusals."""
+    rng = random.Random(seed)
+    out = {}
+    for c, ps in phrases.items():
+        variants = list(ps)
+        for p in ps:
+            variants += [_typo(p, rng), rng.choice(_PREFIXES) + p, p + rng.choice(_SUFFIXES)]
+        out[c] = list(dict.fromkeys(variants))
+    return out
