@@ -71,12 +71,21 @@ def test_fixed_phrasings(interp, text, task):
     assert result.tasks == [task] and result.confidences[0] >= 0.5
 
 
-@pytest.mark.parametrize("text", ["make it black and white", "what's the weather tomorrow", "crop it to a square", "", "   "])
+@pytest.mark.parametrize(
+    "text",
+    ["make it black and white", "what's the weather tomorrow", "crop it to a square", "", "   ",
+     "is there noise in this image?", "why does fog reduce contrast"],
+)
 def test_off_topic_and_empty_are_refused_with_help(interp, text):
     with pytest.raises(InstructionError) as e:
         interp(text)
     msg = str(e.value)
     assert "Supported tasks: denoise, deblur, derain, dehaze, desnow, jpeg" in msg and "remove the rain" in msg
+
+
+def test_requests_phrased_as_questions_are_still_requests(interp):
+    assert interp("is it possible to remove the rain?").tasks == ["derain"]
+    assert interp("can you remove the noise?").tasks == ["denoise"]
 
 
 def test_several_degradations_run_in_pipeline_order(interp):

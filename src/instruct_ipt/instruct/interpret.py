@@ -38,6 +38,15 @@ def clauses(text: str) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
+#: a question about the picture, not a request ("is there noise in this image?", "what is haze?");
+#: "how do I remove the rain" and "is it possible to remove the rain" stay requests
+_QUESTION = re.compile(
+    r"^\s*(?:(?:what|why|which|where|who|whom|whose|when)\b"
+    r"|(?:is|are|was|were|does|did|has|have)\s+(?!it\s+possible)(?:there|this|that|it|the|my|these|those|your|a|an)\b)",
+    re.I,
+)
+
+
 class InstructionError(ValueError):
     """An instruction that names no supported task; the message lists the tasks and examples."""
 
@@ -67,7 +76,8 @@ class Interpreter:
 
     The whole instruction and each of its :func:`clauses` are embedded in one encoder call. If two or more clauses confidently name different tasks, all of
     them run, in :data:`PIPELINE_ORDER`; otherwise the whole instruction decides. Below
-    ``threshold`` (or when "unsupported" wins) the instruction is refused.
+    ``threshold`` (or when "unsupported" wins) the instruction is refused, and so is a question
+    about the picture ("is there noise in this image?"): it asks for an answer, not a restoration.
     """
 
     def __init__(
@@ -98,6 +108,8 @@ class Interpreter:
         text = (text or "").strip()
         if not text:
             raise self.refusal(text, "the instruction is empty.")
+        if _QUESTION.match(text):
+            raise self.refusal(text, f"{text!r} is a question, not a request to restore the image.")
         segments = clauses(text)
         probs = self.head.probabilities(self.encoder.encode([text, *segments]))
         classes = self.head.classes
