@@ -128,3 +128,32 @@ def test_tiling_blends_to_the_untiled_result(model):
     assert calls[-1] == (6, 6)  # 2 x 3 tiles of 64 with stride 48 over 96 x 120
     with pytest.raises(ValueError, match="overlap"):
         run_tiled(lambda t: t, rgb, tile=16, overlap=16)
+
+
+def test_cli_keeps_16_bit_grey_alpha_and_applies_exif(model_dir, tmp_path):
+    import png
+
+    from instruct_ipt.data.images import load_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    deep = (data.astronaut()[:20, :28].astype(np.uint16) * 257)
+    with open(src / "deep.png", "wb") as f:
+        png.Writer(28, 20, greyscale=False, bitdepth=16).write(f, deep.reshape(20, 28 * 3))
+    Image.fromarray(data.camera()[:18, :22]).save(src / "grey.png")
+    Image.fromarray(np.dstack([data.coffee()[:16, :16], np.full((16, 16), 9, np.uint8)])).save(src / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    Image.fromarray(data.coffee()[:12, :30]).save(src / "turned.jpg", exif=exif)
+    Image.fromarray(data.coffee()[:1, :1]).save(src / "dot.png")
+    assert load_image(src / "deep.png").bit_depth == 16
+    assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    _, _, _, info = png.Reader(filename=str(out / "deep.restored.png")).asDirect()
+    assert info["bitdepth"] == 16 and not info["greyscale"]
+    assert load_image(out / "deep.restored.png").rgb.shape == (20, 28, 3)
+    assert Image.open(out / "grey.restored.png").mode == "L"
+    rgba = Image.open(out / "rgba.restored.png")
+    assert rgba.mode == "RGBA" and np.asarray(rgba)[..., 3].max() == 9
+    assert Image.open(out / "turned.restored.png").size == (12, 30)  # upright: EXIF applied
+    assert Image.open(out / "dot.restored.png").size == (1, 1)

@@ -267,10 +267,9 @@ def _expand_inputs(items: list[str]) -> list[Path]:
 def cmd_restore(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .data.images import ImageReadError, load_image
+    from .data.images import ImageReadError, load_image, save_image
     from .instruct import InstructionError
-    from .io import atomic_write
-    from .restore import choose_tasks, run_tasks, to_pil
+    from .restore import choose_tasks, run_tasks
 
     if args.task and args.instruction:
         raise ValueError("give --task or --instruction, not both")
@@ -297,7 +296,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             img = load_image(f)
             choice = plan or choose_tasks(model, img.rgb, task=args.task)
             out = run_tasks(model, img.rgb, choice.tasks, tile=args.tile, overlap=args.overlap)
-            atomic_write(target, lambda tmp, img=img, out=out: to_pil(img, out).save(tmp, format="PNG"))
+            save_image(target, out, img.alpha, img.grey, bit_depth=img.bit_depth)
             if plan is None:
                 tqdm.write(f"{f} -> {target}: {choice.describe()}")
             else:

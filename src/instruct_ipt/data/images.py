@@ -38,12 +38,40 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG file, None for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _load_png16(path: Path) -> LoadedImage:
+    """16-bit PNGs through pypng: Pillow would cut RGB to 8 bits."""
+    import png
+
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
+    except (png.Error, ValueError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
+    scaled = arr.astype(np.float32) / 65535.0
+    grey = info["greyscale"]
+    alpha = scaled[..., -1] if info["alpha"] else None
+    rgb = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3]
+    return LoadedImage(np.ascontiguousarray(rgb), alpha, grey, 16)
+
+
 def load_image(path: str | os.PathLike) -> LoadedImage:
     """Read any common image: EXIF orientation applied, grey replicated to RGB, alpha split off,
-    16-bit kept at full precision."""
+    16-bit PNGs kept at full precision."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    header = _png_header(path)
+    if header is not None and header[0] == 16:
+        return _load_png16(path)
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -86,9 +114,33 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False) -> Path:
-    """Write an 8-bit image atomically (format from the suffix). Grey output keeps one channel."""
+def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool) -> Path:
+    import png
+
+    planes = [rgb.mean(axis=2, keepdims=True) if grey else rgb]
+    if alpha is not None:
+        planes.append(alpha[..., None])
+    arr = (np.clip(np.concatenate(planes, axis=2), 0, 1) * 65535 + 0.5).astype(np.uint16)
+    h, w, c = arr.shape
+    writer = png.Writer(w, h, greyscale=grey, alpha=alpha is not None, bitdepth=16)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            writer.write(f, arr.reshape(h, w * c))
+
+    return atomic_write(path, write)
+
+
+def save_image(
+    path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False, bit_depth: int = 8
+) -> Path:
+    """Write an image atomically (format from the suffix). Grey output keeps one channel, alpha is
+    kept; ``bit_depth=16`` writes a 16-bit PNG."""
     path = Path(path)
+    if bit_depth == 16:
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"{path}: 16-bit output needs a .png file")
+        return _save_png16(path, rgb, alpha, grey)
     if grey:
         y = rgb.mean(axis=2) if rgb.ndim == 3 else rgb
         im = Image.fromarray(to_uint8(y), "L")

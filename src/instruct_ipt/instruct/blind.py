@@ -83,14 +83,20 @@ def train_classifier(
     seed: int = 0,
     workers: int = 0,
     log=None,
+    init: DegradationClassifier | None = None,
 ) -> DegradationClassifier:
-    """Train on synthetic degradations of clean photos (the training data of the restoration model)."""
+    """Train on synthetic degradations of clean photos (the training data of the restoration model);
+    ``init`` continues from an existing classifier of the same tasks."""
     tasks = list(degradations)
     ds = SyntheticDataset(images, degradations, patch_size=patch_size, length=steps * batch_size, tasks=tasks, seed=seed)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DegradationClassifier(tasks)
+    if init is not None:
+        if init.tasks != tasks:
+            raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
