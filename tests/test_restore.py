@@ -102,9 +102,12 @@ def test_cli_restore_instruction_glob_and_corrupt_file(model_dir, tmp_path, caps
     assert "Supported tasks" in capsys.readouterr().err
 
 
-def test_cli_restore_needs_a_model_for_now(tmp_path, capsys):
+def test_without_a_shipped_model_the_error_says_what_to_do(tmp_path, capsys, monkeypatch):
+    import instruct_ipt.model as model_module
+
+    monkeypatch.setattr(model_module, "default_model_dir", lambda: tmp_path / "none")
     assert main(["restore", str(tmp_path / "x.png"), "-t", "denoise"]) == 2
-    assert "--model DIR" in capsys.readouterr().err
+    assert "no default model is shipped" in capsys.readouterr().err
 
 
 def test_classifier_round_trip(tmp_path):

@@ -191,8 +191,6 @@ def _load_model(path: str | None, device: str = "auto"):
     from .inference import pick_device
     from .model import InstructIPT
 
-    if path is None:
-        raise ValueError("no default model is shipped yet: pass --model DIR (a folder made by save_pretrained or train)")
     return InstructIPT.from_pretrained(path, device=pick_device(device)).eval()
 
 
@@ -378,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside each input as NAME.restored.png)")
     p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR)")
     p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')
-    p.add_argument("--model", metavar="DIR", help="saved model folder")
+    p.add_argument("--model", metavar="DIR", help="saved model folder (default: the model shipped with the package)")
     p.add_argument("--tile", type=int, default=None,
                    help="restore in tiles of this size (default: 512 above 1024x1024 pixels; 0: never)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles, blended (default 32)")

@@ -27,6 +27,13 @@ FORMAT = "instruct-ipt"
 ADAPTER_FORMAT = "instruct-ipt-adapter"
 
 
+def default_model_dir() -> Path:
+    """Where the package keeps its shipped model."""
+    from importlib import resources
+
+    return Path(str(resources.files("instruct_ipt"))) / "weights" / "default"
+
+
 class CheckpointError(ValueError):
     """A saved model or adapter does not fit: the message names what differs."""
 
@@ -263,9 +270,17 @@ class InstructIPT(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu"
+        cls, directory: str | os.PathLike | None = None, device: str | torch.device = "cpu"
     ) -> InstructIPT:
-        """Load a model written by :meth:`save_pretrained`."""
+        """Load a model written by :meth:`save_pretrained`; with no folder, the model shipped in the
+        package (``instruct_ipt/weights/default``)."""
+        if directory is None:
+            directory = default_model_dir()
+            if not (directory / CONFIG_NAME).is_file():
+                raise FileNotFoundError(
+                    "no default model is shipped with this version yet: pass a model folder "
+                    "(instruct-ipt train configs/cpu-small.yaml writes runs/cpu-small/model)"
+                )
         directory = Path(directory)
         cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for p in (cfg_path, weights_path):
