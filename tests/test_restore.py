@@ -160,3 +160,14 @@ def test_cli_keeps_16_bit_grey_alpha_and_applies_exif(model_dir, tmp_path):
     assert rgba.mode == "RGBA" and np.asarray(rgba)[..., 3].max() == 9
     assert Image.open(out / "turned.restored.png").size == (12, 30)  # upright: EXIF applied
     assert Image.open(out / "dot.restored.png").size == (1, 1)
+
+
+def test_shipped_classifier_sees_strong_degradations():
+    clf = DegradationClassifier.default()
+    assert clf.tasks == TASKS
+    clean = data.astronaut()[::2, ::2].astype(np.float32) / 255
+    rng = np.random.default_rng(0)
+    for task, params in [("denoise", {"sigma": 40}), ("derain", {}), ("desnow", {"density": 2.0})]:
+        degraded = make_degradation(task, **params)(clean, rng).image
+        probs = clf.predict(degraded)
+        assert max(probs, key=probs.get) == task, (task, probs)
