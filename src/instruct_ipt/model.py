@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .io import atomic_write, atomic_write_text
+from .io import atomic_write, atomic_write_text, load_tagged, save_tagged
 from .models import IPTV2, IPTConfig
 from .modulation import ModulationConfig, ParameterCount, TaskModulation, modulate
 from .modulation.modulate import TaskSpec
@@ -330,7 +329,7 @@ class InstructIPT(nn.Module):
             "modulation": json.dumps(self.modulation_config.to_dict(), sort_keys=True),
             "backbone_sha256": self.backbone_fingerprint(),
         }
-        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+        return save_tagged(path, state, meta)
 
     def load_adapter(
         self, path: str | os.PathLike, task: str | None = None, replace: bool = False, check_backbone: bool = True
@@ -343,10 +342,10 @@ class InstructIPT(nn.Module):
         """
         if self.modulation is None:
             raise ValueError("a plain (unmodulated) model cannot take task biases")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != ADAPTER_FORMAT:
-            raise CheckpointError(f"{path} is not an instruct-ipt adapter")
+        try:
+            state, meta = load_tagged(path, ADAPTER_FORMAT, "an instruct-ipt adapter")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
         problems = _diff(self.config.to_dict(), json.loads(meta["backbone"]), "backbone")
         problems += _diff(self.modulation_config.to_dict(), json.loads(meta["modulation"]), "modulation")
         if problems:
@@ -359,7 +358,6 @@ class InstructIPT(nn.Module):
         name = task or meta["task"]
         if name in self._tasks and not replace:
             raise ValueError(f"task {name!r} already exists; pass replace=True to overwrite its biases")
-        state = load_file(str(path), device=str(next(self.parameters()).device))
         added = name not in self._tasks
         if added:
             self.add_task(name)

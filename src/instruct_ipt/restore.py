@@ -109,22 +109,18 @@ def restore_image(
     """Restore a path, PIL image or NumPy array; returns the same kind (a PIL image for a path)."""
     if isinstance(image, (str, os.PathLike)):
         loaded = load_image(Path(image))
-        choice = choose_tasks(model, loaded.rgb, task, instruction)
-        out = run_tasks(model, loaded.rgb, choice.tasks)
-        return to_pil(loaded, out), choice
-    if isinstance(image, Image.Image):
-        mode = image.mode
-        arr = np.asarray(image.convert("RGBA" if "A" in image.getbands() else ("L" if mode in ("L", "1", "I;16", "I") else "RGB")))
-        loaded, _ = _from_array(arr)
-        choice = choose_tasks(model, loaded.rgb, task, instruction)
-        out = run_tasks(model, loaded.rgb, choice.tasks)
-        return to_pil(loaded, out), choice
-    if isinstance(image, np.ndarray):
+    elif isinstance(image, Image.Image):
+        mode = "RGBA" if "A" in image.getbands() else ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+        loaded, _ = _from_array(np.asarray(image.convert(mode)))
+    elif isinstance(image, np.ndarray):
         loaded, kind = _from_array(image)
-        choice = choose_tasks(model, loaded.rgb, task, instruction)
-        out = run_tasks(model, loaded.rgb, choice.tasks)
+    else:
+        raise TypeError(f"restore() takes a path, a PIL image or a NumPy array, not {type(image).__name__}")
+    choice = choose_tasks(model, loaded.rgb, task, instruction)
+    out = run_tasks(model, loaded.rgb, choice.tasks)
+    if isinstance(image, np.ndarray):
         return _to_array(loaded, out, kind, image.ndim), choice
-    raise TypeError(f"restore() takes a path, a PIL image or a NumPy array, not {type(image).__name__}")
+    return to_pil(loaded, out), choice
 
 
 def to_pil(img: LoadedImage, rgb: np.ndarray) -> Image.Image:

@@ -30,6 +30,7 @@ from ..data.degradations import make_degradation
 from ..data.synthetic import SyntheticDataset, load_clean_images
 from ..data.validation import ValidationSet
 from ..eval.protocol import default_protocol
+from ..inference import restore_array
 from ..io import atomic_write_text
 from ..model import InstructIPT
 from ..models import IPTConfig
@@ -162,7 +163,6 @@ def validate(model: InstructIPT, val: ValidationSet, info: D.DistInfo) -> dict[s
     tasks = [t for t in val.tasks if t in model.tasks]
     was_training = model.training
     model.eval()
-    p = next(model.parameters())
     sums = []
     for task in tasks:
         items = val.by_task(task)[info.rank :: info.world]
@@ -171,8 +171,7 @@ def validate(model: InstructIPT, val: ValidationSet, info: D.DistInfo) -> dict[s
         if model.modulated:
             model.merge(task)
         for item in items:
-            x = torch.from_numpy(item.input.transpose(2, 0, 1).copy()).unsqueeze(0).to(p.device, p.dtype)
-            y = model(x, None if model.modulated else task)[0].float().cpu().numpy().transpose(1, 2, 0)
+            y = restore_array(model, item.input, None if model.modulated else task, tile=0)
             total += protocol.measure(y, item.target)[f"psnr_{protocol.channels[0]}"]
         if model.modulated:
             model.unmerge()
