@@ -179,6 +179,28 @@ def test_resume_refuses_a_different_config(folders, tmp_path):
         run(changed, resume=True)
 
 
+def test_stages_not_yet_started_may_change_on_resume(folders, tmp_path):
+    def stages(n):
+        return [{"name": "elementary", "mode": "sync", "tasks": ["denoise", "deblur"], "iterations": 3},
+                {"name": "haze", "mode": "bias-only", "tasks": ["dehaze"], "iterations": n}]
+
+    straight = run(make_cfg(folders, tmp_path / "straight", stages=stages(3)))
+    cfg = make_cfg(folders, tmp_path / "cut", stages=stages(5))
+    assert Trainer(cfg, progress=False).run(stop_after=5) is None  # checkpoint at step 2 of the second stage
+    with pytest.raises(ConfigError, match=r"stages\[1\].iterations: 5 in the checkpoint, 3 now"):
+        run(make_cfg(folders, tmp_path / "cut", stages=stages(3)), resume=True)
+
+    cfg = make_cfg(folders, tmp_path / "boundary", stages=stages(5))
+    assert Trainer(cfg, progress=False).run(stop_after=3) is None  # the first stage just finished
+    changed_first = stages(3)
+    changed_first[0]["iterations"] = 4
+    with pytest.raises(ConfigError, match=r"stages\[0\].iterations"):
+        run(make_cfg(folders, tmp_path / "boundary", stages=changed_first), resume=True)
+    resumed = run(make_cfg(folders, tmp_path / "boundary", stages=stages(3)), resume=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(folders, tmp_path, monkeypatch):
     real = trainer_module.compute_loss
     calls = {"n": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,19 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: list(d) if isinstance(d, tuple) else d}
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Fields whose values differ (other than :data:`RESUMABLE_CHANGES`), as readable lines."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any], started_stages: int | None = None) -> list[str]:
+    """Fields whose values differ (other than :data:`RESUMABLE_CHANGES`), as readable lines.
+
+    With ``started_stages`` set, ``stages[i]`` for ``i >= started_stages`` may differ or be added or
+    removed: a stage that has not run yet does not change the result so far, so a schedule can be
+    shortened or extended at a stage boundary."""
     a, b = _flatten(saved), _flatten(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RESUMABLE_CHANGES:
+            continue
+        stage = re.match(r"stages\[(\d+)\]", key)
+        if started_stages is not None and stage and int(stage.group(1)) >= started_stages:
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             diffs.append(f"{key}: {a.get(key, '<unset>')!r} in the checkpoint, {b.get(key, '<unset>')!r} now")

@@ -264,7 +264,8 @@ class Trainer:
         start_stage, start_step, state, stage_tasks = 0, 0, None, None
         if self.resume:
             state = load_checkpoint(self.ckpt_path)
-            diffs = config_differences(state["config"], cfg.to_dict())
+            started = state["stage"] + (1 if state["step"] > 0 else 0)
+            diffs = config_differences(state["config"], cfg.to_dict(), started_stages=started)
             if diffs:
                 raise ConfigError("the config does not match the checkpoint: " + "; ".join(diffs))
             model = InstructIPT.from_config_dict(state["model_config"])
