@@ -259,7 +259,7 @@ def test_ddp_two_processes_match_one_process(folders, tmp_path):
     assert val and set(val[-1]["val_psnr"]) == {"denoise", "deblur", "dehaze"}
 
 
-@pytest.mark.parametrize("name", ["cpu-small", "paper-base"])
+@pytest.mark.parametrize("name", ["default", "cpu-small", "paper-base"])
 def test_shipped_configs_load(name):
     from pathlib import Path
 
