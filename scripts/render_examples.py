@@ -12,14 +12,13 @@ picture is made by
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from instruct_ipt import InstructIPT
 from instruct_ipt.data.degradations import degrade
-from instruct_ipt.data.images import load_image
+from instruct_ipt.data.images import list_images, load_image
 from instruct_ipt.eval.metrics import psnr
 from instruct_ipt.io import atomic_write
 
@@ -34,7 +33,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     model = InstructIPT.from_pretrained(args.model)
-    photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    photos = list_images(args.photos)
     s, label = args.size, 18
     sheet = Image.new("RGB", (3 * s, len(model.tasks) * (s + label)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -46,15 +45,14 @@ def main() -> None:
         degraded = degrade(clean, task, seed=args.seed, **kwargs).image
         degraded = np.round(np.clip(degraded, 0, 1) * 255) / 255  # what a user's 8-bit file holds
         restored = np.clip(model.restore(degraded.astype(np.float32), task=task), 0, 1)
+        before, after = psnr(degraded, clean), psnr(restored, clean)
         y = row * (s + label)
         for col, (name, im) in enumerate(
-            [(f"{task}: input {psnr(degraded, clean):.1f} dB", degraded),
-             (f"restored {psnr(restored, clean):.1f} dB", restored), ("clean", clean)]
+            [(f"{task}: input {before:.1f} dB", degraded), (f"restored {after:.1f} dB", restored), ("clean", clean)]
         ):
             sheet.paste(Image.fromarray((im * 255 + 0.5).astype(np.uint8)), (col * s, y + label))
             draw.text((col * s + 4, y + 3), name, fill="black")
-        print(f"{task:<8} {photos[row % len(photos)].name}: input {psnr(degraded, clean):.2f} dB -> "
-              f"restored {psnr(restored, clean):.2f} dB")
+        print(f"{task:<8} {photos[row % len(photos)].name}: input {before:.2f} dB -> restored {after:.2f} dB")
     atomic_write(args.out, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
     print(f"wrote {args.out}")
 

@@ -221,13 +221,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         if not path:
             raise ValueError(f"--phrases takes TASK=FILE, got {spec!r}")
         corpus[task] = corpus.get(task, []) + read_phrases(path)
-    if args.model:
-        tasks = _load_model(args.model, "cpu").tasks
-    else:  # the shipped model's order (the degradation registry's), then any added task
-        from .data.degradations import DEGRADATIONS
-
-        known = [t for t in DEGRADATIONS if t in corpus]
-        tasks = known + [c for c in corpus if c != UNSUPPORTED and c not in known]
+    tasks = _load_model(args.model, "cpu").tasks if args.model else [c for c in corpus if c != UNSUPPORTED]
     missing = [t for t in tasks if not corpus.get(t)]
     if missing:
         raise ValueError(f"no phrasings for task(s) {', '.join(missing)}: add them with --phrases TASK=FILE (one per line)")

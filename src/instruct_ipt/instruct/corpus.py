@@ -26,9 +26,15 @@ def read_phrases(path: str | Path) -> list[str]:
 
 
 def load_corpus(folder: str | Path | None = None) -> dict[str, list[str]]:
-    """``{class: phrases}`` for every ``*.txt`` in the corpus folder."""
+    """``{class: phrases}`` for every ``*.txt`` in the corpus folder: the built-in tasks in the
+    degradation registry's order (the shipped model's), then other tasks by name, "unsupported" last,
+    so a head trained on the corpus lists its tasks as the model does."""
+    from ..data.degradations import DEGRADATIONS
+
     folder = Path(folder) if folder else corpus_dir()
-    return {p.stem: read_phrases(p) for p in sorted(folder.glob("*.txt"))}
+    order = {t: i for i, t in enumerate([*DEGRADATIONS, UNSUPPORTED])}
+    files = sorted(folder.glob("*.txt"), key=lambda p: (p.stem == UNSUPPORTED, order.get(p.stem, len(order)), p.stem))
+    return {p.stem: read_phrases(p) for p in files}
 
 
 def is_held_out(text: str) -> bool:
