@@ -1,11 +1,12 @@
 """Blind-mode accuracy: which degradation does the classifier see, per task, on the validation photos.
 
-Degrades each clean validation photo once per task (the cached validation set: fixed seeds, default
-operator of each task, whole images) and reports accuracy per task, per image (crops averaged by
+Degrades each clean validation photo once per task and per seed (``--seeds N`` draws N different
+degradations of every photo: noise level, blur kernel, rain pattern, ...; default operator of each
+task, whole images) and reports accuracy per task, per image (crops averaged by
 ``DegradationClassifier.predict``) and per 256x256 tile (each tile classified alone, a harder test).
 Target (issue 5): >= 95% on single degradations.
 
-    python benchmarks/blind_accuracy.py --val ../shared/photos/val [--classifier FILE] [--cache DIR]
+    python benchmarks/blind_accuracy.py --val ../shared/photos/val [--seeds 5] [--classifier FILE]
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--val", action="append", required=True, help="folder of clean validation photos")
     ap.add_argument("--classifier", help="classifier file (default: the packaged one)")
-    ap.add_argument("--cache", help="validation cache folder (default: a temporary one)")
+    ap.add_argument("--seeds", type=int, default=1, help="degraded versions of each photo per task")
     ap.add_argument("--tile", type=int, default=256)
     args = ap.parse_args()
     clf = DegradationClassifier.load(args.classifier) if args.classifier else DegradationClassifier.default()
     ops = {t: make_degradation(t) for t in DEGRADATIONS if t in clf.tasks}
     with tempfile.TemporaryDirectory() as tmp:
-        val = ValidationSet.build(args.val, ops, args.cache or tmp, crop=0, seed=0)
-        print(f"classifier tasks: {', '.join(clf.tasks)}; validation photos: {len(val.by_task(clf.tasks[0]))}")
+        sets = [ValidationSet.build(args.val, ops, f"{tmp}/{seed}", crop=0, seed=seed) for seed in range(args.seeds)]
+        print(f"classifier tasks: {', '.join(clf.tasks)}; validation photos: {len(sets[0].by_task(clf.tasks[0]))}, "
+              f"{args.seeds} degraded version(s) each")
         img_ok = img_n = tile_ok = tile_n = 0
         for task in ops:
-            items = val.by_task(task)
+            items = [it for val in sets for it in val.by_task(task)]
             i_ok = sum(max((p := clf.predict(it.input)), key=p.get) == task for it in items)
             t_ok = t_n = 0
             for it in items:

@@ -7,7 +7,8 @@ and by the full :class:`Interpreter` (clause splitting, question rule, threshold
 users get. It also joins pairs of test-fold phrasings of two different tasks ("A and B", "A, then
 B", "A; B") and counts how often exactly both tasks come back.
 
-    python benchmarks/instruction_cv.py [--threshold 0.5] [--folds 5] [--pairs 400] [--show]
+    python benchmarks/instruction_cv.py [--threshold 0.5] [--support-threshold 0.45] [--folds 5]
+                                        [--pairs 400] [--cache DIR] [--show]
 """
 
 from __future__ import annotations
@@ -35,17 +36,22 @@ from instruct_ipt.instruct.interpret import order_tasks
 
 
 class CachedEncoder:
-    """Encode each phrase once across folds."""
+    """Encode each phrase once across folds (and across runs when given a file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: Path | None = None) -> None:
         self.encoder = default_encoder()
-        self.cache: dict[str, torch.Tensor] = {}
+        self.file = file
+        self.cache: dict[str, torch.Tensor] = torch.load(file) if file and file.exists() else {}
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if missing:
             self.cache.update(zip(missing, self.encoder.encode(missing)))
         return torch.stack([self.cache[t] for t in texts])
+
+    def save(self) -> None:
+        if self.file:
+            torch.save(self.cache, self.file)
 
 
 def interpret(interp: Interpreter, text: str) -> list[str] | None:
@@ -59,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--segment-threshold", type=float, default=None, help="Interpreter.segment_threshold")
+    ap.add_argument("--support-threshold", type=float, default=None,
+                    help="Interpreter.support_threshold (0: no similarity check)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=400, help="two-task instructions per run (over all folds)")
     ap.add_argument("--show", action="store_true", help="print the interpreter's mistakes")
@@ -67,9 +75,9 @@ def main() -> None:
     args = ap.parse_args()
     train, _ = split(load_corpus())
     tasks = [c for c in train if c != UNSUPPORTED]
-    enc = CachedEncoder()
     if args.cache:
         Path(args.cache).mkdir(parents=True, exist_ok=True)
+    enc = CachedEncoder(Path(args.cache) / "embeddings.pt" if args.cache else None)
     rng = random.Random(0)
     head_stats = {"ok": 0, "n": 0, "refused_bad": 0, "n_bad": 0, "refused_good": 0}
     full_stats = dict.fromkeys(head_stats, 0)
@@ -93,6 +101,8 @@ def main() -> None:
         interp = Interpreter(head, encoder=enc, threshold=args.threshold)
         if args.segment_threshold is not None:
             interp.segment_threshold = args.segment_threshold
+        if args.support_threshold is not None:
+            interp.support_threshold = args.support_threshold
         for c, ts in test.items():
             for text, p in zip(ts, head.probabilities(enc.encode(ts)) if ts else []):
                 conf, i = p.max(0)
@@ -118,7 +128,9 @@ def main() -> None:
             pair_ok += got == order_tasks([a, b])
             if got != order_tasks([a, b]):
                 mistakes.append((f"{a}+{b}", text, "refused" if got is None else "+".join(got)))
-    print(f"{args.folds}-fold CV on the training split, threshold {args.threshold}:")
+    enc.save()
+    print(f"{args.folds}-fold CV on the training split, threshold {args.threshold}, support threshold "
+          f"{interp.support_threshold}:")
     for name, s in (("head alone, whole text", head_stats), ("interpreter (what users get)", full_stats)):
         print(f"  {name}: task accuracy {100 * s['ok'] / s['n']:.1f}% ({s['n']} phrasings), unsupported refused "
               f"{100 * s['refused_bad'] / s['n_bad']:.1f}% ({s['n_bad']}), valid wrongly refused "

@@ -151,3 +151,53 @@ def test_packaged_head_knows_the_default_tasks():
     head = InstructionHead.default()
     assert head.tasks == TASKS
     assert head.classes[-1] == UNSUPPORTED
+
+
+@pytest.mark.parametrize("text", ["add some fog", "make it look grainy", "make it snow", "add motion blur to the car",
+                                  "blur it on purpose"])
+def test_requests_to_create_a_degradation_are_refused(interp, text):
+    with pytest.raises(InstructionError, match="only removes them"):
+        interp(text)
+
+
+@pytest.mark.parametrize("text,task", [("make it snow free", "desnow"), ("make it less blurry", "deblur"),
+                                       ("apply noise reduction", "denoise")])
+def test_removal_phrasings_with_create_verbs_still_work(interp, text, task):
+    assert interp(text).tasks == [task]
+
+
+class _FixedEncoder:
+    def __init__(self, emb):
+        self.emb = emb
+
+    def encode(self, texts):
+        return self.emb.expand(len(texts), -1).clone()
+
+
+def test_confident_head_is_overruled_by_low_support(tmp_path):
+    head = InstructionHead(["denoise", "derain"])
+    with torch.no_grad():
+        head.net[-1].weight.zero_()
+        head.net[-1].bias.copy_(torch.tensor([10.0, 0.0, 0.0]))  # always "denoise", ~100% sure
+    query = torch.zeros(1, 768)
+    query[0, 0] = query[0, 384] = 1.0
+    close, far = torch.zeros(2, 768), torch.zeros(2, 768)
+    close[0, 0] = close[1, 1] = 1.0  # close[0] is the query's own mean-pooled direction
+    far[0, 1] = far[1, 2] = 1.0
+    head.set_bank(far, torch.tensor([0, 1]))
+    assert head.support(query).tolist() == [[0.0, 0.0]]
+    with pytest.raises(InstructionError, match="unlike any known request"):
+        Interpreter(head, encoder=_FixedEncoder(query))("sharpen the bokeh")
+    head.set_bank(close, torch.tensor([0, 1]))
+    assert Interpreter(head, encoder=_FixedEncoder(query))("sharpen the bokeh").tasks == ["denoise"]
+    head.save(tmp_path / "h.safetensors")  # the bank is saved with the head
+    loaded = InstructionHead.load(tmp_path / "h.safetensors")
+    assert torch.equal(loaded.bank, head.bank) and torch.equal(loaded.bank_labels, head.bank_labels)
+
+
+def test_packaged_head_has_a_support_bank(interp):
+    head = interp.head
+    assert head.bank.shape[0] > 1000 and set(head.bank_labels.tolist()) == set(range(len(head.tasks)))
+    emb = default_encoder().encode(["remove the rain", "banana"])
+    sup = head.support(emb)
+    assert sup[0, head.tasks.index("derain")] > 0.9 and sup[1].max() < interp.support_threshold

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..io import load_tagged, save_tagged
 from .corpus import UNSUPPORTED, augment
-from .encoder import EMBED_DIM, ENCODER_NAME, SentenceEncoder
+from .encoder import EMBED_DIM, ENCODER_NAME, TOKEN_DIM, SentenceEncoder
 
 HEAD_FORMAT = "instruct-ipt-instruction-head"
 HEAD_FILE = "instruction_head.safetensors"
@@ -24,15 +24,46 @@ class HeadMismatch(ValueError):
 
 
 class InstructionHead(nn.Module):
-    """``features (768) -> Linear -> GELU -> Linear -> tasks + ["unsupported"]`` logits."""
+    """``features (768) -> Linear -> GELU -> Linear -> tasks + ["unsupported"]`` logits, plus a
+    bank of the training phrasings' sentence embeddings for :meth:`support`.
 
-    def __init__(self, tasks: Sequence[str], dim: int = EMBED_DIM, hidden: int = 256) -> None:
+    A softmax over a few classes is confident about anything, nonsense included ("banana" is 79%
+    jpeg); the bank lets the interpreter also ask whether the instruction resembles any phrasing
+    the chosen task was trained on.
+    """
+
+    def __init__(self, tasks: Sequence[str], dim: int = EMBED_DIM, hidden: int = 256, bank_size: int = 0) -> None:
         super().__init__()
         if UNSUPPORTED in tasks:
             raise ValueError(f"{UNSUPPORTED!r} is reserved for rejected instructions")
         self.tasks = list(tasks)
         self.hidden = hidden
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, len(tasks) + 1))
+        # unit-length mean-pooled embeddings (the sentence-transformers embedding) of the task
+        # phrasings, float16, and the index of each one's task
+        self.register_buffer("bank", torch.zeros(bank_size, TOKEN_DIM, dtype=torch.float16))
+        self.register_buffer("bank_labels", torch.zeros(bank_size, dtype=torch.long))
+
+    def set_bank(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep the embeddings ``emb`` (N, 768) of task phrasings labelled by task index."""
+        if labels.numel() and int(labels.max()) >= len(self.tasks):
+            raise ValueError("the support bank holds task phrasings only, not unsupported ones")
+        self.bank = F.normalize(emb[:, :TOKEN_DIM].float(), dim=-1).half()
+        self.bank_labels = labels.long().clone()
+
+    @torch.inference_mode()
+    def support(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, tasks): the highest cosine similarity of each instruction to a training phrasing of
+        each task; 1 everywhere for a head without a bank (nothing to compare with)."""
+        if self.bank.shape[0] == 0:
+            return torch.ones(emb.shape[0], len(self.tasks))
+        sims = F.normalize(emb[:, :TOKEN_DIM].float(), dim=-1) @ self.bank.float().T
+        out = torch.full((emb.shape[0], len(self.tasks)), -1.0)
+        for i in range(len(self.tasks)):
+            mine = self.bank_labels == i
+            if mine.any():
+                out[:, i] = sims[:, mine].amax(1)
+        return out
 
     @property
     def classes(self) -> list[str]:
@@ -64,7 +95,10 @@ class InstructionHead(nn.Module):
         state, meta = load_tagged(path, HEAD_FORMAT, "an instruct-ipt instruction head")
         if meta.get("encoder") != ENCODER_NAME:
             raise ValueError(f"{path} was trained on embeddings of {meta.get('encoder')}, not {ENCODER_NAME}")
-        head = cls(json.loads(meta["tasks"]), hidden=int(meta.get("hidden", 256)))
+        if "bank" not in state:  # heads saved before the support bank: no similarity check
+            state = {**state, "bank": torch.zeros(0, TOKEN_DIM, dtype=torch.float16),
+                     "bank_labels": torch.zeros(0, dtype=torch.long)}
+        head = cls(json.loads(meta["tasks"]), hidden=int(meta.get("hidden", 256)), bank_size=state["bank"].shape[0])
         head.load_state_dict(state)
         return head.eval()
 
@@ -91,6 +125,7 @@ def train_head(
     Full-batch AdamW on frozen embeddings with a fixed seed: the same corpus gives the same head.
     With ``augment_text`` every phrase also trains as three :func:`~.corpus.augment` variants.
     Classes are weighted by inverse frequency so a task with fewer phrases is not crowded out.
+    The task phrasings (with their variants) also become the head's support bank.
     (Label smoothing is available but off: in cross-validation on the corpus it lowered the share
     of unsupported requests refused.)
     """
@@ -120,4 +155,6 @@ def train_head(
             loss = F.cross_entropy(head(noisy), y, weight=weights, label_smoothing=label_smoothing)
             loss.backward()
             opt.step()
+    is_task = y < len(tasks)
+    head.set_bank(x[is_task], y[is_task])
     return head.eval()

@@ -47,6 +47,26 @@ _QUESTION = re.compile(
 )
 
 
+#: words for the built-in degradations, unless followed by "free", "removal", "reduction", ...
+_DEGRADATION = (
+    r"(?:fog|foggy|haze|hazy|mist|misty|smog|rain|rainy|raindrops?|rain ?streaks|snow|snowy|snowflakes?"
+    r"|noise|noisy|grain|grainy|blur|blurry|blurred|motion blur|camera shake|jpeg|jpg|compression"
+    r"|compressed|artifacts|pixelated|pixelation|blockiness|blocky)"
+    r"(?![\s-]*(?:\w+\s+)?(?:free|removal|reduction|remover|filter|suppression|correction|cleanup)\b)"
+)
+#: a request to create a degradation ("add some fog", "make it look grainy", "make it snow",
+#: "blur it on purpose"): the sentence encoder puts these next to the opposite request ("remove the
+#: fog"), so a rule catches them before the head is asked
+_CREATE = re.compile(
+    r"\b(?:add|adding|put|insert|apply|simulate|introduce|create|generate|fake|overlay|sprinkle)\b"
+    r"(?:\s+\w+){0,3}?\s+" + _DEGRADATION + r"\b"
+    r"|\bmake\b(?:\s+(?:it|this|the\s+\w+|everything))?(?:\s+look)?"
+    r"(?:\s+(?:more|extra|very|really|a bit|slightly|super))?\s+" + _DEGRADATION + r"\b"
+    r"|\bmake it (?:rain|snow)\b(?![\s-]*free)|^\s*(?:please\s+)?cover\b.*\bsnow\b|\bon purpose\b",
+    re.I,
+)
+
+
 class InstructionError(ValueError):
     """An instruction that names no supported task; the message lists the tasks and examples."""
 
@@ -76,8 +96,12 @@ class Interpreter:
 
     The whole instruction and each of its :func:`clauses` are embedded in one encoder call. If two or more clauses confidently name different tasks, all of
     them run, in :data:`PIPELINE_ORDER`; otherwise the whole instruction decides. Below
-    ``threshold`` (or when "unsupported" wins) the instruction is refused, and so is a question
-    about the picture ("is there noise in this image?"): it asks for an answer, not a restoration.
+    ``threshold`` (or when "unsupported" wins) the instruction is refused; so is one whose chosen
+    task's closest training phrasing is less than ``support_threshold`` similar (nonsense such as
+    "banana" that the softmax still files under some task), a question about the picture ("is
+    there noise in this image?": it asks for an answer, not a restoration) and a request to create
+    a degradation ("add some fog"). The thresholds were chosen by cross-validation on the
+    corpus's training split (benchmarks/instruction_cv.py).
     """
 
     def __init__(
@@ -86,11 +110,13 @@ class Interpreter:
         encoder: SentenceEncoder | None = None,
         threshold: float = 0.5,
         segment_threshold: float = 0.8,
+        support_threshold: float = 0.5,
     ) -> None:
         self.head = head or InstructionHead.default()
         self._encoder = encoder
         self.threshold = threshold
         self.segment_threshold = segment_threshold
+        self.support_threshold = support_threshold
 
     @property
     def encoder(self) -> SentenceEncoder:
@@ -110,15 +136,19 @@ class Interpreter:
             raise self.refusal(text, "the instruction is empty.")
         if _QUESTION.match(text):
             raise self.refusal(text, f"{text!r} is a question, not a request to restore the image.")
+        if m := _CREATE.search(text):
+            raise self.refusal(text, f"{text!r} asks to add a degradation ({m.group(0)!r}); this model only removes them.")
         segments = clauses(text)
-        probs = self.head.probabilities(self.encoder.encode([text, *segments]))
+        emb = self.encoder.encode([text, *segments])
+        probs, support = self.head.probabilities(emb), self.head.support(emb)
         classes = self.head.classes
         seg_info = []
         found: dict[str, float] = {}
-        for s, p in zip(segments, probs[1:]):
+        for s, p, sup in zip(segments, probs[1:], support[1:]):
             conf, idx = p.max(0)
             seg_info.append({"text": s, "class": classes[int(idx)], "confidence": round(float(conf), 4)})
-            if classes[int(idx)] != UNSUPPORTED and float(conf) >= self.segment_threshold:
+            if (classes[int(idx)] != UNSUPPORTED and float(conf) >= self.segment_threshold
+                    and float(sup[int(idx)]) >= self.support_threshold):
                 found[classes[int(idx)]] = max(found.get(classes[int(idx)], 0.0), float(conf))
         if len(found) >= 2:
             tasks = order_tasks(found)
@@ -130,4 +160,7 @@ class Interpreter:
             raise self.refusal(text, f"{text!r} does not ask for a supported restoration ({float(conf):.0%} sure).")
         if float(conf) < self.threshold:
             raise self.refusal(text, f"{text!r} is unclear: the best guess, {best}, is only {float(conf):.0%} sure.")
+        if float(support[0, int(idx)]) < self.support_threshold:
+            raise self.refusal(text, f"{text!r} is unlike any known request (closest {best} phrasing is "
+                                     f"{float(support[0, int(idx)]):.0%} similar).")
         return Interpretation(text, [best], [round(float(conf), 4)], seg_info)
