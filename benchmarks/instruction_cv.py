@@ -7,7 +7,7 @@ and by the full :class:`Interpreter` (clause splitting, question rule, threshold
 users get. It also joins pairs of test-fold phrasings of two different tasks ("A and B", "A, then
 B", "A; B") and counts how often exactly both tasks come back.
 
-    python benchmarks/instruction_cv.py [--threshold 0.5] [--support-threshold 0.45] [--folds 5]
+    python benchmarks/instruction_cv.py [--threshold 0.5] [--support-threshold 0.5] [--folds 5]
                                         [--pairs 400] [--cache DIR] [--show]
 """
 

@@ -160,7 +160,6 @@ class Interpreter:
             raise self.refusal(text, f"{text!r} does not ask for a supported restoration ({float(conf):.0%} sure).")
         if float(conf) < self.threshold:
             raise self.refusal(text, f"{text!r} is unclear: the best guess, {best}, is only {float(conf):.0%} sure.")
-        if float(support[0, int(idx)]) < self.support_threshold:
-            raise self.refusal(text, f"{text!r} is unlike any known request (closest {best} phrasing is "
-                                     f"{float(support[0, int(idx)]):.0%} similar).")
+        if (sim := float(support[0, int(idx)])) < self.support_threshold:
+            raise self.refusal(text, f"{text!r} is unlike any known request (closest {best} phrasing is {sim:.0%} similar).")
         return Interpretation(text, [best], [round(float(conf), 4)], seg_info)
