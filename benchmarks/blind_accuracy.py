@@ -6,7 +6,10 @@ task, whole images) and reports accuracy per task, per image (crops averaged by
 ``DegradationClassifier.predict``) and per 256x256 tile (each tile classified alone, a harder test).
 Target (issue 5): >= 95% on single degradations.
 
-    python benchmarks/blind_accuracy.py --val ../shared/photos/val [--seeds 5] [--classifier FILE]
+    python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 5] [--classifier FILE]
+
+The shipped classifier leaves five training photos out (see docs/instructions.md); add them with
+``--val ../shared/photos/train/bridge.png`` etc. for a larger test set.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from instruct_ipt.instruct.blind import DegradationClassifier
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--val", action="append", required=True, help="folder of clean validation photos")
+    ap.add_argument("--val", action="append", required=True, help="folder of clean photos, or one photo (repeatable)")
     ap.add_argument("--classifier", help="classifier file (default: the packaged one)")
     ap.add_argument("--seeds", type=int, default=1, help="degraded versions of each photo per task")
     ap.add_argument("--tile", type=int, default=256)

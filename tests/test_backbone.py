@@ -67,6 +67,17 @@ def test_layernorm2d_matches_layer_norm_over_channels():
     x = torch.randn(2, 6, 5, 7)
     ref = F.layer_norm(x.permute(0, 2, 3, 1), (6,), norm.weight, norm.bias, eps=1e-6).permute(0, 3, 1, 2)
     torch.testing.assert_close(norm(x), ref, rtol=1e-5, atol=1e-5)
+    fast = norm(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert fast.is_contiguous(memory_format=torch.channels_last)  # keeps the faster conv layout
+
+
+def test_channels_last_input_gives_the_same_output():
+    torch.manual_seed(0)
+    net = IPTV2(IPTConfig.tiny()).eval()
+    x = torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x.contiguous(memory_format=torch.channels_last)), net(x), rtol=1e-5, atol=1e-5)
 
 
 def reference_window_channel_attention(attn: FocalContextAttention, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ from skimage import data
 from instruct_ipt import InstructIPT
 from instruct_ipt.cli import main
 from instruct_ipt.data.degradations import make_degradation
-from instruct_ipt.instruct.blind import BLIND_FILE, DegradationClassifier, train_classifier
+from instruct_ipt.data.degradations import Degraded
+from instruct_ipt.instruct.blind import BLIND_FILE, BlindDataset, DegradationClassifier, train_classifier
 
 TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
 
@@ -16,7 +17,7 @@ def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
     InstructIPT("tiny", tasks=TASKS).save_pretrained(d)
     ops = {t: make_degradation(t) for t in TASKS}
-    train_classifier([data.astronaut()[:64, :64]], ops, steps=2, batch_size=4, patch_size=32).save(d / BLIND_FILE)
+    train_classifier([data.astronaut()[:64, :64]], ops, steps=2, batch_size=4, patch_size=32, context=48).save(d / BLIND_FILE)
     return d
 
 
@@ -117,6 +118,47 @@ def test_classifier_round_trip(tmp_path):
     probs = back.predict(np.random.default_rng(0).random((50, 70, 3)).astype(np.float32))
     assert set(probs) == {"a", "b"} and abs(sum(probs.values()) - 1) < 1e-5
     assert probs == clf.predict(np.random.default_rng(0).random((50, 70, 3)).astype(np.float32))
+
+
+class _Recorder:
+    """A degradation that keeps what it was given (and returns it unchanged)."""
+
+    task = "a"
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, clean, rng):
+        self.seen.append(clean)
+        return Degraded(clean)
+
+
+def test_blind_samples_are_crops_of_a_degraded_context():
+    rec = _Recorder()
+    photo = data.astronaut()
+    ds = BlindDataset([photo], {"a": rec}, length=8, patch=24, context=64, soften=0.0, seed=3)
+    sample = ds[5]
+    assert sample["input"].shape == (3, 24, 24) and sample["task"] == 0
+    context = rec.seen[-1]
+    assert context.shape == (64, 64, 3)  # the whole context was degraded, not only the patch
+    crop = sample["input"].numpy().transpose(1, 2, 0)
+    windows = np.lib.stride_tricks.sliding_window_view(context, (24, 24, 3))[..., 0, :, :, :]
+    assert np.abs(windows - crop).max(axis=(-3, -2, -1)).min() == 0  # the sample lies inside it
+    assert np.array_equal(ds[5]["input"], sample["input"])  # deterministic per index
+    with pytest.raises(IndexError):
+        ds[8]
+
+
+def test_blind_softening_blurs_the_clean_context():
+    plain, soft, sharp = _Recorder(), _Recorder(), _Recorder()
+    photo = data.astronaut()
+    BlindDataset([photo], {"a": plain}, length=1, patch=16, context=48, soften=0.0, seed=0)[0]
+    BlindDataset([photo], {"a": soft}, length=1, patch=16, context=48, soften=1.0, keep_sharp=(), seed=0)[0]
+    BlindDataset([photo], {"a": sharp}, length=1, patch=16, context=48, soften=1.0, keep_sharp=("a",), seed=0)[0]
+    a, b = plain.seen[0], soft.seen[0]
+    assert abs(a.mean() - b.mean()) < 0.01  # same square
+    assert np.abs(np.diff(b, axis=1)).mean() < 0.9 * np.abs(np.diff(a, axis=1)).mean()  # but smoother
+    assert np.array_equal(sharp.seen[0], a)  # a blur task's samples are never softened
 
 
 def test_tiling_blends_to_the_untiled_result(model):
