@@ -5,7 +5,7 @@
 Writes src/instruct_ipt/instruct/degradation_classifier.safetensors (or --out). Training photos:
 the given folders (less any ``--exclude``d photo, by file name, kept for testing) plus
 scikit-image's bundled photos; degradations: each task's default operator, applied as in
-``BlindDataset`` (rescaled, degraded in context, sometimes softened).
+``BlindDataset`` (photos rescaled, crops sometimes softened before degrading).
 """
 
 from __future__ import annotations

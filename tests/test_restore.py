@@ -5,8 +5,7 @@ from skimage import data
 
 from instruct_ipt import InstructIPT
 from instruct_ipt.cli import main
-from instruct_ipt.data.degradations import make_degradation
-from instruct_ipt.data.degradations import Degraded
+from instruct_ipt.data.degradations import Degraded, make_degradation
 from instruct_ipt.instruct.blind import BLIND_FILE, BlindDataset, DegradationClassifier, train_classifier
 
 TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]

@@ -76,15 +76,16 @@ class DegradationClassifier(nn.Module):
 
 
 class BlindDataset(Dataset):
-    """Training samples that look like crops of a whole degraded photo, as ``predict`` sees them.
+    """Training samples for the classifier: degraded crops of photos at varied scale and sharpness.
 
     A random photo is rescaled (``scale``: users' photos come at any resolution), a ``context``
-    square of it is degraded as a whole, and a random ``patch`` square of that is the sample
-    (``context > patch`` mimics crops of a whole degraded photo, where haze thins towards the near
-    edge; the shipped classifier uses ``context == patch``: a trial at 192 px, with blur samples
-    softened too, scored worse on held-out photos, 88.9% against 95.1%). With probability ``soften`` the clean square is first blurred a little (Gaussian, sigma 0.4-1.2):
-    many real photos are slightly soft, and softness alone must not read as motion blur (so tasks
-    in ``keep_sharp``, whose label is the blur, are never softened).
+    square of it is degraded as a whole, and a random ``patch`` square of that is the sample.
+    ``context > patch`` mimics crops of a whole degraded photo (haze thinning towards the near
+    edge); the shipped classifier uses ``context == patch``, since a trial at 192 px (with blur
+    samples softened too) scored worse on held-out photos: 88.9% against 95.1%. With probability
+    ``soften`` the clean square is first blurred a little (Gaussian, sigma 0.4-1.2): many real
+    photos are slightly soft, and softness alone must not read as motion blur (so tasks in
+    ``keep_sharp``, whose label is the blur, are never softened).
     """
 
     def __init__(
