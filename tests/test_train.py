@@ -2,6 +2,7 @@ import json
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -11,6 +12,7 @@ from skimage import data
 
 from instruct_ipt import InstructIPT
 from instruct_ipt.cli import main
+from instruct_ipt.data.validation import ValidationSet
 from instruct_ipt.train import ConfigError, Trainer, TrainingError, config_from_dict, load_config, plan_stages
 from instruct_ipt.train import trainer as trainer_module
 
@@ -257,6 +259,21 @@ def test_ddp_two_processes_match_one_process(folders, tmp_path):
     assert [x["step"] for x in logs if "loss" in x] == [1, 2, 3]  # rank 0 only
     val = [x for x in logs if "val_psnr" in x]
     assert val and set(val[-1]["val_psnr"]) == {"denoise", "deblur", "dehaze"}
+
+
+def test_validation_images_do_not_depend_on_the_run_seed(folders, tmp_path):
+    caches = []
+    for seed in (3, 4):
+        cfg = make_cfg(folders, tmp_path / f"s{seed}", iterations=2, seed=seed)
+        run(cfg)
+        caches.append(ValidationSet(tmp_path / f"s{seed}" / "val-cache"))
+    for task in ("denoise", "deblur", "dehaze"):
+        a, b = caches[0].by_task(task)[0].input, caches[1].by_task(task)[0].input
+        assert np.array_equal(a, b), task
+    other = make_cfg(folders, tmp_path / "v1", iterations=2, seed=3, data={"val_seed": 1})
+    run(other)
+    assert not np.array_equal(ValidationSet(tmp_path / "v1" / "val-cache").by_task("denoise")[0].input,
+                              caches[0].by_task("denoise")[0].input)
 
 
 @pytest.mark.parametrize("name", ["default", "cpu-small", "paper-base"])

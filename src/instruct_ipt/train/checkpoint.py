@@ -14,7 +14,7 @@ from ..io import atomic_write
 
 FORMAT = "instruct-ipt-train"
 #: config keys that may change between a run and its resumption (they do not change the result)
-RESUMABLE_CHANGES = ("log_every", "val_every", "ckpt_every", "data.workers", "data.val_cache")
+RESUMABLE_CHANGES = ("log_every", "val_every", "ckpt_every", "data.workers", "data.val_cache", "data.val_seed")
 
 
 def rng_state() -> dict[str, Any]:

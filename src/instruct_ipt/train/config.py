@@ -49,6 +49,9 @@ class DataConfig:
     #: folders of clean validation photos (degraded once, cached)
     val: list[str] = field(default_factory=list)
     val_crop: int = 256
+    #: seed of the validation degradations; fixed, not the run's ``seed``, so that runs with other
+    #: seeds and warm restarts are validated on the same degraded images
+    val_seed: int = 0
     #: where the degraded validation set is cached (default: <out>/val-cache)
     val_cache: str | None = None
     patch_size: int = 64

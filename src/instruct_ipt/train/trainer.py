@@ -234,7 +234,7 @@ class Trainer:
         folder = Path(d.val_cache) if d.val_cache else self.out / "val-cache"
         ops = {t: make_degradation(t, **tc.degradation) for t, tc in self.cfg.tasks.items()}
         if self.info.is_main:
-            ValidationSet.build(d.val, ops, folder, crop=d.val_crop, seed=self.cfg.seed)
+            ValidationSet.build(d.val, ops, folder, crop=d.val_crop, seed=d.val_seed)
         D.barrier(self.info)
         return ValidationSet(folder)
 
