@@ -101,14 +101,32 @@ def reference_window_channel_attention(attn: FocalContextAttention, x: torch.Ten
     return attn.proj(torch.roll(out, (sh, sw), (2, 3)))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shift", [False, True])
 @pytest.mark.parametrize("size", [(8, 8), (11, 6), (3, 13)])
-def test_focal_context_attention_matches_reference(shift, size):
+def test_focal_context_attention_matches_reference(shift, size, channels_last):
     attn = FocalContextAttention(8, heads=2, window_size=4, shift=shift)
     with torch.no_grad():
         attn.temperature.uniform_(0.5, 2.0)
     x = torch.randn(2, 8, *size)
-    torch.testing.assert_close(attn(x), reference_window_channel_attention(attn, x), rtol=1e-4, atol=1e-5)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = attn(x.contiguous(memory_format=fmt))
+    torch.testing.assert_close(out, reference_window_channel_attention(attn, x), rtol=1e-4, atol=1e-5)
+    assert out.is_contiguous(memory_format=fmt)  # the layout is kept for the convolutions that follow
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_focal_context_attention_gradient_is_finite_for_a_zero_window(channels_last):
+    # channels-last takes the norms from Gram diagonals; a window whose q/k are all 0 must not give NaN
+    attn = FocalContextAttention(8, heads=2, window_size=4)
+    x = torch.zeros(1, 8, 12, 12)
+    x[..., 8:, 8:] = torch.randn(1, 8, 4, 4)  # the top-left window (and its 3x3 neighbourhood) stays 0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    attn(x).square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
+    assert torch.isfinite(x.grad).all()
 
 
 def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tensor:
@@ -135,8 +153,12 @@ def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tens
     return attn.proj(out)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [(8, 8), (12, 10), (3, 5)])
-def test_grid_attention_matches_reference(size):
+def test_grid_attention_matches_reference(size, channels_last):
     attn = GridAttention(8, heads=2, grid_size=4)
     x = torch.randn(2, 8, *size)
-    torch.testing.assert_close(attn(x), reference_grid_attention(attn, x), rtol=1e-4, atol=1e-5)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = attn(x.contiguous(memory_format=fmt))
+    torch.testing.assert_close(out, reference_grid_attention(attn, x), rtol=1e-4, atol=1e-5)
+    assert out.is_contiguous(memory_format=fmt)

@@ -71,20 +71,51 @@ class FocalContextAttention(nn.Module):
             qkv = F.pad(qkv, (0, pw, 0, ph))
         hp, wp = h + ph, w + pw
         nh, nw = hp // wh, wp // ww
-        d = c // self.heads
-        # (B, 3, heads, d, nh, wh, nw, ww) -> (3, B*nh*nw, heads, d, wh*ww)
+        d, n, groups = c // self.heads, wh * ww, b * nh * nw
         t = qkv.view(b, 3, self.heads, d, nh, wh, nw, ww)
-        t = t.permute(1, 0, 4, 6, 2, 3, 5, 7).reshape(3, b * nh * nw, self.heads, d, wh * ww)
-        q, k, v = t[0], t[1], t[2]
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
-        out = attn.softmax(dim=-1) @ v  # (B*nh*nw, heads, d, wh*ww)
-        out = out.view(b, nh, nw, self.heads, d, wh, ww).permute(0, 3, 4, 1, 5, 2, 6)
-        out = out.reshape(b, c, hp, wp)[:, :, :h, :w]
+        cl = x.is_contiguous(memory_format=torch.channels_last)
+        # One copy regroups the windows; its order follows the memory layout so that it reads
+        # contiguous runs (channels when channels-last, as inference runs; pixels when NCHW).
+        if cl:
+            t = t.permute(1, 0, 4, 6, 2, 5, 7, 3).reshape(3, groups, self.heads, n, d)
+        else:
+            t = t.permute(1, 0, 4, 6, 2, 3, 5, 7).reshape(3, groups, self.heads, d, n).transpose(-2, -1)
+        q, k, v = t[0], t[1], t[2]  # (B*nh*nw, heads, wh*ww, d) views
+        attn = (_cosine_gram(q, k) * self.temperature).softmax(dim=-1)  # (.., d, d) channel attention
+        out = v @ attn.transpose(-2, -1) if cl else (attn @ v.transpose(-2, -1)).transpose(-2, -1)
+        out = out.view(b, nh, nw, self.heads, wh, ww, d)
+        out = _merge_groups(out.permute(0, 1, 4, 2, 5, 3, 6), x)[:, :, :h, :w]
         if sh or sw:
             out = torch.roll(out, shifts=(sh, sw), dims=(2, 3))
         return self.proj(out)
+
+
+def _cosine_gram(q: torch.Tensor, k: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``normalize(q)^T @ normalize(k)``, each channel normalised over the tokens (dim -2).
+
+    When the tokens are not the contiguous dimension (channels-last inference), the norms come
+    from the diagonals of ``q^T q`` and ``k^T k``: these small batched matmuls are several times
+    faster on CPU than a strided reduction, and scaling the ``d x d`` result replaces two
+    divisions of the full maps. Otherwise (NCHW, training) the plain normalisation is as fast.
+    """
+    if q.stride(-2) == 1 and k.stride(-2) == 1:
+        return F.normalize(q, dim=-2, eps=eps).transpose(-2, -1) @ F.normalize(k, dim=-2, eps=eps)
+    # clamp before sqrt (same value as F.normalize's max(norm, eps)): a finite gradient at norm 0
+    qn = (q.transpose(-2, -1) @ q).diagonal(dim1=-2, dim2=-1).clamp_min(eps * eps).sqrt()
+    kn = (k.transpose(-2, -1) @ k).diagonal(dim1=-2, dim2=-1).clamp_min(eps * eps).sqrt()
+    return (q.transpose(-2, -1) @ k) / (qn[..., :, None] * kn[..., None, :])
+
+
+def _merge_groups(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, H1, H2, W1, W2, heads, d) -> (B, C, H, W) in ``like``'s memory layout (one copy).
+
+    Channels-last input stays channels-last through the attention, so the 1x1 projection that
+    follows runs on oneDNN's channels-last path without a layout conversion.
+    """
+    b, h1, h2, w1, w2, heads, d = t.shape
+    if like.is_contiguous(memory_format=torch.channels_last):
+        return t.reshape(b, h1 * h2, w1 * w2, heads * d).permute(0, 3, 1, 2)
+    return t.permute(0, 5, 6, 1, 2, 3, 4).reshape(b, heads * d, h1 * h2, w1 * w2)
 
 
 class GridAttention(nn.Module):
@@ -123,8 +154,8 @@ class GridAttention(nn.Module):
             mask = valid.permute(2, 3, 0, 1).reshape(1, ch * cw, 1, 1, gh * gw)
             mask = mask.expand(b, -1, -1, -1, -1).reshape(b * ch * cw, 1, 1, gh * gw)
         out = F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=mask)
-        out = out.view(b, ch, cw, self.heads, gh, gw, d).permute(0, 3, 6, 4, 1, 5, 2)
-        out = out.reshape(b, c, hp, wp)[:, :, :h, :w]
+        out = out.view(b, ch, cw, self.heads, gh, gw, d)
+        out = _merge_groups(out.permute(0, 4, 1, 5, 2, 3, 6), x)[:, :, :h, :w]
         return self.proj(out)
 
 
