@@ -88,6 +88,14 @@ def test_stage_plans(folders, tmp_path):
         ("elementary", "sync", ["denoise", "deblur"], 4, 2e-3), ("haze", "bias-only", ["dehaze"], 2, 1e-3)]
 
 
+def test_logged_loss_is_the_mean_since_the_previous_entry(folders, tmp_path):
+    every_step = run(make_cfg(folders, tmp_path / "a", val_every=100)) and (tmp_path / "a/log.jsonl")
+    every_two = run(make_cfg(folders, tmp_path / "b", val_every=100, log_every=2)) and (tmp_path / "b/log.jsonl")
+    losses = [[json.loads(x)["loss"] for x in f.read_text().splitlines() if '"loss"' in x] for f in (every_step, every_two)]
+    assert len(losses[0]) == 4 and len(losses[1]) == 2
+    assert losses[1] == pytest.approx([(losses[0][0] + losses[0][1]) / 2, (losses[0][2] + losses[0][3]) / 2], abs=2e-6)
+
+
 def test_sync_trains_backbone_and_task_biases_and_logs(folders, tmp_path):
     torch.manual_seed(0)
     init = state(InstructIPT("tiny", tasks=["denoise", "deblur", "dehaze"], modulation=make_mod()))
@@ -286,6 +294,17 @@ def test_shipped_configs_load(name):
     assert stages[0].tasks == ["denoise", "deblur"]
     assert stages[1].tasks == ["derain", "dehaze", "desnow", "jpeg"]
     assert list(cfg.tasks) == ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
+
+
+@pytest.mark.parametrize("name, modes", [("default-extend", ["sync", "bias-only"]),
+                                         ("default-extend-2", ["sync", "bias-only"]),
+                                         ("default-extend-3", ["bias-only"])])
+def test_default_model_continuation_configs_load(name, modes):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.model.init and [s.mode for s in plan_stages(cfg)] == modes
+    assert plan_stages(cfg)[-1].tasks == ["derain", "dehaze", "desnow", "jpeg"]
 
 
 def test_torchrun_entry_point(folders, tmp_path):

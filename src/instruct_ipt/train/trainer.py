@@ -360,7 +360,7 @@ class Trainer:
         use_amp = cfg.amp and info.device.type == "cuda"
         bar = tqdm(total=stage.iterations, initial=start_step, desc=f"stage {stage.index} {stage.name}",
                    disable=not (self.progress and info.is_main), dynamic_ncols=True)
-        t_last, n_last = time.perf_counter(), 0
+        t_last, n_last, loss_sum = time.perf_counter(), 0, 0.0
         step = start_step
         try:
             for step, batch in zip(range(start_step, stage.iterations), loader):
@@ -386,14 +386,18 @@ class Trainer:
                     ema.update_parameters(model)
                 done = step + 1
                 n_last += 1
+                loss_sum += loss.detach()
                 if done % cfg.log_every == 0 or done == stage.iterations:
                     now = time.perf_counter()
                     sps = n_last * global_batch / max(1e-9, now - t_last)
-                    entry = {"stage": stage.index, "step": done, "loss": round(loss.item(), 6),
+                    # mean over the steps since the last entry and over all ranks: one batch's loss
+                    # swings with its task mix (a hazy batch costs several times a JPEG one)
+                    mean_loss = D.all_sum(info, [float(loss_sum)])[0] / (n_last * info.world)
+                    entry = {"stage": stage.index, "step": done, "loss": round(mean_loss, 6),
                              "lr": sched.get_last_lr()[0], "samples_per_s": round(sps, 2)}
                     self._log(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}", sps=f"{sps:.1f}")
-                    t_last, n_last = now, 0
+                    t_last, n_last, loss_sum = now, 0, 0.0
                 bar.update(1)
                 if val is not None and (done % cfg.val_every == 0 or done == stage.iterations):
                     scores = validate(ema.module if ema is not None else model, val, info)
