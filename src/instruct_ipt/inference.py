@@ -25,8 +25,9 @@ def pick_device(device: str | None = None) -> torch.device:
 @torch.inference_mode()
 def _run(model: InstructIPT, rgb: np.ndarray, task: str | int | None) -> np.ndarray:
     """One forward pass with the input in channels-last memory layout, which the model keeps
-    through its layer norms so oneDNN's faster channels-last convolutions run (measured with the
-    small model, one 768x432 image, 2 CPU cores: 12.0 s NCHW, 7.8 s channels-last). Layout never
+    through its layer norms and attention so oneDNN's faster channels-last convolutions run
+    (small model, one 768x432 image, 2 CPU cores: 12.0 s NCHW, 7.8 s channels-last; 5.5 s once
+    the attention kept the layout too, see ``models/blocks.py``). Layout never
     changes the values; the model itself is left as it is."""
     p = next(model.parameters())
     x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).unsqueeze(0).to(p.device, p.dtype)
