@@ -89,9 +89,10 @@ def test_stage_plans(folders, tmp_path):
 
 
 def test_logged_loss_is_the_mean_since_the_previous_entry(folders, tmp_path):
-    every_step = run(make_cfg(folders, tmp_path / "a", val_every=100)) and (tmp_path / "a/log.jsonl")
-    every_two = run(make_cfg(folders, tmp_path / "b", val_every=100, log_every=2)) and (tmp_path / "b/log.jsonl")
-    losses = [[json.loads(x)["loss"] for x in f.read_text().splitlines() if '"loss"' in x] for f in (every_step, every_two)]
+    run(make_cfg(folders, tmp_path / "a", val_every=100))  # logs every step
+    run(make_cfg(folders, tmp_path / "b", val_every=100, log_every=2))
+    logs = [(tmp_path / run_dir / "log.jsonl").read_text().splitlines() for run_dir in ("a", "b")]
+    losses = [[json.loads(x)["loss"] for x in lines if '"loss"' in x] for lines in logs]
     assert len(losses[0]) == 4 and len(losses[1]) == 2
     assert losses[1] == pytest.approx([(losses[0][0] + losses[0][1]) / 2, (losses[0][2] + losses[0][3]) / 2], abs=2e-6)
 
@@ -304,8 +305,9 @@ def test_default_model_continuation_configs_load(name, modes):
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml")
-    assert cfg.model.init and [s.mode for s in plan_stages(cfg)] == modes
-    assert plan_stages(cfg)[-1].tasks == ["derain", "dehaze", "desnow", "jpeg"]
+    stages = plan_stages(cfg)
+    assert cfg.model.init and [s.mode for s in stages] == modes
+    assert stages[-1].tasks == ["derain", "dehaze", "desnow", "jpeg"]
 
 
 def test_torchrun_entry_point(folders, tmp_path):

@@ -84,7 +84,7 @@ class FocalContextAttention(nn.Module):
         attn = (_cosine_gram(q, k) * self.temperature).softmax(dim=-1)  # (.., d, d) channel attention
         out = v @ attn.transpose(-2, -1) if cl else (attn @ v.transpose(-2, -1)).transpose(-2, -1)
         out = out.view(b, nh, nw, self.heads, wh, ww, d)
-        out = _merge_groups(out.permute(0, 1, 4, 2, 5, 3, 6), x)[:, :, :h, :w]
+        out = _merge_groups(out.permute(0, 1, 4, 2, 5, 3, 6), cl)[:, :, :h, :w]
         if sh or sw:
             out = torch.roll(out, shifts=(sh, sw), dims=(2, 3))
         return self.proj(out)
@@ -106,14 +106,14 @@ def _cosine_gram(q: torch.Tensor, k: torch.Tensor, eps: float = 1e-12) -> torch.
     return (q.transpose(-2, -1) @ k) / (qn[..., :, None] * kn[..., None, :])
 
 
-def _merge_groups(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B, H1, H2, W1, W2, heads, d) -> (B, C, H, W) in ``like``'s memory layout (one copy).
+def _merge_groups(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(B, H1, H2, W1, W2, heads, d) -> (B, C, H, W), channels-last or NCHW in memory (one copy).
 
     Channels-last input stays channels-last through the attention, so the 1x1 projection that
     follows runs on oneDNN's channels-last path without a layout conversion.
     """
     b, h1, h2, w1, w2, heads, d = t.shape
-    if like.is_contiguous(memory_format=torch.channels_last):
+    if channels_last:
         return t.reshape(b, h1 * h2, w1 * w2, heads * d).permute(0, 3, 1, 2)
     return t.permute(0, 5, 6, 1, 2, 3, 4).reshape(b, heads * d, h1 * h2, w1 * w2)
 
@@ -155,7 +155,8 @@ class GridAttention(nn.Module):
             mask = mask.expand(b, -1, -1, -1, -1).reshape(b * ch * cw, 1, 1, gh * gw)
         out = F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=mask)
         out = out.view(b, ch, cw, self.heads, gh, gw, d)
-        out = _merge_groups(out.permute(0, 4, 1, 5, 2, 3, 6), x)[:, :, :h, :w]
+        cl = x.is_contiguous(memory_format=torch.channels_last)
+        out = _merge_groups(out.permute(0, 4, 1, 5, 2, 3, 6), cl)[:, :, :h, :w]
         return self.proj(out)
 
 
