@@ -129,18 +129,26 @@ def test_focal_context_attention_gradient_is_finite_for_a_zero_window(channels_l
     assert torch.isfinite(x.grad).all()
 
 
+def _grid_groups(n: int, g: int, span: int | None) -> list[list[int]]:
+    """Indices along one axis that share a grid group: same block of ``span``, same offset in a cell."""
+    if span is None or n <= span:
+        cell, block = math.ceil(n / min(g, n)), n
+    else:
+        cell, block = span // g, span
+    keys: dict[tuple[int, int], list[int]] = {}
+    for r in range(n):
+        keys.setdefault((r // block, r % cell), []).append(r)
+    return list(keys.values())
+
+
 def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tensor:
-    """Loop-based reference: tokens at the same offset of every grid cell attend to each other."""
+    """Loop-based reference: tokens at the same offset of every grid cell (of one block) attend to each other."""
     b, c, h, w = x.shape
-    gh, gw = min(attn.grid_size, h), min(attn.grid_size, w)
-    ch, cw = math.ceil(h / gh), math.ceil(w / gw)
     q, k, v = attn.qkv(x).chunk(3, dim=1)
     d = c // attn.heads
     out = torch.zeros(b, c, h, w)
-    for a in range(ch):
-        for o in range(cw):
-            rows = [i * ch + a for i in range(gh) if i * ch + a < h]
-            cols = [j * cw + o for j in range(gw) if j * cw + o < w]
+    for rows in _grid_groups(h, attn.grid_size, attn.span):
+        for cols in _grid_groups(w, attn.grid_size, attn.span):
             idx = [(r, cc) for r in rows for cc in cols]
             for hd in range(attn.heads):
                 sl = slice(hd * d, (hd + 1) * d)
@@ -151,6 +159,50 @@ def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tens
                 for n, (r, cc) in enumerate(idx):
                     out[:, sl, r, cc] = o_[:, n]
     return attn.proj(out)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [(16, 24), (13, 19), (8, 20)])
+def test_grid_attention_with_span_matches_reference(size, channels_last):
+    attn = GridAttention(8, heads=2, grid_size=4, span=8)
+    x = torch.randn(2, 8, *size)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = attn(x.contiguous(memory_format=fmt))
+    torch.testing.assert_close(out, reference_grid_attention(attn, x), rtol=1e-4, atol=1e-5)
+    assert out.is_contiguous(memory_format=fmt)
+
+
+def test_grid_span_processes_blocks_independently():
+    # on a map tiled exactly by span x span blocks, each block is what the unbounded attention gives it alone
+    torch.manual_seed(0)
+    bounded = GridAttention(8, heads=2, grid_size=4, span=8)
+    unbounded = GridAttention(8, heads=2, grid_size=4)
+    unbounded.load_state_dict(bounded.state_dict())
+    x = torch.randn(1, 8, 16, 24)
+    out = bounded(x)
+    for i in range(0, 16, 8):
+        for j in range(0, 24, 8):
+            torch.testing.assert_close(out[..., i : i + 8, j : j + 8], unbounded(x[..., i : i + 8, j : j + 8]))
+    assert not torch.allclose(out, unbounded(x), atol=1e-3)
+
+
+def test_grid_span_leaves_training_sized_inputs_unchanged():
+    torch.manual_seed(0)
+    config = IPTConfig.tiny()
+    unbounded = IPTV2(config).eval()
+    bounded = IPTV2(IPTConfig.from_dict({**config.to_dict(), "grid_span": 32})).eval()
+    bounded.load_state_dict(unbounded.state_dict())
+    with torch.no_grad():
+        x = torch.rand(2, 3, 32, 24)
+        torch.testing.assert_close(bounded(x), unbounded(x))
+        y = torch.rand(1, 3, 64, 48)
+        assert not torch.allclose(bounded(y), unbounded(y), atol=1e-4)
+
+
+@pytest.mark.parametrize("span", [16, 40, 0])
+def test_grid_span_must_fit_every_level(span):
+    with pytest.raises(ValueError, match="grid_span"):
+        IPTConfig.from_dict({**IPTConfig.tiny().to_dict(), "grid_span": span})
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -43,6 +43,12 @@ def test_restores_better_than_the_input(model, task):
     assert gain > 1.0, f"{task}: {gain:.2f} dB"
 
 
+def test_whole_photos_use_the_training_grid_span_except_deblur_and_dehaze(model):
+    # MODEL.md, "Grid span": groups bounded to the 64 px training patch, image-wide for deblur and dehaze
+    assert model.config.grid_span == 64
+    assert model.task_grid_spans == {"deblur": None, "dehaze": None}
+
+
 def test_tiles_match_the_whole_image(model):
     rgb = crop(data.astronaut(), 160).astype(np.float32) / 255
     noisy = np.clip(degrade(rgb, "denoise", seed=0, sigma=15.0).image, 0, 1).astype(np.float32)

@@ -128,3 +128,45 @@ def _plain_safetensors(tmp_path):
     p = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(1)}, str(p))
     return p
+
+
+def spanned_model() -> InstructIPT:
+    """Tiny model whose grid groups span 32 px, except deblur's (image-wide)."""
+    config = IPTConfig.from_dict({**IPTConfig.tiny().to_dict(), "grid_span": 32})
+    model = InstructIPT(config, tasks=TASKS, task_grid_spans={"deblur": None})
+    randomize_task_biases(model.modulation)
+    return model.eval()
+
+
+def test_task_grid_span_applies_to_its_task_only(tmp_path):
+    torch.manual_seed(0)
+    model = spanned_model()
+    x = torch.rand(2, 3, 64, 48)  # larger than the span: the grouping matters
+    with torch.no_grad():
+        deblur, denoise = model(x, "deblur"), model(x, "denoise")
+        image_wide = InstructIPT(IPTConfig.tiny(), tasks=TASKS)
+        image_wide.load_state_dict(model.state_dict())
+        torch.testing.assert_close(deblur, image_wide(x, "deblur"))  # the override
+        assert not torch.allclose(denoise, image_wide(x, "denoise"), atol=1e-4)  # the default
+        # the same after merge, per sample (one task), in an exported plain backbone, and after a round trip
+        torch.testing.assert_close(model.merge("deblur")(x), deblur)
+        model.unmerge()
+        torch.testing.assert_close(model(x, torch.tensor([1, 1])), deblur)
+        torch.testing.assert_close(model.export_merged("deblur")(x), deblur)
+        torch.testing.assert_close(model.export_merged("denoise")(x), denoise)
+        model.save_pretrained(tmp_path)
+        loaded = InstructIPT.from_pretrained(tmp_path)
+        assert loaded.task_grid_spans == {"deblur": None} and loaded.config.grid_span == 32
+        torch.testing.assert_close(loaded(x, "deblur"), deblur)
+        # a mixed batch runs with the default span; the backbone is left at its default
+        mixed = model(x, ["deblur", "denoise"])
+        torch.testing.assert_close(mixed[1], denoise[1])
+        assert model.backbone.config.grid_span == 32
+
+
+def test_task_grid_span_is_checked():
+    model = InstructIPT("tiny", tasks=TASKS)
+    with pytest.raises(ValueError, match="unknown task"):
+        model.set_task_grid_span("dehaze", None)
+    with pytest.raises(ValueError, match="grid_span"):
+        model.set_task_grid_span("deblur", 40)

@@ -300,7 +300,8 @@ def test_shipped_configs_load(name):
 @pytest.mark.parametrize("name, modes", [("default-extend", ["sync", "bias-only"]),
                                          ("default-extend-2", ["sync", "bias-only"]),
                                          ("default-extend-3", ["bias-only"]),
-                                         ("default-extend-4", ["bias-only"])])
+                                         ("default-extend-4", ["bias-only"]),
+                                         ("default-extend-5", ["sync", "bias-only"])])
 def test_default_model_continuation_configs_load(name, modes):
     from pathlib import Path
 

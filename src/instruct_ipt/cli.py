@@ -42,6 +42,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "model": source,
         "tasks": model.tasks,
         "modulation": None if model.modulation_config is None else model.modulation_config.to_dict(),
+        "grid_span": model.config.grid_span,
+        "task_grid_spans": model.task_grid_spans,
         "modulated_layers": count.layers,
         "backbone_parameters": count.backbone,
         "extra_parameters_per_task": count.per_task,

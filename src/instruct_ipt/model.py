@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ class InstructIPT(nn.Module):
 
     ``modulation=None`` builds the plain backbone (one shared model for all tasks): the baseline
     the paper compares against, with the same save/load and forward signature.
+
+    ``task_grid_spans`` overrides the backbone's ``grid_span`` for single-task inference, e.g.
+    ``{"dehaze": None}`` keeps image-wide grid attention for dehazing while the others use the
+    training patch size (chosen by ``scripts/choose_grid_spans.py``, see MODEL.md).
     """
 
     def __init__(
@@ -55,10 +60,11 @@ class InstructIPT(nn.Module):
         config: IPTConfig | str = "small",
         tasks: Sequence[str] = DEFAULT_TASKS,
         modulation: ModulationConfig | None = ModulationConfig(),
+        task_grid_spans: Mapping[str, int | None] | None = None,
     ) -> None:
         super().__init__()
-        self.config = IPTConfig.named(config) if isinstance(config, str) else config
-        self.backbone = IPTV2(self.config)
+        self.backbone = IPTV2(IPTConfig.named(config) if isinstance(config, str) else config)
+        self.task_grid_spans: dict[str, int | None] = {}
         self.modulation_config = modulation
         self.modulation: TaskModulation | None = None
         #: the folder the model was loaded from (its instruction head may live there)
@@ -79,6 +85,12 @@ class InstructIPT(nn.Module):
             self._tasks = list(tasks)
             if len(set(self._tasks)) != len(self._tasks) or not self._tasks:
                 raise ValueError(f"task names must be unique and non-empty, got {list(tasks)}")
+        for task, span in (task_grid_spans or {}).items():
+            self.set_task_grid_span(task, span)
+
+    @property
+    def config(self) -> IPTConfig:
+        return self.backbone.config
 
     @property
     def tasks(self) -> list[str]:
@@ -108,15 +120,47 @@ class InstructIPT(nn.Module):
         if self.modulation is None:
             if tasks is not None:
                 self._check_tasks(tasks)
-            return self.backbone(x)
+            with self._grid_span_for(tasks):
+                return self.backbone(x)
         if tasks is None and self.modulation.merged_task is None:
             raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
         if tasks is None:
-            return self.backbone(x)
+            with self._grid_span_for(self.modulation.merged_task):
+                return self.backbone(x)
         if not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
             raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
-        with self.modulation.select(tasks):
+        with self.modulation.select(tasks), self._grid_span_for(tasks):
             return self.backbone(x)
+
+    def set_task_grid_span(self, task: str, span: int | None) -> None:
+        """Run ``task`` with grid-attention groups bounded to ``span`` pixels (None: image-wide)."""
+        self.task_index(task)
+        IPTConfig.from_dict({**self.config.to_dict(), "grid_span": span})  # validates the span
+        self.task_grid_spans[task] = span
+
+    @contextlib.contextmanager
+    def _grid_span_for(self, tasks: TaskSpec | None) -> Iterator[None]:
+        """Apply a task's grid-span override while a batch of that one task runs."""
+        if not self.task_grid_spans:
+            yield
+            return
+        names: set[str] = set()
+        if isinstance(tasks, (str, int)):
+            names = {self._tasks[self.task_index(tasks)]}
+        elif isinstance(tasks, torch.Tensor):
+            names = {self._tasks[int(i)] for i in tasks.unique().tolist()}
+        elif tasks is not None:
+            names = {self._tasks[self.task_index(t)] for t in tasks}
+        task = names.pop() if len(names) == 1 else None
+        default = self.config.grid_span
+        if task not in self.task_grid_spans or self.task_grid_spans[task] == default:
+            yield
+            return
+        self.backbone.set_grid_span(self.task_grid_spans[task])
+        try:
+            yield
+        finally:
+            self.backbone.set_grid_span(default)
 
     def _check_tasks(self, tasks: TaskSpec) -> None:
         if isinstance(tasks, (str, int)):
@@ -138,12 +182,18 @@ class InstructIPT(nn.Module):
         return self
 
     def export_merged(self, task: str | int) -> nn.Module:
-        """A plain :class:`IPTV2` for one task (no modulation code needed to run it)."""
+        """A plain :class:`IPTV2` for one task (no modulation code needed to run it), with the
+        task's grid span."""
         if self.modulation is None:
             import copy
 
-            return copy.deepcopy(self.backbone)
-        return self.modulation.export_merged(task)
+            plain = copy.deepcopy(self.backbone)
+        else:
+            plain = self.modulation.export_merged(task)
+        name = self._tasks[self.task_index(task)]
+        if name in self.task_grid_spans:
+            plain.set_grid_span(self.task_grid_spans[name])
+        return plain
 
     def add_task(self, name: str) -> int:
         """Add a downstream task; its biases start at zero effect (the backbone's output).
@@ -246,6 +296,7 @@ class InstructIPT(nn.Module):
             "backbone": self.config.to_dict(),
             "tasks": self.tasks,
             "modulation": None if self.modulation_config is None else self.modulation_config.to_dict(),
+            "task_grid_spans": dict(self.task_grid_spans),
         }
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -263,7 +314,7 @@ class InstructIPT(nn.Module):
         try:
             backbone = IPTConfig.from_dict(cfg["backbone"])
             mod = None if cfg.get("modulation") is None else ModulationConfig.from_dict(cfg["modulation"])
-            return cls(backbone, cfg["tasks"], mod)
+            return cls(backbone, cfg["tasks"], mod, cfg.get("task_grid_spans"))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"invalid model config: {e}") from e
 

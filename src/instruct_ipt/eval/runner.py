@@ -95,18 +95,24 @@ def synthetic_cases(
     seed: int = 0,
     crop: int = 0,
     protocols: Mapping[str, Protocol] | None = None,
+    limit: int = 0,
 ) -> Iterator[Case | Skip]:
-    """Each clean photo of ``folder`` degraded once per task with ``default_rng((seed, crc32(task), index))``."""
+    """Each clean photo of ``folder`` degraded once per task with ``default_rng((seed, crc32(task), index))``.
+
+    ``limit``: only that many photos, evenly spaced in name order (indices stay those of the folder).
+    """
     from ..data.validation import center_crop
 
-    files = list_images(folder)
+    files = list(enumerate(list_images(folder)))
+    if 0 < limit < len(files):
+        files = [files[round(i * (len(files) - 1) / max(1, limit - 1))] for i in range(limit)]
     if not files:
         raise FileNotFoundError(f"{folder}: no images (png, jpg, bmp, tif, webp) in this folder")
     ops = {t: make_degradation(t, **dict((params or {}).get(t, {}))) for t in tasks}
     dataset = f"{Path(folder).name}-synthetic"
     for task in tasks:
         protocol = (protocols or {}).get(task) or default_protocol(task)
-        for i, f in enumerate(files):
+        for i, f in files:
             try:
                 clean = center_crop(read_rgb(f), crop)
             except ImageReadError as e:

@@ -8,6 +8,8 @@ task modulation relies on.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,57 +109,76 @@ def _cosine_gram(q: torch.Tensor, k: torch.Tensor, eps: float = 1e-12) -> torch.
 
 
 def _merge_groups(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """(B, H1, H2, W1, W2, heads, d) -> (B, C, H, W), channels-last or NCHW in memory (one copy).
+    """(B, *H factors, *W factors, heads, d) -> (B, C, H, W), channels-last or NCHW in memory (one copy).
 
-    Channels-last input stays channels-last through the attention, so the 1x1 projection that
-    follows runs on oneDNN's channels-last path without a layout conversion.
+    Rows and columns are each split into the same number of factors (outermost first), e.g.
+    (B, H1, H2, W1, W2, heads, d). Channels-last input stays channels-last through the attention,
+    so the 1x1 projection that follows runs on oneDNN's channels-last path without a layout conversion.
     """
-    b, h1, h2, w1, w2, heads, d = t.shape
+    n = (t.dim() - 3) // 2
+    b, heads, d = t.shape[0], t.shape[-2], t.shape[-1]
+    h, w = math.prod(t.shape[1 : 1 + n]), math.prod(t.shape[1 + n : 1 + 2 * n])
     if channels_last:
-        return t.reshape(b, h1 * h2, w1 * w2, heads * d).permute(0, 3, 1, 2)
-    return t.permute(0, 5, 6, 1, 2, 3, 4).reshape(b, heads * d, h1 * h2, w1 * w2)
+        return t.reshape(b, h, w, heads * d).permute(0, 3, 1, 2)
+    return t.permute(0, t.dim() - 2, t.dim() - 1, *range(1, 1 + 2 * n)).reshape(b, heads * d, h, w)
 
 
 class GridAttention(nn.Module):
-    """Global grid self-attention: spatial attention among tokens on a sparse image-wide grid.
+    """Grid self-attention: spatial attention among tokens on a sparse grid spanning the map.
 
     As in MaxViT's grid attention, the map is split into a ``g x g`` grid of cells and tokens
     at the same offset inside every cell attend to each other, so each group spans the whole
-    image. Maps that are not a multiple of ``g`` are zero-padded and the padded keys masked out.
+    map. ``span`` (in this map's pixels) bounds that: a larger map is first split into
+    ``span x span`` blocks and each block gets its own grid, with cells of ``span / g``.
+    Why: a model trained on patches has only seen groups spread over a patch; on a whole photo
+    an image-wide grid would put its tokens much further apart than in training (a train/test
+    mismatch that costs accuracy, cf. Chu et al., "Improving Image Restoration by Revisiting
+    Global Information Aggregation", 2022). Maps that do not fill their blocks and grids are
+    zero-padded and the padded keys masked out.
     """
 
-    def __init__(self, dim: int, heads: int, grid_size: int) -> None:
+    def __init__(self, dim: int, heads: int, grid_size: int, span: int | None = None) -> None:
         super().__init__()
+        if span is not None and (span < grid_size or span % grid_size):
+            raise ValueError(f"grid span {span} must be a multiple of the grid size {grid_size}")
         self.heads = heads
         self.grid_size = grid_size
+        self.span = span
         self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
         self.proj = nn.Conv2d(dim, dim, 1, bias=False)
 
+    def _split(self, n: int) -> tuple[int, int, int]:
+        """(blocks, grid cells, cell size) along one axis of length ``n``."""
+        if self.span is None or n <= self.span:
+            g = min(self.grid_size, n)
+            return 1, g, -(-n // g)
+        return -(-n // self.span), self.grid_size, self.span // self.grid_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        gh, gw = min(self.grid_size, h), min(self.grid_size, w)
-        ph, pw = (-h) % gh, (-w) % gw
+        (nh, gh, ch), (nw, gw, cw) = self._split(h), self._split(w)
+        ph, pw = nh * gh * ch - h, nw * gw * cw - w
         qkv = self.qkv(x)
         if ph or pw:
             qkv = F.pad(qkv, (0, pw, 0, ph))
-        hp, wp = h + ph, w + pw
-        ch, cw = hp // gh, wp // gw  # cell size
         d = c // self.heads
-        # row index = i * ch + a: grid position i, offset a. Groups are offsets (a, b).
-        t = qkv.view(b, 3, self.heads, d, gh, ch, gw, cw)
-        t = t.permute(1, 0, 5, 7, 2, 4, 6, 3).reshape(3, b * ch * cw, self.heads, gh * gw, d)
+        # row index = (block * gh + i) * ch + a: grid position i, offset a. Groups are (block, offset).
+        t = qkv.view(b, 3, self.heads, d, nh, gh, ch, nw, gw, cw)
+        groups = b * nh * ch * nw * cw
+        t = t.permute(1, 0, 4, 6, 7, 9, 2, 5, 8, 3).reshape(3, groups, self.heads, gh * gw, d)
         mask = None
         if ph or pw:
-            rows = torch.arange(gh, device=x.device)[:, None] * ch + torch.arange(ch, device=x.device)
-            cols = torch.arange(gw, device=x.device)[:, None] * cw + torch.arange(cw, device=x.device)
-            valid = (rows < h)[:, None, :, None] & (cols < w)[None, :, None, :]  # (gh, gw, ch, cw)
-            mask = valid.permute(2, 3, 0, 1).reshape(1, ch * cw, 1, 1, gh * gw)
-            mask = mask.expand(b, -1, -1, -1, -1).reshape(b * ch * cw, 1, 1, gh * gw)
+            dev = x.device
+            rows = torch.arange(nh * gh * ch, device=dev).view(nh, gh, ch) < h
+            cols = torch.arange(nw * gw * cw, device=dev).view(nw, gw, cw) < w
+            # (nh, ch, nw, cw, gh, gw): for each group, which of its keys are real pixels
+            valid = rows.permute(0, 2, 1)[:, :, None, None, :, None] & cols.permute(0, 2, 1)[None, None, :, :, None, :]
+            mask = valid.reshape(1, nh * ch * nw * cw, 1, 1, gh * gw).expand(b, -1, -1, -1, -1)
+            mask = mask.reshape(groups, 1, 1, gh * gw)
         out = F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=mask)
-        out = out.view(b, ch, cw, self.heads, gh, gw, d)
+        out = out.view(b, nh, ch, nw, cw, self.heads, gh, gw, d).permute(0, 1, 6, 2, 3, 7, 4, 5, 8)
         cl = x.is_contiguous(memory_format=torch.channels_last)
-        out = _merge_groups(out.permute(0, 4, 1, 5, 2, 3, 6), cl)[:, :, :h, :w]
-        return self.proj(out)
+        return self.proj(_merge_groups(out, cl)[:, :, :h, :w])
 
 
 class FeedForward(nn.Module):
@@ -187,12 +208,13 @@ class TransformerBlock(nn.Module):
         ffn_expansion: float,
         shift: bool = False,
         grid_attention: bool = True,
+        grid_span: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = LayerNorm2d(dim)
         self.attn = FocalContextAttention(dim, heads, window_size, shift=shift)
         self.norm2 = LayerNorm2d(dim) if grid_attention else None
-        self.grid = GridAttention(dim, heads, grid_size) if grid_attention else None
+        self.grid = GridAttention(dim, heads, grid_size, grid_span) if grid_attention else None
         self.norm3 = LayerNorm2d(dim)
         self.ffn = FeedForward(dim, ffn_expansion)
 
@@ -215,12 +237,13 @@ class Stage(nn.Module):
         grid_size: int,
         ffn_expansion: float,
         grid_attention: bool = True,
+        grid_span: int | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.Sequential(
             *(
                 TransformerBlock(
-                    dim, heads, window_size, grid_size, ffn_expansion, shift=bool(i % 2), grid_attention=grid_attention
+                    dim, heads, window_size, grid_size, ffn_expansion, bool(i % 2), grid_attention, grid_span
                 )
                 for i in range(depth)
             )

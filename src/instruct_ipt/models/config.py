@@ -29,6 +29,10 @@ class IPTConfig:
     grid_size: int = 8
     #: use global grid attention in the encoder/bottleneck/decoder blocks
     grid_attention: bool = True
+    #: side, in input pixels, of the largest square one grid group spans (None: the whole
+    #: image). Set it to the training patch size so that whole photos are processed with the
+    #: token spacing the model was trained on; a multiple of ``grid_size * 2**levels``.
+    grid_span: int | None = None
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so configs stay hashable and comparable.
@@ -44,6 +48,9 @@ class IPTConfig:
                 raise ValueError(f"width {self.dim * 2**i} of level {i} is not divisible by {h} heads")
         if self.dim % 2:
             raise ValueError("dim must be even (down-sampling halves it before PixelUnshuffle)")
+        unit = self.grid_size * 2**levels
+        if self.grid_span is not None and (self.grid_span < unit or self.grid_span % unit):
+            raise ValueError(f"grid_span {self.grid_span} must be a multiple of grid_size * 2**levels = {unit}")
 
     @property
     def levels(self) -> int:

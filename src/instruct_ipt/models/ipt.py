@@ -17,6 +17,8 @@ feature-adaptation modules hook into the explicit stages (``encoders[i]``, ``bot
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,8 +47,9 @@ class IPTV2(nn.Module):
         widths = [c.dim * 2**i for i in range(c.levels + 1)]
 
         def stage(level: int, depth: int) -> Stage:
+            span = None if c.grid_span is None else c.grid_span >> level
             return Stage(
-                widths[level], depth, c.heads[level], c.window_size, c.grid_size, c.ffn_expansion, c.grid_attention
+                widths[level], depth, c.heads[level], c.window_size, c.grid_size, c.ffn_expansion, c.grid_attention, span
             )
 
         self.embed = nn.Conv2d(c.in_channels, c.dim, 3, padding=1)
@@ -58,6 +61,28 @@ class IPTV2(nn.Module):
         self.decoders = nn.ModuleList(stage(i, d) for i, d in enumerate(c.decoder_depths))
         self.refine = stage(0, c.refine_depth)
         self.output = nn.Conv2d(c.dim, c.in_channels, 3, padding=1)
+
+    def stages(self) -> list[tuple[int, Stage]]:
+        """Every transformer stage with its level (0: full resolution), in forward order."""
+        levels = self.config.levels
+        return (
+            list(enumerate(self.encoders))
+            + [(levels, self.bottleneck)]
+            + [(i, self.decoders[i]) for i in reversed(range(levels))]
+            + [(0, self.refine)]
+        )
+
+    def set_grid_span(self, span: int | None) -> None:
+        """Bound grid-attention groups to ``span`` x ``span`` input pixels (None: image-wide).
+
+        No weight changes: it only decides which tokens attend to each other, so a model trained
+        on patches can run a whole photo with the token spacing it was trained with.
+        """
+        self.config = dataclasses.replace(self.config, grid_span=span)  # validates the span
+        for level, stage in self.stages():
+            for block in stage.blocks:
+                if block.grid is not None:
+                    block.grid.span = None if span is None else span >> level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
