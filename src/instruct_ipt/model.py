@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -135,7 +136,7 @@ class InstructIPT(nn.Module):
     def set_task_grid_span(self, task: str, span: int | None) -> None:
         """Run ``task`` with grid-attention groups bounded to ``span`` pixels (None: image-wide)."""
         self.task_index(task)
-        IPTConfig.from_dict({**self.config.to_dict(), "grid_span": span})  # validates the span
+        dataclasses.replace(self.config, grid_span=span)  # validates the span
         self.task_grid_spans[task] = span
 
     @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from statistics import mean
 
 import torch
 
@@ -42,22 +43,21 @@ def compare_grid_spans(model: InstructIPT, cases: Iterable[Case], span: int) -> 
     overrides = dict(model.task_grid_spans)
     model.eval()
     model.task_grid_spans.clear()
-    sums: dict[str, list[float]] = {}
+    scores: dict[str, list[tuple[float, float]]] = {}  # per task: (image-wide, span) per image
     try:
         for case in cases:
             protocol = default_protocol(case.task)
-            scores = []
+            pair = []
             for s in (None, span):
                 model.backbone.set_grid_span(s)
                 y = restore_array(model, case.input, case.task, tile=0)
-                scores.append(protocol.measure(y, case.target)[f"psnr_{protocol.channels[0]}"])
-            acc = sums.setdefault(case.task, [0.0, 0.0, 0.0])
-            acc[0], acc[1], acc[2] = acc[0] + scores[0], acc[1] + scores[1], acc[2] + 1
+                pair.append(protocol.measure(y, case.target)[f"psnr_{protocol.channels[0]}"])
+            scores.setdefault(case.task, []).append((pair[0], pair[1]))
     finally:
         model.backbone.set_grid_span(default)
         model.task_grid_spans.update(overrides)
         model.train(was_training)
-    return [SpanChoice(t, int(n), a / n, b / n, span) for t, (a, b, n) in sums.items()]
+    return [SpanChoice(t, len(v), mean(p[0] for p in v), mean(p[1] for p in v), span) for t, v in scores.items()]
 
 
 def apply_choices(model: InstructIPT, choices: Iterable[SpanChoice]) -> None:

@@ -208,13 +208,12 @@ class TransformerBlock(nn.Module):
         ffn_expansion: float,
         shift: bool = False,
         grid_attention: bool = True,
-        grid_span: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = LayerNorm2d(dim)
         self.attn = FocalContextAttention(dim, heads, window_size, shift=shift)
         self.norm2 = LayerNorm2d(dim) if grid_attention else None
-        self.grid = GridAttention(dim, heads, grid_size, grid_span) if grid_attention else None
+        self.grid = GridAttention(dim, heads, grid_size) if grid_attention else None
         self.norm3 = LayerNorm2d(dim)
         self.ffn = FeedForward(dim, ffn_expansion)
 
@@ -237,13 +236,12 @@ class Stage(nn.Module):
         grid_size: int,
         ffn_expansion: float,
         grid_attention: bool = True,
-        grid_span: int | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.Sequential(
             *(
                 TransformerBlock(
-                    dim, heads, window_size, grid_size, ffn_expansion, bool(i % 2), grid_attention, grid_span
+                    dim, heads, window_size, grid_size, ffn_expansion, shift=bool(i % 2), grid_attention=grid_attention
                 )
                 for i in range(depth)
             )

@@ -47,9 +47,8 @@ class IPTV2(nn.Module):
         widths = [c.dim * 2**i for i in range(c.levels + 1)]
 
         def stage(level: int, depth: int) -> Stage:
-            span = None if c.grid_span is None else c.grid_span >> level
             return Stage(
-                widths[level], depth, c.heads[level], c.window_size, c.grid_size, c.ffn_expansion, c.grid_attention, span
+                widths[level], depth, c.heads[level], c.window_size, c.grid_size, c.ffn_expansion, c.grid_attention
             )
 
         self.embed = nn.Conv2d(c.in_channels, c.dim, 3, padding=1)
@@ -61,6 +60,7 @@ class IPTV2(nn.Module):
         self.decoders = nn.ModuleList(stage(i, d) for i, d in enumerate(c.decoder_depths))
         self.refine = stage(0, c.refine_depth)
         self.output = nn.Conv2d(c.dim, c.in_channels, 3, padding=1)
+        self.set_grid_span(c.grid_span)
 
     def stages(self) -> list[tuple[int, Stage]]:
         """Every transformer stage with its level (0: full resolution), in forward order."""
