@@ -107,7 +107,7 @@ def test_model_and_head_task_mismatch(tmp_path):
 def test_offline_loading_with_an_empty_hub_cache(tmp_path):
     code = "from instruct_ipt.instruct import SentenceEncoder; print(SentenceEncoder().encode(['hi']).shape)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TRANSFORMERS_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "torch.Size([1, 768])" in r.stdout
 

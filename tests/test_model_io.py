@@ -1,4 +1,5 @@
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -162,6 +163,20 @@ def test_task_grid_span_applies_to_its_task_only(tmp_path):
         mixed = model(x, ["deblur", "denoise"])
         torch.testing.assert_close(mixed[1], denoise[1])
         assert model.backbone.config.grid_span == 32
+
+
+def test_training_size_batches_skip_the_task_scan():
+    """Patches no larger than any span are grouped alike by all: no per-step task scan (a device sync)."""
+    torch.manual_seed(0)
+    model = spanned_model()
+    scan = mock.patch.object(torch.Tensor, "unique", side_effect=AssertionError("scanned"))
+    with torch.no_grad():
+        x = torch.rand(2, 3, 32, 32)
+        with scan:
+            out = model(x, torch.tensor([1, 1]))
+        torch.testing.assert_close(out, model(x, "deblur"))
+        with scan, pytest.raises(AssertionError, match="scanned"):  # larger than the span: the scan runs
+            model(torch.rand(2, 3, 64, 48), torch.tensor([1, 1]))
 
 
 def test_task_grid_span_is_checked():

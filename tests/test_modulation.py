@@ -36,7 +36,7 @@ def modulated_convnet(**kw):
 
 
 def test_plain_sequential_models_can_be_modulated():
-    net, mod = modulated_convnet()
+    _net, mod = modulated_convnet()
     kinds = {type(m) for _, m in mod.layers()}
     assert kinds == {ModulatedConv2d, ModulatedLinear}
     assert len(list(mod.layers())) == 6

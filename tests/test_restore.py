@@ -52,7 +52,7 @@ def test_pil_and_path_in_pil_out(model, tmp_path):
 
 
 def test_blind_mode_uses_the_classifier(model):
-    out, choice = model.restore(data.astronaut()[:64, :64], return_choice=True)
+    _out, choice = model.restore(data.astronaut()[:64, :64], return_choice=True)
     assert choice.source == "blind" and choice.tasks[0] in TASKS and 0 < choice.confidences[0] <= 1
 
 

@@ -22,6 +22,8 @@ from .modulation import ModulationConfig, ParameterCount, TaskModulation, modula
 from .modulation.modulate import TaskSpec
 
 DEFAULT_TASKS: tuple[str, ...] = ("denoise", "deblur", "derain", "dehaze", "desnow")
+#: low-rank task biases at rank 8 with the same rank in every layer (the paper's constant-rank setting)
+DEFAULT_MODULATION = ModulationConfig()
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "instruct-ipt"
@@ -60,7 +62,7 @@ class InstructIPT(nn.Module):
         self,
         config: IPTConfig | str = "small",
         tasks: Sequence[str] = DEFAULT_TASKS,
-        modulation: ModulationConfig | None = ModulationConfig(),
+        modulation: ModulationConfig | None = DEFAULT_MODULATION,
         task_grid_spans: Mapping[str, int | None] | None = None,
     ) -> None:
         super().__init__()
@@ -121,16 +123,16 @@ class InstructIPT(nn.Module):
         if self.modulation is None:
             if tasks is not None:
                 self._check_tasks(tasks)
-            with self._grid_span_for(tasks):
+            with self._grid_span_for(tasks, x):
                 return self.backbone(x)
         if tasks is None and self.modulation.merged_task is None:
             raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
         if tasks is None:
-            with self._grid_span_for(self.modulation.merged_task):
+            with self._grid_span_for(self.modulation.merged_task, x):
                 return self.backbone(x)
         if not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
             raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
-        with self.modulation.select(tasks), self._grid_span_for(tasks):
+        with self.modulation.select(tasks), self._grid_span_for(tasks, x):
             return self.backbone(x)
 
     def set_task_grid_span(self, task: str, span: int | None) -> None:
@@ -140,9 +142,15 @@ class InstructIPT(nn.Module):
         self.task_grid_spans[task] = span
 
     @contextlib.contextmanager
-    def _grid_span_for(self, tasks: TaskSpec | None) -> Iterator[None]:
-        """Apply a task's grid-span override while a batch of that one task runs."""
-        if not self.task_grid_spans:
+    def _grid_span_for(self, tasks: TaskSpec | None, x: torch.Tensor) -> Iterator[None]:
+        """Apply a task's grid-span override while a batch of that one task runs.
+
+        Inputs no larger than every span in play (training patches) are grouped the same by all of
+        them, so they skip the check, which for a task tensor would cost a device sync per step.
+        """
+        size = max(x.shape[-2:])
+        spans = {self.config.grid_span, *self.task_grid_spans.values()}
+        if not self.task_grid_spans or all(s is None or s >= size for s in spans):
             yield
             return
         names: set[str] = set()

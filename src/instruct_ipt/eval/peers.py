@@ -88,7 +88,7 @@ def dark_channel_prior(
     airlight = np.maximum(airlight, 1e-3)
     t = 1 - omega * minimum_filter((img / airlight).min(axis=2), size=patch, mode="nearest")
     grey = img @ np.array([0.299, 0.587, 0.114])
-    radius = max(4, int(round(60 * min(h, w) / 600)))
+    radius = max(4, round(60 * min(h, w) / 600))
     t = np.clip(guided_filter(grey, t, radius, 1e-3), t0, 1)
     return np.clip((img - airlight) / t[..., None] + airlight, 0, 1).astype(np.float32)
 

@@ -43,7 +43,7 @@ def clauses(text: str) -> list[str]:
 _QUESTION = re.compile(
     r"^\s*(?:(?:what|why|which|where|who|whom|whose|when)\b"
     r"|(?:is|are|was|were|does|did|has|have)\s+(?!it\s+possible)(?:there|this|that|it|the|my|these|those|your|a|an)\b)",
-    re.I,
+    re.IGNORECASE,
 )
 
 
@@ -63,7 +63,7 @@ _CREATE = re.compile(
     r"|\bmake\b(?:\s+(?:it|this|the\s+\w+|everything))?(?:\s+look)?"
     r"(?:\s+(?:more|extra|very|really|a bit|slightly|super))?\s+" + _DEGRADATION + r"\b"
     r"|\bmake it (?:rain|snow)\b(?![\s-]*free)|^\s*(?:please\s+)?cover\b.*\bsnow\b|\bon purpose\b",
-    re.I,
+    re.IGNORECASE,
 )
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol
 
 import numpy as np
 from scipy.signal import fftconvolve
 
 #: a fixed value, or a (low, high) range sampled uniformly per image
-Range = Union[float, tuple[float, float]]
+Range = float | tuple[float, float]
 
 
 def sample(rng: np.random.Generator, r: Range) -> float:

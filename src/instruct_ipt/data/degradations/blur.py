@@ -40,7 +40,7 @@ def trajectory(rng: np.random.Generator, max_length: float, steps: int = 256) ->
 def trajectory_kernel(rng: np.random.Generator, size: int = 31, exposure: float = 1.0) -> np.ndarray:
     """A blur kernel: the first ``exposure`` fraction of a trajectory, rasterised and normalised."""
     path = trajectory(rng, max_length=size * (0.6 + 0.4 * rng.random()))
-    path = path[: max(2, int(round(exposure * len(path))))]
+    path = path[: max(2, round(exposure * len(path)))]
     extent = np.ptp(path, axis=0).max()
     if extent > size - 3:  # keep the whole path inside the kernel
         path = path * (size - 3) / extent

@@ -20,7 +20,7 @@ class JPEG:
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
         clean = check_image(clean)
-        q = int(round(sample(rng, self.quality)))
+        q = round(sample(rng, self.quality))
         if not 1 <= q <= 95:
             raise ValueError(f"JPEG quality must be in 1..95, got {q}")
         buf = io.BytesIO()

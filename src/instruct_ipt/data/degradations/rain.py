@@ -38,7 +38,7 @@ class Rain:
 
     def streaks(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
         h, w = shape
-        n_layers = int(round(sample(rng, self.layers)))
+        n_layers = round(sample(rng, self.layers))
         angle = sample(rng, self.angle)
         params = {"layers": float(n_layers), "angle": angle}
         rain = np.zeros((h, w), np.float32)
