@@ -5,7 +5,7 @@ Whole photos of a selection folder are degraded once per task (seeded as in ``in
 eval``, but with ``--seed``), restored both ways and scored with the task's protocol. Use
 photos you do not report results on. The shipped model's choice was made by
 
-    python scripts/choose_grid_spans.py --model runs/default-extend-6/model \
+    python scripts/choose_grid_spans.py --model runs/default-extend-7/model \
         --photos ../shared/photos/train --limit 3 --span 64 --write
 
 Only ``config.json`` is rewritten (atomically); the weights are not touched.

@@ -14,7 +14,7 @@ from instruct_ipt.data import (
     detect_layout,
     load_clean_images,
 )
-from instruct_ipt.data.degradations import JPEG, Haze, Noise
+from instruct_ipt.data.degradations import JPEG, Degraded, Haze, MotionBlur, Noise, degradation_margin
 
 TASKS = ["denoise", "deblur", "dehaze", "jpeg"]
 
@@ -64,6 +64,32 @@ def test_task_weights(photos):
 def test_small_photos_are_padded_to_the_patch(photos):
     ds = SyntheticDataset([photos[2][:20, :30]], {"denoise": Noise()}, patch_size=48, length=2)
     assert ds[0]["input"].shape == (3, 48, 48)
+
+
+class BorderArtefact:
+    """Marks its input's outer ``margin`` px, as a blur's padding would corrupt them."""
+
+    task = "deblur"
+
+    def __init__(self, margin: int) -> None:
+        self.margin, self.seen = margin, []
+
+    def __call__(self, clean, rng):
+        self.seen.append(clean.shape)
+        out = clean.copy()
+        m = max(self.margin, 3)
+        out[:m], out[-m:], out[:, :m], out[:, -m:] = 1.0, 1.0, 1.0, 1.0
+        return Degraded(out)
+
+
+def test_operators_with_a_margin_are_degraded_with_real_context(photos):
+    op = BorderArtefact(margin=4)
+    sample = SyntheticDataset(photos, {"deblur": op}, patch_size=16, length=1, tasks=TASKS)[0]
+    assert op.seen == [(24, 24, 3)] and sample["input"].shape == (3, 16, 16)
+    assert torch.equal(sample["input"], sample["target"])  # the corrupted border was cut away
+    plain = SyntheticDataset(photos, {"deblur": BorderArtefact(margin=0)}, patch_size=16, length=1, tasks=TASKS)
+    assert not torch.equal(plain[0]["input"], plain[0]["target"])
+    assert MotionBlur(kernel_size=31).margin == 15 and degradation_margin(Noise()) == 0
 
 
 def save(path, arr):

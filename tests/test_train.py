@@ -302,7 +302,8 @@ def test_shipped_configs_load(name):
                                          ("default-extend-3", ["bias-only"]),
                                          ("default-extend-4", ["bias-only"]),
                                          ("default-extend-5", ["sync", "bias-only"]),
-                                         ("default-extend-6", ["sync", "bias-only"])])
+                                         ("default-extend-6", ["sync", "bias-only"]),
+                                         ("default-extend-7", ["sync", "bias-only"])])
 def test_default_model_continuation_configs_load(name, modes):
     from pathlib import Path
 

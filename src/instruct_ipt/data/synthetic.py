@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .degradations import Degradation
+from .degradations import Degradation, degradation_margin
 from .images import list_images, read_rgb
 
 
@@ -88,6 +88,10 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 class SyntheticDataset(Dataset):
     """``length`` samples per epoch: a random photo, crop, flip/rotation, then a task's degradation.
 
+    Operators with a ``margin`` (blurs) degrade a crop that much larger and keep its centre: a patch
+    is then blurred from the real scene around it, as in a whole photo, not from padding at its own
+    border (with 64 px patches and 31 px kernels, that border is most of the patch).
+
     ``degradations`` maps each task to its operator; ``tasks`` fixes the task order (the model's),
     so ``sample['task']`` is the index the model expects. Samples are dicts with ``input`` and
     ``target`` (3, P, P) float tensors, ``task`` (int) and ``task_name``.
@@ -130,8 +134,12 @@ class SyntheticDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         name = self.active[self.sampler(rng)]
         img = self.images[int(rng.integers(len(self.images)))]
-        clean = augment(random_crop(img, self.patch_size, rng), rng).astype(np.float32) / 255.0
-        degraded = self.degradations[name](clean, rng).image
+        op = self.degradations[name]
+        m = degradation_margin(op)
+        clean = augment(random_crop(img, self.patch_size + 2 * m, rng), rng).astype(np.float32) / 255.0
+        degraded = op(clean, rng).image
+        if m:
+            clean, degraded = clean[m:-m, m:-m], degraded[m:-m, m:-m]
         return {
             "input": to_tensor(degraded),
             "target": to_tensor(clean),

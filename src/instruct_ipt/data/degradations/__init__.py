@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Degradation, Degraded, Range, check_image, convolve_reflect
+from .base import Degradation, Degraded, Range, check_image, convolve_reflect, degradation_margin
 from .blur import MotionBlur, linear_kernel, trajectory, trajectory_kernel
 from .haze import Haze, depth_proxy
 from .jpeg import JPEG
@@ -53,6 +53,7 @@ __all__ = [
     "Snow",
     "check_image",
     "convolve_reflect",
+    "degradation_margin",
     "degrade",
     "depth_proxy",
     "linear_kernel",

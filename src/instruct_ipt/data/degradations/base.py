@@ -32,11 +32,25 @@ class Degraded:
 
 
 class Degradation(Protocol):
-    """``op(clean, rng)`` degrades a float32 (H, W, 3) image in [0, 1]."""
+    """``op(clean, rng)`` degrades a float32 (H, W, 3) image in [0, 1].
+
+    An operator whose output pixel depends on its neighbours (a blur) may also say how far, as an
+    ``int`` attribute ``margin``: training crops then take that much real context on each side,
+    degrade, and keep the centre, so patches are not degraded against padding (see
+    :func:`degradation_margin`).
+    """
 
     task: str
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded: ...
+
+
+def degradation_margin(op: object) -> int:
+    """An operator's ``margin`` (0 when it has none): context to degrade a crop as a whole photo would be."""
+    margin = int(getattr(op, "margin", 0))
+    if margin < 0:
+        raise ValueError(f"{type(op).__name__}.margin must be >= 0, got {margin}")
+    return margin
 
 
 def check_image(img: np.ndarray) -> np.ndarray:

@@ -72,6 +72,11 @@ class MotionBlur:
         if self.kernel_size < 3 or self.kernel_size % 2 == 0:
             raise ValueError("kernel_size must be an odd number >= 3")
 
+    @property
+    def margin(self) -> int:
+        """Pixels of real context needed on each side: a pixel's blur reaches this far."""
+        return self.kernel_size // 2
+
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
         clean = check_image(clean)
         if rng.random() < self.trajectory_prob:
