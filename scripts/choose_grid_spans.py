@@ -8,6 +8,9 @@ photos you do not report results on. The shipped model's choice was made by
     python scripts/choose_grid_spans.py --model runs/default-extend-7/model \
         --photos ../shared/photos/train --limit 3 --span 64 --write
 
+(``runs/default-extend-7`` was the last of the eight CPU runs, see MODEL.md). A training config
+can make the same choice as its last step instead: ``grid_spans`` in docs/training.md.
+
 Only ``config.json`` is rewritten (atomically); the weights are not touched.
 """
 

@@ -247,3 +247,29 @@ def test_callable_targets():
     net = ConvNet()
     mod = modulate(net, TASKS, rank=1, targets=lambda name, m: isinstance(m, nn.Linear))
     assert {n for n, _ in mod.layers()} == {"head.1", "head.3"}
+
+
+def test_mixed_batch_in_channels_last_matches_nchw_and_keeps_the_layout():
+    """Training runs the model channels-last: the mixed-batch path must give the same values and
+    gradients as NCHW and hand channels-last maps on, so no layer converts the layout back."""
+    torch.manual_seed(0)
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 24, 24)
+    ids = torch.tensor([2, 0, 1, 2])
+    out = model(x, ids)
+    out_cl = cl(x.contiguous(memory_format=torch.channels_last), ids)
+    torch.testing.assert_close(out_cl, out, rtol=1e-5, atol=1e-5)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    layer = cl.backbone.encoders[0].blocks[0].ffn.expand  # a modulated pointwise conv
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+    cl(x.contiguous(memory_format=torch.channels_last), ids)
+    handle.remove()
+    assert seen == [True]
+    out.square().mean().backward()
+    out_cl.square().mean().backward()
+    grads = dict(model.named_parameters())
+    for name, p in cl.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)

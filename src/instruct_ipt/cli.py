@@ -177,12 +177,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainingError, load_config, train
+    from .train.trainer import plan_stages, with_schedule
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     if args.out:
         cfg.out = args.out
+    if args.steps is not None:
+        if args.steps < 1 or args.max_minutes is not None:
+            raise ValueError("--steps takes a positive number of steps, and not together with --max-minutes")
+        cfg = with_schedule(cfg, [(args.steps, min(s.warmup, args.steps - 1)) for s in plan_stages(cfg)])
     try:
-        train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+        train(cfg, resume=args.resume, device=args.device, progress=not args.no_progress, max_minutes=args.max_minutes)
     except TrainingError as e:
         print(f"instruct-ipt train: {e}", file=sys.stderr)
         return 1
@@ -371,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="override the config's output folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to OUT/log.jsonl)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (YAML), e.g. --set data.train=[photos/train] --set optim.lr=1e-3")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="cut every stage to N steps: a quick check that a config runs end to end")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="scale every stage's length so the whole run fits M minutes on this machine (measured on its "
+                   "first steps; --resume continues the same schedule)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("restore", help="restore images: by task, by instruction (-i), or blind")

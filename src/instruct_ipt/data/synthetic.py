@@ -3,6 +3,10 @@
 Every random choice of sample ``i`` in epoch ``e`` comes from ``numpy.random.default_rng((seed, e, i))``,
 so a sample is the same whatever the number of DataLoader workers, their order, or the DDP rank
 that draws it, and a resumed run sees the same data as an uninterrupted one.
+
+``synthesis="device"`` moves the pixel work of the degradations out of the workers: a sample then
+carries its clean crop, its operator's draws and a seed, and :class:`~.batched.BatchDegrader`
+degrades whole batches on the training device (see :mod:`.batched`).
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .batched import BatchDegrader, BatchedDegradation, batched
 from .degradations import Degradation, degradation_margin
 from .images import list_images, read_rgb
 
@@ -95,6 +101,12 @@ class SyntheticDataset(Dataset):
     ``degradations`` maps each task to its operator; ``tasks`` fixes the task order (the model's),
     so ``sample['task']`` is the index the model expects. Samples are dicts with ``input`` and
     ``target`` (3, P, P) float tensors, ``task`` (int) and ``task_name``.
+
+    ``synthesis="device"``: the operators are wrapped with :func:`~.batched.batched`; after the same
+    draws of task, photo, crop and flip, a sample holds ``clean`` (3, S, S) uint8, S = P + 2M with M
+    :attr:`margin`, the largest margin of the operators (a task's own P + 2m crop centred, the rest
+    zero), ``draws`` (its operator's parameters) and ``seed`` (of its random fields), besides ``task``
+    and ``task_name``. Batch with :func:`~.batched.collate_device`, degrade with :meth:`degrader`.
     """
 
     def __init__(
@@ -106,6 +118,7 @@ class SyntheticDataset(Dataset):
         task_weights: Mapping[str, float] | None = None,
         tasks: Sequence[str] | None = None,
         seed: int = 0,
+        synthesis: Literal["workers", "device"] = "workers",
     ) -> None:
         if not images:
             raise ValueError("no clean images")
@@ -121,6 +134,19 @@ class SyntheticDataset(Dataset):
         self.length = length
         self.seed = seed
         self.epoch = 0
+        if synthesis not in ("workers", "device"):
+            raise ValueError(f"synthesis must be 'workers' or 'device', got {synthesis!r}")
+        self.synthesis = synthesis
+        self.margin = max((degradation_margin(op) for op in self.degradations.values()), default=0)
+        self.batched: dict[str, BatchedDegradation] = (
+            {t: batched(op) for t, op in self.degradations.items()} if synthesis == "device" else {}
+        )
+
+    def degrader(self) -> BatchDegrader:
+        """The device step for this dataset's batches (``synthesis="device"``)."""
+        if self.synthesis != "device":
+            raise ValueError('degrader() needs synthesis="device"')
+        return BatchDegrader(self.batched, self.patch_size, self.margin)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -136,7 +162,20 @@ class SyntheticDataset(Dataset):
         img = self.images[int(rng.integers(len(self.images)))]
         op = self.degradations[name]
         m = degradation_margin(op)
-        clean = augment(random_crop(img, self.patch_size + 2 * m, rng), rng).astype(np.float32) / 255.0
+        crop = augment(random_crop(img, self.patch_size + 2 * m, rng), rng)
+        clean = crop.astype(np.float32) / 255.0
+        if self.synthesis == "device":
+            draws = self.batched[name].draw(clean, rng)
+            canvas = np.zeros((3,) + (self.patch_size + 2 * self.margin,) * 2, np.uint8)
+            o, n = self.margin - m, self.patch_size + 2 * m
+            canvas[:, o : o + n, o : o + n] = crop.transpose(2, 0, 1)
+            return {
+                "clean": torch.from_numpy(canvas),
+                "task": self.tasks.index(name),
+                "task_name": name,
+                "seed": int(rng.integers(2**63)),
+                "draws": draws,
+            }
         degraded = op(clean, rng).image
         if m:
             clean, degraded = clean[m:-m, m:-m], degraded[m:-m, m:-m]

@@ -192,8 +192,12 @@ class TaskModulation:
             self.selection.set(index=self.task_index(tasks))
         elif isinstance(tasks, torch.Tensor):
             ids = tasks.long().reshape(-1)
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.tasks)):
-                raise ValueError(f"task ids must be in [0, {len(self.tasks)}), got {ids.tolist()}")
+            in_range = ((ids >= 0) & (ids < len(self.tasks))).all()
+            if ids.device.type == "cpu":
+                if not in_range:
+                    raise ValueError(f"task ids must be in [0, {len(self.tasks)}), got {ids.tolist()}")
+            else:  # checked on the device, asynchronously: reading the result back would stall every step
+                torch._assert_async(in_range, f"task ids must be in [0, {len(self.tasks)})")
             self.selection.set(ids=ids)
         else:
             idx = [self.task_index(t) for t in tasks]
@@ -325,14 +329,16 @@ class TaskFreeze:
         n = len(modulation.tasks)
         frozen = [t for t in range(n) if t not in train_rows]
         self.frozen_rows = frozen
-        self._snapshots: list[tuple[nn.Parameter, torch.Tensor]] = []
+        # (parameter, rows to train as a (tasks, 1, 1) mask, snapshot of the whole parameter)
+        self._snapshots: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []
         self._handles: list[Any] = []
         if frozen:
             for p in bias:
-                keep = torch.zeros(n, *([1] * (p.ndim - 1)), dtype=p.dtype, device=p.device)
-                keep[train_rows] = 1
+                keep = torch.zeros(n, *([1] * (p.ndim - 1)), dtype=torch.bool)
+                keep[train_rows] = True
+                keep = keep.to(p.device)
                 self._handles.append(p.register_hook(lambda g, keep=keep: g * keep))
-                self._snapshots.append((p, p.detach()[frozen].clone()))
+                self._snapshots.append((p, keep, p.detach().clone()))
         self.parameters: list[nn.Parameter] = (backbone if train_backbone else []) + bias
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
@@ -342,8 +348,9 @@ class TaskFreeze:
 
     @torch.no_grad()
     def restore(self) -> None:
-        for p, snap in self._snapshots:
-            p[self.frozen_rows] = snap
+        # a masked copy, not p[rows] = ...: indexing with host-side rows would stall a GPU every step
+        for p, keep, snap in self._snapshots:
+            p.copy_(torch.where(keep, p, snap))
 
     def release(self) -> None:
         """Remove hooks and give every parameter back its previous ``requires_grad``."""

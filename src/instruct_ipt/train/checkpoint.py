@@ -14,7 +14,8 @@ from ..io import atomic_write
 
 FORMAT = "instruct-ipt-train"
 #: config keys that may change between a run and its resumption (they do not change the result)
-RESUMABLE_CHANGES = ("log_every", "val_every", "ckpt_every", "data.workers", "data.val_cache", "data.val_seed")
+RESUMABLE_CHANGES = ("log_every", "val_every", "ckpt_every", "data.workers", "data.val_cache", "data.val_seed",
+                     "compile", "grid_spans")
 
 
 def rng_state() -> dict[str, Any]:
@@ -74,7 +75,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], started_s
     a, b = _flatten(saved), _flatten(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_CHANGES:
+        if key.split(".")[0] in RESUMABLE_CHANGES or ".".join(key.split(".")[:2]) in RESUMABLE_CHANGES:
             continue
         stage = re.match(r"stages\[(\d+)\]", key)
         if started_stages is not None and stage and int(stage.group(1)) >= started_stages:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -58,6 +59,12 @@ class DataConfig:
     #: global batch size (split over DDP processes)
     batch_size: int = 8
     workers: int = 0
+    #: where degradations are made: ``device`` - in batches on the training device (the workers
+    #: only cut clean patches and draw parameters); ``workers`` - per sample in NumPy in the
+    #: DataLoader workers (the operators of instruct_ipt.data.degradations, as validation uses);
+    #: ``auto`` - ``device`` on a GPU, ``workers`` on a CPU (where a worker process overlaps the
+    #: synthesis with the step: measured faster, docs/training.md)
+    synthesis: Literal["auto", "device", "workers"] = "auto"
 
 
 @dataclass
@@ -81,6 +88,24 @@ class StageConfig:
     tasks: list[str] | None = None
     iterations: int | None = None
     lr: float | None = None
+    #: linear warm-up steps of this stage's learning rate (default: optim.warmup)
+    warmup: int | None = None
+
+
+@dataclass
+class GridSpanConfig:
+    """The run's last step: choose per task image-wide or patch-sized grid attention on whole
+    photos (instruct_ipt.eval.grid_span) and record the choice in the saved model."""
+
+    #: folders of clean selection photos (not the photos results are reported on)
+    photos: list[str] = field(default_factory=list)
+    #: candidate span in input pixels (default: data.patch_size)
+    span: int | None = None
+    #: use this many photos, evenly spaced in name order (0: all)
+    limit: int = 3
+    #: denoise noise level of the selection images (0-255)
+    sigma: float = 25.0
+    seed: int = 1
 
 
 @dataclass
@@ -99,9 +124,17 @@ class TrainConfig:
     ema: float | None = None
     #: bfloat16 autocast on CUDA (ignored on CPU)
     amp: bool = True
+    #: run the model in channels-last memory layout (faster convolutions on CPU and GPU)
+    channels_last: bool = True
+    #: torch.compile the training forward/backward with this mode (None: eager). On CUDA:
+    #: ``default``, ``reduce-overhead`` (adds CUDA graphs) or ``max-autotune``; a compile that
+    #: fails falls back to eager with a warning. Slower on CPU (measured: docs/training.md).
+    compile: Literal["default", "reduce-overhead", "max-autotune"] | None = None
     #: share of iterations for the plain phase of two-stage mode
     two_stage_split: float = 0.5
     stages: list[StageConfig] | None = None
+    #: choose the grid span per task after the last stage (None: keep the model's)
+    grid_spans: GridSpanConfig | None = None
     log_every: int = 10
     val_every: int = 500
     ckpt_every: int = 100
@@ -185,7 +218,33 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with ``KEY=VALUE`` overrides applied: a dotted key (``data.train``, ``optim.lr``) and a
+    YAML value (``[photos/train]``, ``1e-3``, ``null``). Unknown keys are refused when the config loads."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. data.train=[photos/train]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from e
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for i, name in enumerate(parents):
+            child = node.get(name)
+            if child is None:
+                child = node[name] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parents[: i + 1])} is not a mapping")
+            node = child
+        node[leaf] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A YAML config file, with optional ``KEY=VALUE`` overrides (see :func:`apply_overrides`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
@@ -193,7 +252,7 @@ def load_config(path: str | Path) -> TrainConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    return config_from_dict(data or {})
+    return config_from_dict(apply_overrides(data or {}, overrides or []))
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -212,6 +271,10 @@ def validate(cfg: TrainConfig) -> None:
                 raise ConfigError(f"stages[{i}].tasks: {t!r} is not in tasks ({', '.join(cfg.tasks)})")
         if st.mode == "two-stage":
             raise ConfigError(f"stages[{i}].mode: two-stage is itself a schedule; use plain then bias-only stages")
+        if st.iterations is not None and st.iterations < 1:
+            raise ConfigError(f"stages[{i}].iterations: must be at least 1")
+        if st.warmup is not None and st.warmup < 0:
+            raise ConfigError(f"stages[{i}].warmup: must be >= 0")
     if cfg.stages and cfg.stages[0].mode == "bias-only" and not cfg.model.init:
         raise ConfigError("stages[0]: a bias-only first stage needs model.init")
     for key in ("iterations", "log_every", "val_every", "ckpt_every"):
@@ -223,3 +286,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("ema: a decay in (0, 1), e.g. 0.999")
     if not 0 < cfg.two_stage_split < 1:
         raise ConfigError("two_stage_split: a share in (0, 1)")
+    if cfg.optim.warmup < 0:
+        raise ConfigError("optim.warmup: must be >= 0")
+    g = cfg.grid_spans
+    if g is not None:
+        if not g.photos:
+            raise ConfigError("grid_spans.photos: give folders of clean selection photos (or drop grid_spans)")
+        span = g.span if g.span is not None else cfg.data.patch_size
+        if span < 8:
+            raise ConfigError(f"grid_spans.span: {span} is too small")
+        if g.limit < 0:
+            raise ConfigError("grid_spans.limit: must be >= 0 (0: every photo)")

@@ -49,18 +49,23 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_min(info: DistInfo, value: float) -> float:
-    """The minimum of ``value`` over all processes (e.g. 'is every loss finite')."""
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return float(t.item())
-
-
-def all_sum(info: DistInfo, values: list[float]) -> list[float]:
+def _all_reduce(info: DistInfo, values: list[float], op: dist.ReduceOp) -> list[float]:
     if not info.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_min(info: DistInfo, value: float) -> float:
+    """The minimum of ``value`` over all processes (e.g. 'is every loss finite')."""
+    return _all_reduce(info, [value], dist.ReduceOp.MIN)[0]
+
+
+def all_sum(info: DistInfo, values: list[float]) -> list[float]:
+    return _all_reduce(info, values, dist.ReduceOp.SUM)
+
+
+def all_max(info: DistInfo, values: list[float]) -> list[float]:
+    """The element-wise maximum over all processes (e.g. the slowest process's timings)."""
+    return _all_reduce(info, values, dist.ReduceOp.MAX)

@@ -1,19 +1,27 @@
 """The training loop: stages (sync, plain, single, two-stage, bias-only), checkpoints, resume, DDP.
 
 The batch of step ``s`` is a pure function of ``(seed, stage, s)``: sample ``i`` of a stage is
-drawn by ``SyntheticDataset`` from ``default_rng((seed, stage, i))`` and step ``s`` takes the
+drawn by ``SyntheticDataset`` from ``default_rng((seed, stage, i))`` (and, when degradations are
+made on the device, from a generator seeded per sample from that draw) and step ``s`` takes the
 samples ``[s * B, (s + 1) * B)``, each DDP process its own slice. So a resumed run sees exactly
 the batches an uninterrupted run would, without replaying the data pipeline.
+
+Nothing in a step reads a value back from the device: the loss is summed and checked for NaN on
+the device, and read only when a log line, validation or checkpoint is due (a GPU then never
+waits for the host between steps).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +30,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ..data.batched import collate_device
 from ..data.degradations import make_degradation
 from ..data.synthetic import SyntheticDataset, load_clean_images
 from ..data.validation import ValidationSet
@@ -36,11 +44,15 @@ from ..model import InstructIPT
 from ..models import IPTConfig
 from ..modulation import DEFAULT_TARGETS, ModulationConfig
 from . import distributed as D
+from .budget import BudgetError, Overheads, StageCost, fit_schedule, scaled_warmup
 from .checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, StageConfig, TrainConfig, config_from_dict
+from .ema import EMA
 
 #: colour photos bundled with scikit-image (no download), used with ``data.skimage_photos``
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+#: steps timed per kind of stage for a time budget, after warm-up steps that also measure its start-up cost
+CALIBRATION_WARMUP, CALIBRATION_STEPS = 3, 8
 
 
 class TrainingError(RuntimeError):
@@ -55,24 +67,38 @@ class Stage:
     tasks: list[str] | None  # None: resolved when the stage starts
     iterations: int
     lr: float
+    warmup: int
 
 
 def plan_stages(cfg: TrainConfig) -> list[Stage]:
     """The run as a list of stages: an explicit ``stages`` list, or the one(s) ``mode`` implies."""
     tasks = cfg.train_tasks or (None if cfg.mode == "bias-only" else list(cfg.tasks))
+    warmup = cfg.optim.warmup
     if cfg.stages:
         return [
             Stage(i, s.name or f"{s.mode or cfg.mode}", s.mode or cfg.mode, s.tasks or tasks,
-                  s.iterations or cfg.iterations, s.lr or cfg.optim.lr)
+                  s.iterations or cfg.iterations, s.lr or cfg.optim.lr, warmup if s.warmup is None else s.warmup)
             for i, s in enumerate(cfg.stages)
         ]
     if cfg.mode == "two-stage":
         first = max(1, round(cfg.iterations * cfg.two_stage_split))
         return [
-            Stage(0, "plain", "plain", tasks, first, cfg.optim.lr),
-            Stage(1, "biases", "bias-only", tasks, max(1, cfg.iterations - first), cfg.optim.lr),
+            Stage(0, "plain", "plain", tasks, first, cfg.optim.lr, warmup),
+            Stage(1, "biases", "bias-only", tasks, max(1, cfg.iterations - first), cfg.optim.lr, warmup),
         ]
-    return [Stage(0, cfg.mode, cfg.mode, tasks, cfg.iterations, cfg.optim.lr)]
+    return [Stage(0, cfg.mode, cfg.mode, tasks, cfg.iterations, cfg.optim.lr, warmup)]
+
+
+def with_schedule(cfg: TrainConfig, lengths: list[tuple[int, int]]) -> TrainConfig:
+    """``cfg`` with its stages made explicit and given these (iterations, warm-up) pairs."""
+    stages = plan_stages(cfg)
+    if len(lengths) != len(stages):
+        raise ConfigError(f"the schedule has {len(lengths)} stages, the config {len(stages)}")
+    explicit = [
+        StageConfig(name=s.name, mode=s.mode, tasks=None if s.tasks is None else list(s.tasks), iterations=n, lr=s.lr, warmup=w)
+        for s, (n, w) in zip(stages, lengths)
+    ]
+    return config_from_dict(replace(cfg, stages=explicit).to_dict())
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -181,17 +207,167 @@ def validate(model: InstructIPT, val: ValidationSet, info: D.DistInfo) -> dict[s
     return {t: sums[2 * i] / max(1.0, sums[2 * i + 1]) for i, t in enumerate(tasks)}
 
 
-class Trainer:
-    """Runs a :class:`TrainConfig` to the end (or resumes one); rank 0 writes logs and checkpoints."""
+def synthesis_for(cfg: TrainConfig, device: torch.device) -> str:
+    """Where this run makes its degradations (``data.synthesis``, with ``auto`` resolved)."""
+    if cfg.data.synthesis == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return cfg.data.synthesis
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, device: str | None = None, progress: bool = True) -> None:
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageRunner:
+    """One stage's optimisation: the (DDP-wrapped, optionally compiled) model, its optimiser,
+    schedule, EMA and data, and :meth:`step`, which leaves every result on the device."""
+
+    def __init__(self, trainer: Trainer, model: InstructIPT, stage: Stage, tasks: list[str], start_step: int) -> None:
+        cfg, info = trainer.cfg, trainer.info
+        self.cfg, self.info, self.model, self.stage = cfg, info, model, stage
+        model.train()
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.freeze = None
+        if stage.mode in ("sync", "bias-only"):
+            self.freeze = model.modulation.freeze(train_tasks=tasks, train_backbone=stage.mode == "sync")
+            self.params = self.freeze.parameters
+        else:
+            self.params = list(model.parameters())
+        net: torch.nn.Module = model
+        if info.enabled:
+            net = DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        self.eager = net
+        self.net = torch.compile(net, mode=cfg.compile) if cfg.compile else net
+        self._compile_checked = cfg.compile is None
+        # fused AdamW: one kernel for the whole update on CUDA (the foreach default elsewhere)
+        fused = True if info.device.type == "cuda" else None
+        self.opt = torch.optim.AdamW(self.params, lr=stage.lr, betas=cfg.optim.betas,
+                                     weight_decay=cfg.optim.weight_decay, fused=fused)
+        if self.freeze is not None:
+            self.freeze.attach(self.opt)
+        min_ratio = min(1.0, cfg.optim.min_lr / stage.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, stage.warmup, stage.iterations, min_ratio)
+        )
+        self.ema = EMA(model, cfg.ema) if cfg.ema else None
+        self.use_amp = cfg.amp and info.device.type == "cuda"
+
+        d, batch = cfg.data, cfg.data.batch_size
+        self.dataset = SyntheticDataset(
+            trainer.images, {t: trainer.ops[t] for t in tasks}, patch_size=d.patch_size,
+            length=stage.iterations * batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
+            tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device),
+        )
+        self.dataset.set_epoch(stage.index)
+        self.degrader = self.dataset.degrader() if self.dataset.synthesis == "device" else None
+        self.loader = DataLoader(
+            self.dataset, batch_sampler=StepBatchSampler(start_step, stage.iterations, batch, info.rank, info.world),
+            num_workers=d.workers, pin_memory=info.device.type == "cuda",
+            collate_fn=collate_device if self.degrader is not None else None,
+        )
+        # on-device bookkeeping, read only when a log, validation or checkpoint is due
+        dev = info.device
+        self.loss_sum = torch.zeros((), device=dev)
+        self.counter = torch.full((), start_step, dtype=torch.long, device=dev)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=dev)
+        self.bad_loss = torch.zeros((), device=dev)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dev = self.info.device
+        if self.degrader is not None:
+            x, y, ids = self.degrader(batch, dev)
+        else:
+            x = batch["input"].to(dev, non_blocking=True)
+            y = batch["target"].to(dev, non_blocking=True)
+            ids = batch["task"].to(dev, non_blocking=True)
+        if self.cfg.channels_last:
+            x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+        return x, y, ids
+
+    def _forward_backward(self, net: torch.nn.Module, x, y, ids) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+            out = net(x, ids)
+        loss = compute_loss(out.float(), y, self.cfg.loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> None:
+        """One optimisation step; a non-finite loss is recorded on the device (see :meth:`failure`)."""
+        if not self._compile_checked:  # compilation happens in the first forward and backward
+            try:
+                loss = self._forward_backward(self.net, x, y, ids)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: train eagerly instead
+                warnings.warn(f"torch.compile(mode={self.cfg.compile!r}) failed ({type(e).__name__}: {e}); "
+                              "training without compilation", stacklevel=2)
+                self.net = self.eager
+                loss = self._forward_backward(self.net, x, y, ids)
+            self._compile_checked = True
+        else:
+            loss = self._forward_backward(self.net, x, y, ids)
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip, foreach=True)
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update()
+        loss = loss.detach()
+        self.counter += 1
+        first_bad = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first_bad, self.counter, self.bad_step)
+        self.bad_loss = torch.where(first_bad, loss, self.bad_loss)
+        self.loss_sum += torch.nan_to_num(loss)
+
+    def failure(self) -> tuple[int, float] | None:
+        """(step, loss) of the first non-finite loss on any process since the stage began, or None (a sync point)."""
+        bad = D.all_min(self.info, float(self.bad_step.item() < 0))
+        if bad >= 1:
+            return None
+        return max(int(self.bad_step.item()), 0), float(self.bad_loss.item())
+
+    def take_loss_sum(self) -> float:
+        value = float(self.loss_sum)
+        self.loss_sum.zero_()
+        return value
+
+    def averaged(self) -> InstructIPT:
+        """The weights to validate and keep: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def close(self) -> None:
+        if self.freeze is not None:
+            self.freeze.release()
+            self.freeze = None
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` to the end (or resumes one); rank 0 writes logs and checkpoints.
+
+    ``max_minutes`` scales every stage's length so the whole run fits that many minutes on this
+    machine (see :mod:`instruct_ipt.train.budget`).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, device: str | None = None, progress: bool = True,
+                 max_minutes: float | None = None) -> None:
+        if max_minutes is not None and max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be positive, got {max_minutes}")
         self.cfg = cfg
         self.resume = resume
         self.device_arg = device
         self.progress = progress
+        self.max_minutes = max_minutes
         self.out = Path(cfg.out)
         self.ckpt_path = self.out / "checkpoints" / "last.pt"
         self.history: list[dict[str, Any]] = []
+        self.budget: dict[str, Any] | None = None
 
     # --- helpers -------------------------------------------------------------------------
     def _log(self, entry: dict[str, Any]) -> None:
@@ -199,6 +375,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+    def _say(self, text: str) -> None:
+        if self.info.is_main and self.progress:
+            tqdm.write(text)
 
     def _load_images(self) -> list[np.ndarray]:
         d = self.cfg.data
@@ -208,8 +388,10 @@ class Trainer:
                 raise FileNotFoundError(f"data.train: {folder}: no such folder")
             sources.append(folder)
         if d.skimage_photos:
-            from skimage import data as skdata
-
+            try:
+                from skimage import data as skdata
+            except ImportError as e:
+                raise ConfigError("data.skimage_photos needs scikit-image (pip install scikit-image)") from e
             sources += [getattr(skdata, name)() for name in SKIMAGE_PHOTOS]
         if not sources:
             raise ConfigError("data.train is empty: give folders of clean photos (or data.skimage_photos: true)")
@@ -223,6 +405,21 @@ class Trainer:
                 f"{patches} non-overlapping {d.patch_size}x{d.patch_size} patches; add photos or lower the batch size"
             )
         return images
+
+    def _check_folders(self) -> None:
+        """Every folder the run will read, refused by name before any step (a typo should not cost a stage)."""
+        g = self.cfg.grid_spans
+        for folder in g.photos if g else []:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"grid_spans.photos: {folder}: no such folder")
+        if g is not None and not self.cfg.model.init:
+            try:
+                replace(_backbone_config(self.cfg), grid_span=g.span or self.cfg.data.patch_size)
+            except ValueError as e:
+                raise ConfigError(f"grid_spans.span: {e}") from e
+        init = self.cfg.model.init
+        if init and not (self.resume and self.ckpt_path.exists()) and not Path(init).is_dir():
+            raise FileNotFoundError(f"model.init: {init}: no such model folder")
 
     def _validation_set(self) -> ValidationSet | None:
         d = self.cfg.data
@@ -242,39 +439,62 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> InstructIPT | None:
         """Train every stage; returns the final model (``None`` if ``stop_after`` steps ran first,
         which simulates a killed run in tests)."""
+        self.t_start = time.perf_counter()
         self.info = D.setup(self.device_arg)
         try:
             return self._run(stop_after)
         finally:
             D.teardown(self.info)
 
+    def _resume_state(self) -> dict[str, Any]:
+        """The checkpoint to continue, after checking that the config (and budget) still match it."""
+        cfg = self.cfg
+        state = load_checkpoint(self.ckpt_path)
+        budget = state.get("budget")
+        if budget is not None:
+            if self.max_minutes is not None and self.max_minutes != budget["max_minutes"]:
+                self._say(f"continuing the schedule fitted to the run's first budget ({budget['max_minutes']} min); "
+                          f"--max-minutes {self.max_minutes} is ignored")
+            self.cfg = cfg = with_schedule(cfg, [tuple(x) for x in budget["stages"]])
+            self.budget = budget
+        elif self.max_minutes is not None:
+            raise ConfigError("this run was started without --max-minutes: resume it without, or start a new run")
+        started = None if budget is not None else state["stage"] + (1 if state["step"] > 0 else 0)
+        diffs = config_differences(state["config"], cfg.to_dict(), started_stages=started)
+        if diffs:
+            raise ConfigError("the config does not match the checkpoint: " + "; ".join(diffs))
+        return state
+
     def _run(self, stop_after: int | None) -> InstructIPT | None:
-        cfg, info = self.cfg, self.info
-        if cfg.data.batch_size % info.world:
-            raise ConfigError(f"data.batch_size {cfg.data.batch_size} is not divisible by {info.world} processes")
-        stages = plan_stages(cfg)
+        info = self.info
+        if self.cfg.data.batch_size % info.world:
+            raise ConfigError(f"data.batch_size {self.cfg.data.batch_size} is not divisible by {info.world} processes")
+        self._check_folders()
+        state = None
+        if self.resume:
+            state = self._resume_state()
+        elif self.ckpt_path.exists():
+            raise ConfigError(f"{self.out} already holds a run (checkpoints/last.pt): pass --resume, or choose another out")
+        cfg = self.cfg
         random.seed(cfg.seed)  # model initialisation is reproducible; resume restores the RNG states
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        images = self._load_images()
+        self.images = self._load_images()
         self.ops = {t: make_degradation(t, **tc.degradation) for t, tc in cfg.tasks.items()}
         val = self._validation_set()
+        if self.max_minutes is not None and state is None:
+            self._fit_budget(val)
+            cfg = self.cfg
+        stages = plan_stages(cfg)
 
         model: InstructIPT | None = None
-        start_stage, start_step, state, stage_tasks = 0, 0, None, None
-        if self.resume:
-            state = load_checkpoint(self.ckpt_path)
-            started = state["stage"] + (1 if state["step"] > 0 else 0)
-            diffs = config_differences(state["config"], cfg.to_dict(), started_stages=started)
-            if diffs:
-                raise ConfigError("the config does not match the checkpoint: " + "; ".join(diffs))
+        start_stage, start_step, stage_tasks = 0, 0, None
+        if state is not None:
             model = InstructIPT.from_config_dict(state["model_config"])
             model.load_state_dict(state["model"])
             start_stage, start_step, stage_tasks = state["stage"], state["step"], state.get("stage_tasks")
             self.history = state.get("history", [])
             self._log({"event": "resumed", "stage": start_stage, "step": start_step})
-        elif self.ckpt_path.exists():
-            raise ConfigError(f"{self.out} already holds a run (checkpoints/last.pt): pass --resume, or choose another out")
         if info.is_main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -288,136 +508,225 @@ class Trainer:
             model.to(info.device)
             resume_state = state if stage.index == start_stage and state is not None and state.get("optimizer") else None
             finished = self._run_stage(model, stage, tasks, start_step if stage.index == start_stage else 0,
-                                       resume_state, images, val, stop_after)
+                                       resume_state, val, stop_after)
             if not finished:
                 return None
             if info.is_main:
                 model.save_pretrained(self.out / "stages" / f"{stage.index}-{stage.name}")
                 if stage.index + 1 < len(stages):
-                    save_checkpoint(self.ckpt_path, self._state(model, stage.index + 1, 0, None, None, None, None))
+                    save_checkpoint(self.ckpt_path, self._state(model, stage.index + 1, 0, None, None))
             D.barrier(info)
+        assert model is not None
+        spans_done = bool(state and state.get("grid_spans_done"))
         if info.is_main:
-            model.save_pretrained(self.out / "model")
             # a finished run's checkpoint points past the last stage: --resume then only reports
-            save_checkpoint(self.ckpt_path, self._state(model, len(stages), 0, None, None, None, None))
+            save_checkpoint(self.ckpt_path, self._state(model, len(stages), 0, None, None, spans_done))
+            if cfg.grid_spans is not None and not spans_done:
+                self._choose_grid_spans(model)
+                save_checkpoint(self.ckpt_path, self._state(model, len(stages), 0, None, None, True))
+            model.save_pretrained(self.out / "model")
             self._print_summary()
+        D.barrier(info)
         return model
 
-    def _state(self, model, stage, step, tasks, opt, sched, ema) -> dict[str, Any]:
+    def _state(self, model, stage, step, tasks, runner: StageRunner | None, grid_spans_done: bool = False) -> dict[str, Any]:
         return {
             "config": self.cfg.to_dict(),
+            "budget": self.budget,
             "stage": stage,
             "step": step,
             "stage_tasks": tasks,
             "model_config": model.config_dict(),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": None if opt is None else opt.state_dict(),
-            "scheduler": None if sched is None else sched.state_dict(),
-            "ema": None if ema is None else ema.state_dict(),
+            "optimizer": None if runner is None else runner.opt.state_dict(),
+            "scheduler": None if runner is None else runner.sched.state_dict(),
+            "ema": None if runner is None or runner.ema is None else runner.ema.state_dict(),
             "rng": rng_state(),
             "sampler": {"next_step": step},
             "history": self.history,
+            "grid_spans_done": grid_spans_done,
         }
 
-    def _run_stage(self, model, stage, tasks, start_step, state, images, val, stop_after) -> bool:
-        cfg, info = self.cfg, self.info
-        model.train()
-        freeze = None
-        if stage.mode in ("sync", "bias-only"):
-            freeze = model.modulation.freeze(train_tasks=tasks, train_backbone=stage.mode == "sync")
-            params = freeze.parameters
-        else:
-            params = list(model.parameters())
-        net = model
-        if info.enabled:
-            net = DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-        opt = torch.optim.AdamW(params, lr=stage.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-        if freeze is not None:
-            freeze.attach(opt)
-        min_ratio = min(1.0, cfg.optim.min_lr / stage.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, cfg.optim.warmup, stage.iterations, min_ratio)
-        )
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-        if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if ema is not None and state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            set_rng_state(state["rng"])
+    def _check_finite(self, runner: StageRunner, stage: Stage) -> None:
+        failure = runner.failure()
+        if failure is not None:
+            last = self.ckpt_path if self.ckpt_path.exists() else None
+            raise TrainingError(
+                f"loss became {failure[1]} at step {failure[0]} of stage {stage.index} ({stage.name}); "
+                f"stopped. Last good checkpoint: {last or 'none yet'}"
+            )
 
+    def _run_stage(self, model, stage, tasks, start_step, state, val, stop_after) -> bool:
+        cfg, info = self.cfg, self.info
+        runner = StageRunner(self, model, stage, tasks, start_step)
+        if state is not None:
+            runner.load_state(state)
+            set_rng_state(state["rng"])
         global_batch = cfg.data.batch_size
-        dataset = SyntheticDataset(
-            images, {t: self.ops[t] for t in tasks}, patch_size=cfg.data.patch_size,
-            length=stage.iterations * global_batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
-            tasks=model.tasks, seed=cfg.seed,
-        )
-        dataset.set_epoch(stage.index)
-        loader = DataLoader(
-            dataset, batch_sampler=StepBatchSampler(start_step, stage.iterations, global_batch, info.rank, info.world),
-            num_workers=cfg.data.workers, pin_memory=info.device.type == "cuda",
-        )
-        use_amp = cfg.amp and info.device.type == "cuda"
         bar = tqdm(total=stage.iterations, initial=start_step, desc=f"stage {stage.index} {stage.name}",
                    disable=not (self.progress and info.is_main), dynamic_ncols=True)
-        t_last, n_last, loss_sum = time.perf_counter(), 0, 0.0
-        step = start_step
+        t_last, n_last, data_wait = time.perf_counter(), 0, 0.0
         try:
-            for step, batch in zip(range(start_step, stage.iterations), loader):
-                x = batch["input"].to(info.device, non_blocking=True)
-                y = batch["target"].to(info.device, non_blocking=True)
-                ids = batch["task"].to(info.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    out = net(x, ids)
-                loss = compute_loss(out.float(), y, cfg.loss)
-                if D.all_min(info, float(torch.isfinite(loss).item())) < 1:
-                    last = self.ckpt_path if self.ckpt_path.exists() else None
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step + 1} of stage {stage.index} ({stage.name}); "
-                        f"stopped. Last good checkpoint: {last or 'none yet'}"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update_parameters(model)
+            batches = iter(runner.loader)
+            for step in range(start_step, stage.iterations):
+                t_fetch = time.perf_counter()
+                batch = next(batches)
+                x, y, ids = runner.to_device(batch)
+                data_wait += time.perf_counter() - t_fetch
+                runner.step(x, y, ids)
                 done = step + 1
                 n_last += 1
-                loss_sum += loss.detach()
-                if done % cfg.log_every == 0 or done == stage.iterations:
-                    now = time.perf_counter()
-                    sps = n_last * global_batch / max(1e-9, now - t_last)
+                due_log = done % cfg.log_every == 0 or done == stage.iterations
+                due_val = val is not None and (done % cfg.val_every == 0 or done == stage.iterations)
+                due_ckpt = done % cfg.ckpt_every == 0 and done < stage.iterations
+                if due_log or due_val or due_ckpt:
+                    self._check_finite(runner, stage)
+                if due_log:
                     # mean over the steps since the last entry and over all ranks: one batch's loss
                     # swings with its task mix (a hazy batch costs several times a JPEG one)
-                    mean_loss = D.all_sum(info, [float(loss_sum)])[0] / (n_last * info.world)
+                    mean_loss = D.all_sum(info, [runner.take_loss_sum()])[0] / (n_last * info.world)
+                    now = time.perf_counter()
+                    sps = n_last * global_batch / max(1e-9, now - t_last)
                     entry = {"stage": stage.index, "step": done, "loss": round(mean_loss, 6),
-                             "lr": sched.get_last_lr()[0], "samples_per_s": round(sps, 2)}
+                             "lr": runner.sched.get_last_lr()[0], "samples_per_s": round(sps, 2),
+                             "data_share": round(data_wait / max(1e-9, now - t_last), 3)}
                     self._log(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}", sps=f"{sps:.1f}")
-                    t_last, n_last, loss_sum = now, 0, 0.0
+                    t_last, n_last, data_wait = now, 0, 0.0
                 bar.update(1)
-                if val is not None and (done % cfg.val_every == 0 or done == stage.iterations):
-                    scores = validate(ema.module if ema is not None else model, val, info)
+                if due_val:
+                    scores = validate(runner.averaged(), val, info)
                     record = {"stage": stage.index, "step": done, "val_psnr": scores}
                     self.history.append(record)
                     self._log(record)
                     if scores and info.is_main:
                         bar.write("validation PSNR " + ", ".join(f"{t} {v:.2f}" for t, v in scores.items()))
-                if done % cfg.ckpt_every == 0 and done < stage.iterations and info.is_main:
-                    save_checkpoint(self.ckpt_path, self._state(model, stage.index, done, tasks, opt, sched, ema))
+                    t_last = time.perf_counter()  # the rate counts training steps only
+                if due_ckpt and info.is_main:
+                    save_checkpoint(self.ckpt_path, self._state(model, stage.index, done, tasks, runner))
                 self.steps_run += 1
                 if stop_after is not None and self.steps_run >= stop_after:
                     return False
+            self._check_finite(runner, stage)
         finally:
             bar.close()
-            if freeze is not None:
-                freeze.release()
-        if ema is not None:  # the stage's result is the averaged model
-            model.load_state_dict(ema.module.state_dict())
+            runner.close()
+        if runner.ema is not None:  # the stage's result is the averaged model
+            model.load_state_dict(runner.ema.module.state_dict())
         return True
+
+    # --- time budget -------------------------------------------------------------------------
+    def _fit_budget(self, val: ValidationSet | None) -> None:
+        """Measure this machine, scale the stages to fit ``max_minutes``, and make that the run's config."""
+        cfg, info = self.cfg, self.info
+        stages = plan_stages(cfg)
+        costs, over = self._measure(stages, val)
+        left = self.max_minutes * 60 - (time.perf_counter() - self.t_start)
+        try:
+            scale, lengths = fit_schedule([s.iterations for s in stages], costs, over, left,
+                                          cfg.val_every if val is not None else None, cfg.ckpt_every)
+        except BudgetError as e:
+            raise ConfigError(str(e)) from e
+        schedule = [(n, scaled_warmup(s.warmup, s.iterations, n)) for s, n in zip(stages, lengths)]
+        self.cfg = with_schedule(cfg, schedule)
+        self.budget = {"max_minutes": self.max_minutes, "scale": scale, "stages": [list(x) for x in schedule],
+                       "seconds_per_step": [c.step for c in costs], "start_seconds": [c.start for c in costs],
+                       "validation_seconds": over.validation, "checkpoint_seconds": over.checkpoint,
+                       "final_seconds": over.final, "measured_seconds": round(time.perf_counter() - self.t_start, 2)}
+        self._log({"event": "budget", **self.budget})
+        if info.is_main:
+            print(f"time budget {self.max_minutes:g} min: stage lengths x{scale:.4g} -> "
+                  + ", ".join(f"{s.name} {n} steps ({c.step * 1000:.0f} ms/step)" for s, n, c in zip(stages, lengths, costs))
+                  + f"; measured in {self.budget['measured_seconds']:.0f} s", flush=True)
+
+    def _measure(self, stages: list[Stage], val: ValidationSet | None) -> tuple[list[StageCost], Overheads]:
+        """Time a few real steps of each kind of stage on throw-away copies of the model."""
+        cfg, info = self.cfg, self.info
+        by_kind: dict[tuple, StageCost] = {}
+        costs: list[StageCost] = []
+        model: InstructIPT | None = None
+        with torch.random.fork_rng(devices=[info.device.index or 0] if info.device.type == "cuda" else []):
+            for stage in stages:
+                torch.manual_seed(cfg.seed * 1009 + stage.index)
+                probe = stage if stage.iterations >= CALIBRATION_WARMUP + CALIBRATION_STEPS else replace(
+                    stage, iterations=CALIBRATION_WARMUP + CALIBRATION_STEPS)
+                model, tasks = prepare_model(cfg, probe, None if model is None else copy.deepcopy(model))
+                model.to(info.device)
+                kind = (stage.mode, tuple(tasks), len(model.tasks))
+                if kind not in by_kind:
+                    by_kind[kind] = self._time_steps(copy.deepcopy(model), probe, tasks)
+                costs.append(by_kind[kind])
+            assert model is not None
+            validation = self._time(lambda: validate(model, val, info)) if val is not None else 0.0
+            with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
+                checkpoint = self._time(lambda: save_checkpoint(Path(tmp) / "probe.pt", self._state(model, 0, 0, None, None)))
+                final = checkpoint + self._time(lambda: model.save_pretrained(Path(tmp) / "model"))
+            if cfg.grid_spans is not None:
+                final += self._grid_span_seconds(model)
+        t = D.all_max(info, [c.step for c in costs] + [c.start for c in costs] + [validation, checkpoint, final])
+        n = len(costs)
+        return [StageCost(t[i], t[n + i]) for i in range(n)], Overheads(t[2 * n], t[2 * n + 1], t[2 * n + 2])
+
+    def _time(self, fn) -> float:
+        _synchronize(self.info.device)
+        t = time.perf_counter()
+        fn()
+        _synchronize(self.info.device)
+        return time.perf_counter() - t
+
+    def _time_steps(self, model: InstructIPT, stage: Stage, tasks: list[str]) -> StageCost:
+        """Seconds per step once running, and the extra seconds of a stage's start (set-up,
+        DataLoader workers, compilation), from the first steps of ``stage`` on ``model``."""
+        _synchronize(self.info.device)
+        t0 = time.perf_counter()
+        runner = StageRunner(self, model, stage, tasks, 0)
+        try:
+            batches = iter(runner.loader)
+
+            def steps(n: int) -> None:
+                for _ in range(n):
+                    runner.step(*runner.to_device(next(batches)))
+
+            self._time(lambda: steps(CALIBRATION_WARMUP))
+            timed = self._time(lambda: steps(CALIBRATION_STEPS)) / CALIBRATION_STEPS
+            start = time.perf_counter() - t0 - (CALIBRATION_WARMUP + CALIBRATION_STEPS) * timed
+            return StageCost(timed, max(0.0, start))
+        finally:
+            runner.close()
+
+    def _grid_span_seconds(self, model: InstructIPT) -> float:
+        """The final grid-span choice's time: one whole-photo forward pass, times the passes it makes."""
+        from ..data.images import list_images, read_rgb
+
+        g = self.cfg.grid_spans
+        files = [f for folder in g.photos for f in list_images(folder)]
+        if not files:
+            raise FileNotFoundError(f"grid_spans.photos: no images in {', '.join(g.photos)}")
+        photos = min(len(files), g.limit) if g.limit else len(files)
+        image = read_rgb(files[0])
+        model.eval()
+        task = model.tasks[0]
+        one = self._time(lambda: restore_array(model, image, task, tile=0))
+        return one * photos * len(model.tasks) * 2
+
+    # --- after the last stage -------------------------------------------------------------------
+    def _choose_grid_spans(self, model: InstructIPT) -> None:
+        from ..eval.grid_span import apply_choices, compare_grid_spans
+        from ..eval.runner import Case, synthetic_cases
+
+        g, t = self.cfg.grid_spans, time.perf_counter()
+        span = g.span if g.span is not None else self.cfg.data.patch_size
+        cases = [c for folder in g.photos
+                 for c in synthetic_cases(folder, model.tasks, {"denoise": {"sigma": g.sigma}}, seed=g.seed, limit=g.limit)
+                 if isinstance(c, Case)]
+        choices = compare_grid_spans(model, cases, span)
+        apply_choices(model, choices)
+        self._log({"event": "grid_spans", "span": span, "seconds": round(time.perf_counter() - t, 2),
+                   "choices": {c.task: {"image_wide": c.psnr_image_wide, "span": c.psnr_span, "chosen": c.best}
+                               for c in choices}})
+        print(f"grid span per task (mean PSNR on {len({c.name for c in cases})} whole photos, image-wide / span {span}):")
+        for c in choices:
+            print(f"  {c.task:<10} {c.psnr_image_wide:6.2f} / {c.psnr_span:6.2f}  -> {'image-wide' if c.best is None else c.best}")
 
     def _print_summary(self) -> None:
         if not self.history:
@@ -430,5 +739,6 @@ class Trainer:
         print(f"model saved to {self.out / 'model'}")
 
 
-def train(cfg: TrainConfig, resume: bool = False, device: str | None = None, progress: bool = True) -> InstructIPT | None:
-    return Trainer(cfg, resume=resume, device=device, progress=progress).run()
+def train(cfg: TrainConfig, resume: bool = False, device: str | None = None, progress: bool = True,
+          max_minutes: float | None = None) -> InstructIPT | None:
+    return Trainer(cfg, resume=resume, device=device, progress=progress, max_minutes=max_minutes).run()

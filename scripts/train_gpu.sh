@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Train the default model's GPU recipe (configs/gpu.yaml) in a short lease and compare it with the
+# shipped model, in under 10 minutes on one H200:
+#
+#   scripts/train_gpu.sh OUT_DIR [PHOTOS]
+#
+# PHOTOS holds train/ and val/ folders of clean photos (default ../shared/photos). Needs only
+# PyTorch, NumPy, SciPy, Pillow, PyYAML, safetensors and tqdm; the package need not be installed
+# (it runs from src/) and nothing is downloaded. Steps, each stopping the script if it fails:
+#   1. a smoke run: every stage cut to a few steps, with validation and the grid-span choice,
+#      so a broken setup costs seconds, not the lease;
+#   2. training with a time budget (--max-minutes: every stage scaled to fit);
+#   3. `eval` of the new and of the shipped model on PHOTOS/val (no classical peers);
+#   4. the comparison (scripts/compare_results.py).
+# OUT_DIR then holds model/ (the new model), log.jsonl, results-new.csv, results-shipped.csv,
+# compare.txt and the full runs (smoke/, run/, eval-new/, eval-shipped/).
+# Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_MINUTES (8), TRAIN_GPU_SMOKE_STEPS (10),
+# TRAIN_GPU_DEVICE (auto), PYTHON (python3).
+set -euo pipefail
+if [ $# -lt 1 ]; then
+    echo "usage: $0 OUT_DIR [PHOTOS]" >&2
+    exit 2
+fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
+PHOTOS="$(cd "${2:-$ROOT/../shared/photos}" && pwd)"
+CONFIG="${TRAIN_GPU_CONFIG:-$ROOT/configs/gpu.yaml}"
+MINUTES="${TRAIN_GPU_MINUTES:-8}"
+SMOKE_STEPS="${TRAIN_GPU_SMOKE_STEPS:-10}"
+DEVICE="${TRAIN_GPU_DEVICE:-auto}"
+PY="${PYTHON:-python3}"
+for d in "$PHOTOS/train" "$PHOTOS/val"; do
+    [ -d "$d" ] || { echo "$0: $d: no such folder (PHOTOS must hold train/ and val/)" >&2; exit 2; }
+done
+for d in smoke run; do
+    [ ! -e "$OUT/$d" ] || { echo "$0: $OUT/$d exists: give a fresh OUT_DIR" >&2; exit 2; }
+done
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+ipt() { "$PY" -m instruct_ipt "$@"; }
+SETS=(--set "data.train=[$PHOTOS/train]" --set "data.val=[$PHOTOS/val]"
+      --set "grid_spans.photos=[$PHOTOS/train]" --set "data.val_cache=$OUT/val-cache")
+start=$SECONDS
+stamp() { echo "== $1 ($((SECONDS - start)) s)"; }
+
+stamp "smoke run: every stage $SMOKE_STEPS steps"
+ipt train "$CONFIG" "${SETS[@]}" --steps "$SMOKE_STEPS" --out "$OUT/smoke" --device "$DEVICE" --no-progress
+
+stamp "training, --max-minutes $MINUTES"
+ipt train "$CONFIG" "${SETS[@]}" --max-minutes "$MINUTES" --out "$OUT/run" --device "$DEVICE" --no-progress
+cp -r "$OUT/run/model" "$OUT/model"
+cp "$OUT/run/log.jsonl" "$OUT/log.jsonl"
+
+stamp "eval: the new model"
+ipt eval --model "$OUT/model" --photos "$PHOTOS/val" --sigma 25 --out "$OUT/eval-new" --device "$DEVICE"
+stamp "eval: the shipped model"
+ipt eval --model "$ROOT/src/instruct_ipt/weights/default" --photos "$PHOTOS/val" --sigma 25 --out "$OUT/eval-shipped" --device "$DEVICE"
+cp "$OUT/eval-new/results.csv" "$OUT/results-new.csv"
+cp "$OUT/eval-shipped/results.csv" "$OUT/results-shipped.csv"
+
+stamp "comparison"
+"$PY" "$ROOT/scripts/compare_results.py" "$OUT/results-new.csv" "$OUT/results-shipped.csv" | tee "$OUT/compare.txt" || true
+stamp "done"
