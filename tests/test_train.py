@@ -213,20 +213,52 @@ def test_stages_not_yet_started_may_change_on_resume(folders, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(folders, tmp_path, monkeypatch):
+def nan_at(monkeypatch, call: int) -> dict:
+    """Make the loss NaN at the ``call``-th step; returns the call counter."""
     real = trainer_module.compute_loss
     calls = {"n": 0}
 
     def flaky(out, target, kind):
         calls["n"] += 1
         loss = real(out, target, kind)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        return loss * float("nan") if calls["n"] == call else loss
 
     monkeypatch.setattr(trainer_module, "compute_loss", flaky)
+    return calls
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(folders, tmp_path, monkeypatch):
+    nan_at(monkeypatch, 3)
     with pytest.raises(TrainingError, match=r"loss became nan at step 3 of stage 0 .*last.pt"):
         run(make_cfg(folders, tmp_path))
     ckpt = torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)
     assert ckpt["step"] == 2
+
+
+def test_nan_between_checks_is_caught_before_the_next_checkpoint(folders, tmp_path, monkeypatch):
+    """The loss is checked only when a log line, validation or checkpoint is due (no per-step sync):
+    a NaN at step 6 is reported as step 6 at the step-8 checkpoint, which is not written."""
+    calls = nan_at(monkeypatch, 6)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 6 of stage 0"):
+        run(make_cfg(folders, tmp_path, iterations=12, log_every=10, val_every=100, ckpt_every=4))
+    assert calls["n"] == 8
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)["step"] == 4
+
+
+def test_a_failing_compile_falls_back_to_eager(folders, tmp_path, monkeypatch):
+    class Broken(torch.nn.Module):
+        def __init__(self, net, mode=None):
+            super().__init__()
+            self.net = net
+
+        def forward(self, *args):
+            raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    with pytest.warns(UserWarning, match=r"torch.compile\(mode='default'\) failed \(RuntimeError: no compiler here\)"):
+        model = run(make_cfg(folders, tmp_path / "c", compile="default", iterations=3, log_every=1))
+    eager = run(make_cfg(folders, tmp_path / "e", iterations=3, log_every=1))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), eager.state_dict().values()))
 
 
 def test_cli_train(folders, tmp_path, capsys):

@@ -132,5 +132,8 @@ def test_overrides():
         apply_overrides(BASE, ["optim.lr"])
     with pytest.raises(ConfigError, match="optim.lr is not a mapping"):
         apply_overrides(BASE, ["optim.lr.x=1"])
+    with pytest.raises(ConfigError, match="grid_spans is null in the config; set it whole"):
+        apply_overrides({**BASE, "grid_spans": None}, ["grid_spans.photos=[a]"])
+    assert apply_overrides(BASE, ["grid_spans.photos=[a]"])["grid_spans"] == {"photos": ["a"]}  # absent: made
     with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
         config_from_dict(apply_overrides(BASE, ["optim.lrr=1"]))

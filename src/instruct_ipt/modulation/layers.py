@@ -40,7 +40,7 @@ class TaskSelection:
     def ids_on(self, device: torch.device) -> torch.Tensor:
         assert self.ids is not None
         if device not in self._ids_by_device:
-            self._ids_by_device[device] = self.ids.to(device)
+            self._ids_by_device[device] = self.ids.to(device, non_blocking=True)
         return self._ids_by_device[device]
 
     def __deepcopy__(self, memo: dict) -> TaskSelection:

@@ -233,11 +233,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         *parents, leaf = key.strip().split(".")
         node = data
         for i, name in enumerate(parents):
-            child = node.get(name)
-            if child is None:
-                child = node[name] = {}
+            where = ".".join(parents[: i + 1])
+            if name in node and node[name] is None:  # switched off in the config: not switched on by a detail
+                raise ConfigError(f"--set {item!r}: {where} is null in the config; set it whole, e.g. --set '{where}={{...}}'")
+            child = node.setdefault(name, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parents[: i + 1])} is not a mapping")
+                raise ConfigError(f"--set {item!r}: {where} is not a mapping")
             node = child
         node[leaf] = value
     return data

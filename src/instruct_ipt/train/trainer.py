@@ -55,6 +55,12 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 CALIBRATION_WARMUP, CALIBRATION_STEPS = 3, 8
 
 
+def calibration_warmup(workers: int) -> int:
+    """Warm-up steps before timing: past the batches the DataLoader workers prefetch at the start
+    (two each), so a data-bound pipeline is timed at its steady rate, not from a full queue."""
+    return max(CALIBRATION_WARMUP, 2 * workers + 2)
+
+
 class TrainingError(RuntimeError):
     """Training stopped (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
 
@@ -281,16 +287,18 @@ class StageRunner:
             self.ema.load_state_dict(state["ema"])
 
     def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input and target on the device; the task ids stay on the host, where the model checks
+        them and reads which tasks a batch holds without waiting on the device (the modulated
+        layers copy them over once per forward)."""
         dev = self.info.device
         if self.degrader is not None:
-            x, y, ids = self.degrader(batch, dev)
+            x, y, _ = self.degrader(batch, dev)
         else:
             x = batch["input"].to(dev, non_blocking=True)
             y = batch["target"].to(dev, non_blocking=True)
-            ids = batch["task"].to(dev, non_blocking=True)
         if self.cfg.channels_last:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-        return x, y, ids
+        return x, y, batch["task"]
 
     def _forward_backward(self, net: torch.nn.Module, x, y, ids) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
@@ -328,10 +336,13 @@ class StageRunner:
 
     def failure(self) -> tuple[int, float] | None:
         """(step, loss) of the first non-finite loss on any process since the stage began, or None (a sync point)."""
-        bad = D.all_min(self.info, float(self.bad_step.item() < 0))
-        if bad >= 1:
+        own = int(self.bad_step.item())
+        first = D.all_min(self.info, float(own) if own >= 0 else math.inf)
+        if first == math.inf:
             return None
-        return max(int(self.bad_step.item()), 0), float(self.bad_loss.item())
+        mine = own == first
+        loss, count = D.all_sum(self.info, [float(self.bad_loss.item()) if mine else 0.0, 1.0 if mine else 0.0])
+        return int(first), loss / count
 
     def take_loss_sum(self) -> float:
         value = float(self.loss_sum)
@@ -452,9 +463,9 @@ class Trainer:
         state = load_checkpoint(self.ckpt_path)
         budget = state.get("budget")
         if budget is not None:
-            if self.max_minutes is not None and self.max_minutes != budget["max_minutes"]:
-                self._say(f"continuing the schedule fitted to the run's first budget ({budget['max_minutes']} min); "
-                          f"--max-minutes {self.max_minutes} is ignored")
+            if self.max_minutes is not None and self.max_minutes != budget["max_minutes"] and self.info.is_main:
+                print(f"continuing the schedule fitted to the run's first budget ({budget['max_minutes']} min); "
+                      f"--max-minutes {self.max_minutes} is ignored", flush=True)
             self.cfg = cfg = with_schedule(cfg, [tuple(x) for x in budget["stages"]])
             self.budget = budget
         elif self.max_minutes is not None:
@@ -565,7 +576,7 @@ class Trainer:
         global_batch = cfg.data.batch_size
         bar = tqdm(total=stage.iterations, initial=start_step, desc=f"stage {stage.index} {stage.name}",
                    disable=not (self.progress and info.is_main), dynamic_ncols=True)
-        t_last, n_last, data_wait = time.perf_counter(), 0, 0.0
+        t_last, n_last, data_wait, paused = time.perf_counter(), 0, 0.0, 0.0
         try:
             batches = iter(runner.loader)
             for step in range(start_step, stage.iterations):
@@ -586,14 +597,16 @@ class Trainer:
                     # swings with its task mix (a hazy batch costs several times a JPEG one)
                     mean_loss = D.all_sum(info, [runner.take_loss_sum()])[0] / (n_last * info.world)
                     now = time.perf_counter()
-                    sps = n_last * global_batch / max(1e-9, now - t_last)
+                    busy = max(1e-9, now - t_last - paused)  # training steps only, not validation or saving
+                    sps = n_last * global_batch / busy
                     entry = {"stage": stage.index, "step": done, "loss": round(mean_loss, 6),
                              "lr": runner.sched.get_last_lr()[0], "samples_per_s": round(sps, 2),
-                             "data_share": round(data_wait / max(1e-9, now - t_last), 3)}
+                             "data_share": round(data_wait / busy, 3)}
                     self._log(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}", sps=f"{sps:.1f}")
-                    t_last, n_last, data_wait = now, 0, 0.0
+                    t_last, n_last, data_wait, paused = now, 0, 0.0, 0.0
                 bar.update(1)
+                t_pause = time.perf_counter()
                 if due_val:
                     scores = validate(runner.averaged(), val, info)
                     record = {"stage": stage.index, "step": done, "val_psnr": scores}
@@ -601,9 +614,9 @@ class Trainer:
                     self._log(record)
                     if scores and info.is_main:
                         bar.write("validation PSNR " + ", ".join(f"{t} {v:.2f}" for t, v in scores.items()))
-                    t_last = time.perf_counter()  # the rate counts training steps only
                 if due_ckpt and info.is_main:
                     save_checkpoint(self.ckpt_path, self._state(model, stage.index, done, tasks, runner))
+                paused += time.perf_counter() - t_pause
                 self.steps_run += 1
                 if stop_after is not None and self.steps_run >= stop_after:
                     return False
@@ -621,7 +634,8 @@ class Trainer:
         cfg, info = self.cfg, self.info
         stages = plan_stages(cfg)
         costs, over = self._measure(stages, val)
-        left = self.max_minutes * 60 - (time.perf_counter() - self.t_start)
+        # every process must fit the same schedule: the least time left on any of them
+        left = D.all_min(info, self.max_minutes * 60 - (time.perf_counter() - self.t_start))
         try:
             scale, lengths = fit_schedule([s.iterations for s in stages], costs, over, left,
                                           cfg.val_every if val is not None else None, cfg.ckpt_every)
@@ -648,8 +662,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[info.device.index or 0] if info.device.type == "cuda" else []):
             for stage in stages:
                 torch.manual_seed(cfg.seed * 1009 + stage.index)
-                probe = stage if stage.iterations >= CALIBRATION_WARMUP + CALIBRATION_STEPS else replace(
-                    stage, iterations=CALIBRATION_WARMUP + CALIBRATION_STEPS)
+                need = calibration_warmup(cfg.data.workers) + CALIBRATION_STEPS
+                probe = stage if stage.iterations >= need else replace(stage, iterations=need)
                 model, tasks = prepare_model(cfg, probe, None if model is None else copy.deepcopy(model))
                 model.to(info.device)
                 kind = (stage.mode, tuple(tasks), len(model.tasks))
@@ -660,7 +674,9 @@ class Trainer:
             validation = self._time(lambda: validate(model, val, info)) if val is not None else 0.0
             with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
                 checkpoint = self._time(lambda: save_checkpoint(Path(tmp) / "probe.pt", self._state(model, 0, 0, None, None)))
-                final = checkpoint + self._time(lambda: model.save_pretrained(Path(tmp) / "model"))
+                saving = self._time(lambda: model.save_pretrained(Path(tmp) / "model"))
+                final = checkpoint + saving
+            costs = [replace(c, start=c.start + saving) for c in costs]  # each stage saves its model at its end
             if cfg.grid_spans is not None:
                 final += self._grid_span_seconds(model)
         t = D.all_max(info, [c.step for c in costs] + [c.start for c in costs] + [validation, checkpoint, final])
@@ -687,9 +703,10 @@ class Trainer:
                 for _ in range(n):
                     runner.step(*runner.to_device(next(batches)))
 
-            self._time(lambda: steps(CALIBRATION_WARMUP))
+            warm = calibration_warmup(self.cfg.data.workers)
+            self._time(lambda: steps(warm))
             timed = self._time(lambda: steps(CALIBRATION_STEPS)) / CALIBRATION_STEPS
-            start = time.perf_counter() - t0 - (CALIBRATION_WARMUP + CALIBRATION_STEPS) * timed
+            start = time.perf_counter() - t0 - (warm + CALIBRATION_STEPS) * timed
             return StageCost(timed, max(0.0, start))
         finally:
             runner.close()
@@ -699,11 +716,11 @@ class Trainer:
         from ..data.images import list_images, read_rgb
 
         g = self.cfg.grid_spans
-        files = [f for folder in g.photos for f in list_images(folder)]
-        if not files:
+        per_folder = [list_images(folder) for folder in g.photos]
+        if not any(per_folder):
             raise FileNotFoundError(f"grid_spans.photos: no images in {', '.join(g.photos)}")
-        photos = min(len(files), g.limit) if g.limit else len(files)
-        image = read_rgb(files[0])
+        photos = sum(min(len(f), g.limit) if g.limit else len(f) for f in per_folder)  # limit is per folder
+        image = read_rgb(next(f for f in per_folder if f)[0])
         model.eval()
         task = model.tasks[0]
         one = self._time(lambda: restore_array(model, image, task, tile=0))
