@@ -23,15 +23,31 @@ def setup(tmp_path):
     return tmp_path
 
 
-def test_eval_synthetic_end_to_end(setup, capsys):
+def test_eval_synthetic_end_to_end(setup, capsys, monkeypatch):
+    import hashlib
+
+    from instruct_ipt import inference
+
     out = setup / "out"
+    real, before_dehaze = inference.restore_array, []
+
+    def watched(model, rgb, task=None, *a, **k):  # what was printed when dehazing began
+        if model.modulation.merged_task == "dehaze" and not before_dehaze:
+            before_dehaze.append(capsys.readouterr().out)
+        return real(model, rgb, task, *a, **k)
+
+    monkeypatch.setattr(inference, "restore_array", watched)
     rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--sigma", "25",
                "--peers", "--save", "--out", str(out), "--channel", "both"])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "denoise | protocol: channel=both" in printed and "dehaze | protocol" in printed
+    assert "denoise | photos: whole images, sigma 25 | protocol: channel=both, border=0 px dropped" in before_dehaze[0]
+    assert "bm3d" in before_dehaze[0] and "dehaze |" not in before_dehaze[0]  # each table as its task finishes
+    printed = before_dehaze[0] + capsys.readouterr().out
+    assert "dehaze | photos: whole images | protocol" in printed
     assert "dark-channel-prior" in printed and "bm3d" in printed
     doc = json.loads((out / "results.json").read_text())
+    assert (doc["sigma"], doc["crop"], doc["seed"]) == (25.0, 0, 0)
+    assert doc["model_sha256"] == hashlib.sha256((setup / "model/model.safetensors").read_bytes()).hexdigest()
     methods = {(r["task"], r["method"]) for r in doc["summary"]}
     assert methods == {("denoise", "instruct-ipt"), ("denoise", "input"), ("denoise", "bm3d"), ("denoise", "opencv-nlm"),
                        ("dehaze", "instruct-ipt"), ("dehaze", "input"), ("dehaze", "dark-channel-prior")}
@@ -96,3 +112,11 @@ def test_peers_improve_on_their_degradation():
     big = data.astronaut()[::2, ::2].astype(np.float32) / 255
     hazy = Haze(beta=1.5, airlight=0.9)(big, np.random.default_rng(0)).image
     assert psnr(dark_channel_prior(hazy, {}), big) > psnr(hazy, big) + 2
+
+
+def test_eval_header_names_the_crop_size_and_the_border_apart(setup, capsys):
+    rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--tasks", "dehaze",
+               "--crop", "32", "--crop-border", "4", "--out", str(setup / "o3")])
+    assert rc == 0
+    assert "dehaze | photos: centre crops of 32 px | protocol: channel=rgb, border=4 px dropped" in capsys.readouterr().out
+    assert json.loads((setup / "o3/results.json").read_text())["crop"] == 32

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
@@ -94,7 +95,8 @@ def test_cli_restore_instruction_glob_and_corrupt_file(model_dir, tmp_path, caps
                "-i", "remove the snow", "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert rc == 1
-    assert "tasks: desnow" in captured.out
+    done = [ln for ln in captured.out.splitlines() if " -> " in ln]  # one line per file, tasks on it
+    assert len(done) == 2 and all(ln.endswith("[from the instruction]") and ": desnow (" in ln for ln in done)
     err_lines = [ln for ln in captured.err.splitlines() if "broken.png" in ln]
     assert len(err_lines) == 1 and "not a readable image" in err_lines[0]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.restored.png", "b.restored.png"]
@@ -212,3 +214,31 @@ def test_shipped_classifier_sees_strong_degradations():
         degraded = make_degradation(task, **params)(clean, rng).image
         probs = clf.predict(degraded)
         assert max(probs, key=probs.get) == task, (task, probs)
+
+
+def test_cli_restore_checks_its_arguments_before_any_image(model_dir, tmp_path, capsys, monkeypatch):
+    import instruct_ipt.data.images as images
+
+    photos = _photos(tmp_path / "in")
+    reads = []
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda *a, **k: reads.append(a) or real(*a, **k))
+    args = [str(photos / "a.png"), str(photos / "b.jpg"), "--model", str(model_dir)]
+    assert main(["restore", *args, "-t", "sharpen"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown task 'sharpen'" in err[0] and "denoise" in err[0]  # once, naming the tasks
+    assert main(["restore", *args, "-t", "denoise", "--tile", "32", "--overlap", "32"]) == 2
+    assert "--overlap 32: must be >= 0 and smaller than the tile (32)" in capsys.readouterr().err
+    assert main(["restore", *args, "-t", "denoise", "--tile", "-1"]) == 2
+    assert not reads and not list(photos.glob("*.restored.png"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_one_line(model_dir, tmp_path, capsys):
+    photos = _photos(tmp_path / "in")
+    assert main(["restore", str(photos / "a.png"), "--model", str(model_dir), "-t", "denoise", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["instruct-ipt restore: error: --device cuda: CUDA is not available on this machine "
+                   f"(torch {torch.__version__}); use --device cpu or auto"]
+    assert main(["restore", str(photos / "a.png"), "-t", "denoise", "--device", "gpu"]) == 2
+    assert "not a device name" in capsys.readouterr().err

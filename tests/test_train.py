@@ -441,6 +441,30 @@ def test_missing_folders_are_refused_before_any_step(folders, tmp_path):
         assert not (tmp_path / out / "checkpoints").exists()
 
 
+def test_ctrl_c_saves_nothing_new_and_says_how_to_resume(folders, tmp_path, capsys, monkeypatch):
+    real = trainer_module.compute_loss
+    calls = {"n": 0}
+
+    def interrupted(out, target, kind):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(out, target, kind)
+
+    monkeypatch.setattr(trainer_module, "compute_loss", interrupted)
+    cfg = make_cfg(folders, tmp_path / "run", iterations=8, ckpt_every=2)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["train", str(path), "--no-progress", "--set", "seed=3"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert f"Last checkpoint: {tmp_path / 'run/checkpoints/last.pt'} (stage 0, step 4)" in err[0]
+    assert err[0].endswith(f"Continue with: instruct-ipt train {path} --resume --set seed=3")
+    assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)["step"] == 4
+    monkeypatch.setattr(trainer_module, "compute_loss", real)
+    assert main(["train", str(path), "--no-progress", "--set", "seed=3", "--resume"]) == 0  # the hint works
+
+
 def test_cli_steps_and_set(folders, tmp_path, capsys):
     cfg = make_cfg(folders, tmp_path / "run", stages=BUDGET_STAGES)
     path = tmp_path / "cfg.yaml"

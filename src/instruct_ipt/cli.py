@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -20,20 +21,24 @@ def _device_line() -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .model import InstructIPT
+    from .model import DEFAULT_MODEL_NAME, InstructIPT, resolve_model_dir
     from .models import IPTConfig
     from .models.complexity import count_macs
     from .modulation import ModulationConfig
 
-    if args.model:
-        model = InstructIPT.from_pretrained(args.model)
-        source = f"saved model {args.model}"
-    else:
+    describe_config = args.size is not None or args.tasks or args.plain
+    if args.model and describe_config:
+        raise ValueError("give --model, or a config to describe (--size, --tasks, --plain), not both")
+    if describe_config:
+        size = args.size or "small"
         tasks = args.tasks.split(",") if args.tasks else None
         mod = None if args.plain else ModulationConfig(rank=args.rank, strategy=args.strategy, proportion=args.proportion)
         kwargs = {} if tasks is None else {"tasks": tasks}
-        model = InstructIPT(IPTConfig.named(args.size), modulation=mod, **kwargs)
-        source = f"config '{args.size}' (untrained)"
+        model = InstructIPT(IPTConfig.named(size), modulation=mod, **kwargs)
+        source = f"config '{size}' (untrained)"
+    else:
+        model = InstructIPT.from_pretrained(args.model)
+        source = f"saved model {resolve_model_dir(args.model)}" + (" (the shipped default)" if args.model in (None, DEFAULT_MODEL_NAME) else "")
     count = model.parameter_count()
     info = {
         "version": __version__,
@@ -99,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.paired import detect_layout
     from .eval.runner import Skip, benchmark_cases, evaluate, format_table, summarise, synthetic_cases, write_results
     from .inference import pick_device, restore_array
-    from .model import InstructIPT
+    from .model import WEIGHTS_NAME, InstructIPT, resolve_model_dir
 
     if not args.data and not args.photos:
         raise ValueError("give a benchmark folder (--data) or a folder of clean photos (--photos)")
@@ -138,34 +143,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model.unmerge().merge(case.task)
         return restore_array(model, case.input, None if model.modulation is not None else case.task)
 
-    def cases():
-        for folder, tasks, _ in sources:
-            if folder == args.photos:
-                params = {"denoise": {"sigma": args.sigma}} if args.sigma is not None else {}
-                yield from (c for c in synthetic_cases(folder, [t for t in tasks if t in runnable], params, args.seed,
-                                                       args.crop, protocols) if isinstance(c, Skip) or c.task in runnable)
-            elif tasks[0] in runnable:
-                yield from benchmark_cases(folder, tasks[0], args.sigma, protocols[tasks[0]])
+    params = {"denoise": {"sigma": args.sigma}} if args.sigma is not None else {}
+    jobs = []  # one per task and source, each printed as soon as it is measured: (task, images, cases, setting)
+    for folder, tasks, n in sources:
+        if folder == args.photos:
+            setting = f"{Path(folder).name}: " + (f"centre crops of {args.crop} px" if args.crop else "whole images")
+            for t in tasks:
+                if t in runnable:
+                    sigma = f", sigma {args.sigma:g}" if t == "denoise" and args.sigma is not None else ""
+                    jobs.append((t, n // len(tasks), lambda t=t, folder=folder: synthetic_cases(
+                        folder, [t], params, args.seed, args.crop, protocols), setting + sigma))
+        elif tasks[0] in runnable:
+            t = tasks[0]
+            jobs.append((t, n, lambda folder=folder, t=t: benchmark_cases(folder, t, args.sigma, protocols[t]),
+                         f"{Path(folder).name}: benchmark images"))
 
     def on_skip(s: Skip) -> None:
         tqdm.write(f"instruct-ipt eval: {s}", file=sys.stderr)
 
     for s in skipped_early:
         on_skip(s)
-    total = sum(n for _, ts, n in sources)
-    with tqdm(total=total, desc="eval", unit="img", disable=None, file=sys.stderr) as bar:
-        records, skipped = evaluate(
-            cases(), restore if model is not None else None, method=args.method, protocols=protocols,
-            peers=args.peers, save_dir=Path(args.out) / "images" if args.save else None,
-            on_skip=on_skip, progress=lambda c: bar.update(1),
-        )
-    skipped = skipped_early + skipped
+    records, skipped = [], list(skipped_early)
+    for task, n, make_cases, setting in jobs:
+        with tqdm(total=n, desc=f"eval {task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar:
+            done, skips = evaluate(
+                make_cases(), restore if model is not None else None, method=args.method, protocols=protocols,
+                peers=args.peers, save_dir=Path(args.out) / "images" if args.save else None,
+                on_skip=on_skip, progress=lambda c: bar.update(1),
+            )
+        records += done
+        skipped += skips
+        if done:
+            print(format_table(summarise(done), protocols, setting=setting), end="", flush=True)
     rows = summarise(records)
     if not rows:
         print("instruct-ipt eval: error: no image could be evaluated", file=sys.stderr)
         return 2
-    print(format_table(rows, protocols))
-    meta = {"model": args.model, "device": str(pick_device(args.device)), "seed": args.seed, "version": __version__}
+    print()
+    meta = {"model": args.model, "device": str(pick_device(args.device)), "seed": args.seed, "sigma": args.sigma,
+            "crop": args.crop, "channel": args.channel or "per task (see protocols)", "version": __version__}
+    if model is not None:
+        weights = resolve_model_dir(args.model) / WEIGHTS_NAME
+        meta.update(model_dir=str(weights.parent), model_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
     json_path, csv_path = write_results(args.out, rows, records, skipped, protocols, meta)
     print(f"wrote {json_path} and {csv_path}" + (f"; restored images under {Path(args.out) / 'images'}" if args.save else ""))
     failed = [s for s in skipped if s.fatal]
@@ -173,6 +192,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{len(failed)} item(s) skipped (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_hint(args: argparse.Namespace, out: Path) -> str:
+    """What an interrupted ``train`` left, and the command that continues it."""
+    import shlex
+
+    cmd = ["instruct-ipt", "train", args.config, "--resume"]
+    for item in args.set:
+        cmd += ["--set", item]
+    if args.out:
+        cmd += ["--out", args.out]
+    if args.steps is not None:
+        cmd += ["--steps", str(args.steps)]
+    if args.device != "auto":
+        cmd += ["--device", args.device]
+    ckpt = out / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        return f"interrupted before the first checkpoint; nothing was saved. Start again with: {shlex.join(cmd[:-1])}"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return (f"interrupted; nothing new was saved. Last checkpoint: {ckpt} (stage {state['stage']}, step {state['step']}). "
+            f"Continue with: {shlex.join(cmd)}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -191,6 +231,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as e:
         print(f"instruct-ipt train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; checkpoints are atomic, so the last one is whole
+        print(f"\ninstruct-ipt train: {_resume_hint(args, Path(cfg.out))}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -276,22 +319,28 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .instruct import InstructionError
     from .restore import choose_tasks, run_tasks
 
+    # every argument is checked once, before any image is read
     if args.task and args.instruction:
         raise ValueError("give --task or --instruction, not both")
-    model = _load_model(args.model, args.device)
+    if args.tile is not None and args.tile < 0:
+        raise ValueError(f"--tile {args.tile}: a tile size in pixels, or 0 for no tiling")
+    if args.overlap < 0 or (args.tile and args.overlap >= args.tile):
+        raise ValueError(f"--overlap {args.overlap}: must be >= 0 and smaller than the tile ({args.tile})")
     files = _expand_inputs(args.inputs)
     if not files:
         raise ValueError("no input images")
+    model = _load_model(args.model, args.device)
     failures = 0
     outdir = Path(args.output) if args.output else None
     plan = None
-    if args.instruction is not None:  # one instruction for every file: interpret it once
+    if args.task is not None:  # the same task for every file
+        plan = choose_tasks(model, None, task=args.task)  # an unknown task: one error listing the model's tasks
+    elif args.instruction is not None:  # one instruction for every file: interpret it once
         try:
             plan = choose_tasks(model, None, instruction=args.instruction)
         except InstructionError as e:
             print(f"instruct-ipt restore: {e}", file=sys.stderr)
             return 2
-        print(f"tasks: {plan.describe()}")
     inputs = {f.resolve() for f in files if f.exists()}
     for f in tqdm(files, desc="restore", unit="img", disable=None if len(files) > 1 else True, file=sys.stderr):
         target = (outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png")
@@ -299,13 +348,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if target.resolve() in inputs:
                 raise ValueError(f"{target} is an input; refusing to overwrite it")
             img = load_image(f)
-            choice = plan or choose_tasks(model, img.rgb, task=args.task)
+            choice = plan or choose_tasks(model, img.rgb)  # blind mode looks at each image
             out = run_tasks(model, img.rgb, choice.tasks, tile=args.tile, overlap=args.overlap)
             save_image(target, out, img.alpha, img.grey, bit_depth=img.bit_depth)
-            if plan is None:
-                tqdm.write(f"{f} -> {target}: {choice.describe()}")
-            else:
-                tqdm.write(f"{f} -> {target}")
+            tqdm.write(f"{f} -> {target}: {choice.describe()}")  # one format, whatever chose the tasks
         except (ImageReadError, ValueError, OSError) as e:
             failures += 1
             tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)
@@ -326,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="versions, device and a model summary (parameters per task, MACs)")
-    p.add_argument("--model", metavar="DIR", help="a saved model folder (config.json + model.safetensors)")
-    p.add_argument("--size", choices=SIZES, default="small", help="named config to describe when no --model")
-    p.add_argument("--tasks", help="comma-separated task names (default: the five standard tasks)")
+    p.add_argument("--model", metavar="DIR", help="a saved model folder (config.json + model.safetensors); "
+                   "default: the shipped model")
+    p.add_argument("--size", choices=SIZES, help="describe an untrained model of this named config instead")
+    p.add_argument("--tasks", help="comma-separated task names of the untrained model (default: the five standard tasks)")
     p.add_argument("--rank", type=int, default=8, help="modulation rank (constant strategy)")
     p.add_argument("--strategy", choices=("constant", "proportional"), default="constant")
     p.add_argument("--proportion", type=float, default=0.05, help="rank share for the proportional strategy")
@@ -344,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or on synthetic degradations of a folder of clean photos. Prints a table per task headed by its "
         "protocol, and writes results.json and results.csv to --out.",
     )
-    p.add_argument("--model", metavar="DIR", help="saved model folder")
+    p.add_argument("--model", metavar="DIR", help="saved model folder, or 'default' for the shipped model")
     p.add_argument("--data", metavar="FOLDER", action="append", help="benchmark folder (repeatable)")
     p.add_argument("--task", help="task for --data when the layout does not imply one (input/ + target/)")
     p.add_argument("--photos", metavar="FOLDER", help="clean photos to degrade synthetically, once per task")
@@ -390,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside each input as NAME.restored.png)")
     p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR)")
     p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')
-    p.add_argument("--model", metavar="DIR", help="saved model folder (default: the model shipped with the package)")
+    p.add_argument("--model", metavar="DIR", help="saved model folder (default: 'default', the model shipped with the package)")
     p.add_argument("--tile", type=int, default=None,
                    help="restore in tiles of this size (default: 512 above 1024x1024 pixels; 0: never)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles, blended (default 32)")

@@ -16,10 +16,25 @@ DEFAULT_OVERLAP = 32
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``auto``/None: CUDA when present, else CPU."""
+    """``auto``/None: CUDA when present, else CPU. A device this machine lacks is a ``ValueError``
+    that says so in one line (not a traceback from deep inside the first copy to it)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device}: not a device name (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             "use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {device}: not supported here (use auto, cpu, cuda or cuda:N)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
+    return dev
 
 
 @torch.inference_mode()

@@ -37,6 +37,18 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("instruct_ipt"))) / "weights" / "default"
 
 
+#: the name every ``--model`` and ``from_pretrained`` accept for the shipped model
+DEFAULT_MODEL_NAME = "default"
+
+
+def resolve_model_dir(directory: str | os.PathLike | None) -> Path:
+    """The folder a model name means: a folder that exists, else ``default`` (or None) for the
+    shipped model. A folder named ``default`` in the working directory wins over the shipped one."""
+    if directory is None or (str(directory) == DEFAULT_MODEL_NAME and not Path(directory).is_dir()):
+        return default_model_dir()
+    return Path(directory)
+
+
 class CheckpointError(ValueError):
     """A saved model or adapter does not fit: the message names what differs."""
 
@@ -331,16 +343,14 @@ class InstructIPT(nn.Module):
     def from_pretrained(
         cls, directory: str | os.PathLike | None = None, device: str | torch.device = "cpu"
     ) -> InstructIPT:
-        """Load a model written by :meth:`save_pretrained`; with no folder, the model shipped in the
-        package (``instruct_ipt/weights/default``)."""
-        if directory is None:
-            directory = default_model_dir()
-            if not (directory / CONFIG_NAME).is_file():
-                raise FileNotFoundError(
-                    "no default model is shipped with this version yet: pass a model folder "
-                    "(instruct-ipt train configs/cpu-small.yaml writes runs/cpu-small/model)"
-                )
-        directory = Path(directory)
+        """Load a model written by :meth:`save_pretrained`; with no folder, or ``"default"``, the
+        model shipped in the package (``instruct_ipt/weights/default``)."""
+        directory = resolve_model_dir(directory)
+        if directory == default_model_dir() and not (directory / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                "no default model is shipped with this version yet: pass a model folder "
+                "(instruct-ipt train configs/cpu-small.yaml writes runs/cpu-small/model)"
+            )
         cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for p in (cfg_path, weights_path):
             if not p.is_file():

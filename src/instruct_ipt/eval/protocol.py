@@ -43,7 +43,7 @@ class Protocol:
 
     def describe(self) -> str:
         return (
-            f"channel={self.channel}, crop={self.crop_border}, "
+            f"channel={self.channel}, border={self.crop_border} px dropped, "
             f"{'clamped' if self.clamp else 'unclamped'}, {'uint8-quantised' if self.quantize else 'float'} outputs, "
             f"{self.test_noise} test noise"
         )

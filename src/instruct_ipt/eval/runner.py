@@ -199,8 +199,9 @@ def summarise(records: Sequence[Record]) -> list[Row]:
     return rows
 
 
-def format_table(rows: Sequence[Row], protocols: Mapping[str, Protocol] | None = None) -> str:
-    """A plain-text table per task, each headed by its protocol."""
+def format_table(rows: Sequence[Row], protocols: Mapping[str, Protocol] | None = None, setting: str = "") -> str:
+    """A plain-text table per task, each headed by the images it measured (``setting``: e.g. the
+    crop size and noise level) and its protocol."""
     out = io.StringIO()
     for task in dict.fromkeys(r.task for r in rows):
         trs = [r for r in rows if r.task == task]
@@ -214,7 +215,7 @@ def format_table(rows: Sequence[Row], protocols: Mapping[str, Protocol] | None =
             for r in trs
         ]
         widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        out.write(f"\n{task} | protocol: {protocol.describe()}\n")
+        out.write(f"\n{task} | {setting + ' | ' if setting else ''}protocol: {protocol.describe()}\n")
         out.write("  ".join(h.ljust(w) for h, w in zip(head, widths)) + "\n")
         out.write("  ".join("-" * w for w in widths) + "\n")
         for line in body:

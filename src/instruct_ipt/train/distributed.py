@@ -30,7 +30,9 @@ def setup(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device in (None, "auto") else str(device).startswith("cuda")
+    from ..inference import pick_device
+
+    use_cuda = pick_device(device).type == "cuda"  # an unavailable device: a one-line error before anything runs
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

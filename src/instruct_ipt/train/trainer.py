@@ -40,7 +40,7 @@ from ..data.validation import ValidationSet
 from ..eval.protocol import default_protocol
 from ..inference import restore_array
 from ..io import atomic_write_text
-from ..model import InstructIPT
+from ..model import InstructIPT, resolve_model_dir
 from ..models import IPTConfig
 from ..modulation import DEFAULT_TARGETS, ModulationConfig
 from . import distributed as D
@@ -429,7 +429,7 @@ class Trainer:
             except ValueError as e:
                 raise ConfigError(f"grid_spans.span: {e}") from e
         init = self.cfg.model.init
-        if init and not (self.resume and self.ckpt_path.exists()) and not Path(init).is_dir():
+        if init and not (self.resume and self.ckpt_path.exists()) and not resolve_model_dir(init).is_dir():
             raise FileNotFoundError(f"model.init: {init}: no such model folder")
 
     def _validation_set(self) -> ValidationSet | None:
