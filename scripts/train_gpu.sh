@@ -7,7 +7,7 @@
 # PHOTOS holds train/ and val/ folders of clean photos (default ../shared/photos). Needs only
 # PyTorch, NumPy, SciPy, Pillow, PyYAML, safetensors and tqdm; the package need not be installed
 # (it runs from src/) and nothing is downloaded. Steps, each stopping the script if it fails:
-#   1. a smoke run: every stage cut to a few steps, with validation and the grid-span choice,
+#   1. a smoke run: every stage cut to a few steps, with validation (and the grid-span choice if the config has one),
 #      so a broken setup costs seconds, not the lease;
 #   2. training with a time budget (--max-minutes: every stage scaled to fit);
 #   3. `eval` of the new and of the shipped model on PHOTOS/val (no classical peers);

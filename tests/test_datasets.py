@@ -179,3 +179,31 @@ def test_validation_set_is_cached_and_fixed(tmp_path):
     changed = ValidationSet.build([tmp_path / "photos"], {"denoise": Noise(sigma=50)}, tmp_path / "val", crop=32)
     assert changed.tasks == ["denoise"]
     assert not np.array_equal(changed.by_task("denoise")[0].input, vs.by_task("denoise")[0].input)
+
+
+@pytest.mark.parametrize("synthesis", ["workers", "device"])
+def test_grey_samples_are_grey_photos_degraded_alike_in_every_channel(photos, synthesis):
+    from instruct_ipt.data.batched import collate_device
+
+    ops = {"denoise": Noise(sigma=25), "dehaze": Haze(), "jpeg": JPEG()}
+    ds = SyntheticDataset(photos, ops, patch_size=32, length=40, tasks=TASKS, grey_share=0.5, synthesis=synthesis)
+    if synthesis == "device":
+        batch = collate_device([ds[i] for i in range(len(ds))])
+        x, y, _ = ds.degrader()(batch, "cpu")
+        grey = batch["grey"]
+    else:
+        x = torch.stack([ds[i]["input"] for i in range(len(ds))])
+        y = torch.stack([ds[i]["target"] for i in range(len(ds))])
+        grey = torch.tensor([torch.equal(t[0], t[1]) and torch.equal(t[1], t[2]) for t in y])
+    assert 10 <= int(grey.sum()) <= 30  # about half of 40
+    for xi, yi, g in zip(x, y, grey):
+        same = torch.equal(xi[0], xi[1]) and torch.equal(xi[0], xi[2])
+        assert same == bool(g)  # grey inputs: one degradation in every channel; colour ones: not
+        if g:
+            assert torch.equal(yi[0], yi[2])
+    plain = SyntheticDataset(photos, ops, patch_size=32, length=4, tasks=TASKS, synthesis=synthesis)
+    before = SyntheticDataset(photos, ops, patch_size=32, length=4, tasks=TASKS, synthesis=synthesis, grey_share=0.0)
+    key = "clean" if synthesis == "device" else "input"
+    assert all(torch.equal(plain[i][key], before[i][key]) for i in range(4))  # share 0: the samples of before
+    with pytest.raises(ValueError, match="grey_share"):
+        SyntheticDataset(photos, ops, tasks=TASKS, grey_share=1.5)

@@ -129,3 +129,19 @@ def test_unknown_task_and_params():
         make_degradation("sharpen")
     op = make_degradation("denoise", sigma=15)
     assert isinstance(op, Noise) and op.sigma == 15
+
+
+def test_as_grey_matches_a_grey_file_and_grey_degraded_copies_channel_zero():
+    from PIL import Image
+
+    from instruct_ipt.data.degradations import as_grey, grey_degraded
+
+    rgb = data.astronaut()[:40, :50]
+    grey = as_grey(rgb)
+    assert grey.dtype == np.uint8 and np.array_equal(grey[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
+    assert np.array_equal(grey[..., 0], grey[..., 2])
+    as_float = as_grey(rgb.astype(np.float32) / 255)
+    assert np.abs(as_float[..., 0] * 255 - grey[..., 0]).max() <= 1.0
+    noisy = Noise(sigma=25)(as_float, np.random.default_rng(0)).image
+    out = grey_degraded(noisy)
+    assert np.array_equal(out[..., 1], noisy[..., 0]) and np.array_equal(out[..., 2], noisy[..., 0])

@@ -120,3 +120,36 @@ def test_eval_header_names_the_crop_size_and_the_border_apart(setup, capsys):
     assert rc == 0
     assert "dehaze | photos: centre crops of 32 px | protocol: channel=rgb, border=4 px dropped" in capsys.readouterr().out
     assert json.loads((setup / "o3/results.json").read_text())["crop"] == 32
+
+
+def test_eval_grey_runs_grey_photos_and_grey_peers(setup):
+    rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--tasks", "denoise",
+               "--sigma", "25", "--grey", "--peers", "--save", "--out", str(setup / "g")])
+    assert rc == 0
+    doc = json.loads((setup / "g/results.json").read_text())
+    assert doc["grey"] is True and {r["dataset"] for r in doc["summary"]} == {"photos-synthetic-grey"}
+    bm3d = next(r for r in doc["summary"] if r["method"] == "bm3d")
+    noisy = next(r for r in doc["summary"] if r["method"] == "input")
+    assert bm3d["metrics"]["psnr_rgb"] > noisy["metrics"]["psnr_rgb"] + 3
+    saved = np.asarray(Image.open(setup / "g/images/denoise/photos-synthetic-grey/input/astronaut.png"))
+    assert np.array_equal(saved[..., 0], saved[..., 1]) and np.array_equal(saved[..., 0], saved[..., 2])
+
+
+def test_grey_peers_run_on_one_channel():
+    clean = np.repeat(data.camera()[100:164, 150:214, None].astype(np.float32) / 255, 3, axis=2)
+    noisy = np.repeat(Noise(sigma=25)(clean, np.random.default_rng(0)).image[..., :1], 3, axis=2)
+    for peer in (bm3d_peer, nlm_peer):
+        out = peer(noisy, {"sigma": 25, "grey": True})
+        assert np.array_equal(out[..., 0], out[..., 2]) and psnr(out, clean) > psnr(noisy, clean) + 2
+
+
+def test_seam_ratio_sees_block_seams_and_only_them():
+    from instruct_ipt.eval.metrics import seam_ratio
+
+    rng = np.random.default_rng(0)
+    target = rng.random((128, 160, 3))
+    smooth_error = target + rng.normal(0, 0.01, target.shape)
+    assert seam_ratio(smooth_error, target, 64) == pytest.approx(1.0, abs=0.2)
+    blocks = smooth_error + 0.05 * (np.add.outer(np.arange(128) // 64, np.arange(160) // 64) % 2)[..., None]
+    assert seam_ratio(blocks, target, 64) > 5  # a step in the error at every 64th line
+    assert seam_ratio(blocks, target, 48) == pytest.approx(seam_ratio(smooth_error, target, 48), rel=0.5)

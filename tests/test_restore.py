@@ -217,7 +217,7 @@ def test_shipped_classifier_sees_strong_degradations():
 
 
 def test_cli_restore_checks_its_arguments_before_any_image(model_dir, tmp_path, capsys, monkeypatch):
-    import instruct_ipt.data.images as images
+    from instruct_ipt.data import images
 
     photos = _photos(tmp_path / "in")
     reads = []
@@ -238,7 +238,8 @@ def test_an_unavailable_device_is_one_line(model_dir, tmp_path, capsys):
     photos = _photos(tmp_path / "in")
     assert main(["restore", str(photos / "a.png"), "--model", str(model_dir), "-t", "denoise", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["instruct-ipt restore: error: --device cuda: CUDA is not available on this machine "
-                   f"(torch {torch.__version__}); use --device cpu or auto"]
+    expected = ("instruct-ipt restore: error: --device cuda: CUDA is not available on this machine "
+                f"(torch {torch.__version__}); use --device cpu or auto")
+    assert err == [expected]
     assert main(["restore", str(photos / "a.png"), "-t", "denoise", "--device", "gpu"]) == 2
     assert "not a device name" in capsys.readouterr().err

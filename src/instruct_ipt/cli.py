@@ -147,12 +147,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     jobs = []  # one per task and source, each printed as soon as it is measured: (task, images, cases, setting)
     for folder, tasks, n in sources:
         if folder == args.photos:
-            setting = f"{Path(folder).name}: " + (f"centre crops of {args.crop} px" if args.crop else "whole images")
+            setting = (f"{Path(folder).name}: " + ("grey versions, " if args.grey else "")
+                       + (f"centre crops of {args.crop} px" if args.crop else "whole images"))
             for t in tasks:
                 if t in runnable:
                     sigma = f", sigma {args.sigma:g}" if t == "denoise" and args.sigma is not None else ""
                     jobs.append((t, n // len(tasks), lambda t=t, folder=folder: synthetic_cases(
-                        folder, [t], params, args.seed, args.crop, protocols), setting + sigma))
+                        folder, [t], params, args.seed, args.crop, protocols, grey=args.grey), setting + sigma))
         elif tasks[0] in runnable:
             t = tasks[0]
             jobs.append((t, n, lambda folder=folder, t=t: benchmark_cases(folder, t, args.sigma, protocols[t]),
@@ -169,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             done, skips = evaluate(
                 make_cases(), restore if model is not None else None, method=args.method, protocols=protocols,
                 peers=args.peers, save_dir=Path(args.out) / "images" if args.save else None,
-                on_skip=on_skip, progress=lambda c: bar.update(1),
+                on_skip=on_skip, progress=lambda c: bar.update(1), seam_period=args.seam_period or None,
             )
         records += done
         skipped += skips
@@ -181,7 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     print()
     meta = {"model": args.model, "device": str(pick_device(args.device)), "seed": args.seed, "sigma": args.sigma,
-            "crop": args.crop, "channel": args.channel or "per task (see protocols)", "version": __version__}
+            "crop": args.crop, "grey": args.grey, "seam_period": args.seam_period, "channel": args.channel or "per task (see protocols)", "version": __version__}
     if model is not None:
         weights = resolve_model_dir(args.model) / WEIGHTS_NAME
         meta.update(model_dir=str(weights.parent), model_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
@@ -399,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="noise level (0-255) for denoise: clean-only benchmarks and --photos")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations (default 0)")
     p.add_argument("--crop", type=int, default=0, help="centre-crop --photos to this size (0: whole image)")
+    p.add_argument("--grey", action="store_true",
+                   help="--photos as grey photos (luma in every channel, the same degradation in each); peers run grey")
+    p.add_argument("--seam-period", type=int, default=64, metavar="PX",
+                   help="also measure block seams: error jumps across every PX-th pixel line against the others "
+                   "(1: none; default 64, the shipped model's grid span; 0: off)")
     g = p.add_argument_group("protocol (defaults: Y channel for derain, RGB otherwise; clamped, uint8-quantised)")
     g.add_argument("--channel", choices=("rgb", "y", "both"), help="measure on RGB, MATLAB BT.601 Y, or both")
     g.add_argument("--crop-border", type=int, help="pixels dropped on each side before measuring")

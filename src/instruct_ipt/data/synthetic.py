@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batched import BatchDegrader, BatchedDegradation, batched
-from .degradations import Degradation, degradation_margin
+from .degradations import Degradation, as_grey, degradation_margin, grey_degraded
 from .images import list_images, read_rgb
 
 
@@ -102,6 +102,11 @@ class SyntheticDataset(Dataset):
     so ``sample['task']`` is the index the model expects. Samples are dicts with ``input`` and
     ``target`` (3, P, P) float tensors, ``task`` (int) and ``task_name``.
 
+    ``grey_share``: that share of samples is a grey photo (:func:`~.degradations.as_grey` of the crop)
+    degraded the same in every channel (:func:`~.degradations.grey_degraded`), as a grey file is:
+    a model that never saw one treats three identical noisy channels as a colour photo whose noise
+    happens to agree, and barely denoises it.
+
     ``synthesis="device"``: the operators are wrapped with :func:`~.batched.batched`; after the same
     draws of task, photo, crop and flip, a sample holds ``clean`` (3, S, S) uint8, S = P + 2M with M
     :attr:`margin`, the largest margin of the operators (a task's own P + 2m crop centred, the rest
@@ -119,6 +124,7 @@ class SyntheticDataset(Dataset):
         tasks: Sequence[str] | None = None,
         seed: int = 0,
         synthesis: Literal["workers", "device"] = "workers",
+        grey_share: float = 0.0,
     ) -> None:
         if not images:
             raise ValueError("no clean images")
@@ -134,6 +140,9 @@ class SyntheticDataset(Dataset):
         self.length = length
         self.seed = seed
         self.epoch = 0
+        if not 0 <= grey_share <= 1:
+            raise ValueError(f"grey_share must be in [0, 1], got {grey_share}")
+        self.grey_share = grey_share
         if synthesis not in ("workers", "device"):
             raise ValueError(f"synthesis must be 'workers' or 'device', got {synthesis!r}")
         self.synthesis = synthesis
@@ -163,6 +172,9 @@ class SyntheticDataset(Dataset):
         op = self.degradations[name]
         m = degradation_margin(op)
         crop = augment(random_crop(img, self.patch_size + 2 * m, rng), rng)
+        grey = self.grey_share > 0 and bool(rng.random() < self.grey_share)  # no draw at share 0: samples as before
+        if grey:
+            crop = as_grey(crop)
         clean = crop.astype(np.float32) / 255.0
         if self.synthesis == "device":
             draws = self.batched[name].draw(clean, rng)
@@ -175,8 +187,11 @@ class SyntheticDataset(Dataset):
                 "task_name": name,
                 "seed": int(rng.integers(2**63)),
                 "draws": draws,
+                "grey": grey,
             }
         degraded = op(clean, rng).image
+        if grey:
+            degraded = grey_degraded(degraded)
         if m:
             clean, degraded = clean[m:-m, m:-m], degraded[m:-m, m:-m]
         return {

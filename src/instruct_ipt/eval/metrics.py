@@ -76,3 +76,27 @@ def ssim(pred: np.ndarray, target: np.ndarray, crop_border: int = 0, y_channel: 
     if p.ndim == 2:
         return _ssim_map_mean(p, t, peak, g)
     return float(np.mean([_ssim_map_mean(p[..., c], t[..., c], peak, g) for c in range(p.shape[2])]))
+
+
+def seam_ratio(pred: np.ndarray, target: np.ndarray, period: int) -> float:
+    """Block seams: how much more the error jumps across every ``period``-th pixel line than across
+    the others (1: no seams; a model that processes ``period``-pixel blocks apart shows more).
+
+    The error ``pred - target`` (averaged over channels) is differenced between neighbouring
+    pixels, across columns and across rows; the mean squared jump across the lines between pixel
+    ``k * period - 1`` and ``k * period`` is divided by the mean squared jump across all other lines.
+    Images without such a line (smaller than ``period + 1`` both ways) give NaN.
+    """
+    if period < 2:
+        raise ValueError(f"seam period must be >= 2, got {period}")
+    e = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
+    if e.ndim == 3:
+        e = e.mean(axis=2)
+    h, w = e.shape
+    dx, dy = np.diff(e, axis=1) ** 2, np.diff(e, axis=0) ** 2
+    cols, rows = np.arange(1, w) % period == 0, np.arange(1, h) % period == 0
+    seams = np.concatenate([dx[:, cols].ravel(), dy[rows].ravel()])
+    rest = np.concatenate([dx[:, ~cols].ravel(), dy[~rows].ravel()])
+    if seams.size == 0 or rest.size == 0 or rest.mean() == 0:
+        return float("nan")
+    return float(seams.mean() / rest.mean())

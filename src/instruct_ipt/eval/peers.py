@@ -34,22 +34,28 @@ def _sigma(info: dict) -> float:
 
 
 def bm3d_peer(degraded: np.ndarray, info: dict) -> np.ndarray:
-    """BM3D (Dabov et al.) for colour images, given the true noise sigma."""
+    """BM3D (Dabov et al.) given the true noise sigma: colour BM3D, or grey BM3D for grey images."""
     try:
         import bm3d
     except ImportError as e:
         raise PeerUnavailable("package 'bm3d' is not installed (pip install \"instruct-ipt[peers]\")") from e
+    if info.get("grey"):  # a grey image: grey BM3D on its one channel, not colour BM3D on three copies
+        out = bm3d.bm3d(degraded[..., 0].astype(np.float64), _sigma(info) / 255.0)
+        return np.repeat(np.asarray(out, dtype=np.float32)[..., None], 3, axis=2)
     return np.asarray(bm3d.bm3d_rgb(degraded.astype(np.float64), _sigma(info) / 255.0), dtype=np.float32)
 
 
 def nlm_peer(degraded: np.ndarray, info: dict) -> np.ndarray:
-    """OpenCV's fast non-local means for colour images (h = hColor = 0.8 sigma, 7x7 patches, 21x21 search)."""
+    """OpenCV's fast non-local means (h = hColor = 0.8 sigma, 7x7 patches, 21x21 search); its grey variant for grey images."""
     try:
         import cv2
     except ImportError as e:
         raise PeerUnavailable("package 'opencv-python-headless' is not installed (pip install \"instruct-ipt[peers]\")") from e
     h = 0.8 * _sigma(info)
     u8 = (np.clip(degraded, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if info.get("grey"):
+        out = cv2.fastNlMeansDenoising(np.ascontiguousarray(u8[..., 0]), None, h, 7, 21)
+        return np.repeat(out[..., None], 3, axis=2).astype(np.float32) / 255.0
     out = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(u8[..., ::-1]), None, h, h, 7, 21)
     return out[..., ::-1].astype(np.float32) / 255.0
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.degradations import make_degradation
+from ..data.degradations import as_grey, grey_degraded, make_degradation
 from ..data.images import ImageReadError, list_images, read_rgb, save_image
 from ..data.paired import SeededNoise, detect_layout
 from ..io import atomic_write_text
+from .metrics import seam_ratio
 from .peers import PeerUnavailable, peers_for
 from .protocol import Protocol, default_protocol
 
@@ -96,10 +97,13 @@ def synthetic_cases(
     crop: int = 0,
     protocols: Mapping[str, Protocol] | None = None,
     limit: int = 0,
+    grey: bool = False,
 ) -> Iterator[Case | Skip]:
     """Each clean photo of ``folder`` degraded once per task with ``default_rng((seed, crc32(task), index))``.
 
     ``limit``: only that many photos, evenly spaced in name order (indices stay those of the folder).
+    ``grey``: the grey version of each photo (:func:`~instruct_ipt.data.degradations.as_grey`), degraded
+    the same in every channel, as a grey file is (a ``-grey`` dataset; peers then work on one channel).
     """
     from ..data.validation import center_crop
 
@@ -109,7 +113,7 @@ def synthetic_cases(
     if not files:
         raise FileNotFoundError(f"{folder}: no images (png, jpg, bmp, tif, webp) in this folder")
     ops = {t: make_degradation(t, **dict((params or {}).get(t, {}))) for t in tasks}
-    dataset = f"{Path(folder).name}-synthetic"
+    dataset = f"{Path(folder).name}-synthetic" + ("-grey" if grey else "")
     for task in tasks:
         protocol = (protocols or {}).get(task) or default_protocol(task)
         for i, f in files:
@@ -118,9 +122,12 @@ def synthetic_cases(
             except ImageReadError as e:
                 yield Skip(str(f), str(e))
                 continue
+            if grey:
+                clean = as_grey(clean)
             d = ops[task](clean, np.random.default_rng((seed, zlib.crc32(task.encode()), i)))
-            degraded = protocol.prepare_noisy_input(d.image) if task == "denoise" else d.image
-            yield Case(task, dataset, f.stem, degraded, clean, dict(d.params))
+            image = grey_degraded(d.image) if grey else d.image
+            degraded = protocol.prepare_noisy_input(image) if task == "denoise" else image
+            yield Case(task, dataset, f.stem, degraded, clean, {**d.params, "grey": grey})
 
 
 def evaluate(
@@ -132,8 +139,12 @@ def evaluate(
     save_dir: str | os.PathLike | None = None,
     on_skip: Callable[[Skip], None] | None = None,
     progress: Callable[[Case], None] | None = None,
+    seam_period: int | None = None,
 ) -> tuple[list[Record], list[Skip]]:
-    """Measure ``restore`` (and the task's peers) on every case; skipped inputs are collected."""
+    """Measure ``restore`` (and the task's peers) on every case; skipped inputs are collected.
+
+    ``seam_period``: also measure :func:`~instruct_ipt.eval.metrics.seam_ratio` at that period
+    (a ``seamN`` metric: 1 when no block seams)."""
     records: list[Record] = []
     skipped: list[Skip] = []
     unavailable: set[tuple[str, str]] = set()
@@ -166,7 +177,10 @@ def evaluate(
                 skip(Skip(f"peer {name} ({case.task})", str(e), fatal=False))
                 continue
             out = protocol.prepare_output(out)
-            records.append(Record(case.task, case.dataset, name, case.name, seconds, protocol.measure(out, case.target, prepared=True)))
+            metrics = protocol.measure(out, case.target, prepared=True)
+            if seam_period:
+                metrics[f"seam{seam_period}"] = seam_ratio(out, case.target, seam_period)
+            records.append(Record(case.task, case.dataset, name, case.name, seconds, metrics))
             if save_dir is not None:
                 save_image(Path(save_dir) / case.task / case.dataset / name / f"{Path(case.name).name}.png", out)
         if progress:

@@ -65,6 +65,8 @@ class DataConfig:
     #: ``auto`` - ``device`` on a GPU, ``workers`` on a CPU (where a worker process overlaps the
     #: synthesis with the step: measured faster, docs/training.md)
     synthesis: Literal["auto", "device", "workers"] = "auto"
+    #: share of training samples made grey (luma in every channel, the same degradation in each)
+    grey_share: float = 0.0
 
 
 @dataclass
@@ -287,6 +289,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("ema: a decay in (0, 1), e.g. 0.999")
     if not 0 < cfg.two_stage_split < 1:
         raise ConfigError("two_stage_split: a share in (0, 1)")
+    if not 0 <= cfg.data.grey_share <= 1:
+        raise ConfigError(f"data.grey_share: a share in [0, 1], got {cfg.data.grey_share}")
     if cfg.optim.warmup < 0:
         raise ConfigError("optim.warmup: must be >= 0")
     g = cfg.grid_spans

@@ -264,7 +264,7 @@ class StageRunner:
         self.dataset = SyntheticDataset(
             trainer.images, {t: trainer.ops[t] for t in tasks}, patch_size=d.patch_size,
             length=stage.iterations * batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
-            tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device),
+            tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device), grey_share=d.grey_share,
         )
         self.dataset.set_epoch(stage.index)
         self.degrader = self.dataset.degrader() if self.dataset.synthesis == "device" else None

@@ -32,6 +32,7 @@ def collate_device(samples: Sequence[Mapping]) -> dict:
         "clean": torch.stack([s["clean"] for s in samples]),
         "task": torch.tensor([s["task"] for s in samples], dtype=torch.long),
         "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.long),
+        "grey": torch.tensor([bool(s.get("grey", False)) for s in samples]),
         "draws": draws,
     }
 
@@ -68,4 +69,8 @@ class BatchDegrader:
             draws = {k: v.to(device, non_blocking=True) for k, v in group.items() if k != "index"}
             out = op.apply(window, draws, batch["seed"][group["index"]])
             degraded.index_copy_(0, rows, out[..., m : m + p, m : m + p])
+        grey = batch.get("grey")
+        if grey is not None and bool(grey.any()):  # host flags: grey samples get channel 0's degradation everywhere
+            rows = grey.nonzero().flatten().to(device, non_blocking=True)
+            degraded.index_copy_(0, rows, degraded.index_select(0, rows)[:, :1].expand(-1, 3, -1, -1).contiguous())
         return degraded, target, batch["task"].to(device, non_blocking=True)

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Degradation, Degraded, Range, check_image, convolve_reflect, degradation_margin
+from .base import (
+    Degradation,
+    Degraded,
+    Range,
+    as_grey,
+    check_image,
+    convolve_reflect,
+    degradation_margin,
+    grey_degraded,
+)
 from .blur import MotionBlur, linear_kernel, trajectory, trajectory_kernel
 from .haze import Haze, depth_proxy
 from .jpeg import JPEG
@@ -51,11 +60,13 @@ __all__ = [
     "Rain",
     "Range",
     "Snow",
+    "as_grey",
     "check_image",
     "convolve_reflect",
     "degradation_margin",
     "degrade",
     "depth_proxy",
+    "grey_degraded",
     "linear_kernel",
     "make_degradation",
     "trajectory",

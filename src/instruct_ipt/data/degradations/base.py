@@ -96,3 +96,20 @@ def line_points(length: float, angle_deg: float) -> np.ndarray:
     s = np.linspace(-length / 2, length / 2, n)
     a = np.deg2rad(angle_deg)
     return np.stack([s * np.cos(a), s * np.sin(a)], axis=1)
+
+
+def as_grey(img: np.ndarray) -> np.ndarray:
+    """The grey photo of ``img`` as a grey file reads: BT.601 luma (as Pillow's ``convert("L")``,
+    rounded to 8-bit levels) in all three channels. uint8 in, uint8 out; float in [0, 1] in, float32 out."""
+    rgb = img[..., :3].astype(np.float64)
+    if img.dtype == np.uint8:
+        luma = np.floor(rgb @ np.array([299.0, 587.0, 114.0]) / 1000 + 0.5).astype(np.uint8)
+    else:
+        luma = (np.round(np.clip(rgb @ np.array([0.299, 0.587, 0.114]), 0, 1) * 255) / 255).astype(np.float32)
+    return np.repeat(luma[..., None], 3, axis=2)
+
+
+def grey_degraded(degraded: np.ndarray) -> np.ndarray:
+    """A degraded grey image with the same degradation in every channel (channel 0 copied): a grey
+    photo's noise, JPEG artefacts or streaks are one image, not three independent ones."""
+    return np.repeat(degraded[..., :1], 3, axis=2)
