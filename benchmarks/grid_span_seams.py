@@ -33,15 +33,13 @@ def main() -> None:
     model = InstructIPT.from_pretrained(args.model).eval()
     clean = gradient()
     noisy = clean + np.random.default_rng(0).normal(0, 10 / 255, clean.shape).astype(np.float32)
-    model.task_grid_spans.clear()
     print(f"{'task':8s} {'seam, span ' + str(args.span):>15s} {'seam, image-wide':>17s} {'PSNR span':>10s} {'PSNR wide':>10s}")
     for task in model.tasks:
         row = []
         for span in (args.span, None):
-            model.backbone.set_grid_span(span)
-            model.merge(task)
-            out = np.clip(restore_array(model, noisy if task == "denoise" else clean, None, tile=0), 0, 1)
-            model.unmerge()
+            with model.merged(task):
+                out = restore_array(model, noisy if task == "denoise" else clean, None, tile=0, grid_span=span)
+            out = np.clip(out, 0, 1)
             row.append((seam_ratio(out, clean, args.span), psnr(out, clean)))
         print(f"{task:8s} {row[0][0]:15.2f} {row[1][0]:17.2f} {row[0][1]:10.2f} {row[1][1]:10.2f}")
 

@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 from PIL import Image, ImageDraw
 
-from instruct_ipt import InstructIPT
+from instruct_ipt import RestorationPipeline
 from instruct_ipt.data.degradations import degrade
 from instruct_ipt.data.images import list_images, load_image
 from instruct_ipt.eval.metrics import psnr
@@ -32,19 +32,19 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=25.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    model = InstructIPT.from_pretrained(args.model)
+    pipe = RestorationPipeline.from_pretrained(args.model, device="cpu")
     photos = list_images(args.photos)
     s, label = args.size, 18
-    sheet = Image.new("RGB", (3 * s, len(model.tasks) * (s + label)), "white")
+    sheet = Image.new("RGB", (3 * s, len(pipe.tasks) * (s + label)), "white")
     draw = ImageDraw.Draw(sheet)
-    for row, task in enumerate(model.tasks):
+    for row, task in enumerate(pipe.tasks):
         img = load_image(photos[row % len(photos)]).rgb
         h, w = img.shape[:2]
         clean = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
         kwargs = {"sigma": args.sigma} if task == "denoise" else {}
         degraded = degrade(clean, task, seed=args.seed, **kwargs).image
         degraded = np.round(np.clip(degraded, 0, 1) * 255) / 255  # what a user's 8-bit file holds
-        restored = np.clip(model.restore(degraded.astype(np.float32), task=task), 0, 1)
+        restored = np.clip(pipe(degraded.astype(np.float32), task=task), 0, 1)
         before, after = psnr(degraded, clean), psnr(restored, clean)
         y = row * (s + label)
         for col, (name, im) in enumerate(

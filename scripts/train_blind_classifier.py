@@ -2,7 +2,7 @@
 
     python scripts/train_blind_classifier.py --photos ../shared/photos/train [--steps 1500] [--exclude NAME ...]
 
-Writes src/instruct_ipt/instruct/degradation_classifier.safetensors (or --out). Training photos:
+Writes src/instruct_ipt/weights/default/degradation_classifier.safetensors (or --out). Training photos:
 the given folders (less any ``--exclude``d photo, by file name, kept for testing) plus
 scikit-image's bundled photos; degradations: each task's default operator, applied as in
 ``BlindDataset`` (photos rescaled, crops sometimes softened before degrading).
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="src/instruct_ipt/instruct/degradation_classifier.safetensors")
+    ap.add_argument("--out", default="src/instruct_ipt/weights/default/degradation_classifier.safetensors")
     ap.add_argument("--init", help="continue from this classifier file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -141,14 +141,14 @@ def _grid_groups(n: int, g: int, span: int | None) -> list[list[int]]:
     return list(keys.values())
 
 
-def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tensor:
+def reference_grid_attention(attn: GridAttention, x: torch.Tensor, span: int | None = None) -> torch.Tensor:
     """Loop-based reference: tokens at the same offset of every grid cell (of one block) attend to each other."""
     b, c, h, w = x.shape
     q, k, v = attn.qkv(x).chunk(3, dim=1)
     d = c // attn.heads
     out = torch.zeros(b, c, h, w)
-    for rows in _grid_groups(h, attn.grid_size, attn.span):
-        for cols in _grid_groups(w, attn.grid_size, attn.span):
+    for rows in _grid_groups(h, attn.grid_size, span):
+        for cols in _grid_groups(w, attn.grid_size, span):
             idx = [(r, cc) for r in rows for cc in cols]
             for hd in range(attn.heads):
                 sl = slice(hd * d, (hd + 1) * d)
@@ -164,26 +164,26 @@ def reference_grid_attention(attn: GridAttention, x: torch.Tensor) -> torch.Tens
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("size", [(16, 24), (13, 19), (8, 20)])
 def test_grid_attention_with_span_matches_reference(size, channels_last):
-    attn = GridAttention(8, heads=2, grid_size=4, span=8)
+    attn = GridAttention(8, heads=2, grid_size=4)
     x = torch.randn(2, 8, *size)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = attn(x.contiguous(memory_format=fmt))
-    torch.testing.assert_close(out, reference_grid_attention(attn, x), rtol=1e-4, atol=1e-5)
+    out = attn(x.contiguous(memory_format=fmt), span=8)
+    torch.testing.assert_close(out, reference_grid_attention(attn, x, span=8), rtol=1e-4, atol=1e-5)
     assert out.is_contiguous(memory_format=fmt)
 
 
 def test_grid_span_processes_blocks_independently():
     # on a map tiled exactly by span x span blocks, each block is what the unbounded attention gives it alone
     torch.manual_seed(0)
-    bounded = GridAttention(8, heads=2, grid_size=4, span=8)
-    unbounded = GridAttention(8, heads=2, grid_size=4)
-    unbounded.load_state_dict(bounded.state_dict())
+    attn = GridAttention(8, heads=2, grid_size=4)
     x = torch.randn(1, 8, 16, 24)
-    out = bounded(x)
+    out = attn(x, span=8)
     for i in range(0, 16, 8):
         for j in range(0, 24, 8):
-            torch.testing.assert_close(out[..., i : i + 8, j : j + 8], unbounded(x[..., i : i + 8, j : j + 8]))
-    assert not torch.allclose(out, unbounded(x), atol=1e-3)
+            torch.testing.assert_close(out[..., i : i + 8, j : j + 8], attn(x[..., i : i + 8, j : j + 8]))
+    assert not torch.allclose(out, attn(x), atol=1e-3)
+    with pytest.raises(ValueError, match="grid span 6 must be a multiple of the grid size 4"):
+        attn(x, span=6)
 
 
 def test_grid_span_leaves_training_sized_inputs_unchanged():
@@ -197,6 +197,12 @@ def test_grid_span_leaves_training_sized_inputs_unchanged():
         torch.testing.assert_close(bounded(x), unbounded(x))
         y = torch.rand(1, 3, 64, 48)
         assert not torch.allclose(bounded(y), unbounded(y), atol=1e-4)
+        # a span passed to one call is that call's only: the same as the config's, nothing kept
+        torch.testing.assert_close(unbounded(y, grid_span=32), bounded(y))
+        torch.testing.assert_close(bounded(y, grid_span=None), unbounded(y))
+        assert unbounded.config.grid_span is None and bounded.config.grid_span == 32
+        with pytest.raises(ValueError, match="grid_span 16 must be a multiple"):
+            unbounded(y, grid_span=16)
 
 
 @pytest.mark.parametrize("span", [16, 40, 0])

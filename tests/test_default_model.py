@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from instruct_ipt import InstructIPT
+from instruct_ipt import RestorationPipeline
 from instruct_ipt.cli import main
 from instruct_ipt.data.degradations import degrade
 from instruct_ipt.eval.metrics import psnr, seam_ratio
@@ -16,8 +16,13 @@ TASKS = {"denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"}
 
 
 @pytest.fixture(scope="module")
-def model():
-    return InstructIPT.from_pretrained()
+def pipe():
+    return RestorationPipeline.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def model(pipe):
+    return pipe.model
 
 
 def crop(img: np.ndarray, size: int = 96) -> np.ndarray:
@@ -25,32 +30,38 @@ def crop(img: np.ndarray, size: int = 96) -> np.ndarray:
     return img[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
 
 
-def test_ships_all_tasks_with_matching_instruction_head_and_classifier(model):
-    assert set(model.tasks) == TASKS
-    InstructionHead.default().check_tasks(model.tasks)
-    assert set(model.degradation_classifier().tasks) == TASKS
+def test_ships_all_tasks_with_matching_instruction_head_and_classifier(pipe):
+    from instruct_ipt.instruct.blind import BLIND_FILE
+    from instruct_ipt.instruct.head import HEAD_FILE
+    from instruct_ipt.model import default_model_dir
+
+    assert set(pipe.tasks) == TASKS
+    assert (default_model_dir() / HEAD_FILE).is_file() and (default_model_dir() / BLIND_FILE).is_file()  # one folder
+    InstructionHead.default().check_tasks(pipe.tasks)
+    pipe.head.check_tasks(pipe.tasks)
+    assert set(pipe.classifier.tasks) == TASKS
 
 
 @pytest.mark.parametrize("task", ["denoise", "dehaze"])
-def test_restores_better_than_the_input(model, task):
+def test_restores_better_than_the_input(pipe, task):
     # a bundled photograph the model was not trained on (its scikit-image photos: astronaut, chelsea,
     # coffee, rocket); MODEL.md has the full evaluation on the validation photos
     clean = crop(data.immunohistochemistry()).astype(np.float32) / 255
     kwargs = {"sigma": 25.0} if task == "denoise" else {}
     degraded = np.round(np.clip(degrade(clean, task, seed=1, **kwargs).image, 0, 1) * 255) / 255
-    restored = np.clip(model.restore(degraded.astype(np.float32), task=task), 0, 1)
+    restored = np.clip(pipe(degraded.astype(np.float32), task=task), 0, 1)
     gain = psnr(restored, clean) - psnr(degraded, clean)
     assert gain > 1.0, f"{task}: {gain:.2f} dB"
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_no_block_seams_on_a_smooth_image(model, task):
+def test_no_block_seams_on_a_smooth_image(pipe, model, task):
     """A smooth gradient (the sky, a wall) restored whole shows no 64-px block grid: the error jumps no
     more across every 64th pixel line than elsewhere. With grid attention bounded to 64 px blocks
     (the shipped config before) the ratio was 16 for denoise and 15 for jpeg (MODEL.md, Grid span)."""
     yy, xx = np.mgrid[0:256, 0:320] / 256.0
     clean = np.stack([0.3 + 0.32 * xx, 0.2 + 0.5 * yy, 0.5 + 0.2 * np.sin(2 * xx + yy)], axis=2).astype(np.float32)
-    restored = np.clip(model.restore(clean, task=task), 0, 1)
+    restored = np.clip(pipe(clean, task=task), 0, 1)
     assert seam_ratio(restored, clean, 64) < 1.5
     assert model.config.grid_span is None and not model.task_grid_spans
 

@@ -153,3 +153,43 @@ def test_seam_ratio_sees_block_seams_and_only_them():
     blocks = smooth_error + 0.05 * (np.add.outer(np.arange(128) // 64, np.arange(160) // 64) % 2)[..., None]
     assert seam_ratio(blocks, target, 64) > 5  # a step in the error at every 64th line
     assert seam_ratio(blocks, target, 48) == pytest.approx(seam_ratio(smooth_error, target, 48), rel=0.5)
+
+
+def test_plan_skips_unknown_tasks_and_names_the_setting(setup):
+    from instruct_ipt.eval.plan import EvalRequest, plan_eval, results_meta
+    from instruct_ipt.eval.runner import Case
+
+    photos = setup / "photos"
+    request = EvalRequest(photos=photos, tasks=["denoise", "derain", "sharpen"], sigma=25, protocol={"channel": "y"})
+    plan = plan_eval(request, ["denoise", "dehaze"])
+    assert [str(s) for s in plan.skipped] == [
+        "skipped task sharpen: no synthetic degradation for it; known: denoise, deblur, derain, dehaze, desnow, jpeg",
+        "skipped task derain: the model has no task 'derain'; it knows: denoise, dehaze",
+    ]
+    assert [(j.task, j.images, j.setting) for j in plan.jobs] == [("denoise", 2, "photos: whole images, sigma 25")]
+    assert list(plan.protocols) == ["denoise", "derain"] and plan.protocols["derain"].channel == "y"
+    cases = list(plan.jobs[0].make_cases())
+    assert len(cases) == 2 and all(isinstance(c, Case) and c.task == "denoise" for c in cases)
+    # without a model every task with a synthetic degradation runs; --grey and --crop name the setting
+    grey = plan_eval(EvalRequest(photos=photos, tasks=["dehaze"], grey=True, crop=32))
+    assert (grey.skipped, [j.setting for j in grey.jobs]) == ([], ["photos: grey versions, centre crops of 32 px"])
+    meta = results_meta(request, None, "cpu", 64)
+    assert (meta["channel"], meta["sigma"], meta["seam_period"]) == ("y", 25, 64) and "model_sha256" not in meta
+
+
+def test_plan_needs_a_task_for_a_generic_benchmark_folder(setup):
+    import hashlib
+
+    from instruct_ipt.eval.plan import EvalRequest, plan_eval, results_meta
+
+    bench = setup / "bench"
+    for sub in ("input", "target"):
+        (bench / sub).mkdir(parents=True)
+        Image.fromarray(data.astronaut()[:32, :32]).save(bench / sub / "a.png")
+    with pytest.raises(ValueError, match="generic layout does not imply a task; say which with --task"):
+        plan_eval(EvalRequest(data=[bench]), ["denoise"])
+    plan = plan_eval(EvalRequest(data=[bench], task="dehaze"), ["denoise", "dehaze"])
+    assert [(j.task, j.images, j.setting) for j in plan.jobs] == [("dehaze", 1, "bench: benchmark images")]
+    meta = results_meta(EvalRequest(data=[bench], task="dehaze"), str(setup / "model"), "cpu")
+    assert meta["model_sha256"] == hashlib.sha256((setup / "model/model.safetensors").read_bytes()).hexdigest()
+    assert meta["channel"] == "per task (see protocols)"

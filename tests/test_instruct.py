@@ -16,6 +16,7 @@ from instruct_ipt.instruct import (
     InstructionHead,
     Interpreter,
     default_encoder,
+    held_out_accuracy,
     load_corpus,
     split,
     train_head,
@@ -97,11 +98,13 @@ def test_several_degradations_run_in_pipeline_order(interp):
 
 
 def test_model_and_head_task_mismatch(tmp_path):
-    model = InstructIPT("tiny", tasks=["denoise", "deblur"])
+    from instruct_ipt import RestorationPipeline
+
+    pipe = RestorationPipeline(InstructIPT("tiny", tasks=["denoise", "deblur"]))
     with pytest.raises(HeadMismatch, match="instruct-ipt train-head --model DIR"):
-        model.interpreter()
-    full = InstructIPT("tiny", tasks=TASKS)
-    assert full.interpreter()("remove the rain").tasks == ["derain"]
+        pipe.interpreter  # noqa: B018 - the property raises
+    full = RestorationPipeline(InstructIPT("tiny", tasks=TASKS))
+    assert full.interpreter("remove the rain").tasks == ["derain"]
 
 
 def test_offline_loading_with_an_empty_hub_cache(tmp_path):
@@ -129,14 +132,16 @@ def test_train_head_for_a_model_with_a_new_task(tmp_path, capsys):
         "sharpen it a bit", "make the details pop with sharpening", "the edges are soft, sharpen them",
         "sharpening please", "oversharpen it", "sharpen the text", "give it a sharpening pass",
     ]))
+    from instruct_ipt import RestorationPipeline
+
     InstructIPT("tiny", tasks=["denoise", "derain", "sharpen"]).save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="no phrasings for task\\(s\\) sharpen"):
         _train_head_without_phrases(tmp_path)
     assert main(["train-head", "--model", str(tmp_path / "m"), "--phrases", f"sharpen={phrases}"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
-    model = InstructIPT.from_pretrained(tmp_path / "m")
-    assert model.interpreter().head.tasks == ["denoise", "derain", "sharpen"]
-    assert model.interpreter()("it was pouring").tasks == ["derain"]
+    pipe = RestorationPipeline.from_pretrained(tmp_path / "m", device="cpu")
+    assert pipe.interpreter.head.tasks == ["denoise", "derain", "sharpen"]
+    assert pipe.interpreter("it was pouring").tasks == ["derain"]
 
 
 def _train_head_without_phrases(tmp_path):
@@ -201,3 +206,26 @@ def test_packaged_head_has_a_support_bank(interp):
     emb = default_encoder().encode(["remove the rain", "banana"])
     sup = head.support(emb)
     assert sup[0, head.tasks.index("derain")] > 0.9 and sup[1].max() < interp.support_threshold
+
+
+def test_held_out_accuracy_counts_each_phrase_against_its_class():
+    head = InstructionHead(["denoise", "derain"])  # classes: denoise, derain, unsupported
+    with torch.no_grad():
+        for lin in (head.net[0], head.net[3]):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        for k in range(3):  # embedding direction k -> class k
+            head.net[0].weight[k, k] = head.net[3].weight[k, k] = 1.0
+    direction = {"grainy": 0, "noisy": 1, "rainy": 1, "make coffee": 2}  # "noisy" is misread as derain
+
+    class Encoder:
+        def encode(self, texts):
+            emb = torch.zeros(len(texts), 768)
+            for i, t in enumerate(texts):
+                emb[i, direction[t]] = 10.0
+            return emb
+
+    held = {"denoise": ["grainy", "noisy"], "derain": ["rainy"], UNSUPPORTED: ["make coffee"], "dehaze": []}
+    assert held_out_accuracy(head, Encoder(), held) == (0.75, 4)
+    assert held_out_accuracy(head, Encoder(), {"denoise": ["noisy"]}) == (0.0, 1)
+    assert held_out_accuracy(head, Encoder(), {}) == (0.0, 0)

@@ -185,3 +185,65 @@ def test_task_grid_span_is_checked():
         model.set_task_grid_span("dehaze", None)
     with pytest.raises(ValueError, match="grid_span"):
         model.set_task_grid_span("deblur", 40)
+
+
+def test_merged_is_exception_safe_and_leaves_a_users_merge_alone():
+    torch.manual_seed(0)
+    model = InstructIPT("tiny", tasks=["denoise", "deblur", "derain"]).eval()
+    for _, layer in model.modulation.layers():
+        torch.nn.init.normal_(layer.task_B1, std=0.05)  # tasks that differ
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        expect = {t: model(x, t) for t in model.tasks}
+        with model.merged("deblur"):
+            torch.testing.assert_close(model(x), expect["deblur"])
+            assert model.modulation.merged_task == "deblur"
+        assert model.modulation.merged_task is None
+        with pytest.raises(RuntimeError, match="boom"), model.merged("derain"):
+            raise RuntimeError("boom")
+        assert model.modulation.merged_task is None  # unmerged although the block raised
+        model.merge("denoise")  # the user's merge survives a merged block for another task ...
+        with model.merged("derain"):
+            torch.testing.assert_close(model(x), expect["derain"])
+        assert model.modulation.merged_task == "denoise"
+        torch.testing.assert_close(model(x), expect["denoise"])
+        with model.merged("denoise"):  # ... and one for the same task
+            pass
+        assert model.modulation.merged_task == "denoise"
+        with pytest.raises(ValueError, match="unknown task 'sharpen'"), model.merged("sharpen"):
+            pass
+        assert model.modulation.merged_task == "denoise"
+    plain = InstructIPT("tiny", tasks=["denoise"], modulation=None)
+    with plain.merged("denoise"):  # nothing to merge, the name is still checked
+        pass
+    with pytest.raises(ValueError, match="unknown task"), plain.merged("deblur"):
+        pass
+
+
+def test_a_tasks_grid_span_is_passed_to_the_backbone_not_swapped_in():
+    torch.manual_seed(0)
+    model = InstructIPT("tiny", tasks=["denoise", "dehaze"], task_grid_spans={"dehaze": 32}).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, "dehaze"), model(x, "dehaze", grid_span=32))
+        assert not torch.allclose(model(x, "dehaze"), model(x, "dehaze", grid_span=None), atol=1e-5)
+        torch.testing.assert_close(model(x, "denoise"), model(x, "denoise", grid_span=None))
+        with model.merged("dehaze"):
+            torch.testing.assert_close(model(x), model(x, grid_span=32))
+        # a mixed batch runs with the backbone's span; the config is never changed
+        mixed = model(torch.cat([x, x]), ["denoise", "dehaze"])
+        torch.testing.assert_close(mixed[1:], model(x, "dehaze", grid_span=None))
+    assert model.config.grid_span is None and model.grid_span_for("dehaze", x) == 32
+    assert model.grid_span_for("dehaze", x[..., :32, :32]) is None  # a patch no larger than every span
+
+
+def test_summary_counts_a_merged_task_and_leaves_the_merge_as_it_was():
+    model = InstructIPT("tiny", tasks=["denoise", "deblur"])
+    info = model.summary(macs=32)
+    count = model.parameter_count()
+    assert info["tasks"] == ["denoise", "deblur"] and info["extra_parameters_per_task"] == count.per_task
+    assert info["gmacs_at_32"] == InstructIPT("tiny", tasks=["denoise"], modulation=None).summary(macs=32)["gmacs_at_32"]
+    assert model.modulation.merged_task is None
+    model.merge("deblur")
+    model.summary(macs=32)
+    assert model.modulation.merged_task == "deblur"

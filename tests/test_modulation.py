@@ -7,7 +7,7 @@ from torch import nn
 
 from instruct_ipt import InstructIPT
 from instruct_ipt.models import IPTV2, IPTConfig
-from instruct_ipt.modulation import ModulatedConv2d, ModulatedLayer, ModulatedLinear, modulate
+from instruct_ipt.modulation import ModulatedConv2d, ModulatedLayer, ModulatedLinear, modulate, task_index
 
 TASKS = ["denoise", "deblur", "derain"]
 
@@ -273,3 +273,107 @@ def test_mixed_batch_in_channels_last_matches_nchw_and_keeps_the_layout():
     grads = dict(model.named_parameters())
     for name, p in cl.named_parameters():
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _outputs(net, mod, x, tasks):
+    """Each task's output on ``x``, plus one mixed batch (one task per sample) over ``tasks``."""
+    with torch.no_grad():
+        single = {}
+        for t in tasks:
+            with mod.select(t):
+                single[t] = net(x)
+        with mod.select([tasks[i % len(tasks)] for i in range(x.shape[0])]):
+            mixed = net(x)
+    return single, mixed
+
+
+def test_remove_task_keeps_the_other_tasks_bit_identical():
+    net, mod = modulated_convnet()
+    randomize_task_biases(mod)
+    tasks = mod.tasks
+    x = torch.rand(4, 3, 8, 8)
+    rest = ["denoise", "derain"]
+    before = _outputs(net, mod, x, rest)
+    rows = {name: (layer.task_B1[[0, 2]].clone(), layer.task_B2[[0, 2]].clone()) for name, layer in mod.layers()}
+    with mod.select("derain"):
+        mod.remove_task("deblur")
+        assert mod.selection.index == 1  # a selected later task follows its row down
+    assert mod.tasks == rest and mod.tasks is tasks  # in place: a model sharing the list sees it
+    assert mod.task_index("derain") == 1
+    for name, layer in mod.layers():
+        assert layer.num_tasks == 2
+        assert torch.equal(layer.task_B1, rows[name][0]) and torch.equal(layer.task_B2, rows[name][1]), name
+    after = _outputs(net, mod, x, rest)
+    for t in rest:
+        assert torch.equal(before[0][t], after[0][t]), t
+    assert torch.equal(before[1], after[1])
+    with pytest.raises(ValueError, match="unknown task 'deblur'"):
+        mod.select("deblur")
+    # by index, and while merged for a later task (its merged index moves down too)
+    mod.add_task("desnow")
+    randomize_task_biases(mod)
+    with torch.no_grad(), mod.select("desnow"):
+        expected = net(x)
+    mod.merge("desnow")
+    mod.remove_task(0)
+    assert mod.tasks == ["derain", "desnow"] and mod.merged_task == "desnow"
+    with torch.no_grad(), mod.select("desnow"):
+        assert torch.equal(net(x), expected)
+    mod.unmerge()
+    with torch.no_grad(), mod.select("desnow"):
+        assert torch.equal(net(x), expected)
+
+
+def test_remove_task_refuses_the_last_unknown_and_merged_task():
+    _net, mod = modulated_convnet()
+    with pytest.raises(ValueError, match="unknown task 'dehaze'; this model knows: denoise, deblur, derain"):
+        mod.remove_task("dehaze")
+    with pytest.raises(ValueError, match="task index 3 out of range for 3 tasks"):
+        mod.remove_task(3)
+    mod.merge("deblur")
+    with pytest.raises(ValueError, match="cannot remove task 'deblur': the model is merged for it; call unmerge"):
+        mod.remove_task("deblur")
+    mod.unmerge()
+    mod.remove_task("deblur")
+    mod.remove_task("denoise")
+    with pytest.raises(ValueError, match="cannot remove task 'derain': it is the model's only task"):
+        mod.remove_task("derain")
+    assert mod.tasks == ["derain"] and all(layer.num_tasks == 1 for _, layer in mod.layers())
+    layer = next(layer for _, layer in mod.layers())
+    with pytest.raises(ValueError, match="at least one task"):
+        layer.remove_task(0)
+    with pytest.raises(ValueError, match="out of range"):
+        layer.remove_task(True)
+
+
+def test_add_then_remove_task_gives_back_the_same_state_dict():
+    backbone = IPTV2(IPTConfig.tiny())
+    mod = modulate(backbone, TASKS, rank=2)
+    randomize_task_biases(mod)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    mod.add_task("desnow")
+    with torch.no_grad():  # whatever the new task learnt
+        for _, layer in mod.layers():
+            layer.task_B1[-1].normal_()
+    mod.remove_task("desnow")
+    after = backbone.state_dict()
+    assert mod.tasks == TASKS and after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].shape == v.shape and torch.equal(after[k], v), k
+
+
+def test_task_index_is_one_rule():
+    assert task_index(TASKS, "deblur") == 1 and task_index(TASKS, 2) == 2
+    _, mod = modulated_convnet()
+    for lookup in (lambda t: task_index(TASKS, t), mod.task_index):
+        for flag in (True, False):
+            with pytest.raises(ValueError, match=rf"task {flag}: a bool is not a task name or index"):
+                lookup(flag)
+        with pytest.raises(ValueError, match="task index 3 out of range for 3 tasks"):
+            lookup(3)
+        with pytest.raises(ValueError, match="task index -1 out of range for 3 tasks"):
+            lookup(-1)
+        with pytest.raises(ValueError, match="unknown task 'dehaze'; this model knows: denoise, deblur, derain"):
+            lookup("dehaze")
+    with pytest.raises(ValueError, match="a bool is not a task name or index"):
+        mod.select(True)

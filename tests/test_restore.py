@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from instruct_ipt import InstructIPT
+from instruct_ipt import InstructIPT, RestorationPipeline
 from instruct_ipt.cli import main
 from instruct_ipt.data.degradations import Degraded, make_degradation
 from instruct_ipt.instruct.blind import BLIND_FILE, BlindDataset, DegradationClassifier, train_classifier
@@ -22,48 +22,121 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(model_dir):
-    return InstructIPT.from_pretrained(model_dir)
+def pipe(model_dir):
+    return RestorationPipeline.from_pretrained(model_dir, device="cpu")
 
 
-def test_numpy_in_numpy_out(model):
+@pytest.fixture(scope="module")
+def model(pipe):
+    return pipe.model
+
+
+def test_numpy_in_numpy_out(pipe):
     rgb = data.astronaut()[:40, :52]
-    out, choice = model.restore(rgb, task="denoise", return_choice=True)
+    out, choice = pipe(rgb, task="denoise", return_choice=True)
     assert out.dtype == np.uint8 and out.shape == rgb.shape
     assert choice.tasks == ["denoise"] and choice.source == "task"
-    f = model.restore(rgb.astype(np.float32) / 255, task="deblur")
+    f = pipe(rgb.astype(np.float32) / 255, task="deblur")
     assert f.dtype == np.float32 and f.shape == rgb.shape
-    grey = model.restore(data.camera()[:30, :30], task="denoise")
+    grey = pipe(data.camera()[:30, :30], task="denoise")
     assert grey.shape == (30, 30) and grey.dtype == np.uint8
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 77, np.uint8)])
-    out4 = model.restore(rgba, task="denoise")
+    out4 = pipe(rgba, task="denoise")
     assert out4.shape == rgba.shape and (out4[..., 3] == 77).all()
+    deep = pipe(data.camera()[:20, :20].astype(np.uint16) * 257, task="denoise")
+    assert deep.dtype == np.uint16 and deep.shape == (20, 20)
 
 
-def test_pil_and_path_in_pil_out(model, tmp_path):
+def test_pil_in_pil_out_and_path_in_restored_out(pipe, tmp_path):
     im = Image.fromarray(data.coffee()[:33, :47])
-    out = model.restore(im, instruction="remove the rain")
+    out = pipe(im, instruction="remove the rain")
     assert isinstance(out, Image.Image) and out.size == im.size and out.mode == "RGB"
-    grey = model.restore(Image.fromarray(data.camera()[:20, :24]), task="dehaze")
+    grey = pipe(Image.fromarray(data.camera()[:20, :24]), task="dehaze")
     assert grey.mode == "L" and grey.size == (24, 20)
+    deep = pipe(Image.fromarray(data.camera()[:20, :24].astype(np.uint16) * 257), task="dehaze")
+    assert deep.mode == "I;16" and np.asarray(deep).max() > 255  # 16-bit grey keeps its depth
     path = tmp_path / "x.png"
     Image.fromarray(data.coffee()[:20, :20]).convert("RGBA").save(path)
-    out, choice = model.restore(path, instruction="it was pouring and my hand shook", return_choice=True)
-    assert out.mode == "RGBA" and choice.tasks == ["deblur", "derain"] and choice.source == "instruction"
+    out, choice = pipe(path, instruction="it was pouring and my hand shook", return_choice=True)
+    assert out.to_pil().mode == "RGBA" and out.to_array().shape == (20, 20, 4)
+    assert choice.tasks == ["deblur", "derain"] and choice.source == "instruction" and out.choice == choice
 
 
-def test_blind_mode_uses_the_classifier(model):
-    _out, choice = model.restore(data.astronaut()[:64, :64], return_choice=True)
+def test_blind_mode_uses_the_classifier(pipe):
+    _out, choice = pipe(data.astronaut()[:64, :64], return_choice=True)
     assert choice.source == "blind" and choice.tasks[0] in TASKS and 0 < choice.confidences[0] <= 1
 
 
-def test_bad_requests(model):
+def test_bad_requests(pipe):
     with pytest.raises(ValueError, match="unknown task 'sharpen'"):
-        model.restore(data.astronaut()[:16, :16], task="sharpen")
+        pipe(data.astronaut()[:16, :16], task="sharpen")
     with pytest.raises(ValueError, match="not both"):
-        model.restore(data.astronaut()[:16, :16], task="denoise", instruction="remove the noise")
+        pipe(data.astronaut()[:16, :16], task="denoise", instruction="remove the noise")
     with pytest.raises(TypeError, match="path, a PIL image or a NumPy array"):
-        model.restore([1, 2, 3], task="denoise")
+        pipe([1, 2, 3], task="denoise")
+    with pytest.raises(ValueError, match="overlap 16: must be >= 0 and smaller than the tile"):
+        pipe(data.astronaut()[:16, :16], task="denoise", tile=16, overlap=16)
+    with pytest.raises(ValueError, match="batch 0"):
+        pipe(data.astronaut()[:16, :16], task="denoise", batch=0)
+
+
+def _kinds(folder):
+    """One file of each kind a user brings: 8-bit RGB, 16-bit RGB, 8-bit grey, RGBA, 16-bit grey."""
+    import png
+
+    folder.mkdir()
+    Image.fromarray(data.astronaut()[:24, :32]).save(folder / "rgb8.png")
+    deep = data.coffee()[:20, :28].astype(np.uint16) * 257 + 3
+    with open(folder / "rgb16.png", "wb") as f:
+        png.Writer(28, 20, greyscale=False, bitdepth=16).write(f, deep.reshape(20, 28 * 3))
+    Image.fromarray(data.camera()[:18, :22]).save(folder / "grey8.png")
+    Image.fromarray(np.dstack([data.coffee()[:16, :20], np.arange(320, dtype=np.uint8).reshape(16, 20)])).save(folder / "rgba.png")
+    with open(folder / "grey16.png", "wb") as f:
+        png.Writer(22, 18, greyscale=True, bitdepth=16).write(f, data.camera()[:18, :22].astype(np.uint16) * 257 + 5)
+    return sorted(folder.iterdir())
+
+
+def test_cli_and_python_give_the_same_pixels(pipe, model_dir, tmp_path):
+    import png
+
+    files = _kinds(tmp_path / "in")
+    assert main(["restore", str(tmp_path / "in"), "--model", str(model_dir), "-t", "derain", "-o", str(tmp_path / "cli")]) == 0
+    for f in files:
+        cli = tmp_path / "cli" / f"{f.stem}.restored.png"
+        restored = pipe(f, task="derain")
+        py = restored.save(tmp_path / "py" / f"{f.stem}.png")
+        assert py.read_bytes() == cli.read_bytes(), f.name  # the same file, byte for byte
+        _, _, rows, info = png.Reader(filename=str(cli)).asDirect()
+        pixels = np.vstack([np.asarray(r) for r in rows]).reshape(info["size"][1], info["size"][0], info["planes"]).squeeze()
+        assert np.array_equal(restored.to_array(), pixels), f.name
+        # the same pixels from the file's array as from the file
+        _, _, rows, _ = png.Reader(filename=str(f)).asDirect()
+        src = np.vstack([np.asarray(r) for r in rows]).reshape(pixels.shape[0], pixels.shape[1], -1).squeeze()
+        src = src.astype(np.uint16 if info["bitdepth"] == 16 else np.uint8)
+        assert np.array_equal(pipe(src, task="derain"), pixels), f.name
+
+
+def test_a_pipeline_folder_travels_with_its_own_head_and_classifier(tmp_path):
+    from instruct_ipt.instruct import InstructionHead
+    from instruct_ipt.instruct.blind import BLIND_FILE
+    from instruct_ipt.instruct.head import HEAD_FILE
+
+    model = InstructIPT("tiny", tasks=["denoise", "sharpen"], task_grid_spans={"sharpen": None})
+    head = InstructionHead(["denoise", "sharpen"], hidden=8)
+    clf = DegradationClassifier(["denoise", "sharpen"], width=8)
+    RestorationPipeline(model, head, clf).save_pretrained(tmp_path / "p")
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(["config.json", "model.safetensors", HEAD_FILE, BLIND_FILE])
+    back = RestorationPipeline.from_pretrained(tmp_path / "p", device="cpu")
+    assert back.tasks == ["denoise", "sharpen"] and back.model.task_grid_spans == {"sharpen": None}
+    assert back.head.tasks == ["denoise", "sharpen"] and back.classifier.tasks == ["denoise", "sharpen"]
+    torch.testing.assert_close(back.classifier.state_dict(), clf.state_dict())
+    assert back.interpreter.head is back.head  # the head fits the model: no error
+    # a bare model folder gets the shipped head, which does not know the new task: a clear error when used
+    model.save_pretrained(tmp_path / "bare")
+    bare = RestorationPipeline.from_pretrained(tmp_path / "bare", device="cpu")
+    with pytest.raises(ValueError, match="instruct-ipt train-head --model DIR"):
+        bare(data.astronaut()[:16, :16], instruction="remove the noise")
+    assert bare(data.astronaut()[:16, :16], task="sharpen").shape == (16, 16, 3)  # tasks by name still run
 
 
 def _photos(folder):
@@ -166,12 +239,22 @@ def test_tiling_blends_to_the_untiled_result(model):
     from instruct_ipt.inference import restore_array, run_tiled
 
     rgb = data.astronaut()[:96, :120].astype(np.float32) / 255
-    # an exact per-pixel function: tiles and blending must reproduce it everywhere
-    np.testing.assert_allclose(run_tiled(lambda t: t * 2 + 1, rgb, tile=40, overlap=12), rgb * 2 + 1, atol=1e-5)
+    # an exact per-pixel function: tiles and blending must reproduce it everywhere, batched or not
+    for batch in (1, 4, 100):
+        sizes = []
+
+        def fn(t, sizes=sizes):
+            sizes.append(len(t))
+            return t * 2 + 1
+
+        np.testing.assert_allclose(run_tiled(fn, rgb, tile=40, overlap=12, batch=batch), rgb * 2 + 1, atol=1e-5)
+        assert sizes == {1: [1] * 12, 4: [4, 4, 4], 100: [12]}[batch]  # 3 x 4 tiles, grouped by `batch`
     calls = []
     tiled = restore_array(model, rgb, "denoise", tile=64, overlap=16, progress=lambda d, n: calls.append((d, n)))
     assert tiled.shape == rgb.shape and np.isfinite(tiled).all()
     assert calls[-1] == (6, 6)  # 2 x 3 tiles of 64 with stride 48 over 96 x 120
+    batched = restore_array(model, rgb, "denoise", tile=64, overlap=16, batch=4)
+    np.testing.assert_allclose(batched, tiled, atol=1e-5)  # one forward pass for 4 tiles: the same result
     with pytest.raises(ValueError, match="overlap"):
         run_tiled(lambda t: t, rgb, tile=16, overlap=16)
 

@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import socket
 
 import numpy as np
@@ -16,6 +17,7 @@ from instruct_ipt.data.validation import ValidationSet
 from instruct_ipt.train import ConfigError, Trainer, TrainingError, config_from_dict, load_config, plan_stages
 from instruct_ipt.train import trainer as trainer_module
 from instruct_ipt.train.budget import scaled_warmup
+from instruct_ipt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,14 @@ def test_stage_plans(folders, tmp_path):
     ]))
     assert [(s.name, s.mode, s.tasks, s.iterations, s.lr) for s in staged] == [
         ("elementary", "sync", ["denoise", "deblur"], 4, 2e-3), ("haze", "bias-only", ["dehaze"], 2, 1e-3)]
+    grey = make_cfg(folders, tmp_path, stages=[
+        {"name": "colour", "mode": "sync", "tasks": ["denoise"]},
+        {"name": "grey", "mode": "sync", "tasks": ["denoise"], "grey_share": 0.3},
+    ])
+    grey.data.grey_share = 0.05
+    assert [s.grey_share for s in plan_stages(grey)] == [0.05, 0.3]  # unset: the data section's share
+    with pytest.raises(ConfigError, match=r"stages\[0\].grey_share: a share in \[0, 1\], got 1.5"):
+        make_cfg(folders, tmp_path, stages=[{"name": "x", "mode": "sync", "tasks": ["denoise"], "grey_share": 1.5}])
 
 
 def test_logged_loss_is_the_mean_since_the_previous_entry(folders, tmp_path):
@@ -191,6 +201,81 @@ def test_resume_refuses_a_different_config(folders, tmp_path):
         run(changed, resume=True)
 
 
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted checkpoint could do with any callable."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(folders, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "run/checkpoints/last.pt"
+    crafted.parent.mkdir(parents=True)
+    torch.save({"format": "instruct-ipt-train", "stage": 0, "step": 2, "x": _Payload(marker)}, crafted)
+    with pytest.raises(ValueError, match=r"last.pt is not a safe instruct-ipt training checkpoint \(.*\); refusing") as e:
+        load_checkpoint(crafted)
+    assert "\n" not in str(e.value) and not marker.exists()
+    # through the command line: one line, exit 2, nothing run, nothing trained
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(make_cfg(folders, tmp_path / "run").to_dict()))
+    assert main(["train", str(path), "--no-progress", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a safe instruct-ipt training checkpoint" in err[0] and str(crafted) in err[0]
+    assert not marker.exists() and not (tmp_path / "run/model").exists()
+    # the payload is real: the unsafe load the checkpoint code used to do runs it
+    torch.load(crafted, weights_only=False)
+    assert marker.exists()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt is not a safe instruct-ipt training checkpoint"):
+        load_checkpoint(garbage)
+
+
+def test_rng_state_round_trips_through_a_checkpoint_in_both_forms(tmp_path):
+    def draws():
+        return [random.random(), *np.random.rand(3), *np.random.randn(3), *torch.rand(3).tolist()]
+
+    np.random.seed(7)
+    np.random.randn()  # leaves a cached gaussian (has_gauss=1): part of the state
+    legacy = np.random.get_state()
+    save_checkpoint(tmp_path / "new.pt", {"rng": rng_state()})
+    expected = draws()
+    set_rng_state(load_checkpoint(tmp_path / "new.pt")["rng"])
+    assert draws() == expected
+    np.random.set_state(legacy)
+    old = rng_state()
+    old["numpy"] = np.random.get_state()
+    torch.save({"format": "instruct-ipt-train", "rng": old}, tmp_path / "old.pt")
+    expected = draws()
+    set_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
+    assert draws() == expected
+
+
+def test_a_checkpoint_from_before_the_tensor_only_rng_state_still_resumes_exactly(folders, tmp_path):
+    """Checkpoints of runs started before the change hold ``np.random.get_state()`` (an ndarray)."""
+    over = {"ema": 0.8, "iterations": 5}
+    full = run(make_cfg(folders, tmp_path / "full", **over))
+    cfg = make_cfg(folders, tmp_path / "killed", **over)
+    assert Trainer(cfg, progress=False).run(stop_after=3) is None
+    ckpt = tmp_path / "killed/checkpoints/last.pt"
+    torch.load(ckpt, weights_only=True)  # a new checkpoint needs nothing beyond torch's own allowlist
+    state = load_checkpoint(ckpt)
+    new = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (new["bit_generator"], new["key"].numpy().astype(np.uint32), new["pos"],
+                             new["has_gauss"], new["gauss"])
+    torch.save(state, ckpt)  # as the trainer wrote it before
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(ckpt, weights_only=True)
+    assert isinstance(load_checkpoint(ckpt)["rng"]["numpy"][1], np.ndarray)
+    resumed = run(cfg, resume=True)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stages_not_yet_started_may_change_on_resume(folders, tmp_path):
     def stages(n):
         return [{"name": "elementary", "mode": "sync", "tasks": ["denoise", "deblur"], "iterations": 3},
@@ -231,7 +316,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(folders, tmp_path, m
     nan_at(monkeypatch, 3)
     with pytest.raises(TrainingError, match=r"loss became nan at step 3 of stage 0 .*last.pt"):
         run(make_cfg(folders, tmp_path))
-    ckpt = torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert ckpt["step"] == 2
 
 
@@ -242,7 +327,7 @@ def test_nan_between_checks_is_caught_before_the_next_checkpoint(folders, tmp_pa
     with pytest.raises(TrainingError, match=r"loss became nan at step 6 of stage 0"):
         run(make_cfg(folders, tmp_path, iterations=12, log_every=10, val_every=100, ckpt_every=4))
     assert calls["n"] == 8
-    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=False)["step"] == 4
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["step"] == 4
 
 
 def test_a_failing_compile_falls_back_to_eager(folders, tmp_path, monkeypatch):
@@ -460,7 +545,7 @@ def test_ctrl_c_saves_nothing_new_and_says_how_to_resume(folders, tmp_path, caps
     assert len(err) == 1 and "Traceback" not in err[0]
     assert f"Last checkpoint: {tmp_path / 'run/checkpoints/last.pt'} (stage 0, step 4)" in err[0]
     assert err[0].endswith(f"Continue with: instruct-ipt train {path} --resume --set seed=3")
-    assert torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)["step"] == 4
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["step"] == 4
     monkeypatch.setattr(trainer_module, "compute_loss", real)
     assert main(["train", str(path), "--no-progress", "--set", "seed=3", "--resume"]) == 0  # the hint works
 

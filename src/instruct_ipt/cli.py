@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 
 def _device_line() -> str:
@@ -23,7 +23,6 @@ def _device_line() -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from .model import DEFAULT_MODEL_NAME, InstructIPT, resolve_model_dir
     from .models import IPTConfig
-    from .models.complexity import count_macs
     from .modulation import ModulationConfig
 
     describe_config = args.size is not None or args.tasks or args.plain
@@ -45,20 +44,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "device": _device_line(),
         "model": source,
-        "tasks": model.tasks,
-        "modulation": None if model.modulation_config is None else model.modulation_config.to_dict(),
-        "grid_span": model.config.grid_span,
-        "task_grid_spans": model.task_grid_spans,
-        "modulated_layers": count.layers,
-        "backbone_parameters": count.backbone,
-        "extra_parameters_per_task": count.per_task,
-        "extra_share_per_task": round(count.share, 6),
-        "extra_parameters_all_tasks": count.per_task * count.tasks,
+        **model.summary(macs=args.macs),
     }
-    if args.macs:
-        if model.modulation is not None:
-            model.merge(model.tasks[0])  # merged: exactly the backbone's cost
-        info[f"gmacs_at_{args.macs}"] = round(count_macs(model, args.macs) / 1e9, 3)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -79,9 +66,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _protocols(args: argparse.Namespace, tasks: list[str]) -> dict:
-    from .eval.protocol import default_protocol
-
+def _protocol_changes(args: argparse.Namespace) -> dict:
+    """The protocol fields ``eval``'s flags change in every task's default protocol."""
     changes = {}
     if args.channel:
         changes["channel"] = args.channel
@@ -93,18 +79,16 @@ def _protocols(args: argparse.Namespace, tasks: list[str]) -> dict:
         changes["quantize"] = False
     if args.test_noise:
         changes["test_noise"] = args.test_noise
-    return {t: default_protocol(t).with_(**changes) for t in tasks}
+    return changes
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .data.degradations import DEGRADATIONS
-    from .data.images import list_images
-    from .data.paired import detect_layout
-    from .eval.runner import Skip, benchmark_cases, evaluate, format_table, summarise, synthetic_cases, write_results
+    from .eval.plan import EvalRequest, plan_eval, results_meta
+    from .eval.runner import Skip, evaluate, format_table, summarise, write_results
     from .inference import pick_device, restore_array
-    from .model import WEIGHTS_NAME, InstructIPT, resolve_model_dir
+    from .model import InstructIPT
 
     if not args.data and not args.photos:
         raise ValueError("give a benchmark folder (--data) or a folder of clean photos (--photos)")
@@ -113,60 +97,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = None
     if args.model:
         model = InstructIPT.from_pretrained(args.model, device=pick_device(args.device)).eval()
+    request = EvalRequest(
+        data=tuple(args.data or ()), task=args.task, photos=args.photos, tasks=args.tasks.split(",") if args.tasks else None,
+        sigma=args.sigma, seed=args.seed, crop=args.crop, grey=args.grey, protocol=_protocol_changes(args),
+    )
+    plan = plan_eval(request, None if model is None else model.tasks)
+    protocols = plan.protocols
 
-    skipped_early: list[Skip] = []
-    sources = []  # (cases iterator, number of cases, tasks)
-    for folder in args.data or []:
-        layout = detect_layout(folder)
-        task = args.task or layout.task
-        if task is None:
-            raise ValueError(f"{folder}: the {layout.name} layout does not imply a task; say which with --task")
-        sources.append((folder, [task], len(layout.pairs) + len(layout.unpaired)))
-    if args.photos:
-        known = list(DEGRADATIONS)
-        tasks = args.tasks.split(",") if args.tasks else [t for t in (model.tasks if model else known) if t in known]
-        for t in tasks:
-            if t not in known:
-                skipped_early.append(Skip(f"task {t}", f"no synthetic degradation for it; known: {', '.join(known)}"))
-        tasks = [t for t in tasks if t in known]
-        sources.append((args.photos, tasks, len(list_images(args.photos)) * len(tasks)))
-    all_tasks = list(dict.fromkeys(t for _, ts, _ in sources for t in ts))
-    if model is not None:
-        for t in all_tasks:
-            if t not in model.tasks:
-                skipped_early.append(Skip(f"task {t}", f"the model has no task {t!r}; it knows: {', '.join(model.tasks)}"))
-    protocols = _protocols(args, all_tasks)
-    runnable = [t for t in all_tasks if model is None or t in model.tasks]
-
-    def restore(case):
-        if model.modulation is not None and model.modulation.merged_task != case.task:
-            model.unmerge().merge(case.task)
-        return restore_array(model, case.input, None if model.modulation is not None else case.task)
-
-    params = {"denoise": {"sigma": args.sigma}} if args.sigma is not None else {}
-    jobs = []  # one per task and source, each printed as soon as it is measured: (task, images, cases, setting)
-    for folder, tasks, n in sources:
-        if folder == args.photos:
-            setting = (f"{Path(folder).name}: " + ("grey versions, " if args.grey else "")
-                       + (f"centre crops of {args.crop} px" if args.crop else "whole images"))
-            for t in tasks:
-                if t in runnable:
-                    sigma = f", sigma {args.sigma:g}" if t == "denoise" and args.sigma is not None else ""
-                    jobs.append((t, n // len(tasks), lambda t=t, folder=folder: synthetic_cases(
-                        folder, [t], params, args.seed, args.crop, protocols, grey=args.grey), setting + sigma))
-        elif tasks[0] in runnable:
-            t = tasks[0]
-            jobs.append((t, n, lambda folder=folder, t=t: benchmark_cases(folder, t, args.sigma, protocols[t]),
-                         f"{Path(folder).name}: benchmark images"))
+    def restore(case):  # inside model.merged(task) below: the task runs at the backbone's cost
+        return restore_array(model, case.input, None if model.modulated else case.task)
 
     def on_skip(s: Skip) -> None:
         tqdm.write(f"instruct-ipt eval: {s}", file=sys.stderr)
 
-    for s in skipped_early:
+    for s in plan.skipped:
         on_skip(s)
-    records, skipped = [], list(skipped_early)
-    for task, n, make_cases, setting in jobs:
-        with tqdm(total=n, desc=f"eval {task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar:
+    records, skipped = [], list(plan.skipped)
+    for task, n, make_cases, setting in plan.jobs:  # each table printed as soon as its task is measured
+        merged = model.merged(task) if model is not None else contextlib.nullcontext()
+        with tqdm(total=n, desc=f"eval {task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar, merged:
             done, skips = evaluate(
                 make_cases(), restore if model is not None else None, method=args.method, protocols=protocols,
                 peers=args.peers, save_dir=Path(args.out) / "images" if args.save else None,
@@ -181,11 +130,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("instruct-ipt eval: error: no image could be evaluated", file=sys.stderr)
         return 2
     print()
-    meta = {"model": args.model, "device": str(pick_device(args.device)), "seed": args.seed, "sigma": args.sigma,
-            "crop": args.crop, "grey": args.grey, "seam_period": args.seam_period, "channel": args.channel or "per task (see protocols)", "version": __version__}
-    if model is not None:
-        weights = resolve_model_dir(args.model) / WEIGHTS_NAME
-        meta.update(model_dir=str(weights.parent), model_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+    meta = results_meta(request, args.model, str(pick_device(args.device)), args.seam_period)
     json_path, csv_path = write_results(args.out, rows, records, skipped, protocols, meta)
     print(f"wrote {json_path} and {csv_path}" + (f"; restored images under {Path(args.out) / 'images'}" if args.save else ""))
     failed = [s for s in skipped if s.fatal]
@@ -199,6 +144,8 @@ def _resume_hint(args: argparse.Namespace, out: Path) -> str:
     """What an interrupted ``train`` left, and the command that continues it."""
     import shlex
 
+    from .train.checkpoint import load_checkpoint
+
     cmd = ["instruct-ipt", "train", args.config, "--resume"]
     for item in args.set:
         cmd += ["--set", item]
@@ -211,7 +158,7 @@ def _resume_hint(args: argparse.Namespace, out: Path) -> str:
     ckpt = out / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         return f"interrupted before the first checkpoint; nothing was saved. Start again with: {shlex.join(cmd[:-1])}"
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     return (f"interrupted; nothing new was saved. Last checkpoint: {ckpt} (stage {state['stage']}, step {state['step']}). "
             f"Continue with: {shlex.join(cmd)}")
 
@@ -249,7 +196,9 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     from .instruct import InstructionError, InstructionHead, Interpreter
 
     if args.model:
-        interp = _load_model(args.model, "cpu").interpreter()
+        from .pipeline import RestorationPipeline
+
+        interp = RestorationPipeline.from_pretrained(args.model, device="cpu").interpreter
     else:
         interp = Interpreter(InstructionHead.load(args.head) if args.head else InstructionHead.default())
     try:
@@ -262,7 +211,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 
 def cmd_train_head(args: argparse.Namespace) -> int:
-    from .instruct import InstructionHead, default_encoder, load_corpus, split, train_head
+    from .instruct import InstructionHead, default_encoder, held_out_accuracy, load_corpus, split, train_head
     from .instruct.corpus import UNSUPPORTED, read_phrases
     from .instruct.head import HEAD_FILE
 
@@ -281,14 +230,9 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     head = train_head(train, tasks, encoder, seed=args.seed)
     out = Path(args.out) if args.out else (Path(args.model) / HEAD_FILE if args.model else Path(HEAD_FILE))
     head.save(out)
-    n_ok = n = 0
-    for c, phrases in held.items():
-        if phrases:
-            pred = head.probabilities(encoder.encode(phrases)).argmax(1)
-            n_ok += sum(head.classes[int(i)] == c for i in pred)
-            n += len(phrases)
+    accuracy, n = held_out_accuracy(head, encoder, held)
     print(f"trained an instruction head for {', '.join(tasks)} on {sum(map(len, train.values()))} phrasings; "
-          f"held-out accuracy {100 * n_ok / max(1, n):.1f}% ({n} phrasings); wrote {out}")
+          f"held-out accuracy {100 * accuracy:.1f}% ({n} phrasings); wrote {out}")
     InstructionHead.load(out)  # the file reads back
     return 0
 
@@ -314,48 +258,47 @@ def _expand_inputs(items: list[str]) -> list[Path]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    from .data.images import ImageReadError, load_image, save_image
+    from .data.images import ImageReadError, load_image
     from .instruct import InstructionError
-    from .restore import choose_tasks, run_tasks
+    from .pipeline import RestorationPipeline, check_tiling
 
     # every argument is checked once, before any image is read
     if args.task and args.instruction:
         raise ValueError("give --task or --instruction, not both")
-    if args.tile is not None and args.tile < 0:
-        raise ValueError(f"--tile {args.tile}: a tile size in pixels, or 0 for no tiling")
-    if args.overlap < 0 or (args.tile and args.overlap >= args.tile):
-        raise ValueError(f"--overlap {args.overlap}: must be >= 0 and smaller than the tile ({args.tile})")
+    check_tiling(args.tile, args.overlap, args.batch, flag="--")
     files = _expand_inputs(args.inputs)
     if not files:
         raise ValueError("no input images")
-    model = _load_model(args.model, args.device)
-    failures = 0
-    outdir = Path(args.output) if args.output else None
+    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
     plan = None
-    if args.task is not None:  # the same task for every file
-        plan = choose_tasks(model, None, task=args.task)  # an unknown task: one error listing the model's tasks
-    elif args.instruction is not None:  # one instruction for every file: interpret it once
+    if args.task is not None or args.instruction is not None:  # the same tasks for every file: chosen once
         try:
-            plan = choose_tasks(model, None, instruction=args.instruction)
+            plan = pipe.choose(task=args.task, instruction=args.instruction)  # unknown task: lists the model's tasks
         except InstructionError as e:
             print(f"instruct-ipt restore: {e}", file=sys.stderr)
             return 2
+    outdir = Path(args.output) if args.output else None
     inputs = {f.resolve() for f in files if f.exists()}
-    for f in tqdm(files, desc="restore", unit="img", disable=None if len(files) > 1 else True, file=sys.stderr):
-        target = (outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png")
-        try:
-            if target.resolve() in inputs:
-                raise ValueError(f"{target} is an input; refusing to overwrite it")
-            img = load_image(f)
-            choice = plan or choose_tasks(model, img.rgb)  # blind mode looks at each image
-            out = run_tasks(model, img.rgb, choice.tasks, tile=args.tile, overlap=args.overlap)
-            save_image(target, out, img.alpha, img.grey, bit_depth=img.bit_depth)
-            tqdm.write(f"{f} -> {target}: {choice.describe()}")  # one format, whatever chose the tasks
-        except (ImageReadError, ValueError, OSError) as e:
-            failures += 1
-            tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)
+    failures = 0
+    # one reader thread decodes the next file while the model runs on this one
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(load_image, files[0])
+        for i, f in enumerate(tqdm(files, desc="restore", unit="img", disable=None if len(files) > 1 else True, file=sys.stderr)):
+            loading, pending = pending, (reader.submit(load_image, files[i + 1]) if i + 1 < len(files) else None)
+            target = (outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png")
+            try:
+                if target.resolve() in inputs:
+                    raise ValueError(f"{target} is an input; refusing to overwrite it")
+                restored = pipe.restore(loading.result(), choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch)
+                restored.save(target)
+                tqdm.write(f"{f} -> {target}: {restored.choice.describe()}")  # one format, whatever chose the tasks
+            except (ImageReadError, ValueError, OSError) as e:
+                failures += 1
+                tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)
     if failures:
         print(f"{failures} of {len(files)} image(s) failed", file=sys.stderr)
         return 1
@@ -447,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=None,
                    help="restore in tiles of this size (default: 512 above 1024x1024 pixels; 0: never)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles, blended (default 32)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="run N same-size tiles in one forward pass (halved automatically when GPU memory runs out)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.set_defaults(func=cmd_restore)
 

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
-from .model import InstructIPT
+from .models import CONFIGURED_SPAN
 
 #: images with more pixels than this are restored in tiles by default (bounded peak memory)
 AUTO_TILE_PIXELS = 1024 * 1024
@@ -38,16 +39,26 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 @torch.inference_mode()
-def _run(model: InstructIPT, rgb: np.ndarray, task: str | int | None) -> np.ndarray:
-    """One forward pass with the input in channels-last memory layout, which the model keeps
-    through its layer norms and attention so oneDNN's faster channels-last convolutions run
-    (small model, one 768x432 image, 2 CPU cores: 12.0 s NCHW, 7.8 s channels-last; 5.5 s once
-    the attention kept the layout too, see ``models/blocks.py``). Layout never
-    changes the values; the model itself is left as it is."""
+def _run(model: nn.Module, batch: np.ndarray, task: str | int | None, grid_span=CONFIGURED_SPAN) -> np.ndarray:
+    """One forward pass over a stack of same-size images ``(N, H, W, 3)``, the input in
+    channels-last memory layout, which the model keeps through its layer norms and attention so
+    oneDNN's faster channels-last convolutions run (small model, one 768x432 image, 2 CPU cores:
+    12.0 s NCHW, 7.8 s channels-last; 5.5 s once the attention kept the layout too, see
+    ``models/blocks.py``). Layout never changes the values; the model itself is left as it is.
+
+    A stack that does not fit in GPU memory is run in halves (down to one image).
+    """
     p = next(model.parameters())
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).unsqueeze(0).to(p.device, p.dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    return model(x, task)[0].float().cpu().numpy().transpose(1, 2, 0)
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(p.device, p.dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return model(x, task, grid_span=grid_span).float().cpu().numpy().transpose(0, 2, 3, 1)
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return np.concatenate([_run(model, batch[:half], task, grid_span), _run(model, batch[half:], task, grid_span)])
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
@@ -68,50 +79,59 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 
 def run_tiled(fn: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, tile: int, overlap: int,
-              progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+              progress: Callable[[int, int], None] | None = None, batch: int = 1) -> np.ndarray:
     """Apply ``fn`` tile by tile and blend the overlaps with linear ramps (no visible seams).
 
-    Tiles are ``tile`` px squares stepping by ``tile - overlap``; every pixel's result is the
-    weighted mean of the tiles covering it. Only one tile is in flight, so peak memory depends on
-    ``tile``, not on the image.
+    ``fn`` maps a stack of tiles ``(N, h, w, 3)`` to its results. Tiles are ``tile`` px squares
+    stepping by ``tile - overlap`` (the last one in each row and column ends at the border, so
+    all are the same size); every pixel's result is the weighted mean of the tiles covering it.
+    ``batch`` tiles go through ``fn`` together, so peak memory depends on ``tile`` and ``batch``,
+    not on the image. Batching never changes a tile's result beyond float rounding.
     """
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     h, w = rgb.shape[:2]
     if h <= tile and w <= tile:
-        return fn(rgb)
+        return fn(rgb[None])[0]
     stride = tile - overlap
-    rows, cols = _starts(h, tile, stride), _starts(w, tile, stride)
+    corners = [(r, c) for r in _starts(h, tile, stride) for c in _starts(w, tile, stride)]
+    th, tw = min(tile, h), min(tile, w)
+    wt = (_ramp(th, overlap)[:, None] * _ramp(tw, overlap)[None, :])[..., None]
     out = np.zeros((h, w, 3), np.float32)
     weight = np.zeros((h, w, 1), np.float32)
-    total, done = len(rows) * len(cols), 0
-    for r in rows:
-        for c in cols:
-            patch = rgb[r : r + tile, c : c + tile]
-            wt = (_ramp(patch.shape[0], overlap)[:, None] * _ramp(patch.shape[1], overlap)[None, :])[..., None]
-            out[r : r + patch.shape[0], c : c + patch.shape[1]] += fn(patch) * wt
-            weight[r : r + patch.shape[0], c : c + patch.shape[1]] += wt
-            done += 1
-            if progress:
-                progress(done, total)
+    for i in range(0, len(corners), batch):
+        group = corners[i : i + batch]
+        results = fn(np.stack([rgb[r : r + th, c : c + tw] for r, c in group]))
+        for (r, c), res in zip(group, results):
+            out[r : r + th, c : c + tw] += res * wt
+            weight[r : r + th, c : c + tw] += wt
+        if progress:
+            progress(i + len(group), len(corners))
     return out / weight
 
 
 def restore_array(
-    model: InstructIPT,
+    model: nn.Module,
     rgb: np.ndarray,
     task: str | int | None = None,
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
     progress: Callable[[int, int], None] | None = None,
+    batch: int = 1,
+    grid_span=CONFIGURED_SPAN,
 ) -> np.ndarray:
-    """Restore one float32 (H, W, 3) image; returns float32 (H, W, 3), not clamped.
+    """Restore one float32 (H, W, 3) image with an :class:`~instruct_ipt.model.InstructIPT`;
+    returns float32 (H, W, 3), not clamped.
 
     ``tile=None`` tiles automatically above :data:`AUTO_TILE_PIXELS` (with :data:`DEFAULT_TILE`);
-    ``tile=0`` never tiles. With ``task=None`` the model must be merged for a task already.
+    ``tile=0`` never tiles; ``batch`` tiles run in one forward pass. With ``task=None`` the model
+    must be merged for a task (``with model.merged(task):``). ``grid_span`` is passed to the
+    model's forward (default: the task's own).
     """
     if tile is None:
         tile = DEFAULT_TILE if rgb.shape[0] * rgb.shape[1] > AUTO_TILE_PIXELS else 0
     if tile:
-        return run_tiled(lambda patch: _run(model, patch, task), rgb, tile, overlap, progress)
-    return _run(model, rgb, task)
+        return run_tiled(lambda tiles: _run(model, tiles, task, grid_span), rgb, tile, overlap, progress, batch)
+    return _run(model, rgb[None], task, grid_span)[0]

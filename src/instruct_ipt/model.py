@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
 from .io import atomic_write, atomic_write_text, load_tagged, save_tagged
-from .models import IPTV2, IPTConfig
+from .models import CONFIGURED_SPAN, IPTV2, IPTConfig
+from .models.ipt import ConfiguredSpan
 from .modulation import ModulationConfig, ParameterCount, TaskModulation, modulate
-from .modulation.modulate import TaskSpec
+from .modulation.modulate import TaskSpec, task_index
+from .version import __version__
 
 DEFAULT_TASKS: tuple[str, ...] = ("denoise", "deblur", "derain", "dehaze", "desnow")
 #: low-rank task biases at rank 8 with the same rank in every layer (the paper's constant-rank setting)
@@ -82,10 +83,6 @@ class InstructIPT(nn.Module):
         self.task_grid_spans: dict[str, int | None] = {}
         self.modulation_config = modulation
         self.modulation: TaskModulation | None = None
-        #: the folder the model was loaded from (its instruction head may live there)
-        self.source_dir: Path | None = None
-        self._interpreter = None
-        self._classifier = None
         if modulation is not None:
             self.modulation = modulate(
                 self.backbone,
@@ -116,36 +113,31 @@ class InstructIPT(nn.Module):
         return self.modulation is not None
 
     def task_index(self, task: str | int) -> int:
-        if self.modulation is not None:
-            return self.modulation.task_index(task)
-        if isinstance(task, int):
-            if not 0 <= task < len(self._tasks):
-                raise ValueError(f"task index {task} out of range for {len(self._tasks)} tasks")
-            return task
-        if task not in self._tasks:
-            raise ValueError(f"unknown task {task!r}; this model knows: {', '.join(self._tasks)}")
-        return self._tasks.index(task)
+        return task_index(self._tasks, task)
 
-    def forward(self, x: torch.Tensor, tasks: TaskSpec | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, tasks: TaskSpec | None = None, grid_span: int | None | ConfiguredSpan = CONFIGURED_SPAN
+    ) -> torch.Tensor:
         """Restore ``x`` (``(B, 3, H, W)`` in [0, 1]).
 
         ``tasks``: one task name/index for the batch, or one per sample (list or 1-D tensor).
-        It may be omitted only after :meth:`merge`.
+        It may be omitted only inside :meth:`merged` (or after :meth:`merge`).
+        ``grid_span``: by default the task's own span (:attr:`task_grid_spans`) for a single-task
+        batch, else the backbone's; an explicit value (None: image-wide) overrides both.
         """
         if self.modulation is None:
             if tasks is not None:
                 self._check_tasks(tasks)
-            with self._grid_span_for(tasks, x):
-                return self.backbone(x)
-        if tasks is None and self.modulation.merged_task is None:
+        elif tasks is None and self.modulation.merged_task is None:
             raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
-        if tasks is None:
-            with self._grid_span_for(self.modulation.merged_task, x):
-                return self.backbone(x)
-        if not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
+        elif tasks is not None and not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
             raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
-        with self.modulation.select(tasks), self._grid_span_for(tasks, x):
-            return self.backbone(x)
+        if isinstance(grid_span, ConfiguredSpan):
+            grid_span = self.grid_span_for(tasks, x)
+        if self.modulation is None or tasks is None:
+            return self.backbone(x, grid_span)
+        with self.modulation.select(tasks):
+            return self.backbone(x, grid_span)
 
     def set_task_grid_span(self, task: str, span: int | None) -> None:
         """Run ``task`` with grid-attention groups bounded to ``span`` pixels (None: image-wide)."""
@@ -153,18 +145,19 @@ class InstructIPT(nn.Module):
         dataclasses.replace(self.config, grid_span=span)  # validates the span
         self.task_grid_spans[task] = span
 
-    @contextlib.contextmanager
-    def _grid_span_for(self, tasks: TaskSpec | None, x: torch.Tensor) -> Iterator[None]:
-        """Apply a task's grid-span override while a batch of that one task runs.
+    def grid_span_for(self, tasks: TaskSpec | None, x: torch.Tensor) -> int | None:
+        """The grid span a batch of ``tasks`` runs with: the task's own for a one-task batch (or the
+        merged task's), else the backbone's.
 
         Inputs no larger than every span in play (training patches) are grouped the same by all of
-        them, so they skip the check, which for a task tensor would cost a device sync per step.
+        them, so they skip the look-up, which for a task tensor would cost a device sync per step.
         """
+        default = self.config.grid_span
         size = max(x.shape[-2:])
-        spans = {self.config.grid_span, *self.task_grid_spans.values()}
-        if not self.task_grid_spans or all(s is None or s >= size for s in spans):
-            yield
-            return
+        if not self.task_grid_spans or all(s is None or s >= size for s in {default, *self.task_grid_spans.values()}):
+            return default
+        if tasks is None and self.modulation is not None:
+            tasks = self.modulation.merged_task
         names: set[str] = set()
         if isinstance(tasks, (str, int)):
             names = {self._tasks[self.task_index(tasks)]}
@@ -173,15 +166,7 @@ class InstructIPT(nn.Module):
         elif tasks is not None:
             names = {self._tasks[self.task_index(t)] for t in tasks}
         task = names.pop() if len(names) == 1 else None
-        default = self.config.grid_span
-        if task not in self.task_grid_spans or self.task_grid_spans[task] == default:
-            yield
-            return
-        self.backbone.set_grid_span(self.task_grid_spans[task])
-        try:
-            yield
-        finally:
-            self.backbone.set_grid_span(default)
+        return self.task_grid_spans.get(task, default) if task is not None else default
 
     def _check_tasks(self, tasks: TaskSpec) -> None:
         if isinstance(tasks, (str, int)):
@@ -202,6 +187,33 @@ class InstructIPT(nn.Module):
             self.modulation.unmerge()
         return self
 
+    @contextlib.contextmanager
+    def merged(self, task: str | int) -> Iterator[InstructIPT]:
+        """``with model.merged(task):`` runs ``task`` at the backbone's cost and leaves the model as
+        it found it, also when the block raises: unmerged stays unmerged, and a model the user
+        merged (for this task or another) is merged for that task again afterwards.
+
+        A plain model has nothing to merge: it only checks the task name.
+        """
+        self.task_index(task)
+        if self.modulation is None:
+            yield self
+            return
+        mod = self.modulation
+        name = self._tasks[self.task_index(task)]
+        before, selection = mod.merged_task, (mod.selection.index, mod.selection.ids)
+        if before != name:
+            mod.unmerge()
+            mod.merge(name)
+        try:
+            yield self
+        finally:
+            if before != name:
+                mod.unmerge()
+                if before is not None:
+                    mod.merge(before)
+                mod.selection.set(*selection)
+
     def export_merged(self, task: str | int) -> nn.Module:
         """A plain :class:`IPTV2` for one task (no modulation code needed to run it), with the
         task's grid span."""
@@ -213,7 +225,7 @@ class InstructIPT(nn.Module):
             plain = self.modulation.export_merged(task)
         name = self._tasks[self.task_index(task)]
         if name in self.task_grid_spans:
-            plain.set_grid_span(self.task_grid_spans[name])
+            plain.set_grid_span(self.task_grid_spans[name])  # the copy's own config: what it runs with
         return plain
 
     def add_task(self, name: str) -> int:
@@ -227,6 +239,17 @@ class InstructIPT(nn.Module):
             self._tasks.append(name)
             return len(self._tasks) - 1
         return self.modulation.add_task(name)
+
+    def remove_task(self, task: str | int) -> None:
+        """Drop a task (its biases and its grid span); later tasks' indices shift down by one."""
+        name = self._tasks[self.task_index(task)]
+        if self.modulation is None:
+            if len(self._tasks) == 1:
+                raise ValueError(f"cannot remove {name!r}: it is the model's only task")
+            self._tasks.remove(name)
+        else:
+            self.modulation.remove_task(name)
+        self.task_grid_spans.pop(name, None)
 
     # backbone weights under canonical names -------------------------------------------
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
@@ -272,42 +295,6 @@ class InstructIPT(nn.Module):
             h.update(names[id(p)].encode())
             h.update(p.detach().cpu().contiguous().float().numpy().tobytes())
         return h.hexdigest()
-
-    # instructions, blind mode, restore ---------------------------------------------------
-    def interpreter(self):
-        """The instruction interpreter for this model: the head saved beside its weights
-        (``instruction_head.safetensors``) or the packaged one; it must know the model's tasks."""
-        if self._interpreter is None:
-            from .instruct import InstructionHead, Interpreter
-            from .instruct.head import HEAD_FILE
-
-            own = self.source_dir / HEAD_FILE if self.source_dir else None
-            head = InstructionHead.load(own) if own is not None and own.is_file() else InstructionHead.default()
-            head.check_tasks(self.tasks)
-            self._interpreter = Interpreter(head)
-        return self._interpreter
-
-    def degradation_classifier(self):
-        """Blind mode's classifier: the one saved beside the weights, or the packaged one."""
-        if self._classifier is None:
-            from .instruct.blind import BLIND_FILE, DegradationClassifier
-
-            own = self.source_dir / BLIND_FILE if self.source_dir else None
-            clf = DegradationClassifier.load(own) if own is not None and own.is_file() else DegradationClassifier.default()
-            object.__setattr__(self, "_classifier", clf)  # not a submodule: never saved with the weights
-        return self._classifier
-
-    def restore(self, image, task: str | None = None, instruction: str | None = None, return_choice: bool = False):
-        """Restore a path, PIL image or NumPy array and return the same kind (a PIL image for a path).
-
-        Name a ``task``, or give an ``instruction`` in plain words, or neither (blind mode: a
-        classifier picks the task from the image). With ``return_choice=True`` also returns the
-        :class:`~instruct_ipt.restore.TaskChoice` (tasks, confidences, how they were chosen).
-        """
-        from .restore import restore_image
-
-        out, choice = restore_image(self, image, task=task, instruction=instruction)
-        return (out, choice) if return_choice else out
 
     # save / load --------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -362,7 +349,6 @@ class InstructIPT(nn.Module):
         model = cls.from_config_dict(cfg)
         state = load_file(str(weights_path), device=str(device))
         model._load_checked(state, str(weights_path))
-        model.source_dir = directory
         return model.to(device)
 
     def _load_checked(self, state: dict[str, torch.Tensor], source: str) -> None:
@@ -435,16 +421,36 @@ class InstructIPT(nn.Module):
             self.modulation.load_task_state_dict(name, state)
         except ValueError as e:
             if added:  # leave the model as it was
-                self._drop_last_task()
+                self.remove_task(name)
             raise CheckpointError(f"{path}: {e}") from e
         return name
 
-    def _drop_last_task(self) -> None:
-        assert self.modulation is not None
-        for _, layer in self.modulation.layers():
-            layer.task_B1 = nn.Parameter(layer.task_B1.detach()[:-1].clone())
-            layer.task_B2 = nn.Parameter(layer.task_B2.detach()[:-1].clone())
-        self._tasks.pop()
+    def summary(self, macs: int | None = None) -> dict[str, Any]:
+        """Tasks, modulation and parameter counts, as ``instruct-ipt info --json`` prints them.
+
+        With ``macs``, also ``gmacs_at_<macs>``: billions of multiply-accumulates of one forward on a
+        ``macs x macs`` image, counted merged for the first task (a task's cost, exactly the backbone's).
+        The model is left merged, or not, as it was.
+        """
+        from .models.complexity import count_macs
+
+        count = self.parameter_count()
+        info: dict[str, Any] = {
+            "tasks": self.tasks,
+            "modulation": None if self.modulation_config is None else self.modulation_config.to_dict(),
+            "grid_span": self.config.grid_span,
+            "task_grid_spans": dict(self.task_grid_spans),
+            "modulated_layers": count.layers,
+            "backbone_parameters": count.backbone,
+            "extra_parameters_per_task": count.per_task,
+            "extra_share_per_task": round(count.share, 6),
+            "extra_parameters_all_tasks": count.per_task * count.tasks,
+        }
+        if macs:
+            with self.merged(self.tasks[0]):
+                n = count_macs(self, macs)
+            info[f"gmacs_at_{macs}"] = round(n / 1e9, 3)
+        return info
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}, modulation={self.modulation_config}"

@@ -156,3 +156,86 @@ def save_image(
     if fmt == "JPEG" and im.mode in ("RGBA", "LA"):
         im = im.convert("RGB" if im.mode == "RGBA" else "L")
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
+
+
+# arrays and PIL images: the same layouts as files --------------------------------------------
+def from_array(arr: np.ndarray) -> LoadedImage:
+    """An image array as the model sees it, remembering its layout.
+
+    (H, W) and (H, W, 1) are grey, (H, W, 2) grey + alpha, (H, W, 3) RGB, (H, W, 4) RGBA; uint8
+    and uint16 are scaled from their full range, floats are taken as [0, 1].
+    """
+    if arr.dtype == np.uint8:
+        scaled, depth = arr.astype(np.float32) / 255.0, 8
+    elif arr.dtype == np.uint16:
+        scaled, depth = arr.astype(np.float32) / 65535.0, 16
+    elif arr.dtype.kind == "f":
+        scaled, depth = arr.astype(np.float32), 16
+    else:
+        raise ValueError(f"expected a uint8, uint16 or float image array, got dtype {arr.dtype}")
+    if scaled.ndim == 2:
+        scaled = scaled[..., None]
+    if scaled.ndim != 3 or scaled.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 1|2|3|4) image array, got shape {arr.shape}")
+    c = scaled.shape[2]
+    alpha = scaled[..., -1].copy() if c in (2, 4) else None
+    if c <= 2:
+        return LoadedImage(np.repeat(scaled[..., :1], 3, axis=2), alpha, True, depth)
+    return LoadedImage(np.ascontiguousarray(scaled[..., :3]), alpha, False, depth)
+
+
+def to_array(img: LoadedImage, rgb: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``rgb`` (float32 (H, W, 3)) in the layout and dtype of the array ``like`` that ``img`` came from.
+
+    Integer outputs are rounded exactly as :func:`save_image` rounds them, so an array and a file
+    restored from the same pixels hold the same values.
+    """
+    planes = [rgb.mean(axis=2, keepdims=True) if img.grey else rgb]
+    if img.alpha is not None:
+        planes.append(img.alpha[..., None])
+    out = np.concatenate(planes, axis=2) if len(planes) > 1 else planes[0]
+    if like.ndim == 2:
+        out = out[..., 0]
+    if like.dtype == np.uint8:
+        return to_uint8(out)
+    if like.dtype == np.uint16:
+        return (np.clip(out, 0, 1) * 65535 + 0.5).astype(np.uint16)
+    return out.astype(like.dtype)
+
+
+def _pil_array(im: Image.Image) -> np.ndarray:
+    """A PIL image's pixels as an array :func:`from_array` reads (16-bit grey stays 16-bit)."""
+    if im.mode.startswith("I;16"):
+        return np.asarray(im, dtype=np.uint16)
+    if im.mode == "I":
+        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+    if im.mode == "F":
+        return np.asarray(im, dtype=np.float32)
+    if im.mode in ("L", "LA", "RGB", "RGBA"):
+        return np.asarray(im)
+    if im.mode == "1":
+        return np.asarray(im.convert("L"))
+    return np.asarray(im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB"))
+
+
+def from_pil(im: Image.Image) -> tuple[LoadedImage, np.ndarray]:
+    """A PIL image as the model sees it, and the array layout its result goes back into."""
+    arr = _pil_array(im)
+    return from_array(arr), arr
+
+
+def to_pil(img: LoadedImage, rgb: np.ndarray) -> Image.Image:
+    """``rgb`` as a PIL image in the source's layout: grey stays grey, alpha is kept; 16-bit grey
+    without alpha stays 16-bit (``I;16``), everything else is 8-bit (PIL has no 16-bit RGB)."""
+    if img.bit_depth == 16 and img.grey and img.alpha is None:
+        like = np.zeros((1, 1), np.uint16)
+    else:
+        like = np.zeros((1, 1, 3), np.uint8)
+        if img.grey:
+            like = np.zeros((1, 1), np.uint8) if img.alpha is None else np.zeros((1, 1, 2), np.uint8)
+    arr = to_array(img, rgb, like)
+    if like.ndim == 3 and like.shape[2] == 3 and img.alpha is not None:
+        return Image.fromarray(arr, "RGBA")
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        return Image.fromarray(arr, "LA")
+    return Image.fromarray(arr)

@@ -39,23 +39,18 @@ class SpanChoice:
 @torch.no_grad()
 def compare_grid_spans(model: InstructIPT, cases: Iterable[Case], span: int) -> list[SpanChoice]:
     """Restore every case with image-wide and with ``span``-bounded grid groups (whole images, no tiling)."""
-    was_training, default = model.training, model.config.grid_span
-    overrides = dict(model.task_grid_spans)
+    was_training = model.training
     model.eval()
-    model.task_grid_spans.clear()
     scores: dict[str, list[tuple[float, float]]] = {}  # per task: (image-wide, span) per image
     try:
         for case in cases:
             protocol = default_protocol(case.task)
             pair = []
             for s in (None, span):
-                model.backbone.set_grid_span(s)
-                y = restore_array(model, case.input, case.task, tile=0)
+                y = restore_array(model, case.input, case.task, tile=0, grid_span=s)
                 pair.append(protocol.measure(y, case.target)[f"psnr_{protocol.channels[0]}"])
             scores.setdefault(case.task, []).append((pair[0], pair[1]))
     finally:
-        model.backbone.set_grid_span(default)
-        model.task_grid_spans.update(overrides)
         model.train(was_training)
     return [SpanChoice(t, len(v), mean(p[0] for p in v), mean(p[1] for p in v), span) for t, v in scores.items()]
 

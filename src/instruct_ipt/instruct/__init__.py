@@ -2,7 +2,7 @@
 
 from .corpus import UNSUPPORTED, load_corpus, split
 from .encoder import EncoderUnavailable, SentenceEncoder, default_encoder
-from .head import HeadMismatch, InstructionHead, train_head
+from .head import HeadMismatch, InstructionHead, held_out_accuracy, train_head
 from .interpret import PIPELINE_ORDER, InstructionError, Interpretation, Interpreter, order_tasks
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Interpreter",
     "SentenceEncoder",
     "default_encoder",
+    "held_out_accuracy",
     "load_corpus",
     "order_tasks",
     "split",

@@ -72,7 +72,8 @@ class DegradationClassifier(nn.Module):
 
     @classmethod
     def default(cls) -> DegradationClassifier:
-        return cls.load(Path(str(resources.files("instruct_ipt.instruct") / BLIND_FILE)))
+        """The shipped model's classifier (in its folder, ``weights/default``)."""
+        return cls.load(Path(str(resources.files("instruct_ipt") / "weights" / "default" / BLIND_FILE)))
 
 
 class BlindDataset(Dataset):

@@ -105,8 +105,8 @@ class InstructionHead(nn.Module):
 
     @classmethod
     def default(cls) -> InstructionHead:
-        """The head shipped with the package (trained on the package's corpus)."""
-        return cls.load(Path(str(resources.files("instruct_ipt.instruct") / HEAD_FILE)))
+        """The shipped model's head (in its folder, ``weights/default``; trained on the package's corpus)."""
+        return cls.load(Path(str(resources.files("instruct_ipt") / "weights" / "default" / HEAD_FILE)))
 
 
 def train_head(
@@ -159,3 +159,17 @@ def train_head(
     is_task = y < len(tasks)
     head.set_bank(x[is_task], y[is_task])
     return head.eval()
+
+
+def held_out_accuracy(
+    head: InstructionHead, encoder: SentenceEncoder, held: Mapping[str, Sequence[str]]
+) -> tuple[float, int]:
+    """(share of ``held``'s ``{class: phrases}`` that ``head`` classifies as their class, number of
+    phrases); (0.0, 0) when there are none. A class the head lacks counts as wrong."""
+    n_ok = n = 0
+    for c, phrases in held.items():
+        if phrases:
+            pred = head.probabilities(encoder.encode(list(phrases))).argmax(1)
+            n_ok += sum(head.classes[int(i)] == c for i in pred)
+            n += len(phrases)
+    return (n_ok / n if n else 0.0), n

@@ -137,28 +137,31 @@ class GridAttention(nn.Module):
     mismatch that costs accuracy, cf. Chu et al., "Improving Image Restoration by Revisiting
     Global Information Aggregation", 2022). Maps that do not fill their blocks and grids are
     zero-padded and the padded keys masked out.
+
+    The span is an argument of each call, not state: the model decides it per forward pass (per
+    task), so nothing is swapped in and out around a call.
     """
 
-    def __init__(self, dim: int, heads: int, grid_size: int, span: int | None = None) -> None:
+    def __init__(self, dim: int, heads: int, grid_size: int) -> None:
         super().__init__()
-        if span is not None and (span < grid_size or span % grid_size):
-            raise ValueError(f"grid span {span} must be a multiple of the grid size {grid_size}")
         self.heads = heads
         self.grid_size = grid_size
-        self.span = span
         self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=False)
         self.proj = nn.Conv2d(dim, dim, 1, bias=False)
 
-    def _split(self, n: int) -> tuple[int, int, int]:
+    def _split(self, n: int, span: int | None) -> tuple[int, int, int]:
         """(blocks, grid cells, cell size) along one axis of length ``n``."""
-        if self.span is None or n <= self.span:
+        if span is None or n <= span:
             g = min(self.grid_size, n)
             return 1, g, -(-n // g)
-        return -(-n // self.span), self.grid_size, self.span // self.grid_size
+        return -(-n // span), self.grid_size, span // self.grid_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, span: int | None = None) -> torch.Tensor:
+        """``span``: grid groups bounded to ``span`` x ``span`` pixels of this map (None: map-wide)."""
+        if span is not None and (span < self.grid_size or span % self.grid_size):
+            raise ValueError(f"grid span {span} must be a multiple of the grid size {self.grid_size}")
         b, c, h, w = x.shape
-        (nh, gh, ch), (nw, gw, cw) = self._split(h), self._split(w)
+        (nh, gh, ch), (nw, gw, cw) = self._split(h, span), self._split(w, span)
         ph, pw = nh * gh * ch - h, nw * gw * cw - w
         qkv = self.qkv(x)
         if ph or pw:
@@ -219,10 +222,10 @@ class TransformerBlock(nn.Module):
         self.norm3 = LayerNorm2d(dim)
         self.ffn = FeedForward(dim, ffn_expansion)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_span: int | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         if self.grid is not None:
-            x = x + self.grid(self.norm2(x))
+            x = x + self.grid(self.norm2(x), grid_span)
         return x + self.ffn(self.norm3(x))
 
 
@@ -249,8 +252,10 @@ class Stage(nn.Module):
             )
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+    def forward(self, x: torch.Tensor, grid_span: int | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, grid_span)
+        return x
 
 
 class Downsample(nn.Module):

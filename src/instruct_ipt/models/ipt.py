@@ -27,6 +27,17 @@ from .blocks import Downsample, Stage, Upsample
 from .config import IPTConfig
 
 
+class ConfiguredSpan:
+    """Type of :data:`CONFIGURED_SPAN`."""
+
+    def __repr__(self) -> str:
+        return "CONFIGURED_SPAN"
+
+
+#: ``IPTV2.forward(x, grid_span=CONFIGURED_SPAN)``: the span in the model's config
+CONFIGURED_SPAN = ConfiguredSpan()
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Reflect-pad the bottom/right so both sides are multiples; replicate where reflect can't."""
     h, w = x.shape[-2:]
@@ -60,7 +71,6 @@ class IPTV2(nn.Module):
         self.decoders = nn.ModuleList(stage(i, d) for i, d in enumerate(c.decoder_depths))
         self.refine = stage(0, c.refine_depth)
         self.output = nn.Conv2d(c.dim, c.in_channels, 3, padding=1)
-        self.set_grid_span(c.grid_span)
 
     def stages(self) -> list[tuple[int, Stage]]:
         """Every transformer stage with its level (0: full resolution), in forward order."""
@@ -73,34 +83,43 @@ class IPTV2(nn.Module):
         )
 
     def set_grid_span(self, span: int | None) -> None:
-        """Bound grid-attention groups to ``span`` x ``span`` input pixels (None: image-wide).
+        """Make ``span`` the configured grid span (saved with the config; None: image-wide).
 
-        No weight changes: it only decides which tokens attend to each other, so a model trained
-        on patches can run a whole photo with the token spacing it was trained with.
+        Per-call spans (per task) are passed to :meth:`forward` instead; nothing is swapped.
         """
         self.config = dataclasses.replace(self.config, grid_span=span)  # validates the span
-        for level, stage in self.stages():
-            for block in stage.blocks:
-                if block.grid is not None:
-                    block.grid.span = None if span is None else span >> level
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_span: int | None | ConfiguredSpan = CONFIGURED_SPAN) -> torch.Tensor:
+        """Restore ``x`` (``(B, C, H, W)``).
+
+        ``grid_span`` bounds grid-attention groups to ``span`` x ``span`` input pixels (None:
+        image-wide; default: the config's). No weight changes: it only decides which tokens attend
+        to each other, so a model trained on patches can run a whole photo with the token spacing
+        it was trained with.
+        """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"expected a (batch, {self.config.in_channels}, height, width) tensor, got shape {tuple(x.shape)}"
             )
+        span = self.config.grid_span if isinstance(grid_span, ConfiguredSpan) else grid_span
+        if span is not None and span != self.config.grid_span:
+            dataclasses.replace(self.config, grid_span=span)  # validates the span
+
+        def at(level: int) -> int | None:
+            return None if span is None else span >> level
+
         xp, (h, w) = pad_to_multiple(x, self.config.size_multiple)
         feats = self.embed(xp)
         skips = []
-        for encoder, down in zip(self.encoders, self.downsamples):
-            feats = encoder(feats)
+        for level, (encoder, down) in enumerate(zip(self.encoders, self.downsamples)):
+            feats = encoder(feats, at(level))
             skips.append(feats)
             feats = down(feats)
-        feats = self.bottleneck(feats)
+        feats = self.bottleneck(feats, at(self.config.levels))
         for i in reversed(range(self.config.levels)):
             feats = self.upsamples[i](feats)
             feats = self.reduces[i](torch.cat([feats, skips[i]], dim=1))
-            feats = self.decoders[i](feats)
-        feats = self.refine(feats)
+            feats = self.decoders[i](feats, at(i))
+        feats = self.refine(feats, at(0))
         out = xp + self.output(feats)
         return out[..., :h, :w]

@@ -9,6 +9,7 @@ from .modulate import (
     TaskFreeze,
     TaskModulation,
     modulate,
+    task_index,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "TaskModulation",
     "TaskSelection",
     "modulate",
+    "task_index",
 ]

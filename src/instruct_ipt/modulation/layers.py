@@ -111,6 +111,25 @@ class ModulatedLayer(nn.Module):
         self.task_B1 = nn.Parameter(torch.cat([self.task_B1.detach(), b1]))
         self.task_B2 = nn.Parameter(torch.cat([self.task_B2.detach(), b2]))
 
+    def remove_task(self, index: int) -> None:
+        """Drop task row ``index`` from ``task_B1`` and ``task_B2``; the rows above it move down one.
+
+        The other rows keep their exact values. The stacked parameters are replaced (as in
+        :meth:`add_tasks`), so build optimizers afterwards."""
+        n = self.num_tasks
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"task index {index!r} out of range for {n} tasks")
+        if n == 1:
+            raise ValueError("a modulated layer needs at least one task: cannot remove its only one")
+        if self.merged_task == index:
+            raise RuntimeError(f"layer is merged for task {index}; call unmerge() before removing it")
+        for name in ("task_B1", "task_B2"):
+            old = getattr(self, name)
+            rows = torch.cat([old.detach()[:index], old.detach()[index + 1 :]])
+            setattr(self, name, nn.Parameter(rows, requires_grad=old.requires_grad))
+        if self.merged_task is not None and self.merged_task > index:
+            self.merged_task -= 1
+
     @torch.no_grad()
     def merge(self, task: int) -> None:
         """Cache ``W + delta[task]`` so forward costs exactly one base-layer call."""

@@ -139,6 +139,22 @@ def modulate(
     return TaskModulation(model, tasks, config, selection)
 
 
+def task_index(tasks: Sequence[str], task: str | int) -> int:
+    """The index of ``task`` (a name, or an index checked against the range) in ``tasks``.
+
+    The one rule every task lookup follows: a ``bool`` is neither a name nor an index."""
+    if isinstance(task, bool):
+        # ValueError like every other bad task (callers and the CLI catch that one)
+        raise ValueError(f"task {task!r}: a bool is not a task name or index")  # noqa: TRY004
+    if isinstance(task, int):
+        if not 0 <= task < len(tasks):
+            raise ValueError(f"task index {task} out of range for {len(tasks)} tasks")
+        return task
+    if task not in tasks:
+        raise ValueError(f"unknown task {task!r}; this model knows: {', '.join(tasks)}")
+    return list(tasks).index(task)
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -163,13 +179,8 @@ class TaskModulation:
 
     # task selection ----------------------------------------------------------------
     def task_index(self, task: str | int) -> int:
-        if isinstance(task, (int,)) and not isinstance(task, bool):
-            if not 0 <= task < len(self.tasks):
-                raise ValueError(f"task index {task} out of range for {len(self.tasks)} tasks")
-            return task
-        if task not in self.tasks:
-            raise ValueError(f"unknown task {task!r}; this model knows: {', '.join(self.tasks)}")
-        return self.tasks.index(task)
+        """See the module-level :func:`task_index`."""
+        return task_index(self.tasks, task)
 
     @contextlib.contextmanager
     def _restoring(self, previous: tuple[int | None, torch.Tensor | None]) -> Iterator[None]:
@@ -247,6 +258,26 @@ class TaskModulation:
             layer.add_tasks(1)
         self.tasks.append(name)
         return len(self.tasks) - 1
+
+    def remove_task(self, task: str | int) -> None:
+        """Drop one task: its rows of every layer's biases, and its name. The other tasks keep
+        their biases bit for bit; the tasks after it move down one index.
+
+        Refused for the only task, and for the task the model is merged for (``unmerge()``
+        first). The stacked parameters are replaced, so build optimizers (and any
+        :class:`TaskFreeze`) afterwards. A selection of the removed task is cleared; one of a
+        later task follows it down; per-sample ids are cleared (they index the old list)."""
+        t = self.task_index(task)
+        name = self.tasks[t]
+        if len(self.tasks) == 1:
+            raise ValueError(f"cannot remove task {name!r}: it is the model's only task")
+        if self.merged_task == name:
+            raise ValueError(f"cannot remove task {name!r}: the model is merged for it; call unmerge() first")
+        for _, layer in self.layers():
+            layer.remove_task(t)
+        del self.tasks[t]  # in place: the model shares this list
+        index = self.selection.index
+        self.selection.set(index=None if index is None or index == t else index - (index > t))
 
     def task_state_dict(self, task: str | int) -> dict[str, torch.Tensor]:
         """One task's biases, keyed ``<layer>.task_B1`` / ``<layer>.task_B2`` (adapter-style)."""

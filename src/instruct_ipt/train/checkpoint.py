@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import random
 import re
 from pathlib import Path
@@ -16,12 +18,22 @@ FORMAT = "instruct-ipt-train"
 #: config keys that may change between a run and its resumption (they do not change the result)
 RESUMABLE_CHANGES = ("log_every", "val_every", "ckpt_every", "data.workers", "data.val_cache", "data.val_seed",
                      "compile", "grid_spans")
+#: what ``np.random.get_state()``'s ndarray needs to load (checkpoints written before the rng state
+#: went tensor-only hold one): ``_reconstruct`` under its numpy 1 and numpy 2 names, ndarray, and
+#: the key's dtype (``numpy.dtypes.UInt32DType`` since numpy 1.25)
+_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+_LEGACY_NUMPY_GLOBALS = [(_multiarray._reconstruct, f"numpy.{m}.multiarray._reconstruct") for m in ("_core", "core")]
+_LEGACY_NUMPY_GLOBALS += [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, in types that a ``weights_only`` load accepts (numpy's state is
+    split into a tensor and plain numbers rather than saved as its ndarray tuple)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -30,8 +42,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` output, or the older form whose numpy state is ``np.random.get_state()``."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        numpy_state = (numpy_state["bit_generator"], key, numpy_state["pos"], numpy_state["has_gauss"],
+                       numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -46,10 +64,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # only tensors, containers and plain values, plus what the numpy arrays in checkpoints
+        # written before the rng state went tensor-only need: nothing in the file can run code
+        # (torch < 2.5 has no safe_globals: there such older checkpoints are refused)
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow(_LEGACY_NUMPY_GLOBALS) if allow else contextlib.nullcontext():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is not a safe instruct-ipt training checkpoint ({_load_error(e)}); "
+                         "refusing to load it") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an instruct-ipt training checkpoint")
     return state
+
+
+def _load_error(e: BaseException) -> str:
+    """The gist of a failed ``torch.load``, on one line (torch's own message runs to a paragraph)."""
+    text = str(e).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
+    if detail:
+        return detail.group(1).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -92,6 +92,8 @@ class StageConfig:
     lr: float | None = None
     #: linear warm-up steps of this stage's learning rate (default: optim.warmup)
     warmup: int | None = None
+    #: share of grey training samples in this stage (default: data.grey_share)
+    grey_share: float | None = None
 
 
 @dataclass
@@ -278,6 +280,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"stages[{i}].iterations: must be at least 1")
         if st.warmup is not None and st.warmup < 0:
             raise ConfigError(f"stages[{i}].warmup: must be >= 0")
+        if st.grey_share is not None and not 0 <= st.grey_share <= 1:
+            raise ConfigError(f"stages[{i}].grey_share: a share in [0, 1], got {st.grey_share}")
     if cfg.stages and cfg.stages[0].mode == "bias-only" and not cfg.model.init:
         raise ConfigError("stages[0]: a bias-only first stage needs model.init")
     for key in ("iterations", "log_every", "val_every", "ckpt_every"):

@@ -74,25 +74,27 @@ class Stage:
     iterations: int
     lr: float
     warmup: int
+    grey_share: float = 0.0
 
 
 def plan_stages(cfg: TrainConfig) -> list[Stage]:
     """The run as a list of stages: an explicit ``stages`` list, or the one(s) ``mode`` implies."""
     tasks = cfg.train_tasks or (None if cfg.mode == "bias-only" else list(cfg.tasks))
-    warmup = cfg.optim.warmup
+    warmup, grey = cfg.optim.warmup, cfg.data.grey_share
     if cfg.stages:
         return [
             Stage(i, s.name or f"{s.mode or cfg.mode}", s.mode or cfg.mode, s.tasks or tasks,
-                  s.iterations or cfg.iterations, s.lr or cfg.optim.lr, warmup if s.warmup is None else s.warmup)
+                  s.iterations or cfg.iterations, s.lr or cfg.optim.lr, warmup if s.warmup is None else s.warmup,
+                  grey if s.grey_share is None else s.grey_share)
             for i, s in enumerate(cfg.stages)
         ]
     if cfg.mode == "two-stage":
         first = max(1, round(cfg.iterations * cfg.two_stage_split))
         return [
-            Stage(0, "plain", "plain", tasks, first, cfg.optim.lr, warmup),
-            Stage(1, "biases", "bias-only", tasks, max(1, cfg.iterations - first), cfg.optim.lr, warmup),
+            Stage(0, "plain", "plain", tasks, first, cfg.optim.lr, warmup, grey),
+            Stage(1, "biases", "bias-only", tasks, max(1, cfg.iterations - first), cfg.optim.lr, warmup, grey),
         ]
-    return [Stage(0, cfg.mode, cfg.mode, tasks, cfg.iterations, cfg.optim.lr, warmup)]
+    return [Stage(0, cfg.mode, cfg.mode, tasks, cfg.iterations, cfg.optim.lr, warmup, grey)]
 
 
 def with_schedule(cfg: TrainConfig, lengths: list[tuple[int, int]]) -> TrainConfig:
@@ -101,7 +103,8 @@ def with_schedule(cfg: TrainConfig, lengths: list[tuple[int, int]]) -> TrainConf
     if len(lengths) != len(stages):
         raise ConfigError(f"the schedule has {len(lengths)} stages, the config {len(stages)}")
     explicit = [
-        StageConfig(name=s.name, mode=s.mode, tasks=None if s.tasks is None else list(s.tasks), iterations=n, lr=s.lr, warmup=w)
+        StageConfig(name=s.name, mode=s.mode, tasks=None if s.tasks is None else list(s.tasks), iterations=n, lr=s.lr,
+                    warmup=w, grey_share=s.grey_share)
         for s, (n, w) in zip(stages, lengths)
     ]
     return config_from_dict(replace(cfg, stages=explicit).to_dict())
@@ -196,20 +199,19 @@ def validate(model: InstructIPT, val: ValidationSet, info: D.DistInfo) -> dict[s
     was_training = model.training
     model.eval()
     sums = []
-    for task in tasks:
-        items = val.by_task(task)[info.rank :: info.world]
-        protocol = default_protocol(task)
-        total = 0.0
-        if model.modulated:
-            model.merge(task)
-        for item in items:
-            y = restore_array(model, item.input, None if model.modulated else task, tile=0)
-            total += protocol.measure(y, item.target)[f"psnr_{protocol.channels[0]}"]
-        if model.modulated:
-            model.unmerge()
-        sums += [total, float(len(items))]
+    try:
+        for task in tasks:
+            items = val.by_task(task)[info.rank :: info.world]
+            protocol = default_protocol(task)
+            total = 0.0
+            with model.merged(task):
+                for item in items:
+                    y = restore_array(model, item.input, None if model.modulated else task, tile=0)
+                    total += protocol.measure(y, item.target)[f"psnr_{protocol.channels[0]}"]
+            sums += [total, float(len(items))]
+    finally:
+        model.train(was_training)
     sums = D.all_sum(info, sums)
-    model.train(was_training)
     return {t: sums[2 * i] / max(1.0, sums[2 * i + 1]) for i, t in enumerate(tasks)}
 
 
@@ -264,7 +266,7 @@ class StageRunner:
         self.dataset = SyntheticDataset(
             trainer.images, {t: trainer.ops[t] for t in tasks}, patch_size=d.patch_size,
             length=stage.iterations * batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
-            tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device), grey_share=d.grey_share,
+            tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device), grey_share=stage.grey_share,
         )
         self.dataset.set_epoch(stage.index)
         self.degrader = self.dataset.degrader() if self.dataset.synthesis == "device" else None

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 #: a fixed value, or a (low, high) range sampled uniformly per image
 Range = float | tuple[float, float]
@@ -70,6 +69,10 @@ def convolve_reflect(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     mode = "reflect" if min(img.shape[:2]) > max(ph, pw) else "symmetric"
     padded = np.pad(img, pad, mode=mode)
     k = kernel if img.ndim == 2 else kernel[..., None]
+    from scipy.signal import (
+        fftconvolve,  # here: scipy.signal is slow to import (1.1 s on 2 busy cores) and most commands never blur
+    )
+
     return fftconvolve(padded, k, mode="valid", axes=(0, 1)).astype(np.float32)
 
 

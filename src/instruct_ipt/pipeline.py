@@ -1,0 +1,226 @@
+"""``RestorationPipeline``: the application around a model, shared by the CLI, the Python API and
+the demo.
+
+The model (:class:`~instruct_ipt.model.InstructIPT`) is an ``nn.Module`` that restores tensors for
+named tasks. Everything between a user's request and those tensors lives here: which tasks to run
+(named, understood from an instruction, or seen in the image), running them one after another,
+tiling, and giving the result back in the form it came in (bit depth, grey, alpha). One object does
+it for everyone, so ``instruct-ipt restore`` and ``pipe(...)`` give the same pixels.
+
+A pipeline folder is a model folder (``config.json`` + ``model.safetensors``, with the per-task
+grid spans in the config) plus the instruction head and the degradation classifier the pipeline
+uses, so a model trained with new tasks travels as one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.images import LoadedImage, from_array, from_pil, load_image, save_image, to_array, to_pil
+from .inference import DEFAULT_OVERLAP, pick_device, restore_array
+from .instruct import InstructionHead, Interpreter
+from .instruct.blind import BLIND_FILE, DegradationClassifier
+from .instruct.head import HEAD_FILE
+from .model import InstructIPT, resolve_model_dir
+
+
+@dataclass
+class TaskChoice:
+    """Which tasks run, in order, how sure the chooser was, and who chose them."""
+
+    tasks: list[str]
+    confidences: list[float]
+    #: "task" (named by the caller), "instruction" (understood from text) or "blind" (seen in the image)
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        how = {"task": "as asked", "instruction": "from the instruction", "blind": "seen in the image (blind mode)"}
+        parts = ", then ".join(f"{t} ({c:.0%})" if self.source != "task" else t for t, c in zip(self.tasks, self.confidences))
+        return f"{parts} [{how[self.source]}]"
+
+
+@dataclass
+class Restored:
+    """A restored image file: its pixels in the source's layout (bit depth, grey, alpha) and the
+    tasks that made it. :meth:`save` writes exactly what ``instruct-ipt restore`` writes."""
+
+    image: LoadedImage
+    choice: TaskChoice
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically; the format comes from the suffix (16-bit sources need ``.png``)."""
+        img = self.image
+        return save_image(path, img.rgb, img.alpha, img.grey, bit_depth=img.bit_depth)
+
+    def to_pil(self) -> Image.Image:
+        return to_pil(self.image, self.image.rgb)
+
+    def to_array(self) -> np.ndarray:
+        """uint8 or uint16 (by the source's bit depth): (H, W) grey, (H, W, 2) grey + alpha,
+        (H, W, 3) RGB or (H, W, 4) RGBA."""
+        img = self.image
+        channels = (1 if img.grey else 3) + (img.alpha is not None)
+        like = np.zeros((1, 1) if channels == 1 else (1, 1, channels), np.uint16 if img.bit_depth == 16 else np.uint8)
+        return to_array(img, img.rgb, like)
+
+
+class RestorationPipeline:
+    """Model + instruction interpreter + blind classifier + tiling: restore what a user has.
+
+    >>> pipe = RestorationPipeline.from_pretrained()          # the shipped model
+    >>> out = pipe("photo.jpg", instruction="remove the rain")  # a Restored; out.save("clean.png")
+    >>> arr = pipe(np.asarray(Image.open("photo.jpg")), task="derain")  # same kind back: uint8 array
+    """
+
+    def __init__(
+        self,
+        model: InstructIPT,
+        head: InstructionHead | None = None,
+        classifier: DegradationClassifier | None = None,
+    ) -> None:
+        """``head`` / ``classifier``: None takes the shipped model's (used only when needed)."""
+        self.model = model.eval()
+        self._head = head
+        self._classifier = classifier
+        self._interpreter: Interpreter | None = None
+
+    # loading and saving --------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | None = "auto") -> RestorationPipeline:
+        """Load a pipeline folder; None or ``"default"``: the model shipped with the package.
+
+        A model folder without its own instruction head or classifier (saved by
+        ``InstructIPT.save_pretrained``) gets the shipped ones.
+        """
+        folder = resolve_model_dir(folder)
+        model = InstructIPT.from_pretrained(folder, device=pick_device(device))
+        head = InstructionHead.load(folder / HEAD_FILE) if (folder / HEAD_FILE).is_file() else None
+        clf = DegradationClassifier.load(folder / BLIND_FILE) if (folder / BLIND_FILE).is_file() else None
+        return cls(model, head, clf)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write everything the pipeline uses into ``folder`` (each file atomically): the model's
+        config (with its per-task grid spans) and weights, the instruction head, the classifier."""
+        folder = Path(folder)
+        self.model.save_pretrained(folder)
+        self.head.save(folder / HEAD_FILE)
+        self.classifier.save(folder / BLIND_FILE)
+        return folder
+
+    @property
+    def head(self) -> InstructionHead:
+        if self._head is None:
+            self._head = InstructionHead.default()
+        return self._head
+
+    @property
+    def classifier(self) -> DegradationClassifier:
+        if self._classifier is None:
+            self._classifier = DegradationClassifier.default()
+        return self._classifier
+
+    @property
+    def interpreter(self) -> Interpreter:
+        """Reads instructions; the head must know exactly the model's tasks (a clear error if not)."""
+        if self._interpreter is None:
+            self.head.check_tasks(self.model.tasks)
+            self._interpreter = Interpreter(self.head)
+        return self._interpreter
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.model.tasks
+
+    # choosing and running tasks --------------------------------------------------------
+    def choose(self, rgb: np.ndarray | None = None, task: str | None = None, instruction: str | None = None) -> TaskChoice:
+        """A named task wins; else an instruction is interpreted; else blind mode looks at ``rgb``."""
+        if task is not None and instruction is not None:
+            raise ValueError("give a task or an instruction, not both")
+        if task is not None:
+            self.model.task_index(task)  # unknown task: a clear error listing the model's tasks
+            return TaskChoice([task], [1.0], "task")
+        if instruction is not None:
+            result = self.interpreter(instruction)
+            return TaskChoice(result.tasks, result.confidences, "instruction")
+        if rgb is None:
+            raise ValueError("blind mode needs the image")
+        probs = self.classifier.predict(rgb)
+        candidates = {t: p for t, p in probs.items() if t in self.model.tasks}
+        if not candidates:
+            raise ValueError(f"blind mode knows none of this model's tasks ({', '.join(self.model.tasks)}); name a task")
+        best = max(candidates, key=candidates.get)
+        return TaskChoice([best], [round(candidates[best], 4)], "blind")
+
+    def run(self, rgb: np.ndarray, tasks: list[str], tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
+            progress: Callable[[int, int], None] | None = None, batch: int = 1) -> np.ndarray:
+        """Apply ``tasks`` to a float32 (H, W, 3) image one after the other, each output clamped to
+        [0, 1] before the next. Each task runs merged (the backbone's cost); the model is left as
+        it was. ``tile``, ``overlap``, ``batch``: see :func:`~instruct_ipt.inference.restore_array`."""
+        check_tiling(tile, overlap, batch)
+        out = rgb
+        for t in tasks:
+            with self.model.merged(t):
+                out = restore_array(self.model, out, None if self.model.modulated else t, tile, overlap, progress, batch)
+            out = np.clip(out, 0.0, 1.0)
+        return out
+
+    def restore(self, image: LoadedImage, task: str | None = None, instruction: str | None = None,
+                choice: TaskChoice | None = None, **run: Any) -> Restored:
+        """Restore a loaded image; ``choice`` skips choosing (e.g. one instruction for a folder).
+        ``run``: ``tile``, ``overlap``, ``progress``, ``batch`` of :meth:`run`."""
+        choice = choice or self.choose(image.rgb, task, instruction)
+        out = self.run(image.rgb, choice.tasks, **run)
+        return Restored(LoadedImage(out, image.alpha, image.grey, image.bit_depth), choice)
+
+    def __call__(self, image: Any, task: str | None = None, instruction: str | None = None, tile: int | None = None,
+                 overlap: int = DEFAULT_OVERLAP, progress: Callable[[int, int], None] | None = None, batch: int = 1,
+                 return_choice: bool = False) -> Any:
+        """Restore a path, a PIL image or a NumPy array and return the same kind.
+
+        A path gives a :class:`Restored` (``.save(path)`` writes what the CLI writes, 16 bits
+        included; ``.to_pil()``, ``.to_array()``); a PIL image gives a PIL image of its mode
+        (16-bit grey stays 16-bit); an array gives an array of its dtype and layout. Name a
+        ``task``, or give an ``instruction`` in plain words, or neither (blind mode). With
+        ``return_choice=True`` also returns the :class:`TaskChoice`.
+        """
+        check_tiling(tile, overlap, batch)
+        if isinstance(image, (str, os.PathLike)):
+            restored = self.restore(load_image(image), task, instruction, tile=tile, overlap=overlap,
+                                    progress=progress, batch=batch)
+            return (restored, restored.choice) if return_choice else restored
+        if isinstance(image, Image.Image):
+            loaded, like = from_pil(image)
+        elif isinstance(image, np.ndarray):
+            loaded, like = from_array(image), image
+        else:
+            raise TypeError(f"a pipeline takes a path, a PIL image or a NumPy array, not {type(image).__name__}")
+        restored = self.restore(loaded, task, instruction, tile=tile, overlap=overlap, progress=progress, batch=batch)
+        out: Any = to_array(restored.image, restored.image.rgb, like)
+        if isinstance(image, Image.Image):
+            out = Image.fromarray(out)  # the mode follows the layout: L, LA, RGB, RGBA, I;16 or F
+        return (out, restored.choice) if return_choice else out
+
+    def to(self, device: str | torch.device) -> RestorationPipeline:
+        self.model.to(pick_device(str(device)))
+        return self
+
+
+def check_tiling(tile: int | None, overlap: int, batch: int, flag: str = "") -> None:
+    """Tiling settings, checked once before any image is read (``flag="--"`` words errors as options)."""
+    if tile is not None and tile < 0:
+        raise ValueError(f"{flag}tile {tile}: a tile size in pixels, or 0 for no tiling")
+    if overlap < 0 or (tile and overlap >= tile):
+        raise ValueError(f"{flag}overlap {overlap}: must be >= 0 and smaller than the tile ({tile})")
+    if batch < 1:
+        raise ValueError(f"{flag}batch {batch}: the number of tiles per forward pass, at least 1")
