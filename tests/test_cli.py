@@ -44,3 +44,10 @@ def test_info_bad_model_dir_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("instruct-ipt info: error:") and "config.json" in err
     assert len(err.splitlines()) == 1
+
+
+def test_eval_bad_composite_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert main(["eval", "--photos", str(tmp_path / "photos"), "--peers", "--composite", "rain+derain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "instruct-ipt eval: error: 'rain+derain' names rain (derain) twice: a composite applies each degradation once"

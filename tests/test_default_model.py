@@ -1,5 +1,7 @@
 """The shipped default model (src/instruct_ipt/weights/default) on real photos from scikit-image."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,8 +9,11 @@ from skimage import data
 
 from instruct_ipt import RestorationPipeline
 from instruct_ipt.cli import main
+from instruct_ipt.data.bundled import write_bundled_photos
 from instruct_ipt.data.degradations import degrade
 from instruct_ipt.eval.metrics import psnr, seam_ratio
+from instruct_ipt.eval.plan import EvalRequest, plan_eval
+from instruct_ipt.eval.runner import evaluate
 from instruct_ipt.inference import restore_array
 from instruct_ipt.instruct import InstructionHead
 
@@ -40,6 +45,39 @@ def test_ships_all_tasks_with_matching_instruction_head_and_classifier(pipe):
     InstructionHead.default().check_tasks(pipe.tasks)
     pipe.head.check_tasks(pipe.tasks)
     assert set(pipe.classifier.tasks) == TASKS
+
+
+def _bundled_claims() -> dict[str, tuple[float, float]]:
+    """MODEL.md's "Bundled photos" table: per row (task, or "denoise (grey)"), the input's and the
+    model's PSNR."""
+    text = (Path(__file__).resolve().parent.parent / "MODEL.md").read_text(encoding="utf-8")
+    section = text.split("\n## Bundled photos", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] in TASKS | {"denoise (grey)"}:
+            rows[cells[0]] = (float(cells[1]), float(cells[2]))
+    return rows
+
+
+def test_bundled_photo_figures_are_those_model_md_claims(pipe, tmp_path):
+    """The figures MODEL.md gives for the photos every install has, recomputed exactly as
+    ``instruct-ipt eval --photos DIR --crop 192 --sigma 25 [--grey --tasks denoise]`` computes them."""
+    claims = _bundled_claims()
+    assert set(claims) == TASKS | {"denoise (grey)"}
+    write_bundled_photos(tmp_path)
+    model = pipe.model
+    for grey in (False, True):
+        request = EvalRequest(photos=tmp_path, sigma=25.0, crop=192, grey=grey, tasks=["denoise"] if grey else None)
+        plan = plan_eval(request, model.tasks)
+        for job in plan.jobs:
+            key = f"psnr_{plan.protocols[job.task].channels[0]}"
+            with model.merged(job.task):
+                ours, _ = evaluate(job.make_cases(), lambda c: restore_array(model, c.input, None), protocols=plan.protocols)
+            inputs, _ = evaluate(job.make_cases(), lambda c: c.input, protocols=plan.protocols)
+            measured = (np.mean([r.metrics[key] for r in inputs]), np.mean([r.metrics[key] for r in ours]))
+            claimed = claims["denoise (grey)" if grey else job.task]
+            assert len(ours) == 3 and measured == pytest.approx(claimed, abs=0.05), (job.task, grey, measured, claimed)
 
 
 @pytest.mark.parametrize("task", ["denoise", "dehaze"])

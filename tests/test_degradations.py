@@ -145,3 +145,43 @@ def test_as_grey_matches_a_grey_file_and_grey_degraded_copies_channel_zero():
     noisy = Noise(sigma=25)(as_float, np.random.default_rng(0)).image
     out = grey_degraded(noisy)
     assert np.array_equal(out[..., 1], noisy[..., 0]) and np.array_equal(out[..., 2], noisy[..., 0])
+
+
+def test_composite_order_does_not_depend_on_how_it_is_written(clean):
+    a, b = degrade(clean, "rain+noise", seed=3), degrade(clean, "noise+rain", seed=3)
+    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.image, degrade(clean, "denoise+derain", seed=3).image)  # task names work too
+    assert not np.array_equal(a.image, degrade(clean, "rain+noise", seed=4).image)
+    assert make_degradation("noise+jpeg+haze").task == "haze+noise+jpeg"  # canonical: the physical order
+    assert make_degradation("noise+jpeg+haze").tasks == ("dehaze", "denoise", "jpeg")
+
+
+def test_composite_is_its_components_applied_by_hand_in_physical_order(clean):
+    from instruct_ipt.data.degradations import PHYSICAL_ORDER, component_rng
+    from instruct_ipt.instruct import PIPELINE_ORDER
+
+    assert PHYSICAL_ORDER == tuple(reversed(PIPELINE_ORDER))  # restoring undoes the last degradation first
+    got = degrade(clean, "jpeg+noise+blur+haze", seed=7, noise={"sigma": 20}, jpeg={"quality": 30})
+    key = int(np.random.default_rng(7).integers(2**63))
+    y = Haze()(clean, component_rng(key, "dehaze")).image
+    y = MotionBlur()(y, component_rng(key, "deblur")).image
+    y = Noise(sigma=20)(y, component_rng(key, "denoise")).image
+    y = JPEG(quality=30)(y, component_rng(key, "jpeg")).image
+    assert np.array_equal(got.image, y)
+    assert got.params["denoise.sigma"] == 20 and got.params["jpeg.quality"] == 30 and "dehaze.beta" in got.params
+    assert "deblur.kernel" in got.extras and "dehaze.transmission" in got.extras
+    # the other order is a different image: the order is not a detail
+    wrong = Noise(sigma=20)(clean, component_rng(key, "denoise")).image
+    wrong = Haze()(wrong, component_rng(key, "dehaze")).image
+    assert not np.allclose(degrade(clean, "noise+haze", seed=7, noise={"sigma": 20}).image, wrong)
+
+
+def test_composite_refuses_unknown_and_repeated_components():
+    with pytest.raises(ValueError, match=r"unknown degradation 'fog' in 'rain\+fog'; known: haze \(dehaze\), .*noise \(denoise\)"):
+        make_degradation("rain+fog")
+    with pytest.raises(ValueError, match=r"'rain\+derain' names rain \(derain\) twice: a composite applies each degradation once"):
+        make_degradation("rain+derain")
+    with pytest.raises(ValueError, match=r"'blur' is not a component of 'rain\+noise'"):
+        make_degradation("rain+noise", blur={"length": 9})
+    with pytest.raises(TypeError, match="per component"):
+        make_degradation("rain+noise", sigma=25)

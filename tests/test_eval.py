@@ -193,3 +193,53 @@ def test_plan_needs_a_task_for_a_generic_benchmark_folder(setup):
     meta = results_meta(EvalRequest(data=[bench], task="dehaze"), str(setup / "model"), "cpu")
     assert meta["model_sha256"] == hashlib.sha256((setup / "model/model.safetensors").read_bytes()).hexdigest()
     assert meta["channel"] == "per task (see protocols)"
+
+
+def test_eval_composite_rows_input_each_task_sequence_blind(setup, capsys, monkeypatch):
+    from instruct_ipt.pipeline import RestorationPipeline
+
+    runs = []
+    real_run = RestorationPipeline.run
+    monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: runs.append(list(tasks)) or real_run(self, rgb, tasks, **k))
+    out = setup / "out"
+    rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--composite", "noise+haze",
+               "--composite", "rain+noise", "--sigma", "25", "--crop", "32", "--out", str(out)])
+    assert rc == 1  # rain+noise is skipped: the model has no derain
+    captured = capsys.readouterr()
+    assert "skipped composite rain+noise: the model has no task 'derain'; it knows: denoise, dehaze" in captured.err
+    assert "haze+noise | photos: centre crops of 32 px, sigma 25, sequence: denoise then dehaze | protocol" in captured.out
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["task"], r["dataset"], r["method"], r["images"]) for r in rows] == [
+        ("haze+noise", "photos-haze+noise", m, "2") for m in ("input", "denoise only", "dehaze only", "sequence", "blind")]
+    assert ["denoise", "dehaze"] in runs  # the sequence: the last degradation (noise) undone first
+    inp = next(r for r in rows if r["method"] == "input")
+    assert float(inp["psnr_rgb"]) < 20  # haze and sigma-25 noise
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["composites"] == ["noise+haze", "rain+noise"] and "haze+noise" in doc["protocols"]
+
+
+def test_plan_composites_refuse_bad_names_and_need_photos(setup):
+    import zlib
+
+    from instruct_ipt.data.degradations import make_degradation
+    from instruct_ipt.data.images import read_rgb
+    from instruct_ipt.eval.plan import EvalRequest, plan_eval
+
+    photos = setup / "photos"
+    with pytest.raises(ValueError, match=r"names noise \(denoise\) twice"):
+        plan_eval(EvalRequest(photos=photos, composites=["noise+denoise"]), ["denoise"])
+    with pytest.raises(ValueError, match="unknown degradation 'fog'"):
+        plan_eval(EvalRequest(photos=photos, composites=["fog+noise"]), ["denoise"])
+    with pytest.raises(ValueError, match="give them with --photos"):
+        plan_eval(EvalRequest(data=[photos], task="denoise", composites=["haze+noise"]), ["denoise", "dehaze"])
+    # composites alone: no single-task tables; --tasks adds them
+    plan = plan_eval(EvalRequest(photos=photos, composites=["noise+haze"], sigma=15), ["denoise", "dehaze"])
+    assert [(j.task, j.sequence) for j in plan.jobs] == [("haze+noise", ("denoise", "dehaze"))]
+    both = plan_eval(EvalRequest(photos=photos, composites=["haze+noise"], tasks=["dehaze"]), ["denoise", "dehaze"])
+    assert [j.task for j in both.jobs] == ["dehaze", "haze+noise"]
+    # seeded like a single task, by the composite's canonical name; --sigma reaches its noise
+    case = next(iter(plan.jobs[0].make_cases()))
+    clean = read_rgb(photos / "astronaut.png")
+    rng = np.random.default_rng((0, zlib.crc32(b"haze+noise"), 0))
+    assert np.array_equal(case.input, make_degradation("noise+haze", denoise={"sigma": 15})(clean, rng).image)
+    assert case.info["denoise.sigma"] == 15 and case.dataset == "photos-haze+noise"

@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .eval.plan import EvalRequest, plan_eval, results_meta
-    from .eval.runner import Skip, evaluate, format_table, summarise, write_results
+    from .eval.runner import Skip, composite_methods, evaluate, format_table, summarise, write_results
     from .inference import pick_device, restore_array
     from .model import InstructIPT
 
@@ -94,13 +94,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("give a benchmark folder (--data) or a folder of clean photos (--photos)")
     if args.model is None and not args.peers:
         raise ValueError("nothing to evaluate: give --model DIR and/or --peers")
-    model = None
-    if args.model:
-        model = InstructIPT.from_pretrained(args.model, device=pick_device(args.device)).eval()
     request = EvalRequest(
         data=tuple(args.data or ()), task=args.task, photos=args.photos, tasks=args.tasks.split(",") if args.tasks else None,
         sigma=args.sigma, seed=args.seed, crop=args.crop, grey=args.grey, protocol=_protocol_changes(args),
+        composites=tuple(args.composite or ()),
     )
+    model = pipe = None
+    if args.model and request.composites:  # composites' sequence and blind rows need the whole pipeline
+        from .pipeline import RestorationPipeline
+
+        pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+        model = pipe.model
+    elif args.model:
+        model = InstructIPT.from_pretrained(args.model, device=pick_device(args.device)).eval()
     plan = plan_eval(request, None if model is None else model.tasks)
     protocols = plan.protocols
 
@@ -113,18 +119,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for s in plan.skipped:
         on_skip(s)
     records, skipped = [], list(plan.skipped)
-    for task, n, make_cases, setting in plan.jobs:  # each table printed as soon as its task is measured
-        merged = model.merged(task) if model is not None else contextlib.nullcontext()
-        with tqdm(total=n, desc=f"eval {task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar, merged:
+    for job in plan.jobs:  # each table printed as soon as its task is measured
+        single = model is not None and not job.sequence  # a composite's rows merge each of its tasks in turn
+        merged = model.merged(job.task) if single else contextlib.nullcontext()
+        with tqdm(total=job.images, desc=f"eval {job.task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar, merged:
             done, skips = evaluate(
-                make_cases(), restore if model is not None else None, method=args.method, protocols=protocols,
-                peers=args.peers, save_dir=Path(args.out) / "images" if args.save else None,
+                job.make_cases(), restore if single else None, method=args.method, protocols=protocols,
+                peers=args.peers and not job.sequence, save_dir=Path(args.out) / "images" if args.save else None,
                 on_skip=on_skip, progress=lambda c: bar.update(1), seam_period=args.seam_period or None,
+                methods=composite_methods(pipe, job.sequence) if job.sequence else None,
             )
         records += done
         skipped += skips
         if done:
-            print(format_table(summarise(done), protocols, setting=setting), end="", flush=True)
+            print(format_table(summarise(done), protocols, setting=job.setting), end="", flush=True)
     rows = summarise(records)
     if not rows:
         print("instruct-ipt eval: error: no image could be evaluated", file=sys.stderr)
@@ -339,8 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="FOLDER", action="append", help="benchmark folder (repeatable)")
     p.add_argument("--task", help="task for --data when the layout does not imply one (input/ + target/)")
     p.add_argument("--photos", metavar="FOLDER", help="clean photos to degrade synthetically, once per task")
-    p.add_argument("--tasks", help="comma-separated tasks for --photos (default: the model's tasks)")
-    p.add_argument("--sigma", type=float, help="noise level (0-255) for denoise: clean-only benchmarks and --photos")
+    p.add_argument("--tasks", help="comma-separated tasks for --photos (default: the model's tasks; none with --composite)")
+    p.add_argument("--composite", action="append", metavar="A+B",
+                   help="degrade --photos with several degradations at once, e.g. rain+noise (repeatable): one table "
+                   "with the input, each task alone, the tasks in sequence, and blind mode")
+    p.add_argument("--sigma", type=float, help="noise level (0-255) for denoise: clean-only benchmarks, --photos "
+                   "and the noise of a --composite")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations (default 0)")
     p.add_argument("--crop", type=int, default=0, help="centre-crop --photos to this size (0: whole image)")
     p.add_argument("--grey", action="store_true",
@@ -384,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore images: by task, by instruction (-i), or blind")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside each input as NAME.restored.png)")
-    p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR)")
+    p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR), or several run in the "
+                   "order given: -t derain,denoise")
     p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')
     p.add_argument("--model", metavar="DIR", help="saved model folder (default: 'default', the model shipped with the package)")
     p.add_argument("--tile", type=int, default=None,

@@ -15,7 +15,7 @@ uses, so a model trained with new tasks travels as one folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,13 +143,19 @@ class RestorationPipeline:
         return self.model.tasks
 
     # choosing and running tasks --------------------------------------------------------
-    def choose(self, rgb: np.ndarray | None = None, task: str | None = None, instruction: str | None = None) -> TaskChoice:
-        """A named task wins; else an instruction is interpreted; else blind mode looks at ``rgb``."""
+    def choose(self, rgb: np.ndarray | None = None, task: str | Sequence[str] | None = None,
+               instruction: str | None = None) -> TaskChoice:
+        """A named task wins; else an instruction is interpreted; else blind mode looks at ``rgb``.
+
+        ``task``: one task name, or a sequence run in the order given, as a list or as one string
+        with commas (``"derain,denoise"``)."""
         if task is not None and instruction is not None:
             raise ValueError("give a task or an instruction, not both")
         if task is not None:
-            self.model.task_index(task)  # unknown task: a clear error listing the model's tasks
-            return TaskChoice([task], [1.0], "task")
+            tasks = named_tasks(task)
+            for t in tasks:
+                self.model.task_index(t)  # unknown task: a clear error listing the model's tasks
+            return TaskChoice(tasks, [1.0] * len(tasks), "task")
         if instruction is not None:
             result = self.interpreter(instruction)
             return TaskChoice(result.tasks, result.confidences, "instruction")
@@ -175,7 +181,7 @@ class RestorationPipeline:
             out = np.clip(out, 0.0, 1.0)
         return out
 
-    def restore(self, image: LoadedImage, task: str | None = None, instruction: str | None = None,
+    def restore(self, image: LoadedImage, task: str | Sequence[str] | None = None, instruction: str | None = None,
                 choice: TaskChoice | None = None, **run: Any) -> Restored:
         """Restore a loaded image; ``choice`` skips choosing (e.g. one instruction for a folder).
         ``run``: ``tile``, ``overlap``, ``progress``, ``batch`` of :meth:`run`."""
@@ -183,7 +189,7 @@ class RestorationPipeline:
         out = self.run(image.rgb, choice.tasks, **run)
         return Restored(LoadedImage(out, image.alpha, image.grey, image.bit_depth), choice)
 
-    def __call__(self, image: Any, task: str | None = None, instruction: str | None = None, tile: int | None = None,
+    def __call__(self, image: Any, task: str | Sequence[str] | None = None, instruction: str | None = None, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, progress: Callable[[int, int], None] | None = None, batch: int = 1,
                  return_choice: bool = False) -> Any:
         """Restore a path, a PIL image or a NumPy array and return the same kind.
@@ -191,7 +197,8 @@ class RestorationPipeline:
         A path gives a :class:`Restored` (``.save(path)`` writes what the CLI writes, 16 bits
         included; ``.to_pil()``, ``.to_array()``); a PIL image gives a PIL image of its mode
         (16-bit grey stays 16-bit); an array gives an array of its dtype and layout. Name a
-        ``task``, or give an ``instruction`` in plain words, or neither (blind mode). With
+        ``task`` (or several, run in the order given: ``"derain,denoise"`` or a list), or give an
+        ``instruction`` in plain words, or neither (blind mode). With
         ``return_choice=True`` also returns the :class:`TaskChoice`.
         """
         check_tiling(tile, overlap, batch)
@@ -214,6 +221,17 @@ class RestorationPipeline:
     def to(self, device: str | torch.device) -> RestorationPipeline:
         self.model.to(pick_device(str(device)))
         return self
+
+
+def named_tasks(task: str | Sequence[str]) -> list[str]:
+    """The tasks a caller named: ``"derain"``, ``"derain,denoise"`` or ``["derain", "denoise"]``, in that order."""
+    names = task.split(",") if isinstance(task, str) else list(task)
+    if not names or not all(isinstance(t, str) for t in names):
+        raise ValueError(f"task {task!r}: give a task name, names separated by commas, or a list of names")
+    names = [t.strip() for t in names]
+    if "" in names:
+        raise ValueError(f"task {task!r}: an empty task name")
+    return names
 
 
 def check_tiling(tile: int | None, overlap: int, batch: int, flag: str = "") -> None:

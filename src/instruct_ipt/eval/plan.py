@@ -24,7 +24,11 @@ class EvalRequest:
     """What to evaluate. ``data``: benchmark folders (their layout names the task unless ``task``
     does); ``photos``: clean photos degraded synthetically once per task of ``tasks`` (default: the
     model's tasks that have a synthetic degradation, or all of those without a model).
-    ``protocol``: :class:`~.protocol.Protocol` fields to change in every task's default protocol."""
+    ``protocol``: :class:`~.protocol.Protocol` fields to change in every task's default protocol.
+    ``composites``: names such as ``"rain+noise"``; each degrades every photo with all its
+    components at once (see :mod:`~instruct_ipt.data.degradations.composite`) and gets one table:
+    the input, each task alone, the tasks in sequence (restoration order) and blind mode. With
+    composites and no ``tasks``, no single-task tables are made."""
 
     data: Sequence[str | os.PathLike] = ()
     task: str | None = None
@@ -37,6 +41,7 @@ class EvalRequest:
     crop: int = 0
     grey: bool = False
     protocol: Mapping[str, Any] = field(default_factory=dict)
+    composites: Sequence[str] = ()
 
 
 class EvalJob(NamedTuple):
@@ -47,12 +52,14 @@ class EvalJob(NamedTuple):
     images: int
     make_cases: Callable[[], Iterator[Case | Skip]]
     setting: str
+    #: a composite's tasks in the restoration order (the reverse of the physical one); () for one task
+    sequence: tuple[str, ...] = ()
 
 
 @dataclass
 class EvalPlan:
     jobs: list[EvalJob]
-    #: tasks left out before any image is read (no synthetic degradation, or unknown to the model)
+    #: tasks (and composites) left out before any image is read (no synthetic degradation, or unknown to the model)
     skipped: list[Skip]
     #: the protocol of every requested task (including skipped ones the model lacks)
     protocols: dict[str, Protocol]
@@ -62,9 +69,10 @@ def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) ->
     """The jobs of ``request`` for a model with ``model_tasks`` (None: no model, peers only).
 
     Raises ValueError for a benchmark folder whose layout implies no task when ``request.task`` is
-    unset, FileNotFoundError for a missing folder.
+    unset, for a bad composite name (an unknown or repeated component) or composites without
+    photos; FileNotFoundError for a missing folder.
     """
-    from ..data.degradations import DEGRADATIONS
+    from ..data.degradations import DEGRADATIONS, composite_name, composite_tasks
     from ..data.images import list_images
     from ..data.paired import detect_layout
 
@@ -78,22 +86,38 @@ def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) ->
         if task is None:
             raise ValueError(f"{folder}: the {layout.name} layout does not imply a task; say which with --task")
         benchmarks.append((folder, task, len(layout.pairs) + len(layout.unpaired)))
+    composites: dict[str, tuple[str, ...]] = {}  # canonical name -> tasks in the physical order
+    for c in request.composites:
+        tasks = composite_tasks(c)  # an unknown or repeated component: a ValueError that says which
+        composites.setdefault(composite_name(tasks), tasks)
+    if composites and not request.photos:
+        raise ValueError("a composite degrades clean photos: give them with --photos")
     photo_tasks: list[str] = []
     n_photos = 0
-    if request.photos:
+    if request.photos and (request.tasks or not composites):
         known = list(DEGRADATIONS)
         tasks = list(request.tasks) if request.tasks else [t for t in (known if model_tasks is None else model_tasks) if t in known]
         for t in tasks:
             if t not in known:
                 skipped.append(Skip(f"task {t}", f"no synthetic degradation for it; known: {', '.join(known)}"))
         photo_tasks = [t for t in tasks if t in known]
+    if request.photos:
         n_photos = len(list_images(request.photos))
     all_tasks = list(dict.fromkeys([*(t for _, t, _ in benchmarks), *photo_tasks]))
     if model_tasks is not None:
         for t in all_tasks:
             if t not in model_tasks:
                 skipped.append(Skip(f"task {t}", f"the model has no task {t!r}; it knows: {', '.join(model_tasks)}"))
-    protocols = {t: default_protocol(t).with_(**request.protocol) for t in all_tasks}
+    runnable_composites = []
+    for name, tasks in composites.items():
+        missing = [t for t in tasks if model_tasks is not None and t not in model_tasks]
+        if model_tasks is None:
+            skipped.append(Skip(f"composite {name}", "needs a model (--model): its rows are the model's tasks"))
+        elif missing:
+            skipped.append(Skip(f"composite {name}", f"the model has no task {missing[0]!r}; it knows: {', '.join(model_tasks)}"))
+        else:
+            runnable_composites.append(name)
+    protocols = {t: default_protocol(t).with_(**request.protocol) for t in [*all_tasks, *composites]}
     runnable = [t for t in all_tasks if model_tasks is None or t in model_tasks]
 
     jobs = []
@@ -111,6 +135,12 @@ def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) ->
                 sigma = f", sigma {request.sigma:g}" if t == "denoise" and request.sigma is not None else ""
                 jobs.append(EvalJob(t, n_photos, lambda t=t: synthetic_cases(
                     folder, [t], params, request.seed, request.crop, protocols, grey=request.grey), setting + sigma))
+        for name in runnable_composites:
+            sequence = tuple(reversed(composites[name]))
+            sigma = f", sigma {request.sigma:g}" if "denoise" in sequence and request.sigma is not None else ""
+            jobs.append(EvalJob(name, n_photos, lambda name=name: synthetic_cases(
+                folder, [name], params, request.seed, request.crop, protocols, grey=request.grey),
+                setting + sigma + f", sequence: {' then '.join(sequence)}", sequence))
     return EvalPlan(jobs, skipped, protocols)
 
 
@@ -123,7 +153,7 @@ def results_meta(
     from ..model import WEIGHTS_NAME, resolve_model_dir
 
     meta = {"model": model, "device": device, "seed": request.seed, "sigma": request.sigma, "crop": request.crop,
-            "grey": request.grey, "seam_period": seam_period,
+            "grey": request.grey, "seam_period": seam_period, "composites": list(request.composites),
             "channel": request.protocol.get("channel") or "per task (see protocols)", "version": __version__}
     if model:
         weights = resolve_model_dir(model) / WEIGHTS_NAME

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.degradations import as_grey, grey_degraded, make_degradation
+from ..data.degradations import as_grey, composite_tasks, grey_degraded, is_composite, make_degradation
 from ..data.images import ImageReadError, list_images, read_rgb, save_image
 from ..data.paired import SeededNoise, detect_layout
 from ..io import atomic_write_text
@@ -101,6 +101,9 @@ def synthetic_cases(
 ) -> Iterator[Case | Skip]:
     """Each clean photo of ``folder`` degraded once per task with ``default_rng((seed, crc32(task), index))``.
 
+    A task may be a composite (``"rain+noise"``, its canonical name): ``params`` then go to its
+    components by task name (``{"denoise": {"sigma": 25}}``) and its dataset is
+    ``<folder>-rain+noise`` (instead of ``<folder>-synthetic``).
     ``limit``: only that many photos, evenly spaced in name order (indices stay those of the folder).
     ``grey``: the grey version of each photo (:func:`~instruct_ipt.data.degradations.as_grey`), degraded
     the same in every channel, as a grey file is (a ``-grey`` dataset; peers then work on one channel).
@@ -112,9 +115,12 @@ def synthetic_cases(
         files = [files[round(i * (len(files) - 1) / max(1, limit - 1))] for i in range(limit)]
     if not files:
         raise FileNotFoundError(f"{folder}: no images (png, jpg, bmp, tif, webp) in this folder")
-    ops = {t: make_degradation(t, **dict((params or {}).get(t, {}))) for t in tasks}
-    dataset = f"{Path(folder).name}-synthetic" + ("-grey" if grey else "")
+    params = params or {}
+    ops = {t: make_degradation(t, **{c: dict(params[c]) for c in composite_tasks(t) if c in params})
+           if is_composite(t) else make_degradation(t, **dict(params.get(t, {}))) for t in tasks}
     for task in tasks:
+        noisy = task == "denoise" or (is_composite(task) and "denoise" in composite_tasks(task))
+        dataset = f"{Path(folder).name}-{task if is_composite(task) else 'synthetic'}" + ("-grey" if grey else "")
         protocol = (protocols or {}).get(task) or default_protocol(task)
         for i, f in files:
             try:
@@ -126,7 +132,7 @@ def synthetic_cases(
                 clean = as_grey(clean)
             d = ops[task](clean, np.random.default_rng((seed, zlib.crc32(task.encode()), i)))
             image = grey_degraded(d.image) if grey else d.image
-            degraded = protocol.prepare_noisy_input(image) if task == "denoise" else image
+            degraded = protocol.prepare_noisy_input(image) if noisy else image
             yield Case(task, dataset, f.stem, degraded, clean, {**d.params, "grey": grey})
 
 
@@ -140,8 +146,11 @@ def evaluate(
     on_skip: Callable[[Skip], None] | None = None,
     progress: Callable[[Case], None] | None = None,
     seam_period: int | None = None,
+    methods: Mapping[str, Callable[[Case], np.ndarray]] | None = None,
 ) -> tuple[list[Record], list[Skip]]:
     """Measure ``restore`` (and the task's peers) on every case; skipped inputs are collected.
+
+    ``methods``: more rows, each a name and how it restores a case (e.g. :func:`composite_methods`).
 
     ``seam_period``: also measure :func:`~instruct_ipt.eval.metrics.seam_ratio` at that period
     (a ``seamN`` metric: 1 when no block seams)."""
@@ -162,6 +171,8 @@ def evaluate(
         runs: list[tuple[str, Callable[[], np.ndarray]]] = []
         if restore is not None:
             runs.append((method, lambda c=case: restore(c)))
+        for name, fn in (methods or {}).items():
+            runs.append((name, lambda c=case, fn=fn: fn(c)))
         if peers:
             for peer in peers_for(case.task):
                 runs.append((peer.name, lambda c=case, fn=peer.fn: fn(c.input, c.info)))
@@ -186,6 +197,20 @@ def evaluate(
         if progress:
             progress(case)
     return records, skipped
+
+
+def composite_methods(pipe, sequence: Sequence[str]) -> dict[str, Callable[[Case], np.ndarray]]:
+    """The rows of a composite's table, in order: ``input`` (the degraded image itself), each task
+    of ``sequence`` alone (``"<task> only"``), all of them one after another in ``sequence``'s order
+    (``sequence``) and blind mode (``blind``: the pipeline's choice for the image, then those tasks).
+
+    ``pipe``: a :class:`~instruct_ipt.pipeline.RestorationPipeline` (its ``run`` and ``choose``)."""
+    methods: dict[str, Callable[[Case], np.ndarray]] = {"input": lambda c: c.input}
+    for t in sequence:
+        methods[f"{t} only"] = lambda c, t=t: pipe.run(c.input, [t])
+    methods["sequence"] = lambda c: pipe.run(c.input, list(sequence))
+    methods["blind"] = lambda c: pipe.run(c.input, pipe.choose(c.input).tasks)
+    return methods
 
 
 @dataclass
