@@ -6,20 +6,26 @@ Writes src/instruct_ipt/weights/default/degradation_classifier.safetensors (or -
 the given folders (less any ``--exclude``d photo, by file name, kept for testing) plus
 scikit-image's bundled photos; degradations: each task's default operator, applied as in
 ``BlindDataset`` (photos rescaled, crops sometimes softened before degrading).
+
+``--multilabel`` trains one score per task (a share of the crops clean, a share with two
+degradations) and then calibrates each task's threshold on the ``--exclude``d photos, degraded
+``--calibration-seeds`` times each: clean, with each degradation, and with each pair of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
+import numpy as np
 from skimage import data as skdata
 
 from instruct_ipt.data.degradations import DEGRADATIONS, make_degradation
-from instruct_ipt.data.images import list_images
+from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.synthetic import load_clean_images
-from instruct_ipt.instruct.blind import DegradationClassifier, train_classifier
+from instruct_ipt.instruct.blind import DegradationClassifier, calibrate_thresholds, train_classifier
 from instruct_ipt.train.trainer import SKIMAGE_PHOTOS
 
 
@@ -36,7 +42,13 @@ def main() -> None:
     ap.add_argument("--exclude", action="append", default=[], help="leave out this photo (file name)")
     ap.add_argument("--soften", type=float, default=0.3, help="share of samples softened before degrading")
     ap.add_argument("--context", type=int, default=96, help="square degraded as a whole (>= the 96 px patch)")
+    ap.add_argument("--multilabel", action="store_true", help="one score per task, thresholds calibrated on the left-out photos")
+    ap.add_argument("--clean-share", type=float, default=0.15, help="with --multilabel: share of clean crops")
+    ap.add_argument("--composite-share", type=float, default=0.35, help="with --multilabel: share of crops with two degradations")
+    ap.add_argument("--calibration-seeds", type=int, default=2, help="degraded versions of each left-out photo for calibration")
     args = ap.parse_args()
+    if args.multilabel and not args.exclude:
+        raise SystemExit("--multilabel calibrates its thresholds on left-out photos: give them with --exclude")
     files = [f for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])]
     unknown = set(args.exclude) - {f.name for f in files}
     if unknown:
@@ -47,10 +59,31 @@ def main() -> None:
     ops = {t: make_degradation(t) for t in DEGRADATIONS}
     t0 = time.time()
     init = DegradationClassifier.load(args.init) if args.init else None
+    shares = {"clean_share": args.clean_share, "composite_share": args.composite_share} if args.multilabel else {}
     model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
-                             log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr, soften=args.soften, context=args.context)
+                             log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr, soften=args.soften,
+                             context=args.context, multilabel=args.multilabel, **shares)
+    if args.multilabel:
+        held_out = [read_rgb(f) for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])
+                    if f.name in args.exclude]
+        print(f"calibrating on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
+        print("thresholds:", calibrate_thresholds(model, calibration_cases(held_out, list(ops), args.calibration_seeds)))
     model.save(args.out)
     print(f"trained on {len(images)} photos in {time.time() - t0:.0f} s; wrote {args.out}")
+
+
+def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:
+    """Each photo clean, with each task's degradation and with each pair (seeded by photo and seed)."""
+    sets = [(), *((t,) for t in tasks), *itertools.combinations(tasks, 2)]
+    cases = []
+    for i, clean in enumerate(photos):
+        for seed in range(seeds):
+            for k, present in enumerate(sets):
+                rng = np.random.default_rng((seed, i, k))
+                image = make_degradation("+".join(present))(clean, rng).image if len(present) > 1 else (
+                    make_degradation(present[0])(clean, rng).image if present else clean)
+                cases.append((image, present))
+    return cases
 
 
 if __name__ == "__main__":

@@ -207,3 +207,40 @@ def test_grey_samples_are_grey_photos_degraded_alike_in_every_channel(photos, sy
     assert all(torch.equal(plain[i][key], before[i][key]) for i in range(4))  # share 0: the samples of before
     with pytest.raises(ValueError, match="grey_share"):
         SyntheticDataset(photos, ops, tasks=TASKS, grey_share=1.5)
+
+
+class _Veil:
+    """A stand-in haze: adds 0.1 everywhere (deterministic, no margin)."""
+
+    task = "dehaze"
+
+    def __call__(self, clean, rng):
+        return Degraded(clean + 0.1)
+
+
+def test_composite_samples_keep_the_other_degradation_in_the_target(photos):
+    ops = {"denoise": Noise(sigma=25), "dehaze": _Veil()}
+    ds = SyntheticDataset(photos, ops, patch_size=32, length=24, tasks=TASKS, composite_share=1.0)
+    seen = set()
+    for i in range(len(ds)):
+        s = ds[i]
+        diff = (s["input"] - s["target"]).numpy()
+        seen.add(s["task_name"])
+        if s["task_name"] == "denoise":  # input: veil then noise; target: the veil only
+            assert 0.07 < diff.std() < 0.13 and abs(diff.mean()) < 0.02
+            assert float(s["target"].min()) >= 0.1 - 1e-6  # the veil stays in the target
+        else:  # dehaze: the very same noise in input and target, only the veil removed
+            assert np.allclose(diff, 0.1, atol=1e-5)
+            assert s["target"].std() > 0.1  # noisy target: the noise stays
+    assert seen == {"denoise", "dehaze"}
+    plain = SyntheticDataset(photos, ops, patch_size=32, length=4, tasks=TASKS)
+    zero = SyntheticDataset(photos, ops, patch_size=32, length=4, tasks=TASKS, composite_share=0.0)
+    assert all(torch.equal(plain[i]["input"], zero[i]["input"]) for i in range(4))  # share 0: the samples of before
+    # a blur companion widens the crop by its margin; samples keep the patch size
+    blur = SyntheticDataset(photos, {"denoise": Noise(sigma=5)}, patch_size=32, length=3, tasks=TASKS,
+                            composite_share=1.0, companions={"deblur": MotionBlur()})
+    assert all(blur[i]["input"].shape == blur[i]["target"].shape == (3, 32, 32) for i in range(3))
+    with pytest.raises(ValueError, match='synthesis="workers"'):
+        SyntheticDataset(photos, ops, tasks=TASKS, composite_share=0.3, synthesis="device")
+    with pytest.raises(ValueError, match="no companion degradation for denoise"):
+        SyntheticDataset(photos, {"denoise": Noise()}, tasks=TASKS, composite_share=0.3)

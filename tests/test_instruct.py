@@ -126,7 +126,7 @@ def test_interpret_cli(capsys):
 
 def test_train_head_for_a_model_with_a_new_task(tmp_path, capsys):
     phrases = tmp_path / "sharpen.txt"
-    phrases.write_text("\n".join([
+    phrases.write_text("\n".join([  # noqa: FLY002 (one phrasing per line reads better)
         "sharpen the edges", "make the edges crisper", "add sharpness", "increase the sharpness",
         "crisp up the details", "apply an unsharp mask", "more acutance please", "boost local contrast of edges",
         "sharpen it a bit", "make the details pop with sharpening", "the edges are soft, sharpen them",

@@ -417,13 +417,13 @@ def test_shipped_configs_load(name):
 
 
 def test_default_config_is_the_shipped_models_whole_recipe():
-    """One config holds the eight CPU sessions' stages (MODEL.md): 15700 sync + 6900 downstream steps."""
+    """One config holds the nine CPU sessions' stages (MODEL.md): 17200 sync + 7800 downstream steps."""
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "default.yaml")
     stages = plan_stages(cfg)
-    assert sum(s.iterations for s in stages if s.mode == "sync") == 15700
-    assert sum(s.iterations for s in stages if s.mode == "bias-only") == 6900
+    assert sum(s.iterations for s in stages if s.mode == "sync") == 17200
+    assert sum(s.iterations for s in stages if s.mode == "bias-only") == 7800
     assert [(s.lr, s.warmup) for s in stages[:2]] == [(5e-4, 200), (3e-4, 100)]
     assert cfg.grid_spans is None and cfg.model.init is None  # image-wide grid attention: no block seams
 
@@ -578,3 +578,21 @@ def test_torchrun_entry_point(folders, tmp_path):
     assert (tmp_path / "run/model/model.safetensors").is_file()
     logs = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in logs if "loss" in x] == [1, 2]
+
+
+def test_composite_share_reaches_the_training_samples(folders, tmp_path, monkeypatch):
+    from instruct_ipt.data.degradations import Composite
+    from instruct_ipt.train.trainer import synthesis_for
+
+    cfg = make_cfg(folders, tmp_path / "r", data={"composite": 0.5}, val_every=100)
+    assert synthesis_for(cfg, torch.device("cuda")) == "workers"  # composites are made in the workers
+    assert synthesis_for(make_cfg(folders, tmp_path / "x"), torch.device("cuda")) == "device"
+    made = []
+    real = Composite.apply
+    monkeypatch.setattr(Composite, "apply", lambda self, clean, key, skip=(): made.append(self.task) or real(self, clean, key, skip))
+    run(cfg)
+    assert made  # about half of the 8 samples, each made twice (input, and target without the task's own)
+    with pytest.raises(ConfigError, match=r"data.composite: a share in \[0, 1\], got 2"):
+        make_cfg(folders, tmp_path, data={"composite": 2})
+    with pytest.raises(ConfigError, match="set data.synthesis: workers"):
+        make_cfg(folders, tmp_path, data={"composite": 0.3, "synthesis": "device"})

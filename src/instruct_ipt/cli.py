@@ -282,6 +282,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError("no input images")
     pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+    if args.engine == "onnx":
+        try:
+            pipe.use_onnx()
+        except ImportError as e:  # the export extra is not installed: one line, before any image is read
+            print(f"instruct-ipt restore: error: {e}", file=sys.stderr)
+            return 2
     plan = None
     if args.task is not None or args.instruction is not None:  # the same tasks for every file: chosen once
         try:
@@ -313,7 +319,47 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A local web page around the pipeline; Gradio is an optional extra, so it is checked first."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError('the demo needs Gradio: pip install "instruct-ipt[demo]"') from None
+    from .demo import build_demo
+    from .pipeline import RestorationPipeline
+
+    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+    demo = build_demo(pipe)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        raise ValueError(f"cannot serve on {args.host}:{args.port} ({e}); choose another --port or --host") from None
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """One task as a file for tools without this package; the logic is ``export.py``'s, shared with ``--engine onnx``."""
+    import time
+
+    from .export import export
+    from .model import resolve_model_dir
+
+    model = _load_model(args.model, "cpu")
+    model.task_index(args.task)  # unknown task: a one-line error listing the model's tasks, before any work
+    start = time.perf_counter()
+    try:
+        path = export(model, args.task, args.output, args.format, fp16=args.fp16)
+    except ImportError as e:  # onnx not installed
+        print(f"instruct-ipt export: error: {e}", file=sys.stderr)
+        return 2
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({args.format}{', float16' if args.fp16 else ''}, {size:.1f} MiB): task {args.task} of "
+          f"{resolve_model_dir(args.model)} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .export import FORMATS
     from .models import SIZES
 
     parser = argparse.ArgumentParser(
@@ -406,7 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="run N same-size tiles in one forward pass (halved automatically when GPU memory runs out)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--engine", choices=("torch", "onnx"), default="torch",
+                   help="run the network in PyTorch (default) or in onnxruntime: each task used is exported to ONNX "
+                   "in memory first (needs pip install 'instruct-ipt[export]')")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("export", help="one task as a plain image-to-image network file: safetensors, ONNX or TorchScript",
+                       description="Merge one task's biases into the weights and write a plain network: (N, 3, H, W) "
+                       "RGB in [0, 1] in, the same shape out, any H and W (ONNX and TorchScript pad and crop inside "
+                       "the graph). See docs/deployment.md.")
+    p.add_argument("-t", "--task", required=True, help="the task to export (see instruct-ipt info --model DIR)")
+    p.add_argument("--model", metavar="DIR", help="saved model folder (default: the model shipped with the package)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="safetensors: weights + config for the IPTV2 class; onnx: opset 17 graph for onnxruntime "
+                   "and other runtimes; torchscript: torch.jit.load without this package")
+    p.add_argument("--fp16", action="store_true", help="float16 weights (and float16 input and output for onnx and "
+                   "torchscript): half the size, for GPUs")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write (atomically)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("interpret", help="show which task(s) an instruction selects, as JSON (no image needed)")
     p.add_argument("text", help="the instruction")
@@ -421,6 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="where to write the head")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_head)
+
+    p = sub.add_parser("demo", help='a web page to try the model in a browser (needs pip install "instruct-ipt[demo]")',
+                       description="Serve a Gradio page: upload a photo, let the model detect the problem, name the "
+                       "task or describe it; compare before and after; download the full-resolution result. "
+                       "The same function is served as the API endpoint /restore (gradio_client).")
+    p.add_argument("--model", metavar="DIR", help="saved model folder (default: the model shipped with the package)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 serves the network, "
+                   "with no login)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -130,8 +130,21 @@ def restore_array(
     must be merged for a task (``with model.merged(task):``). ``grid_span`` is passed to the
     model's forward (default: the task's own).
     """
+    return restore_with(lambda images: _run(model, images, task, grid_span), rgb, tile, overlap, progress, batch)
+
+
+def restore_with(
+    fn: Callable[[np.ndarray], np.ndarray],
+    rgb: np.ndarray,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 1,
+) -> np.ndarray:
+    """:func:`restore_array`'s tiling around any ``fn`` mapping ``(N, h, w, 3)`` stacks to results
+    (a PyTorch model, an onnxruntime session): every engine tiles the same way, so they agree."""
     if tile is None:
         tile = DEFAULT_TILE if rgb.shape[0] * rgb.shape[1] > AUTO_TILE_PIXELS else 0
     if tile:
-        return run_tiled(lambda tiles: _run(model, tiles, task, grid_span), rgb, tile, overlap, progress, batch)
-    return _run(model, rgb[None], task, grid_span)[0]
+        return run_tiled(fn, rgb, tile, overlap, progress, batch)
+    return fn(rgb[None])[0]

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .data.images import LoadedImage, from_array, from_pil, load_image, save_image, to_array, to_pil
+from .export import OnnxRestorer, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter
 from .instruct.blind import BLIND_FILE, DegradationClassifier
@@ -44,8 +45,15 @@ class TaskChoice:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def nothing_to_do(self) -> bool:
+        """Blind mode saw no degradation: the image is given back unchanged."""
+        return not self.tasks
+
     def describe(self) -> str:
         how = {"task": "as asked", "instruction": "from the instruction", "blind": "seen in the image (blind mode)"}
+        if self.nothing_to_do:
+            return f"nothing to do, pixels unchanged [{how[self.source]}]"
         parts = ", then ".join(f"{t} ({c:.0%})" if self.source != "task" else t for t, c in zip(self.tasks, self.confidences))
         return f"{parts} [{how[self.source]}]"
 
@@ -94,6 +102,8 @@ class RestorationPipeline:
         self._head = head
         self._classifier = classifier
         self._interpreter: Interpreter | None = None
+        #: set by :meth:`use_onnx`: tasks then run through onnxruntime instead of PyTorch
+        self.onnx: OnnxRestorer | None = None
 
     # loading and saving --------------------------------------------------------------
     @classmethod
@@ -161,12 +171,14 @@ class RestorationPipeline:
             return TaskChoice(result.tasks, result.confidences, "instruction")
         if rgb is None:
             raise ValueError("blind mode needs the image")
-        probs = self.classifier.predict(rgb)
-        candidates = {t: p for t, p in probs.items() if t in self.model.tasks}
-        if not candidates:
+        clf = self.classifier
+        if not set(clf.tasks) & set(self.model.tasks):
             raise ValueError(f"blind mode knows none of this model's tasks ({', '.join(self.model.tasks)}); name a task")
-        best = max(candidates, key=candidates.get)
-        return TaskChoice([best], [round(candidates[best], 4)], "blind")
+        probs = clf.predict(rgb)
+        if not clf.multilabel:  # the most likely of the model's tasks
+            probs = {t: p for t, p in probs.items() if t in self.model.tasks}
+        found = [(t, p) for t, p in clf.detect(rgb, probs) if t in self.model.tasks]
+        return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind")
 
     def run(self, rgb: np.ndarray, tasks: list[str], tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
             progress: Callable[[int, int], None] | None = None, batch: int = 1) -> np.ndarray:
@@ -176,10 +188,21 @@ class RestorationPipeline:
         check_tiling(tile, overlap, batch)
         out = rgb
         for t in tasks:
-            with self.model.merged(t):
-                out = restore_array(self.model, out, None if self.model.modulated else t, tile, overlap, progress, batch)
+            if self.onnx is not None:
+                out = self.onnx(out, t, tile, overlap, progress, batch)
+            else:
+                with self.model.merged(t):
+                    out = restore_array(self.model, out, None if self.model.modulated else t, tile, overlap, progress, batch)
             out = np.clip(out, 0.0, 1.0)
         return out
+
+    def use_onnx(self) -> RestorationPipeline:
+        """Run tasks through onnxruntime from now on (``instruct-ipt restore --engine onnx``), on the
+        model's device as it is now: each task's graph is exported in memory when first used (see
+        :class:`~instruct_ipt.export.OnnxRestorer`); the pixels match PyTorch's up to float rounding.
+        Needs onnx and onnxruntime (the ``export`` extra)."""
+        self.onnx = OnnxRestorer(self.model, onnx_providers(next(self.model.parameters()).device))
+        return self
 
     def restore(self, image: LoadedImage, task: str | Sequence[str] | None = None, instruction: str | None = None,
                 choice: TaskChoice | None = None, **run: Any) -> Restored:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batched import BatchDegrader, BatchedDegradation, batched
-from .degradations import Degradation, as_grey, degradation_margin, grey_degraded
+from .degradations import Composite, Degradation, as_grey, degradation_margin, grey_degraded
 from .images import list_images, read_rgb
 
 
@@ -107,6 +107,13 @@ class SyntheticDataset(Dataset):
     a model that never saw one treats three identical noisy channels as a colour photo whose noise
     happens to agree, and barely denoises it.
 
+    ``composite_share``: that share of samples carries a second degradation besides its task's,
+    drawn from ``companions`` (default: the other tasks of ``degradations``), both applied in the
+    physical order (:class:`~.degradations.Composite`); the target keeps the companion in place
+    (the same draws, without the task's own degradation), so each task learns to remove its own
+    degradation only, in the presence of others, as real photos bring them (issue 23). Only
+    with ``synthesis="workers"`` for now.
+
     ``synthesis="device"``: the operators are wrapped with :func:`~.batched.batched`; after the same
     draws of task, photo, crop and flip, a sample holds ``clean`` (3, S, S) uint8, S = P + 2M with M
     :attr:`margin`, the largest margin of the operators (a task's own P + 2m crop centred, the rest
@@ -125,6 +132,8 @@ class SyntheticDataset(Dataset):
         seed: int = 0,
         synthesis: Literal["workers", "device"] = "workers",
         grey_share: float = 0.0,
+        composite_share: float = 0.0,
+        companions: Mapping[str, Degradation] | None = None,
     ) -> None:
         if not images:
             raise ValueError("no clean images")
@@ -143,6 +152,23 @@ class SyntheticDataset(Dataset):
         if not 0 <= grey_share <= 1:
             raise ValueError(f"grey_share must be in [0, 1], got {grey_share}")
         self.grey_share = grey_share
+        if not 0 <= composite_share <= 1:
+            raise ValueError(f"composite_share must be in [0, 1], got {composite_share}")
+        self.composite_share = composite_share
+        self.companions = dict(degradations if companions is None else companions)
+        if composite_share > 0:
+            if synthesis == "device":
+                raise ValueError('composite_share needs synthesis="workers" (device synthesis of composites is not written yet)')
+            from .degradations import PHYSICAL_ORDER
+
+            unplaced = sorted({getattr(o, "task", "?") for o in [*self.degradations.values(), *self.companions.values()]}
+                              - set(PHYSICAL_ORDER))
+            if unplaced:
+                raise ValueError(f"composite_share: {', '.join(unplaced)} has no place in the physical order "
+                                 f"({', '.join(PHYSICAL_ORDER)}), so it cannot join a composite")
+            lonely = [t for t in self.active if not any(c != t for c in self.companions)]
+            if lonely:
+                raise ValueError(f"composite_share: no companion degradation for {', '.join(lonely)} (give companions)")
         if synthesis not in ("workers", "device"):
             raise ValueError(f"synthesis must be 'workers' or 'device', got {synthesis!r}")
         self.synthesis = synthesis
@@ -170,6 +196,9 @@ class SyntheticDataset(Dataset):
         name = self.active[self.sampler(rng)]
         img = self.images[int(rng.integers(len(self.images)))]
         op = self.degradations[name]
+        if self.composite_share > 0 and rng.random() < self.composite_share:  # no draw at share 0: samples as before
+            others = [c for c in self.companions if c != name]
+            op = Composite((op, self.companions[others[int(rng.integers(len(others)))]]))
         m = degradation_margin(op)
         crop = augment(random_crop(img, self.patch_size + 2 * m, rng), rng)
         grey = self.grey_share > 0 and bool(rng.random() < self.grey_share)  # no draw at share 0: samples as before
@@ -189,9 +218,13 @@ class SyntheticDataset(Dataset):
                 "draws": draws,
                 "grey": grey,
             }
-        degraded = op(clean, rng).image
+        if isinstance(op, Composite):
+            key = int(rng.integers(2**63))
+            degraded, clean = op.apply(clean, key).image, op.apply(clean, key, skip=[name]).image
+        else:
+            degraded = op(clean, rng).image
         if grey:
-            degraded = grey_degraded(degraded)
+            degraded, clean = grey_degraded(degraded), grey_degraded(clean)
         if m:
             clean, degraded = clean[m:-m, m:-m], degraded[m:-m, m:-m]
         return {

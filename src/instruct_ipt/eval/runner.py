@@ -202,13 +202,16 @@ def evaluate(
 def composite_methods(pipe, sequence: Sequence[str]) -> dict[str, Callable[[Case], np.ndarray]]:
     """The rows of a composite's table, in order: ``input`` (the degraded image itself), each task
     of ``sequence`` alone (``"<task> only"``), all of them one after another in ``sequence``'s order
-    (``sequence``) and blind mode (``blind``: the pipeline's choice for the image, then those tasks).
+    (``sequence``), the same in the opposite order (``reverse order``: the figure that says whether
+    the order matters), and blind mode (``blind``: the pipeline's choice for the image, then those
+    tasks; the image itself when it sees nothing to do).
 
     ``pipe``: a :class:`~instruct_ipt.pipeline.RestorationPipeline` (its ``run`` and ``choose``)."""
     methods: dict[str, Callable[[Case], np.ndarray]] = {"input": lambda c: c.input}
     for t in sequence:
         methods[f"{t} only"] = lambda c, t=t: pipe.run(c.input, [t])
     methods["sequence"] = lambda c: pipe.run(c.input, list(sequence))
+    methods["reverse order"] = lambda c: pipe.run(c.input, list(reversed(sequence)))
     methods["blind"] = lambda c: pipe.run(c.input, pipe.choose(c.input).tasks)
     return methods
 

@@ -1,4 +1,10 @@
-"""Blind mode: a light CNN that tells which degradation an image has, when no task is given."""
+"""Blind mode: a light CNN that tells which degradations an image has, when no task is given.
+
+Two kinds share one architecture. A *single-label* classifier (softmax) names the one most likely
+degradation. A *multi-label* one (a sigmoid per task, each with its own threshold calibrated on
+held-out photos) names every degradation it sees, none for a clean photo, so blind mode can undo
+rain *and* noise, or leave a good photo alone.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.degradations import Degradation
+from ..data.degradations import PHYSICAL_ORDER, Composite, Degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
 from ..io import load_tagged, save_tagged
 
@@ -23,14 +29,30 @@ BLIND_FORMAT = "instruct-ipt-degradation-classifier"
 BLIND_FILE = "degradation_classifier.safetensors"
 
 
+def restoration_rank(task: str) -> tuple[int, str]:
+    """Sort key: the reverse of the physical order (tasks outside it last, by name)."""
+    order = PHYSICAL_ORDER[::-1]
+    return (order.index(task) if task in order else len(order), task)
+
+
 class DegradationClassifier(nn.Module):
     """Full-resolution convs (noise and JPEG live in single pixels), then strided ones; the mean and
-    standard deviation of the last features over the image feed a linear layer over the tasks."""
+    standard deviation of the last features over the image feed a linear layer over the tasks.
 
-    def __init__(self, tasks: Sequence[str], width: int = 32) -> None:
+    ``multilabel``: one independent score per task (sigmoid) instead of one choice among them
+    (softmax); ``thresholds`` (task -> probability) then decide which tasks :meth:`detect` names.
+    """
+
+    def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
+                 thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
+        self.multilabel = multilabel
+        unknown = sorted(set(thresholds or {}) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"thresholds for unknown tasks: {', '.join(unknown)}")
+        self.thresholds = {t: float((thresholds or {}).get(t, 0.5)) for t in self.tasks}
         w = width
         self.features = nn.Sequential(
             nn.Conv2d(3, w, 3, padding=1), nn.GELU(),
@@ -47,7 +69,9 @@ class DegradationClassifier(nn.Module):
 
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray, crop: int = 128, max_crops: int = 16) -> dict[str, float]:
-        """Task probabilities for a float (H, W, 3) image: logits averaged over a grid of crops."""
+        """Task probabilities for a float (H, W, 3) image, averaged over a grid of crops: they sum
+        to 1 (softmax) for a single-label classifier; each is the chance that degradation is
+        present (sigmoid) for a multi-label one."""
         self.eval()
         p = next(self.parameters())
         h, w = rgb.shape[:2]
@@ -56,17 +80,33 @@ class DegradationClassifier(nn.Module):
         cols = np.linspace(0, w - crop, max(1, min(4, w // crop))).astype(int)
         tiles = [rgb[r : r + crop, c : c + crop] for r in rows for c in cols][:max_crops]
         x = torch.from_numpy(np.stack(tiles).transpose(0, 3, 1, 2).copy()).to(p.device, p.dtype)
-        probs = self(x).softmax(-1).mean(0)
+        logits = self(x)
+        probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).mean(0)
         return {t: float(v) for t, v in zip(self.tasks, probs)}
+
+    def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
+        """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order (the
+        reverse of :data:`~instruct_ipt.data.degradations.PHYSICAL_ORDER`: the last degradation
+        undone first). Multi-label: every task at or above its threshold, possibly none (a clean
+        photo). Single-label: the most likely task. ``probs``: :meth:`predict`'s, if already known."""
+        probs = dict(self.predict(rgb) if probs is None else probs)
+        if not self.multilabel:
+            best = max(probs, key=probs.get)
+            return [(best, probs[best])]
+        found = [t for t in self.tasks if probs[t] >= self.thresholds[t]]
+        return [(t, probs[t]) for t in sorted(found, key=restoration_rank)]
 
     def save(self, path: str | Path) -> Path:
         meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
+        if self.multilabel:
+            meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
         return save_tagged(path, self.state_dict(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> DegradationClassifier:
         state, meta = load_tagged(path, BLIND_FORMAT, "an instruct-ipt degradation classifier")
-        model = cls(json.loads(meta["tasks"]), width=int(meta["width"]))
+        model = cls(json.loads(meta["tasks"]), width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
+                    thresholds=json.loads(meta.get("thresholds", "{}")))
         model.load_state_dict(state)
         return model.eval()
 
@@ -87,6 +127,12 @@ class BlindDataset(Dataset):
     ``soften`` the clean square is first blurred a little (Gaussian, sigma 0.4-1.2): many real
     photos are slightly soft, and softness alone must not read as motion blur (so tasks in
     ``keep_sharp``, whose label is the blur, are never softened).
+
+    For a multi-label classifier, ``clean_share`` of the samples carry no degradation (the photo
+    itself, softened or not: "nothing to do" must be learnt from examples) and ``composite_share``
+    carry two different ones applied in the physical order (:class:`~instruct_ipt.data.degradations.Composite`);
+    the rest carry one. Each sample's ``labels`` mark every degradation it carries; ``task`` is the
+    index of its only one (-1 when it has none or two).
     """
 
     def __init__(
@@ -100,9 +146,15 @@ class BlindDataset(Dataset):
         soften: float = 0.3,
         keep_sharp: Sequence[str] = ("deblur",),
         seed: int = 0,
+        clean_share: float = 0.0,
+        composite_share: float = 0.0,
     ) -> None:
         if not images:
             raise ValueError("no clean images")
+        if clean_share < 0 or composite_share < 0 or clean_share + composite_share > 1:
+            raise ValueError(f"clean_share {clean_share} and composite_share {composite_share} must be >= 0 and add up to <= 1")
+        if composite_share > 0 and len(degradations) < 2:
+            raise ValueError("composite samples need two or more degradations")
         if patch > context:
             raise ValueError(f"patch {patch} is larger than the context {context}")
         self.images, self.degradations = list(images), dict(degradations)
@@ -110,6 +162,7 @@ class BlindDataset(Dataset):
         self.sampler = TaskSampler(self.tasks)
         self.length, self.patch, self.context = length, patch, context
         self.scale, self.soften, self.keep_sharp, self.seed = scale, soften, set(keep_sharp), seed
+        self.clean_share, self.composite_share = clean_share, composite_share
 
     def __len__(self) -> int:
         return self.length
@@ -118,20 +171,31 @@ class BlindDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = np.random.default_rng((self.seed, index))
-        task = self.sampler(rng)
+        present = [self.sampler(rng)]
+        if self.clean_share or self.composite_share:  # (drawn only then: single-label samples stay as they were)
+            kind = rng.random()  # clean, two degradations, or one
+            if kind < self.clean_share:
+                present = []
+            elif kind < self.clean_share + self.composite_share:
+                while present[-1] == present[0]:
+                    present.append(self.sampler(rng))
+                present = present[:1] + present[-1:]
         img = self.images[int(rng.integers(len(self.images)))]
         side = min(round(self.context / rng.uniform(*self.scale)), *img.shape[:2])
         square = random_crop(img, max(side, self.context), rng)
         if square.shape[0] != self.context:
             square = np.asarray(Image.fromarray(square).resize((self.context,) * 2, Image.Resampling.BICUBIC))
         clean = augment(square, rng).astype(np.float32) / 255.0
-        if rng.random() < self.soften and self.tasks[task] not in self.keep_sharp:
+        if rng.random() < self.soften and not any(self.tasks[i] in self.keep_sharp for i in present):
             sigma = rng.uniform(0.4, 1.2)
             clean = gaussian_filter(clean, (sigma, sigma, 0))
-        degraded = self.degradations[self.tasks[task]](clean, rng).image
+        ops = [self.degradations[self.tasks[i]] for i in present]
+        degraded = clean if not ops else ops[0](clean, rng).image if len(ops) == 1 else Composite(tuple(ops))(clean, rng).image
         top, left = rng.integers(0, self.context - self.patch + 1, size=2)
         crop = degraded[top : top + self.patch, left : left + self.patch]
-        return {"input": to_tensor(crop), "task": task}
+        labels = torch.zeros(len(self.tasks))
+        labels[present] = 1.0
+        return {"input": to_tensor(crop), "task": present[0] if len(present) == 1 else -1, "labels": labels}
 
 
 def train_classifier(
@@ -147,15 +211,24 @@ def train_classifier(
     workers: int = 0,
     log=None,
     init: DegradationClassifier | None = None,
+    multilabel: bool = False,
+    clean_share: float = 0.0,
+    composite_share: float = 0.0,
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
-    continues from an existing classifier of the same tasks."""
+    continues from an existing classifier of the same tasks (a single-label one may start a
+    multi-label one: its features and per-task scores carry over). ``multilabel``: a sigmoid per
+    task with binary cross-entropy, on samples with none (``clean_share``), one or two
+    (``composite_share``) degradations; thresholds stay at 0.5 until :func:`calibrate_thresholds`."""
     tasks = list(degradations)
-    ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften, seed=seed)
+    if not multilabel and (clean_share or composite_share):
+        raise ValueError("clean and composite samples need a multi-label classifier (multilabel=True)")
+    ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
+                      seed=seed, clean_share=clean_share, composite_share=composite_share)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DegradationClassifier(tasks)
+        model = DegradationClassifier(tasks, multilabel=multilabel)
     if init is not None:
         if init.tasks != tasks:
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
@@ -164,7 +237,11 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     for step, batch in enumerate(loader):
-        loss = F.cross_entropy(model(batch["input"]), batch["task"])
+        logits = model(batch["input"])
+        if multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, batch["labels"])
+        else:
+            loss = F.cross_entropy(logits, batch["task"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -172,3 +249,42 @@ def train_classifier(
         if log and (step + 1) % 50 == 0:
             log(f"step {step + 1}/{steps} loss {loss.item():.4f}")
     return model.eval()
+
+
+def calibrate_thresholds(
+    classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]], rounds: int = 3
+) -> dict[str, float]:
+    """Per-task thresholds on :meth:`DegradationClassifier.predict`'s probabilities that name the
+    right *set* of degradations for as many held-out images as possible - what blind mode is judged
+    by (a threshold tuned for each task alone lets a few false alarms per task add up to a wrong set
+    on most images). ``cases``: (image, the tasks it carries), none for a clean one. Sets and
+    returns ``classifier.thresholds``; see :func:`choose_thresholds`."""
+    if not classifier.multilabel:
+        raise ValueError("thresholds belong to a multi-label classifier")
+    probs = np.array([[p[t] for t in classifier.tasks] for p in (classifier.predict(rgb) for rgb, _ in cases)])
+    present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
+    classifier.thresholds = choose_thresholds(classifier.tasks, probs, present, rounds)
+    return classifier.thresholds
+
+
+def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, rounds: int = 3) -> dict[str, float]:
+    """Thresholds for ``probs`` (images x tasks) that maximise the share of images whose detected
+    set equals ``present`` (images x tasks, bool): coordinate ascent from 0.5, each task's threshold
+    in turn set to the midpoint between observed scores that scores best with the others fixed (among
+    equals, the one nearest 0.5), ``rounds`` passes."""
+    probs, present = np.asarray(probs, float), np.asarray(present, bool)
+    for j, t in enumerate(tasks):
+        if present[:, j].all() or not present[:, j].any():
+            raise ValueError(f"calibrating {t} needs held-out images with and without it")
+    th = np.full(len(tasks), 0.5)
+    for _ in range(rounds):
+        for j in range(len(tasks)):
+            values = np.unique(probs[:, j])
+            candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+            others = np.delete(np.arange(len(tasks)), j)
+            rest_ok = ((probs[:, others] >= th[others]) == present[:, others]).all(1)  # the other tasks right
+            ok = rest_ok[:, None] & ((probs[:, j, None] >= candidates) == present[:, j, None])
+            score = ok.mean(0)
+            best = candidates[score == score.max()]
+            th[j] = best[np.argmin(np.abs(best - 0.5))]
+    return {t: float(v) for t, v in zip(tasks, th)}

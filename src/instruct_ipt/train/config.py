@@ -67,6 +67,9 @@ class DataConfig:
     synthesis: Literal["auto", "device", "workers"] = "auto"
     #: share of training samples made grey (luma in every channel, the same degradation in each)
     grey_share: float = 0.0
+    #: share of training samples that carry a second degradation (another task's), kept in the
+    #: target, so each task learns to remove only its own (issue 23); ``synthesis: workers`` only
+    composite: float = 0.0
 
 
 @dataclass
@@ -295,6 +298,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("two_stage_split: a share in (0, 1)")
     if not 0 <= cfg.data.grey_share <= 1:
         raise ConfigError(f"data.grey_share: a share in [0, 1], got {cfg.data.grey_share}")
+    if not 0 <= cfg.data.composite <= 1:
+        raise ConfigError(f"data.composite: a share in [0, 1], got {cfg.data.composite}")
+    if cfg.data.composite > 0 and cfg.data.synthesis == "device":
+        raise ConfigError("data.composite: composite samples are made in the workers; set data.synthesis: workers")
     if cfg.optim.warmup < 0:
         raise ConfigError("optim.warmup: must be >= 0")
     g = cfg.grid_spans

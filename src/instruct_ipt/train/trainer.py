@@ -217,8 +217,8 @@ def validate(model: InstructIPT, val: ValidationSet, info: D.DistInfo) -> dict[s
 
 def synthesis_for(cfg: TrainConfig, device: torch.device) -> str:
     """Where this run makes its degradations (``data.synthesis``, with ``auto`` resolved)."""
-    if cfg.data.synthesis == "auto":
-        return "device" if device.type == "cuda" else "workers"
+    if cfg.data.synthesis == "auto":  # composite samples are made in the workers only (for now)
+        return "device" if device.type == "cuda" and not cfg.data.composite else "workers"
     return cfg.data.synthesis
 
 
@@ -267,6 +267,7 @@ class StageRunner:
             trainer.images, {t: trainer.ops[t] for t in tasks}, patch_size=d.patch_size,
             length=stage.iterations * batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
             tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device), grey_share=stage.grey_share,
+            composite_share=d.composite, companions=trainer.ops,
         )
         self.dataset.set_epoch(stage.index)
         self.degrader = self.dataset.degrader() if self.dataset.synthesis == "device" else None

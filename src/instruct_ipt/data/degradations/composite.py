@@ -110,11 +110,22 @@ class Composite:
         return sum(degradation_margin(op) for op in self.ops)
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
+        return self.apply(clean, int(rng.integers(2**63)))
+
+    def apply(self, clean: np.ndarray, key: int, skip: Sequence[str] = ()) -> Degraded:
+        """The composite drawn with ``key``, leaving out the components of the tasks in ``skip``.
+
+        The others get the very draws they get in the whole composite (their streams depend on
+        ``key`` and their own task only): ``apply(clean, key, skip=["derain"])`` is the rain+noise
+        photo as it would be without its rain - the training target that teaches a task to
+        remove its own degradation and leave the others in place."""
+        unknown = sorted(set(skip) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a component of {self.task}")
         image = check_image(clean)
-        key = int(rng.integers(2**63))
         params: dict[str, float] = {}
         extras: dict[str, np.ndarray] = {}
-        for op in self.ops:
+        for op in (op for op in self.ops if op.task not in skip):
             d = op(image, component_rng(key, op.task))
             image = d.image
             params.update({f"{op.task}.{k}": v for k, v in d.params.items()})

@@ -1,0 +1,149 @@
+"""Blind mode's multi-label classifier: samples with none, one or two degradations, detection in
+restoration order, calibrated thresholds, and "nothing to do" for a clean photo."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from instruct_ipt import InstructIPT, RestorationPipeline
+from instruct_ipt.cli import main
+from instruct_ipt.data.degradations import Degraded, make_degradation
+from instruct_ipt.instruct.blind import BlindDataset, DegradationClassifier, calibrate_thresholds, train_classifier
+
+TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
+
+
+class _Mark:
+    """A stand-in degradation for ``task``: adds ``step`` and logs the order of calls."""
+
+    def __init__(self, task: str, step: float, log: list) -> None:
+        self.task, self.step, self.log = task, step, log
+
+    def __call__(self, clean, rng):
+        self.log.append(self.task)
+        return Degraded(clean + self.step)
+
+
+def _rigged(tasks, logits, multilabel=True, thresholds=None) -> DegradationClassifier:
+    """A classifier whose scores are ``logits`` whatever the image (weights 0, bias = logits)."""
+    clf = DegradationClassifier(tasks, width=4, multilabel=multilabel, thresholds=thresholds)
+    with torch.no_grad():
+        clf.classifier.weight.zero_()
+        clf.classifier.bias.copy_(torch.tensor(logits, dtype=torch.float32))
+    return clf
+
+
+def test_multilabel_samples_carry_none_one_or_two_degradations():
+    log: list[str] = []
+    ops = {"denoise": _Mark("denoise", 0.01, log), "dehaze": _Mark("dehaze", 0.1, log), "jpeg": _Mark("jpeg", 0.2, log)}
+    photo = data.astronaut()[:64, :64]
+    ds = BlindDataset([photo], ops, length=300, patch=16, context=32, soften=0.0, seed=1, clean_share=0.2, composite_share=0.4)
+    counts = {0: 0, 1: 0, 2: 0}
+    for i in range(len(ds)):
+        del log[:]
+        s = ds[i]
+        present = [t for t, v in zip(ds.tasks, s["labels"]) if v == 1]
+        counts[len(present)] += 1
+        assert s["labels"].sum() == len(present) and len(set(log)) == len(log)  # each operator once
+        assert sorted(log) == sorted(present)  # labels are what was applied...
+        order = ["dehaze", "denoise", "jpeg"]  # ...in the physical order, whatever was drawn first
+        assert log == sorted(log, key=order.index)
+        assert s["task"] == (ds.tasks.index(present[0]) if len(present) == 1 else -1)
+        assert torch.equal(ds[i]["input"], s["input"])  # deterministic per index
+    assert 30 <= counts[0] <= 90 and 80 <= counts[2] <= 160 and counts[1] > 0, counts
+    with pytest.raises(ValueError, match="add up to <= 1"):
+        BlindDataset([photo], ops, length=1, clean_share=0.6, composite_share=0.6)
+
+
+def test_single_label_training_is_refused_clean_and_composite_samples():
+    ops = {t: make_degradation(t) for t in ("denoise", "jpeg")}
+    with pytest.raises(ValueError, match="multi-label"):
+        train_classifier([data.astronaut()[:48, :48]], ops, steps=1, batch_size=2, patch_size=16, context=16, clean_share=0.2)
+    clf = train_classifier([data.astronaut()[:48, :48]], ops, steps=2, batch_size=4, patch_size=16, context=16,
+                           multilabel=True, clean_share=0.3, composite_share=0.3)
+    probs = clf.predict(data.astronaut()[:40, :40].astype(np.float32) / 255)
+    assert clf.multilabel and set(probs) == {"denoise", "jpeg"} and all(0 < p < 1 for p in probs.values())
+
+
+def test_detect_names_every_task_over_its_threshold_in_restoration_order():
+    img = np.zeros((40, 40, 3), np.float32)
+    # sigmoid(1) = 0.73, sigmoid(-1) = 0.27
+    clf = _rigged(["dehaze", "denoise", "derain", "jpeg"], [1.0, 1.0, -1.0, 1.0], thresholds={"jpeg": 0.8})
+    assert [t for t, _ in clf.detect(img)] == ["denoise", "dehaze"]  # jpeg under its own threshold; noise undone first
+    assert clf.detect(img)[0][1] == pytest.approx(1 / (1 + np.exp(-1)))
+    assert _rigged(["dehaze", "denoise"], [-2.0, -1.0]).detect(img) == []  # nothing there
+    single = _rigged(["dehaze", "denoise"], [0.0, 1.0], multilabel=False)
+    assert [t for t, _ in single.detect(img)] == ["denoise"]  # single-label: always the most likely one
+    with pytest.raises(ValueError, match="unknown tasks: sharpen"):
+        DegradationClassifier(["denoise"], thresholds={"sharpen": 0.3})
+
+
+def test_calibrated_threshold_separates_images_with_and_without_the_task(monkeypatch):
+    clf = DegradationClassifier(["denoise", "jpeg"], width=4, multilabel=True)
+    # each "image" carries its own scores: (denoise, jpeg)
+    monkeypatch.setattr(clf, "predict", lambda rgb: {"denoise": float(rgb[0]), "jpeg": float(rgb[1])})
+    cases = [
+        (np.array([0.70, 0.9]), ("denoise", "jpeg")),
+        (np.array([0.35, 0.2]), ("denoise",)),
+        (np.array([0.80, 0.1]), ("denoise",)),
+        (np.array([0.30, 0.6]), ("jpeg",)),
+        (np.array([0.10, 0.05]), ()),
+        (np.array([0.20, 0.7]), ("jpeg",)),
+    ]
+    th = calibrate_thresholds(clf, cases)
+    assert th["denoise"] == pytest.approx(0.325)  # between the highest absent (0.30) and lowest present (0.35)
+    assert th["jpeg"] == pytest.approx(0.4)  # 0.2 absent, 0.6 present: the midpoint
+    assert clf.thresholds == th
+    with pytest.raises(ValueError, match="with and without"):
+        calibrate_thresholds(clf, [(np.array([0.5, 0.5]), ("denoise",))])
+    with pytest.raises(ValueError, match="multi-label"):
+        calibrate_thresholds(DegradationClassifier(["denoise"], width=4), cases)
+
+
+def test_multilabel_classifier_round_trip(tmp_path):
+    clf = DegradationClassifier(["denoise", "jpeg"], width=4, multilabel=True, thresholds={"denoise": 0.31, "jpeg": 0.62})
+    clf.save(tmp_path / "c.safetensors")
+    back = DegradationClassifier.load(tmp_path / "c.safetensors")
+    assert back.multilabel and back.thresholds == {"denoise": 0.31, "jpeg": 0.62}
+    img = np.random.default_rng(0).random((50, 70, 3)).astype(np.float32)
+    assert back.predict(img) == clf.predict(img)
+    assert not DegradationClassifier.load(_saved_single(tmp_path)).multilabel
+
+
+def _saved_single(tmp_path):
+    return DegradationClassifier(["denoise"], width=4).save(tmp_path / "s.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return InstructIPT("tiny", tasks=TASKS).save_pretrained(tmp_path_factory.mktemp("model"))
+
+
+def test_blind_mode_with_nothing_to_do_gives_the_pixels_back(model_dir, tmp_path, capsys):
+    from instruct_ipt.instruct.blind import BLIND_FILE
+
+    folder = tmp_path / "m"
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=_rigged(TASKS, [-3.0] * 6))
+    pipe.save_pretrained(folder)
+    assert DegradationClassifier.load(folder / BLIND_FILE).multilabel
+    rgb = data.astronaut()[:40, :52]
+    out, choice = pipe(rgb, return_choice=True)
+    assert choice.tasks == [] and choice.nothing_to_do and np.array_equal(out, rgb)
+    deep = (data.camera()[:30, :40].astype(np.uint16) * 257 + 3)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert main(["restore", str(tmp_path / "deep.png"), "--model", str(folder), "-o", str(tmp_path / "o")]) == 0
+    assert "nothing to do, pixels unchanged [seen in the image (blind mode)]" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o/deep.restored.png")), deep)  # 16 bits, untouched
+
+
+def test_blind_mode_runs_every_detected_task_in_order(model_dir, monkeypatch):
+    logits = [2.0 if t in ("derain", "denoise") else -2.0 for t in TASKS]
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=_rigged(TASKS, logits))
+    runs = []
+    real_run = RestorationPipeline.run
+    monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: runs.append(list(tasks)) or real_run(self, rgb, tasks, **k))
+    _out, choice = pipe(data.astronaut()[:32, :32], return_choice=True)
+    assert choice.tasks == ["denoise", "derain"] and choice.source == "blind" and runs == [["denoise", "derain"]]
+    assert choice.describe() == "denoise (88%), then derain (88%) [seen in the image (blind mode)]"

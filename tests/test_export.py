@@ -1,0 +1,198 @@
+"""``instruct-ipt export`` and ``restore --engine onnx``: exported files restore exactly what the
+PyTorch model restores, at sizes other than the one they were traced at.
+
+The model is tiny and random, with non-zero task biases (so a file of the wrong task, or with no
+task merged, gives other pixels) and a grid span for one task (so grid attention's block split,
+which depends on the map size, is exercised in the graphs as well as the image-wide grid).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_task_biases
+from PIL import Image
+from skimage import data
+
+from instruct_ipt import IPTV2, InstructIPT
+from instruct_ipt.cli import main
+from instruct_ipt.export import MERGED_FORMAT, TRACE_SIZE, OnnxRestorer, load_merged
+from instruct_ipt.inference import restore_array
+
+TASKS = ["denoise", "derain", "dehaze"]
+#: the trace size, then sizes that need padding to the multiple of 8 (odd ones included)
+SIZES = [(TRACE_SIZE, TRACE_SIZE), (72, 100), (123, 77)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """A tiny model gains nothing from more threads, and where the CPU is shared (a training job
+    beside the tests) OpenMP's waiting threads made each forward pass ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = InstructIPT("tiny", tasks=TASKS, task_grid_spans={"derain": 32})  # 32: tiny's smallest span
+    randomize_task_biases(model.modulation, 0.2)
+    d = tmp_path_factory.mktemp("model")
+    model.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return InstructIPT.from_pretrained(model_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("exports")
+
+
+def export(model_dir, out_dir, task, fmt, fp16=False, suffix=None):
+    path = out_dir / f"{task}{'-fp16' if fp16 else ''}.{suffix or fmt}"
+    if not path.exists():
+        assert main(["export", "--model", str(model_dir), "-t", task, "--format", fmt, "-o", str(path),
+                     *(["--fp16"] if fp16 else [])]) == 0
+    return path
+
+
+def images(h, w, n=1):
+    """Photos, not noise: crops of scikit-image's astronaut and coffee, float32 (H, W, 3) in [0, 1]."""
+    photos = [data.astronaut(), data.coffee()]
+    return [photos[i % 2][10 * i : 10 * i + h, 20 * i : 20 * i + w].astype(np.float32) / 255 for i in range(n)]
+
+
+def reference(model, rgb, task):
+    """What the pipeline computes: the task merged, ``restore_array`` (channels-last, PyTorch's padding)."""
+    with model.merged(task):
+        return restore_array(model, rgb, None, tile=0)
+
+
+def nchw(rgbs, dtype=np.float32):
+    return np.ascontiguousarray(np.stack(rgbs).transpose(0, 3, 1, 2), dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def ort_session(model_dir, out_dir):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return lambda task, fp16=False: ort.InferenceSession(str(export(model_dir, out_dir, task, "onnx", fp16)), options,
+                                                         providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("task", ["denoise", "derain"])  # image-wide grid; grid span 32 (blocks at larger maps)
+def test_onnx_matches_pytorch_at_sizes_it_was_not_traced_at(model, ort_session, task):
+    session = ort_session(task)
+    other = "dehaze"
+    for h, w in SIZES:
+        rgbs = images(h, w, 2)  # batch 2: the batch axis is dynamic too
+        out = session.run(["output"], {"input": nchw(rgbs)})[0]
+        assert out.shape == (2, 3, h, w) and out.dtype == np.float32
+        for rgb, got in zip(rgbs, out):
+            want = reference(model, rgb, task).transpose(2, 0, 1)
+            assert np.abs(got - want).max() < 1e-4, (task, h, w)
+            assert np.abs(got - reference(model, rgb, other).transpose(2, 0, 1)).max() > 1e-2  # the task matters
+
+
+def test_onnx_file_is_self_contained_with_one_dynamic_input(model_dir, out_dir):
+    onnx = pytest.importorskip("onnx")
+    path = export(model_dir, out_dir, "derain", "onnx")
+    proto = onnx.load(str(path))
+    assert proto.ir_version <= 9
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)]
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert (inp.name, out.name) == ("input", "output")
+    for value in (inp, out):
+        dims = value.type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    weights = sum(p.numel() for p in IPTV2(InstructIPT.from_pretrained(model_dir).config).parameters())
+    assert path.stat().st_size >= 4 * weights  # every float32 weight is in the file
+
+
+def test_fp16_onnx_runs_in_half_precision_and_is_close(model, ort_session):
+    session = ort_session("denoise", fp16=True)
+    assert session.get_inputs()[0].type == session.get_outputs()[0].type == "tensor(float16)"
+    rgbs = images(72, 100, 2)
+    out = session.run(["output"], {"input": nchw(rgbs, np.float16)})[0]
+    assert out.dtype == np.float16 and out.shape == (2, 3, 72, 100)
+    for rgb, got in zip(rgbs, out):
+        want = reference(model, rgb, "denoise").transpose(2, 0, 1)
+        # 2% of the output's range (a random model's outputs are not in [0, 1]); float16 keeps 11 bits
+        assert np.abs(got.astype(np.float32) - want).max() < 2e-2 * np.ptp(want)
+
+
+def test_torchscript_matches_pytorch(model, model_dir, out_dir):
+    traced = torch.jit.load(str(export(model_dir, out_dir, "derain", "torchscript", suffix="pt")))
+    for h, w in SIZES:
+        rgbs = images(h, w, 2)
+        with torch.no_grad():
+            out = traced(torch.from_numpy(nchw(rgbs))).numpy()
+        assert out.shape == (2, 3, h, w)
+        for rgb, got in zip(rgbs, out):
+            assert np.abs(got - reference(model, rgb, "derain").transpose(2, 0, 1)).max() < 1e-4, (h, w)
+
+
+def test_merged_safetensors_reloads_into_the_plain_backbone(model, model_dir, out_dir):
+    path = export(model_dir, out_dir, "derain", "safetensors")
+    net, meta = load_merged(path)
+    assert type(net) is IPTV2 and meta["format"] == MERGED_FORMAT and meta["task"] == "derain"
+    assert json.loads(meta["backbone"])["grid_span"] == 32  # the task's span travels with the file
+    assert net.config == model.config.__class__.from_dict(json.loads(meta["backbone"]))
+    for h, w in SIZES[1:]:
+        (rgb,) = images(h, w)
+        with torch.no_grad():
+            got = net(torch.from_numpy(nchw([rgb])))[0].numpy()
+        assert np.abs(got - reference(model, rgb, "derain").transpose(2, 0, 1)).max() < 1e-4
+    half = export(model_dir, out_dir, "derain", "safetensors", fp16=True)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    net16, meta16 = load_merged(half, dtype=None)
+    assert meta16["dtype"] == "float16" and next(net16.parameters()).dtype == torch.float16
+
+
+def test_unknown_task_is_a_one_line_error_listing_the_tasks(model_dir, tmp_path, capsys):
+    target = tmp_path / "x.onnx"
+    assert main(["export", "--model", str(model_dir), "-t", "sharpen", "--format", "onnx", "-o", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "instruct-ipt export: error: unknown task 'sharpen'; this model knows: denoise, derain, dehaze"
+    assert not target.exists()
+    with pytest.raises(SystemExit) as e:  # an unknown format: argparse lists the formats
+        main(["export", "--model", str(model_dir), "-t", "derain", "--format", "tflite", "-o", str(target)])
+    assert e.value.code == 2 and "choose from 'safetensors', 'onnx', 'torchscript'" in capsys.readouterr().err
+
+
+def test_never_writes_into_a_model_folder(model_dir, capsys):
+    before = sorted(p.name for p in model_dir.iterdir())
+    target = model_dir / "model.safetensors"
+    assert main(["export", "--model", str(model_dir), "-t", "derain", "--format", "safetensors", "-o", str(target)]) == 2
+    assert "refusing to write into a model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in model_dir.iterdir()) == before
+    InstructIPT.from_pretrained(model_dir)  # still the model
+
+
+def test_restore_engine_onnx_matches_torch_on_an_8_bit_file(model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    sessions = []  # the onnx engine must really run onnxruntime
+    session = OnnxRestorer.session
+    monkeypatch.setattr(OnnxRestorer, "session", lambda self, task: sessions.append(task) or session(self, task))
+    src = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()[:75, :101]).save(src)
+    outs = {}
+    for engine in ("torch", "onnx"):
+        # tiles: the onnx engine goes through the same tiling and blending as PyTorch
+        assert main(["restore", str(src), "-t", "derain", "--model", str(model_dir), "--engine", engine,
+                     "--tile", "48", "--overlap", "8", "--device", "cpu", "-o", str(tmp_path / engine)]) == 0
+        outs[engine] = np.asarray(Image.open(tmp_path / engine / "photo.restored.png")).astype(int)
+        assert bool(sessions) == (engine == "onnx")
+    assert np.abs(outs["onnx"] - outs["torch"]).max() <= 1
+    assert np.abs(outs["torch"] - np.asarray(Image.open(src)).astype(int)).mean() > 2  # the model did something
