@@ -78,6 +78,10 @@ def test_bundled_photo_figures_are_those_model_md_claims(pipe, tmp_path):
             measured = (np.mean([r.metrics[key] for r in inputs]), np.mean([r.metrics[key] for r in ours]))
             claimed = claims["denoise (grey)" if grey else job.task]
             assert len(ours) == 3 and measured == pytest.approx(claimed, abs=0.05), (job.task, grey, measured, claimed)
+    # issue 24: a grey photo gains within 1 dB of what its colour version gains at sigma 25 (the
+    # figures just checked against a measurement; parts 1-8 gained 1.95 dB on grey against 12.92)
+    colour, grey = claims["denoise"], claims["denoise (grey)"]
+    assert grey[1] - grey[0] > (colour[1] - colour[0]) - 1.0
 
 
 @pytest.mark.parametrize("task", ["denoise", "dehaze"])
