@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instruct_ipt.data.degradations import DEGRADATIONS, make_degradation
+from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite, make_degradation
 from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.instruct.blind import DegradationClassifier
 
@@ -56,7 +56,7 @@ def main() -> None:
     totals = {"single": np.zeros((len(clfs), 2), int), "composite": np.zeros((len(clfs), 2), int)}
     tiles = np.zeros((len(clfs), 2), int)
     for label, spec in cases:
-        expected = set() if spec is None else set(make_degradation(spec).tasks if "+" in spec else [spec])
+        expected = set() if spec is None else set(composite_tasks(spec)) if is_composite(spec) else {spec}
         ok = np.zeros(len(clfs), int)
         n = 0
         wrong: list[dict[str, int]] = [{} for _ in clfs]

@@ -80,8 +80,7 @@ def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) ->
         for seed in range(seeds):
             for k, present in enumerate(sets):
                 rng = np.random.default_rng((seed, i, k))
-                image = make_degradation("+".join(present))(clean, rng).image if len(present) > 1 else (
-                    make_degradation(present[0])(clean, rng).image if present else clean)
+                image = make_degradation("+".join(present))(clean, rng).image if present else clean  # "a" or "a+b"
                 cases.append((image, present))
     return cases
 

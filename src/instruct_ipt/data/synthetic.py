@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .batched import BatchDegrader, BatchedDegradation, batched
-from .degradations import Composite, Degradation, as_grey, degradation_margin, grey_degraded
+from .degradations import PHYSICAL_ORDER, Composite, Degradation, as_grey, degradation_margin, grey_degraded
 from .images import list_images, read_rgb
 
 
@@ -159,8 +159,6 @@ class SyntheticDataset(Dataset):
         if composite_share > 0:
             if synthesis == "device":
                 raise ValueError('composite_share needs synthesis="workers" (device synthesis of composites is not written yet)')
-            from .degradations import PHYSICAL_ORDER
-
             unplaced = sorted({getattr(o, "task", "?") for o in [*self.degradations.values(), *self.companions.values()]}
                               - set(PHYSICAL_ORDER))
             if unplaced:

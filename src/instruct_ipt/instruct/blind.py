@@ -21,18 +21,13 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.degradations import PHYSICAL_ORDER, Composite, Degradation
+from ..data.degradations import Composite, Degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
 from ..io import load_tagged, save_tagged
+from .interpret import order_tasks
 
 BLIND_FORMAT = "instruct-ipt-degradation-classifier"
 BLIND_FILE = "degradation_classifier.safetensors"
-
-
-def restoration_rank(task: str) -> tuple[int, str]:
-    """Sort key: the reverse of the physical order (tasks outside it last, by name)."""
-    order = PHYSICAL_ORDER[::-1]
-    return (order.index(task) if task in order else len(order), task)
 
 
 class DegradationClassifier(nn.Module):
@@ -85,16 +80,15 @@ class DegradationClassifier(nn.Module):
         return {t: float(v) for t, v in zip(self.tasks, probs)}
 
     def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
-        """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order (the
-        reverse of :data:`~instruct_ipt.data.degradations.PHYSICAL_ORDER`: the last degradation
-        undone first). Multi-label: every task at or above its threshold, possibly none (a clean
+        """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order
+        (:func:`~instruct_ipt.instruct.order_tasks`: the last degradation undone first). Multi-label: every task at or above its threshold, possibly none (a clean
         photo). Single-label: the most likely task. ``probs``: :meth:`predict`'s, if already known."""
-        probs = dict(self.predict(rgb) if probs is None else probs)
+        probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
             best = max(probs, key=probs.get)
             return [(best, probs[best])]
         found = [t for t in self.tasks if probs[t] >= self.thresholds[t]]
-        return [(t, probs[t]) for t in sorted(found, key=restoration_rank)]
+        return [(t, probs[t]) for t in order_tasks(found)]
 
     def save(self, path: str | Path) -> Path:
         meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
@@ -190,7 +184,12 @@ class BlindDataset(Dataset):
             sigma = rng.uniform(0.4, 1.2)
             clean = gaussian_filter(clean, (sigma, sigma, 0))
         ops = [self.degradations[self.tasks[i]] for i in present]
-        degraded = clean if not ops else ops[0](clean, rng).image if len(ops) == 1 else Composite(tuple(ops))(clean, rng).image
+        if len(ops) > 1:
+            degraded = Composite(tuple(ops))(clean, rng).image
+        elif ops:
+            degraded = ops[0](clean, rng).image
+        else:
+            degraded = clean
         top, left = rng.integers(0, self.context - self.patch + 1, size=2)
         crop = degraded[top : top + self.patch, left : left + self.patch]
         labels = torch.zeros(len(self.tasks))
