@@ -160,7 +160,8 @@ def test_composite_is_its_components_applied_by_hand_in_physical_order(clean):
     from instruct_ipt.data.degradations import PHYSICAL_ORDER, component_rng
     from instruct_ipt.instruct import PIPELINE_ORDER
 
-    assert PHYSICAL_ORDER == tuple(reversed(PIPELINE_ORDER))  # restoring undoes the last degradation first
+    assert PHYSICAL_ORDER == ("dehaze", "desnow", "derain", "deblur", "denoise", "jpeg")  # scene, camera, sensor, file
+    assert PIPELINE_ORDER == ("jpeg", "denoise", "deblur", "derain", "desnow", "dehaze")  # the last degradation undone first
     got = degrade(clean, "jpeg+noise+blur+haze", seed=7, noise={"sigma": 20}, jpeg={"quality": 30})
     key = int(np.random.default_rng(7).integers(2**63))
     y = Haze()(clean, component_rng(key, "dehaze")).image

@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.plan import EvalRequest, plan_eval, results_meta
     from .eval.runner import Skip, composite_methods, evaluate, format_table, summarise, write_results
     from .inference import pick_device, restore_array
-    from .model import InstructIPT
+    from .pipeline import RestorationPipeline
 
     if not args.data and not args.photos:
         raise ValueError("give a benchmark folder (--data) or a folder of clean photos (--photos)")
@@ -99,14 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sigma=args.sigma, seed=args.seed, crop=args.crop, grey=args.grey, protocol=_protocol_changes(args),
         composites=tuple(args.composite or ()),
     )
-    model = pipe = None
-    if args.model and request.composites:  # composites' sequence and blind rows need the whole pipeline
-        from .pipeline import RestorationPipeline
-
-        pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
-        model = pipe.model
-    elif args.model:
-        model = InstructIPT.from_pretrained(args.model, device=pick_device(args.device)).eval()
+    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device) if args.model else None
+    model = pipe.model if pipe else None  # (the pipeline: a composite's sequence and blind rows)
     plan = plan_eval(request, None if model is None else model.tasks)
     protocols = plan.protocols
 
@@ -344,8 +338,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
     from .model import resolve_model_dir
 
-    model = _load_model(args.model, "cpu")
-    model.task_index(args.task)  # unknown task: a one-line error listing the model's tasks, before any work
+    model = _load_model(args.model, "cpu")  # an unknown task: export_merged's one-line error, before any work
     start = time.perf_counter()
     try:
         path = export(model, args.task, args.output, args.format, fp16=args.fp16)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .data.images import ImageReadError, LoadedImage, load_image, save_image, to_uint8
+from .data.images import ImageReadError, LoadedImage, from_array, load_image, save_image, to_uint8
 from .inference import AUTO_TILE_PIXELS, DEFAULT_TILE
 
 if TYPE_CHECKING:
@@ -175,9 +175,7 @@ def write_examples(folder: str | os.PathLike, tasks: Sequence[str], size: int = 
         if task not in EXAMPLE_PHOTOS or task not in DEGRADATIONS:
             continue
         photo, top, left = EXAMPLE_PHOTOS[task]
-        img = np.asarray(getattr(data, photo)())
-        rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-        crop = rgb[top:top + size, left:left + size].astype(np.float32) / 255.0
+        crop = from_array(np.asarray(getattr(data, photo)())[top:top + size, left:left + size]).rgb
         degraded = np.clip(degrade(crop, task, seed=0).image, 0.0, 1.0)
         written[task] = save_image(folder / f"{task}-{photo}.png", degraded)
     return written
@@ -189,9 +187,7 @@ def _prune(folder: Path, keep_seconds: float = KEEP_SECONDS) -> None:
     for sub in folder.iterdir():
         try:
             if sub.is_dir() and sub.stat().st_mtime < cutoff:
-                for f in sub.iterdir():
-                    f.unlink()
-                sub.rmdir()
+                shutil.rmtree(sub)
         except OSError:
             pass  # another request may be using it; the next prune tries again
 

@@ -205,7 +205,6 @@ def _onnxruntime() -> Any:
 def merged_backbone(model: InstructIPT, task: str | int) -> IPTV2:
     """A float32 CPU copy of the plain backbone with ``task`` merged in, configured with the task's
     grid span. An unknown task is the model's ``ValueError`` listing its tasks; the model is not changed."""
-    model.task_index(task)
     return model.export_merged(task).float().cpu().eval().requires_grad_(False)
 
 
@@ -310,13 +309,10 @@ def export_onnx(model: InstructIPT, task: str | int, path: str | os.PathLike, fp
 
 def export(model: InstructIPT, task: str | int, path: str | os.PathLike, fmt: str, fp16: bool = False) -> Path:
     """Export ``task`` of ``model`` to ``path`` as ``fmt`` (one of :data:`FORMATS`)."""
-    if fmt == "safetensors":
-        return export_safetensors(model, task, path, fp16)
-    if fmt == "onnx":
-        return export_onnx(model, task, path, fp16)
-    if fmt == "torchscript":
-        return export_torchscript(model, task, path, fp16)
-    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    writers = {"safetensors": export_safetensors, "onnx": export_onnx, "torchscript": export_torchscript}
+    if fmt not in writers:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return writers[fmt](model, task, path, fp16)
 
 
 # --- running exported graphs ---------------------------------------------------------------------
@@ -341,7 +337,8 @@ class OnnxRestorer:
     """
 
     def __init__(self, model: InstructIPT, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        self._ort = _onnxruntime()  # missing onnxruntime: said at start, not after the first image
+        _onnx()  # missing onnx or onnxruntime: said at start, not after the first image
+        self._ort = _onnxruntime()
         self.model = model
         self.providers = list(providers)
         self._sessions: dict[str, Any] = {}

@@ -53,7 +53,7 @@ def _run(model: nn.Module, batch: np.ndarray, task: str | int | None, grid_span=
         x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(p.device, p.dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         return model(x, task, grid_span=grid_span).float().cpu().numpy().transpose(0, 2, 3, 1)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # (the top-level alias is torch >= 2.5; we allow 2.2)
         if len(batch) == 1:
             raise
         torch.cuda.empty_cache()

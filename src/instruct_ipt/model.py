@@ -217,13 +217,13 @@ class InstructIPT(nn.Module):
     def export_merged(self, task: str | int) -> nn.Module:
         """A plain :class:`IPTV2` for one task (no modulation code needed to run it), with the
         task's grid span."""
+        name = self._tasks[self.task_index(task)]  # an unknown task: a clear error before any copying
         if self.modulation is None:
             import copy
 
             plain = copy.deepcopy(self.backbone)
         else:
             plain = self.modulation.export_merged(task)
-        name = self._tasks[self.task_index(task)]
         if name in self.task_grid_spans:
             plain.set_grid_span(self.task_grid_spans[name])  # the copy's own config: what it runs with
         return plain

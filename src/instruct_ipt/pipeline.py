@@ -18,19 +18,21 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .data.images import LoadedImage, from_array, from_pil, load_image, save_image, to_array, to_pil
-from .export import OnnxRestorer, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter
 from .instruct.blind import BLIND_FILE, DegradationClassifier
 from .instruct.head import HEAD_FILE
 from .model import InstructIPT, resolve_model_dir
+
+if TYPE_CHECKING:  # the export module (and onnx) load only for --engine onnx
+    from .export import OnnxRestorer
 
 
 @dataclass
@@ -201,6 +203,8 @@ class RestorationPipeline:
         model's device as it is now: each task's graph is exported in memory when first used (see
         :class:`~instruct_ipt.export.OnnxRestorer`); the pixels match PyTorch's up to float rounding.
         Needs onnx and onnxruntime (the ``export`` extra)."""
+        from .export import OnnxRestorer, onnx_providers
+
         self.onnx = OnnxRestorer(self.model, onnx_providers(next(self.model.parameters()).device))
         return self
 

@@ -149,8 +149,8 @@ def results_meta(
 ) -> dict[str, Any]:
     """The run's settings for ``results.json``; with a ``model`` (a folder or "default"), also its
     folder and the SHA-256 of its weights, so a number names the exact model that made it."""
-    from .. import __version__
     from ..model import WEIGHTS_NAME, resolve_model_dir
+    from ..version import __version__
 
     meta = {"model": model, "device": device, "seed": request.seed, "sigma": request.sigma, "crop": request.crop,
             "grey": request.grey, "seam_period": seam_period, "composites": list(request.composites),

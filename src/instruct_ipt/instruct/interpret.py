@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from ..data.degradations import PHYSICAL_ORDER
 from .corpus import UNSUPPORTED
 from .encoder import SentenceEncoder, default_encoder
 from .head import InstructionHead
@@ -13,7 +14,7 @@ from .head import InstructionHead
 #: Order in which several tasks run: the reverse of how the degradations arise. A scene's weather
 #: (haze far away, rain or snow in front of it) is photographed through a shaking camera, whose
 #: sensor adds noise, and the file is then JPEG-compressed; restoration undoes the last step first.
-PIPELINE_ORDER = ("jpeg", "denoise", "deblur", "derain", "desnow", "dehaze")
+PIPELINE_ORDER = tuple(reversed(PHYSICAL_ORDER))  # jpeg, denoise, deblur, derain, desnow, dehaze
 
 EXAMPLES = {
     "denoise": "remove the noise",
