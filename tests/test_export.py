@@ -1,12 +1,15 @@
-"""``instruct-ipt export`` and ``restore --engine onnx``: exported files restore exactly what the
-PyTorch model restores, at sizes other than the one they were traced at.
+"""``instruct-ipt export`` and ``restore --engine``: exported files restore exactly what the
+PyTorch model restores, at sizes other than the one they were traced at; the onnxruntime engine
+(the CPU default) caches its graphs on disk under a key that follows the weights.
 
 The model is tiny and random, with non-zero task biases (so a file of the wrong task, or with no
 task merged, gives other pixels) and a grid span for one task (so grid attention's block split,
 which depends on the map size, is exercised in the graphs as well as the image-wide grid).
 """
 
+import copy
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -15,9 +18,18 @@ from conftest import randomize_task_biases
 from PIL import Image
 from skimage import data
 
-from instruct_ipt import IPTV2, InstructIPT
+from instruct_ipt import IPTV2, InstructIPT, RestorationPipeline
+from instruct_ipt import export as export_module
 from instruct_ipt.cli import main
-from instruct_ipt.export import MERGED_FORMAT, TRACE_SIZE, OnnxRestorer, load_merged
+from instruct_ipt.export import (
+    MERGED_FORMAT,
+    TRACE_SIZE,
+    MissingExportDependency,
+    OnnxRestorer,
+    load_merged,
+    onnx_cache_dir,
+    onnx_cache_key,
+)
 from instruct_ipt.inference import restore_array
 
 TASKS = ["denoise", "derain", "dehaze"]
@@ -179,20 +191,140 @@ def test_never_writes_into_a_model_folder(model_dir, capsys):
     InstructIPT.from_pretrained(model_dir)  # still the model
 
 
-def test_restore_engine_onnx_matches_torch_on_an_8_bit_file(model_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def onnx_deps():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """An empty ONNX cache for one test (the session-wide one may already hold this model's graphs)."""
+    monkeypatch.setenv("INSTRUCT_IPT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def test_onnx_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCT_IPT_CACHE", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert onnx_cache_dir() == tmp_path / "own" / "onnx"
+    monkeypatch.delenv("INSTRUCT_IPT_CACHE")
+    assert onnx_cache_dir() == tmp_path / "xdg" / "instruct-ipt" / "onnx"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert onnx_cache_dir() == tmp_path / "home" / ".cache" / "instruct-ipt" / "onnx"
+
+
+def test_a_second_restorer_loads_the_cached_graph_without_exporting(model, own_cache, onnx_deps):
+    exports = []
+    (rgb,) = images(72, 100)
+    first = OnnxRestorer(model, on_export=exports.append)(rgb, "derain")
+    assert exports == ["derain"]
+    assert [p.name for p in own_cache.iterdir()] == [f"{onnx_cache_key(model, 'derain')}.onnx"]  # no temporary left
+    again = OnnxRestorer(model, on_export=exports.append)  # a new command, as it were
+    assert np.array_equal(again(rgb, "derain"), first)
+    assert exports == ["derain"]  # read from the cache, not exported
+    assert np.abs(first - reference(model, rgb, "derain")).max() < 1e-4
+
+
+def test_a_weight_changed_in_memory_gets_a_new_graph(model, own_cache, onnx_deps):
+    changed = copy.deepcopy(model)  # the module's model stays as it is
+    exports = []
+    engine = OnnxRestorer(changed, on_export=exports.append)
+    (rgb,) = images(72, 100)
+    before, key = engine(rgb, "derain"), onnx_cache_key(changed, "derain")
+    with torch.no_grad():
+        changed.backbone.output.base_layer.bias[0] += 0.25  # one weight, after the first export
+    assert onnx_cache_key(changed, "derain") != key
+    after = engine(rgb, "derain")  # the same restorer: its session in memory is not reused either
+    assert exports == ["derain", "derain"] and len(list(own_cache.iterdir())) == 2
+    assert np.abs(after - reference(changed, rgb, "derain")).max() < 1e-4  # the new weight's pixels
+    assert np.abs(after - before).max() > 0.1
+
+
+def test_a_corrupt_cache_file_is_exported_again_and_replaced(model, own_cache, onnx_deps):
+    path = own_cache / f"{onnx_cache_key(model, 'denoise')}.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx graph" * 100)  # what a full disk or a crash mid-copy could leave
+    exports = []
+    (rgb,) = images(72, 100)
+    out = OnnxRestorer(model, on_export=exports.append)(rgb, "denoise")
+    assert exports == ["denoise"] and not path.read_bytes().startswith(b"not an onnx graph")
+    assert np.abs(out - reference(model, rgb, "denoise")).max() < 1e-4
+    assert np.array_equal(OnnxRestorer(model, on_export=exports.append)(rgb, "denoise"), out)
+    assert exports == ["denoise"]  # the replacement loads
+
+
+def test_an_unwritable_cache_is_one_warning_not_an_error(model, tmp_path, monkeypatch, onnx_deps):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("INSTRUCT_IPT_CACHE", str(tmp_path / "a-file"))  # its onnx/ can never be made, even by root
+    engine = OnnxRestorer(model)
+    (rgb,) = images(40, 48)
+    with pytest.warns(UserWarning, match="cannot write the ONNX cache") as caught:
+        out = engine(rgb, "dehaze")
+    assert len(caught) == 1
+    assert np.abs(out - reference(model, rgb, "dehaze")).max() < 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the graph is in memory now: no second export, no second warning
+        assert np.array_equal(engine(rgb, "dehaze"), out)
+
+
+def test_auto_engine_is_onnxruntime_on_the_cpu_and_pytorch_without_it(model, monkeypatch, onnx_deps):
+    assert RestorationPipeline(model).engine == "torch"  # the default: faster per command (docs/deployment.md)
+    assert RestorationPipeline(model).active_engine == "pytorch"
+    assert RestorationPipeline(model, engine="auto").active_engine == "onnxruntime"
+    assert RestorationPipeline(model, engine="torch").active_engine == "pytorch"
+    assert RestorationPipeline(model, engine="onnx").active_engine == "onnxruntime"
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'; choose one of auto, torch, onnx"):
+        RestorationPipeline(model, engine="tensorrt")
+
+    def missing():
+        raise MissingExportDependency("the onnx engine needs onnxruntime: pip install 'instruct-ipt[export]'")
+
+    monkeypatch.setattr(export_module, "_onnxruntime", missing)
+    pipe = RestorationPipeline(model, engine="auto")
+    assert pipe.active_engine == "pytorch"  # auto falls back
+    (rgb,) = images(40, 48)
+    assert np.array_equal(pipe(rgb, task="derain"), RestorationPipeline(model, engine="torch")(rgb, task="derain"))
+    with pytest.raises(ImportError, match="needs onnxruntime"):
+        RestorationPipeline(model).use_onnx()  # asked for explicitly: an error
+
+
+def test_restore_engine_onnx_without_onnxruntime_is_a_one_line_error(model_dir, tmp_path, monkeypatch, capsys):
+    def missing():
+        raise MissingExportDependency("the onnx engine needs onnxruntime: pip install 'instruct-ipt[export]'")
+
+    monkeypatch.setattr(export_module, "_onnxruntime", missing)
+    src = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()[:24, :32]).save(src)
+    assert main(["restore", str(src), "-t", "derain", "--model", str(model_dir), "--engine", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "instruct-ipt restore: error: the onnx engine needs onnxruntime: pip install 'instruct-ipt[export]'"
+    assert not (tmp_path / "photo.restored.png").exists()
+    assert main(["restore", str(src), "-t", "derain", "--model", str(model_dir), "--engine", "auto"]) == 0  # PyTorch, no error
+    assert (tmp_path / "photo.restored.png").exists()
+
+
+def test_restore_engines_auto_onnx_and_torch_on_an_8_bit_file(model_dir, tmp_path, own_cache, monkeypatch, capsys,
+                                                              onnx_deps):
     sessions = []  # the onnx engine must really run onnxruntime
     session = OnnxRestorer.session
     monkeypatch.setattr(OnnxRestorer, "session", lambda self, task: sessions.append(task) or session(self, task))
     src = tmp_path / "photo.png"
     Image.fromarray(data.astronaut()[:75, :101]).save(src)
-    outs = {}
-    for engine in ("torch", "onnx"):
+    files, errs = {}, {}
+    for engine in ("auto", "onnx", "torch"):
+        sessions.clear()
         # tiles: the onnx engine goes through the same tiling and blending as PyTorch
         assert main(["restore", str(src), "-t", "derain", "--model", str(model_dir), "--engine", engine,
                      "--tile", "48", "--overlap", "8", "--device", "cpu", "-o", str(tmp_path / engine)]) == 0
-        outs[engine] = np.asarray(Image.open(tmp_path / engine / "photo.restored.png")).astype(int)
-        assert bool(sessions) == (engine == "onnx")
+        files[engine] = (tmp_path / engine / "photo.restored.png").read_bytes()
+        errs[engine] = capsys.readouterr().err
+        assert bool(sessions) == (engine != "torch")
+    # the first command exports (one line on stderr), the second reads the graph from the cache
+    assert errs["auto"].strip() == f"instruct-ipt restore: exporting derain to ONNX once (cached in {own_cache})"
+    assert errs["onnx"] == errs["torch"] == ""
+    assert files["auto"] == files["onnx"]  # byte for byte
+    outs = {e: np.asarray(Image.open(tmp_path / e / "photo.restored.png")).astype(int) for e in files}
     assert np.abs(outs["onnx"] - outs["torch"]).max() <= 1
     assert np.abs(outs["torch"] - np.asarray(Image.open(src)).astype(int)).mean() > 2  # the model did something

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -212,6 +212,32 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_task(args: argparse.Namespace) -> int:
+    """A task of the user's own from a folder of pairs; the logic is ``train/add_task.py``'s."""
+    from .train import TrainingError
+    from .train.add_task import add_task
+
+    try:
+        r = add_task(args.name, args.pairs, args.out, model=args.model, phrases=args.phrases, corpus=args.corpus, iterations=args.iterations,
+                     max_minutes=args.max_minutes, patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr,
+                     seed=args.seed, device=args.device, resume=args.resume, progress=not args.no_progress)
+    except TrainingError as e:
+        print(f"instruct-ipt add-task: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninstruct-ipt add-task: stopped; the same command with --resume continues from the last checkpoint "
+              f"in {args.out}.run", file=sys.stderr)
+        return 130
+    if r.dropped_unsupported:
+        print(f"the instruction head no longer refuses {len(r.dropped_unsupported)} request(s) that now mean {r.task}, "
+              f"e.g. {', '.join(repr(t) for t in r.dropped_unsupported[:3])}")
+    print(f"added task {r.task}: {r.steps} bias-only steps on {r.pairs} pairs; the instruction head knows "
+          f"{len(r.phrases)} phrasings of it (held-out accuracy on the other classes {100 * r.held_out_accuracy:.1f}%, "
+          f"{r.held_out_count} phrasings); wrote {r.folder}")
+    print(f'try: instruct-ipt restore IMAGE -i "{r.phrases[1] if len(r.phrases) > 1 else r.phrases[0]}" --model {r.folder}')
+    return 0
+
+
 def cmd_train_head(args: argparse.Namespace) -> int:
     from .instruct import InstructionHead, default_encoder, held_out_accuracy, load_corpus, split, train_head
     from .instruct.corpus import UNSUPPORTED, read_phrases
@@ -259,6 +285,20 @@ def _expand_inputs(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def _say_export(command: str) -> Callable[[str], None]:
+    """The one stderr line before a task's ONNX export: the first image of that task waits seconds
+    longer, once per model and machine (the graph is cached)."""
+
+    def say(task: str) -> None:
+        from tqdm import tqdm
+
+        from .export import onnx_cache_dir
+
+        tqdm.write(f"instruct-ipt {command}: exporting {task} to ONNX once (cached in {onnx_cache_dir()})", file=sys.stderr)
+
+    return say
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -275,13 +315,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     files = _expand_inputs(args.inputs)
     if not files:
         raise ValueError("no input images")
-    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device, engine=args.engine)
     if args.engine == "onnx":
         try:
             pipe.use_onnx()
         except ImportError as e:  # the export extra is not installed: one line, before any image is read
             print(f"instruct-ipt restore: error: {e}", file=sys.stderr)
             return 2
+    pipe.on_export = _say_export("restore")
     plan = None
     if args.task is not None or args.instruction is not None:  # the same tasks for every file: chosen once
         try:
@@ -323,6 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import RestorationPipeline
 
     pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+    pipe.on_export = _say_export("demo")
     demo = build_demo(pipe)
     try:
         demo.launch(server_name=args.host, server_port=args.port, show_error=True)
@@ -351,8 +393,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_analysis_extra() -> None:
+    """matplotlib is an optional extra: a one-line error (via ``main``) before any model is loaded."""
+    from .analysis import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+
+
+def cmd_analyze_similarity(args: argparse.Namespace) -> int:
+    """The paper's Table 2 for saved models; the logic is ``analysis``'s."""
+    from .analysis import analyze_similarity, similarity_table
+
+    _require_analysis_extra()
+    results, paths = analyze_similarity(args.base, args.finetuned, args.names, args.out)
+    print(similarity_table(results))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_analyze_rank_energy(args: argparse.Namespace) -> int:
+    """The paper's Fig. 2 for saved models; the logic is ``analysis``'s."""
+    from .analysis import analyze_rank_energy, rank_energy_table
+
+    _require_analysis_extra()
+    rows, paths = analyze_rank_energy(args.base, args.finetuned, args.constant, args.proportional, args.out)
+    print(rank_energy_table(rows))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .export import FORMATS
+    from .export import ENGINES, FORMATS
     from .models import SIZES
 
     parser = argparse.ArgumentParser(
@@ -445,9 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="run N same-size tiles in one forward pass (halved automatically when GPU memory runs out)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--engine", choices=("torch", "onnx"), default="torch",
-                   help="run the network in PyTorch (default) or in onnxruntime: each task used is exported to ONNX "
-                   "in memory first (needs pip install 'instruct-ipt[export]')")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="what runs the network: torch (default; measured faster per command on a CPU, docs/deployment.md), "
+                   "onnx (onnxruntime; pip install 'instruct-ipt[export]'), or auto (onnxruntime on the CPU when "
+                   "installed, else PyTorch). Each task's ONNX graph is exported once and cached on disk "
+                   "($INSTRUCT_IPT_CACHE/onnx, default ~/.cache/instruct-ipt/onnx; safe to delete)")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("export", help="one task as a plain image-to-image network file: safetensors, ONNX or TorchScript",
@@ -470,6 +548,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", metavar="FILE", help="an instruction head file")
     p.set_defaults(func=cmd_interpret)
 
+    p = sub.add_parser("add-task", help="add a task of your own from a folder of (degraded, clean) pairs: biases, "
+                       "instruction phrasings, one new model folder")
+    p.add_argument("name", help="the new task's name, e.g. lowlight")
+    p.add_argument("--pairs", required=True, action="append", metavar="FOLDER",
+                   help="pairs in a layout eval detects, e.g. input/ + target/ with the same file names (repeatable)")
+    p.add_argument("--out", required=True, metavar="NEWDIR", help="the new model folder (must not exist or be empty)")
+    p.add_argument("--model", metavar="DIR", help="the model that gains the task (default: the shipped model)")
+    p.add_argument("--phrases", metavar="FILE", help="requests that should pick the task, one per line "
+                   "(default: a few built from the name)")
+    p.add_argument("--corpus", metavar="DIR", help="phrasings of the other tasks and unsupported requests for the "
+                   "instruction head, <task>.txt files (default: the packaged corpus)")
+    p.add_argument("--iterations", type=int, default=600, help="bias-only training steps (default 600)")
+    p.add_argument("--max-minutes", type=float, metavar="M", help="instead, as many steps as fit M minutes")
+    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run (its checkpoints are in NEWDIR.run)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_add_task)
+
     p = sub.add_parser("train-head", help="retrain the instruction head, e.g. for a model with new tasks")
     p.add_argument("--model", metavar="DIR", help="train for this model's tasks; the head is saved in its folder")
     p.add_argument("--corpus", metavar="DIR", help="corpus folder of <task>.txt files (default: the packaged corpus)")
@@ -489,6 +589,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("analyze", help="weight analyses of the paper: per-group similarity of fine-tuned models "
+                       "(Table 2), fine-tuning delta energy per rank (Fig. 2)",
+                       description="Compare the backbone weights of fine-tuned models with their base (task biases "
+                       "of modulated models are left out); tables to stdout, markdown/CSV/PNG to --out. Needs "
+                       'pip install "instruct-ipt[analysis]". See docs/reproduction.md.')
+    analyses = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    a = analyses.add_parser("similarity", help="mean cosine similarity to the base per layer group, one column per "
+                            "fine-tuned model: similarity.md, .csv, .png")
+    a.add_argument("--base", required=True, metavar="PLAIN", help="the model the others were fine-tuned from")
+    a.add_argument("--finetuned", required=True, nargs="+", metavar="DIR", help="fine-tuned model folders")
+    a.add_argument("--names", nargs="+", metavar="NAME", help="one name per fine-tuned model (default: each folder's "
+                   "name)")
+    a.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
+    a.set_defaults(func=cmd_analyze_similarity)
+    a = analyses.add_parser("rank-energy", help="per modulated layer, the share of the fine-tuning delta's energy "
+                            "within the constant and the proportional rank: rank_energy.csv and a chart per strategy")
+    a.add_argument("--base", required=True, metavar="PLAIN", help="the model that was fine-tuned")
+    a.add_argument("--finetuned", required=True, metavar="FT", help="the fine-tuned model folder")
+    a.add_argument("--constant", type=int, default=8, help="rank of the constant strategy (default 8)")
+    a.add_argument("--proportional", type=float, default=0.05,
+                   help="share of each layer's full rank for the proportional strategy (default 0.05)")
+    a.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
+    a.set_defaults(func=cmd_analyze_rank_energy)
     return parser
 
 

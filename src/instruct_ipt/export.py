@@ -19,6 +19,8 @@ possibly-zero amount, always masking). They share the original layers' parameter
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import io
 import json
@@ -316,6 +318,12 @@ def export(model: InstructIPT, task: str | int, path: str | os.PathLike, fmt: st
 
 
 # --- running exported graphs ---------------------------------------------------------------------
+#: what runs a pipeline's tasks (``RestorationPipeline(engine=...)``, ``restore --engine``): "auto"
+#: (onnxruntime for a float32 model on the CPU when onnx and onnxruntime import, else PyTorch),
+#: "torch" (always PyTorch) or "onnx" (always onnxruntime; an error when it is not installed)
+ENGINES = ("auto", "torch", "onnx")
+
+
 def onnx_providers(device: torch.device) -> list[str]:
     """onnxruntime's providers for the device the model was asked to run on: CUDA (needs the
     onnxruntime-gpu build) for a CUDA device, else the CPU."""
@@ -327,30 +335,143 @@ def onnx_providers(device: torch.device) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-class OnnxRestorer:
-    """A model's tasks run through onnxruntime (``instruct-ipt restore --engine onnx``).
+def onnx_available() -> bool:
+    """Whether both onnx and onnxruntime import: what ``engine="auto"`` needs to pick onnxruntime."""
+    try:
+        _onnx()
+        _onnxruntime()
+    except MissingExportDependency:
+        return False
+    return True
 
-    Each task's float32 graph is exported in memory the first time the task is used and kept for
-    the next images: no file is written, so there is nothing to clean up and nothing to go stale
-    when the model folder changes. Tiling is the PyTorch path's (:func:`~instruct_ipt.inference.restore_with`),
-    so both engines give the same pixels up to float rounding.
+
+def onnx_cache_dir() -> Path:
+    """Where :class:`OnnxRestorer` keeps exported graphs: ``$INSTRUCT_IPT_CACHE/onnx``, else
+    ``$XDG_CACHE_HOME/instruct-ipt/onnx``, else ``~/.cache/instruct-ipt/onnx``. Read at each use,
+    so a test (or a user) can point it elsewhere at any time. Safe to delete: a missing graph is
+    exported again."""
+    own = os.environ.get("INSTRUCT_IPT_CACHE")
+    if own:
+        return Path(own).expanduser() / "onnx"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative value is to be ignored
+        return Path(xdg) / "instruct-ipt" / "onnx"
+    return Path.home() / ".cache" / "instruct-ipt" / "onnx"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """SHA-256 of the source that turns weights into a graph (this module, the backbone, the
+    modulation, the model class). ``__version__`` changes only at releases, so without this an
+    edited exporter in a development checkout would keep running graphs made by the old code."""
+    root = Path(__file__).resolve().parent
+    files = [root / "export.py", root / "model.py", *sorted((root / "models").glob("*.py")),
+             *sorted((root / "modulation").glob("*.py"))]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def onnx_cache_key(model: InstructIPT, task: str | int) -> str:
+    """SHA-256 over everything the float32 graph of ``task`` depends on: package, torch, opset and
+    IR versions, the exporting code, the task, the model config (JSON, sorted keys, with the per-task
+    grid spans) and every tensor of the state dict (name, dtype, shape, bytes; sorted by name).
+
+    Computed from the model as it is now (about 20 ms for the shipped model's 18 MiB of tensors), so weights
+    changed in memory after loading, or a model folder overwritten in place, can never reuse an
+    old graph."""
+    h = hashlib.sha256()
+    head = {"instruct_ipt": __version__, "torch": torch.__version__, "opset": ONNX_OPSET, "ir": ONNX_IR_VERSION,
+            "code": _code_fingerprint(), "task": _task_name(model, task), "config": model.config_dict()}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    state = model.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class OnnxRestorer:
+    """A model's tasks run through onnxruntime (the default CPU engine of ``instruct-ipt restore``).
+
+    Each task's float32 graph is exported once and kept on disk in :func:`onnx_cache_dir` under
+    :func:`onnx_cache_key`, so later commands start in well under a second instead of paying the
+    export (seconds per task). The key covers the weights as they are at each :meth:`session` call,
+    so a changed model gets a new graph, never a stale one. A cache file onnxruntime cannot read
+    (truncated, damaged) is exported again and replaced; an unwritable cache directory costs one
+    warning and the graph is kept in memory only. ``cache=False`` never touches the disk.
+    ``on_export(task)`` is called just before an export really happens (the CLI says so on stderr:
+    the first image of a task waits seconds longer). Tiling is the PyTorch path's
+    (:func:`~instruct_ipt.inference.restore_with`), so both engines give the same pixels up to
+    float rounding.
     """
 
-    def __init__(self, model: InstructIPT, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    def __init__(self, model: InstructIPT, providers: Sequence[str] = ("CPUExecutionProvider",), cache: bool = True,
+                 on_export: Callable[[str], None] | None = None) -> None:
         _onnx()  # missing onnx or onnxruntime: said at start, not after the first image
         self._ort = _onnxruntime()
         self.model = model
         self.providers = list(providers)
-        self._sessions: dict[str, Any] = {}
+        self.cache = cache
+        self.on_export = on_export
+        #: task name -> (cache key, session): one session per task, replaced when the weights change
+        self._sessions: dict[str, tuple[str, Any]] = {}
+        self._write_failed = False  # warned once: no more attempts to write in this restorer
+
+    def _new_session(self, graph: bytes) -> Any:
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch would use (OMP_NUM_THREADS)
+        return self._ort.InferenceSession(graph, options, providers=self.providers)
+
+    def _cached_session(self, path: Path) -> Any | None:
+        """The session of a cached graph, or None when there is none or onnxruntime cannot load it."""
+        try:
+            graph = path.read_bytes()
+        except OSError:  # not there (or unreadable): a miss
+            return None
+        try:
+            session = self._new_session(graph)
+        except Exception:  # noqa: BLE001 - onnxruntime's load errors (InvalidProtobuf, InvalidGraph, ...) share no other base
+            return None
+        names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        return session if names == (["input"], ["output"]) else None
+
+    def _store(self, path: Path, graph: bytes) -> None:
+        """Write a graph into the cache atomically; an unwritable cache is a warning, not an error."""
+        if self._write_failed:
+            return
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_bytes(graph)
+
+        try:
+            atomic_write(path, write)
+        except OSError as e:
+            self._write_failed = True
+            warnings.warn(f"cannot write the ONNX cache in {path.parent} ({e}); the exported graphs are kept in "
+                          "memory for this run only (set INSTRUCT_IPT_CACHE to a writable folder)", stacklevel=2)
 
     def session(self, task: str | int) -> Any:
-        """The onnxruntime session of ``task``, exported on first use."""
+        """The onnxruntime session of ``task`` for the model's current weights: from memory, else
+        from the disk cache, else exported (and cached)."""
         name = _task_name(self.model, task)
-        if name not in self._sessions:
-            options = self._ort.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch would use (OMP_NUM_THREADS)
-            self._sessions[name] = self._ort.InferenceSession(onnx_bytes(self.model, name), options, providers=self.providers)
-        return self._sessions[name]
+        key = onnx_cache_key(self.model, name)
+        known = self._sessions.get(name)
+        if known is not None and known[0] == key:
+            return known[1]
+        path = onnx_cache_dir() / f"{key}.onnx"
+        session = self._cached_session(path) if self.cache else None
+        if session is None:
+            if self.on_export is not None:
+                self.on_export(name)
+            graph = onnx_bytes(self.model, name)
+            session = self._new_session(graph)
+            if self.cache:
+                self._store(path, graph)
+        self._sessions[name] = (key, session)
+        return session
 
     def forward(self, task: str | int) -> Callable[[np.ndarray], np.ndarray]:
         """``(N, H, W, 3)`` float32 stack -> restored stack, through ``task``'s graph."""

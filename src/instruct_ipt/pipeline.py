@@ -18,21 +18,19 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .data.images import LoadedImage, from_array, from_pil, load_image, save_image, to_array, to_pil
+from .export import ENGINES, OnnxRestorer, onnx_available, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter
 from .instruct.blind import BLIND_FILE, DegradationClassifier
 from .instruct.head import HEAD_FILE
 from .model import InstructIPT, resolve_model_dir
-
-if TYPE_CHECKING:  # the export module (and onnx) load only for --engine onnx
-    from .export import OnnxRestorer
 
 
 @dataclass
@@ -91,6 +89,9 @@ class RestorationPipeline:
     >>> pipe = RestorationPipeline.from_pretrained()          # the shipped model
     >>> out = pipe("photo.jpg", instruction="remove the rain")  # a Restored; out.save("clean.png")
     >>> arr = pipe(np.asarray(Image.open("photo.jpg")), task="derain")  # same kind back: uint8 array
+
+    ``engine`` (one of :data:`ENGINES`) chooses what runs the network; the default ``"torch"`` is the
+    CLI's default too, so ``instruct-ipt restore`` and ``pipe(...)`` write the same bytes.
     """
 
     def __init__(
@@ -98,28 +99,34 @@ class RestorationPipeline:
         model: InstructIPT,
         head: InstructionHead | None = None,
         classifier: DegradationClassifier | None = None,
+        engine: str = "torch",
     ) -> None:
         """``head`` / ``classifier``: None takes the shipped model's (used only when needed)."""
         self.model = model.eval()
         self._head = head
         self._classifier = classifier
         self._interpreter: Interpreter | None = None
-        #: set by :meth:`use_onnx`: tasks then run through onnxruntime instead of PyTorch
-        self.onnx: OnnxRestorer | None = None
+        self.engine = engine
+        #: called with a task's name just before its ONNX graph is exported (not found in the cache)
+        self.on_export: Callable[[str], None] | None = None
+        self._onnx: OnnxRestorer | None = None  # made on first use, kept: its sessions are the cache in memory
+        self._onnx_device: torch.device | None = None
 
     # loading and saving --------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | None = "auto") -> RestorationPipeline:
+    def from_pretrained(cls, folder: str | os.PathLike | None = None, device: str | None = "auto",
+                        engine: str = "torch") -> RestorationPipeline:
         """Load a pipeline folder; None or ``"default"``: the model shipped with the package.
 
         A model folder without its own instruction head or classifier (saved by
-        ``InstructIPT.save_pretrained``) gets the shipped ones.
+        ``InstructIPT.save_pretrained``) gets the shipped ones. ``engine``: see :data:`ENGINES`.
         """
+        check_engine(engine)  # before the weights are read
         folder = resolve_model_dir(folder)
         model = InstructIPT.from_pretrained(folder, device=pick_device(device))
         head = InstructionHead.load(folder / HEAD_FILE) if (folder / HEAD_FILE).is_file() else None
         clf = DegradationClassifier.load(folder / BLIND_FILE) if (folder / BLIND_FILE).is_file() else None
-        return cls(model, head, clf)
+        return cls(model, head, clf, engine)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write everything the pipeline uses into ``folder`` (each file atomically): the model's
@@ -153,6 +160,39 @@ class RestorationPipeline:
     @property
     def tasks(self) -> list[str]:
         return self.model.tasks
+
+    # engines ---------------------------------------------------------------------------
+    @property
+    def engine(self) -> str:
+        """The engine asked for, one of :data:`ENGINES`; :attr:`active_engine` says what it resolves to."""
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: str) -> None:
+        self._engine = check_engine(engine)
+
+    @property
+    def active_engine(self) -> str:
+        """``"onnxruntime"`` or ``"pytorch"``: what :meth:`run` uses now. ``"auto"`` is resolved at each
+        call, so ``pipe.to("cuda")`` goes back to PyTorch (onnxruntime's gain was measured on CPUs
+        only), and so does a float16 or bfloat16 model (the graphs are float32: other pixels)."""
+        if self.engine != "auto":
+            return "pytorch" if self.engine == "torch" else "onnxruntime"
+        p = next(self.model.parameters())
+        if p.device.type != "cpu" or p.dtype != torch.float32:
+            return "pytorch"
+        return "onnxruntime" if onnx_available() else "pytorch"
+
+    def _onnx_restorer(self) -> OnnxRestorer:
+        """The onnxruntime runner, made once and reused (its sessions stay loaded); made again only
+        when the model or its device changed. Raises ``ImportError`` without onnx/onnxruntime and
+        ``ValueError`` for a CUDA model when onnxruntime has no CUDA provider."""
+        device = next(self.model.parameters()).device
+        if self._onnx is None or self._onnx.model is not self.model or self._onnx_device != device:
+            self._onnx = OnnxRestorer(self.model, onnx_providers(device))
+            self._onnx_device = device
+        self._onnx.on_export = self.on_export
+        return self._onnx
 
     # choosing and running tasks --------------------------------------------------------
     def choose(self, rgb: np.ndarray | None = None, task: str | Sequence[str] | None = None,
@@ -188,10 +228,11 @@ class RestorationPipeline:
         [0, 1] before the next. Each task runs merged (the backbone's cost); the model is left as
         it was. ``tile``, ``overlap``, ``batch``: see :func:`~instruct_ipt.inference.restore_array`."""
         check_tiling(tile, overlap, batch)
+        onnx = self._onnx_restorer() if tasks and self.active_engine == "onnxruntime" else None
         out = rgb
         for t in tasks:
-            if self.onnx is not None:
-                out = self.onnx(out, t, tile, overlap, progress, batch)
+            if onnx is not None:
+                out = onnx(out, t, tile, overlap, progress, batch)
             else:
                 with self.model.merged(t):
                     out = restore_array(self.model, out, None if self.model.modulated else t, tile, overlap, progress, batch)
@@ -199,13 +240,13 @@ class RestorationPipeline:
         return out
 
     def use_onnx(self) -> RestorationPipeline:
-        """Run tasks through onnxruntime from now on (``instruct-ipt restore --engine onnx``), on the
-        model's device as it is now: each task's graph is exported in memory when first used (see
-        :class:`~instruct_ipt.export.OnnxRestorer`); the pixels match PyTorch's up to float rounding.
-        Needs onnx and onnxruntime (the ``export`` extra)."""
-        from .export import OnnxRestorer, onnx_providers
-
-        self.onnx = OnnxRestorer(self.model, onnx_providers(next(self.model.parameters()).device))
+        """Run tasks through onnxruntime from now on, whatever the device (``engine="onnx"``,
+        ``instruct-ipt restore --engine onnx``): each task's graph is exported when first used, or
+        read from the disk cache (see :class:`~instruct_ipt.export.OnnxRestorer`); the pixels match
+        PyTorch's up to float rounding. Needs onnx and onnxruntime (the ``export`` extra): said
+        here, before any image, as is a CUDA model with an onnxruntime that has no CUDA provider."""
+        self._onnx_restorer()
+        self.engine = "onnx"
         return self
 
     def restore(self, image: LoadedImage, task: str | Sequence[str] | None = None, instruction: str | None = None,
@@ -259,6 +300,13 @@ def named_tasks(task: str | Sequence[str]) -> list[str]:
     if "" in names:
         raise ValueError(f"task {task!r}: an empty task name")
     return names
+
+
+def check_engine(engine: str) -> str:
+    """``engine`` if it is one of :data:`ENGINES`, else a ``ValueError`` listing them."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    return engine
 
 
 def check_tiling(tile: int | None, overlap: int, batch: int, flag: str = "") -> None:

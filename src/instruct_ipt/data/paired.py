@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .images import list_images
+from .images import ImageReadError, list_images, read_rgb
 
 LAYOUT_HELP = (
     "expected one of: <scene>/blur + <scene>/sharp (GoPro), rainy/ + norain/ (Rain100L/H), "
@@ -137,3 +138,58 @@ class SeededNoise:
 
     def __call__(self, clean: np.ndarray) -> np.ndarray:
         return (clean + self.state.normal(0, self.sigma / 255.0, clean.shape)).astype(np.float32)
+
+
+class PairError(ValueError):
+    """Training pairs that cannot be used as they are; the message names the file."""
+
+
+def load_training_pairs(
+    folders: Sequence[str | os.PathLike], task: str, min_size: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Real ``(degraded, clean)`` training pairs for ``task`` as uint8 (H, W, 3) arrays, from
+    folders in the layouts :func:`detect_layout` recognises.
+
+    Everything is read and checked here, before training starts, so a bad file costs seconds,
+    not a stage: an input without a target, a pair whose images differ in size, an unreadable
+    file, an image smaller than ``min_size`` (the training patch) on a side, a folder of clean
+    images only (no pairs) or a benchmark folder of another task (a Rain100 folder listed for
+    deblurring) are :class:`PairError` naming the file or folder. Grey files are replicated to
+    RGB, as the model sees them at restore time.
+    """
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    for folder in folders:
+        try:
+            layout = detect_layout(folder)
+        except LayoutError as e:
+            raise PairError(f"data.paired.{task}: {e}") from e
+        if layout.name == "clean-only":
+            raise PairError(f"data.paired.{task}: {folder} holds clean images only, no pairs; "
+                            "expected input/ + target/ or a benchmark layout (blur/ + sharp/, rainy/ + norain/, ...)")
+        if layout.task is not None and layout.task != task:
+            raise PairError(f"data.paired.{task}: {folder} is a {layout.name} folder ({layout.task}), not {task} pairs")
+        if layout.unpaired:
+            names = ", ".join(str(p) for p in layout.unpaired[:3])
+            more = f" and {len(layout.unpaired) - 3} more" if len(layout.unpaired) > 3 else ""
+            raise PairError(f"data.paired.{task}: no target for {names}{more}")
+        for pair in layout.pairs:
+            assert pair.input is not None  # paired layouts always name an input
+            images = []
+            for path in (pair.input, pair.target):
+                try:
+                    images.append((read_rgb(path) * 255.0 + 0.5).astype(np.uint8))
+                except ImageReadError as e:
+                    raise PairError(f"data.paired.{task}: {e}") from e
+            degraded, clean = images
+            if degraded.shape != clean.shape:
+                raise PairError(
+                    f"data.paired.{task}: {pair.input} is {degraded.shape[1]}x{degraded.shape[0]} but its target "
+                    f"{pair.target} is {clean.shape[1]}x{clean.shape[0]}; a pair must have one size"
+                )
+            if min(clean.shape[:2]) < min_size:
+                raise PairError(f"data.paired.{task}: {pair.input} is {clean.shape[1]}x{clean.shape[0]}, smaller than "
+                                f"the {min_size}px training patch")
+            pairs.append((degraded, clean))
+    if not pairs:
+        raise PairError(f"data.paired.{task}: no pairs in {', '.join(map(str, folders)) or '(no folders)'}")
+    return pairs

@@ -114,6 +114,12 @@ class SyntheticDataset(Dataset):
     degradation only, in the presence of others, as real photos bring them (issue 23). Only
     with ``synthesis="workers"`` for now.
 
+    ``pairs``: real ``(degraded, clean)`` uint8 pairs per task (:func:`~.paired.load_training_pairs`).
+    A task with pairs draws that share of its samples (``paired_share``, default 0.5) from them and
+    the rest from its operator; a task with pairs and no operator (a task of the user's own, which
+    no synthetic degradation makes) draws all of them from its pairs. A paired sample is cropped at
+    the same place in both images and given the same flip/rotation. Workers synthesis only.
+
     ``synthesis="device"``: the operators are wrapped with :func:`~.batched.batched`; after the same
     draws of task, photo, crop and flip, a sample holds ``clean`` (3, S, S) uint8, S = P + 2M with M
     :attr:`margin`, the largest margin of the operators (a task's own P + 2m crop centred, the rest
@@ -134,16 +140,30 @@ class SyntheticDataset(Dataset):
         grey_share: float = 0.0,
         composite_share: float = 0.0,
         companions: Mapping[str, Degradation] | None = None,
+        pairs: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
+        paired_share: float | Mapping[str, float] = 0.5,
     ) -> None:
-        if not images:
-            raise ValueError("no clean images")
+        self.pairs = {t: list(p) for t, p in (pairs or {}).items()}
+        if not images and degradations:
+            raise ValueError(f"no clean images for the synthetic tasks ({', '.join(degradations)})")
         self.images = list(images)
-        self.tasks = list(tasks) if tasks is not None else list(degradations)
-        missing = [t for t in degradations if t not in self.tasks]
+        self.tasks = list(tasks) if tasks is not None else list(dict.fromkeys([*degradations, *self.pairs]))
+        missing = [t for t in [*degradations, *self.pairs] if t not in self.tasks]
         if missing:
-            raise ValueError(f"degradations for tasks the model lacks: {', '.join(missing)}")
+            raise ValueError(f"degradations or pairs for tasks the model lacks: {', '.join(missing)}")
+        empty = [t for t, p in self.pairs.items() if not p]
+        if empty:
+            raise ValueError(f"no pairs for {', '.join(empty)}")
         self.degradations = dict(degradations)
-        self.active = [t for t in self.tasks if t in self.degradations]
+        self.active = [t for t in self.tasks if t in self.degradations or t in self.pairs]
+        if not self.active:
+            raise ValueError("nothing to train on: no degradations and no pairs")
+        shares = paired_share if isinstance(paired_share, Mapping) else {t: paired_share for t in self.pairs}
+        self.paired_share = {t: float(shares.get(t, 0.5)) if t in self.degradations else 1.0 for t in self.pairs}
+        if any(not 0 <= v <= 1 for v in self.paired_share.values()):
+            raise ValueError(f"paired_share must be in [0, 1], got {dict(shares)}")
+        if self.pairs and synthesis == "device":
+            raise ValueError('pairs need synthesis="workers" (paired samples are cut in the workers)')
         self.sampler = TaskSampler(self.active, task_weights)
         self.patch_size = patch_size
         self.length = length
@@ -187,11 +207,34 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def _paired_sample(self, name: str, rng: np.random.Generator) -> dict:
+        """A crop of one of ``name``'s pairs: the same window and flip/rotation in both images."""
+        pairs = self.pairs[name]
+        degraded, clean = pairs[int(rng.integers(len(pairs)))]
+        p = self.patch_size
+        if min(clean.shape[:2]) < p:
+            raise ValueError(f"a {name} pair is {clean.shape[1]}x{clean.shape[0]}, smaller than the {p}px patch")
+        top, left = int(rng.integers(0, clean.shape[0] - p + 1)), int(rng.integers(0, clean.shape[1] - p + 1))
+        turn = int(rng.integers(2**63))  # one draw for both images: the same flip/rotation
+        degraded = augment(degraded[top : top + p, left : left + p], np.random.default_rng(turn))
+        clean = augment(clean[top : top + p, left : left + p], np.random.default_rng(turn))
+        if self.grey_share > 0 and bool(rng.random() < self.grey_share):
+            degraded, clean = as_grey(degraded), as_grey(clean)
+        return {
+            "input": to_tensor(degraded.astype(np.float32) / 255.0),
+            "target": to_tensor(clean.astype(np.float32) / 255.0),
+            "task": self.tasks.index(name),
+            "task_name": name,
+        }
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = np.random.default_rng((self.seed, self.epoch, index))
         name = self.active[self.sampler(rng)]
+        # a task without pairs makes no extra draw: its samples stay those of a run without pairs
+        if name in self.pairs and (name not in self.degradations or rng.random() < self.paired_share[name]):
+            return self._paired_sample(name, rng)
         img = self.images[int(rng.integers(len(self.images)))]
         op = self.degradations[name]
         if self.composite_share > 0 and rng.random() < self.composite_share:  # no draw at share 0: samples as before

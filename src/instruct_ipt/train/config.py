@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ..data.degradations import DEGRADATIONS
+
 Mode = Literal["sync", "plain", "single", "two-stage", "bias-only"]
 MODES = ("sync", "plain", "single", "two-stage", "bias-only")
 
@@ -70,6 +72,13 @@ class DataConfig:
     #: share of training samples that carry a second degradation (another task's), kept in the
     #: target, so each task learns to remove only its own (issue 23); ``synthesis: workers`` only
     composite: float = 0.0
+    #: real degraded/clean pairs per task, ``{task: [folders]}``, in the layouts ``eval`` detects
+    #: (GoPro, Rain100L/H, SOTS, CSD, ``input/`` + ``target/``); a task listed here needs no
+    #: synthetic degradation (a task of your own). ``synthesis: workers`` (``auto`` picks it).
+    paired: dict[str, list[str]] = field(default_factory=dict)
+    #: share of a task's samples drawn from its pairs when it also has a synthetic degradation:
+    #: one share for every paired task, or ``{task: share}`` (others 0.5)
+    paired_share: float | dict[str, float] = 0.5
 
 
 @dataclass
@@ -302,6 +311,26 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.composite: a share in [0, 1], got {cfg.data.composite}")
     if cfg.data.composite > 0 and cfg.data.synthesis == "device":
         raise ConfigError("data.composite: composite samples are made in the workers; set data.synthesis: workers")
+    d = cfg.data
+    for task, folders in d.paired.items():
+        if task not in cfg.tasks:
+            raise ConfigError(f"data.paired: {task!r} is not in tasks ({', '.join(cfg.tasks)})")
+        if not folders:
+            raise ConfigError(f"data.paired.{task}: list at least one folder of pairs")
+    for task, tc in cfg.tasks.items():
+        if task not in DEGRADATIONS and task not in d.paired:
+            raise ConfigError(f"tasks.{task}: no synthetic degradation is known for {task!r} "
+                              f"(known: {', '.join(DEGRADATIONS)}); give its pairs in data.paired.{task}")
+        if task not in DEGRADATIONS and tc.degradation:
+            raise ConfigError(f"tasks.{task}.degradation: {task!r} has no synthetic degradation to configure")
+    shares = d.paired_share if isinstance(d.paired_share, dict) else {"": d.paired_share}
+    for task, share in shares.items():
+        if task and task not in d.paired:
+            raise ConfigError(f"data.paired_share: {task!r} has no pairs in data.paired")
+        if not 0 <= share <= 1:
+            raise ConfigError(f"data.paired_share{'.' + task if task else ''}: a share in [0, 1], got {share}")
+    if d.paired and d.synthesis == "device":
+        raise ConfigError("data.paired: paired samples are cut in the workers; set data.synthesis: workers (or auto)")
     if cfg.optim.warmup < 0:
         raise ConfigError("optim.warmup: must be >= 0")
     g = cfg.grid_spans

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..data.batched import collate_device
-from ..data.degradations import make_degradation
+from ..data.degradations import DEGRADATIONS, make_degradation
+from ..data.paired import load_training_pairs
 from ..data.synthetic import SyntheticDataset, load_clean_images
 from ..data.validation import ValidationSet
 from ..eval.protocol import default_protocol
@@ -217,9 +218,15 @@ def validate(model: InstructIPT, val: ValidationSet, info: D.DistInfo) -> dict[s
 
 def synthesis_for(cfg: TrainConfig, device: torch.device) -> str:
     """Where this run makes its degradations (``data.synthesis``, with ``auto`` resolved)."""
-    if cfg.data.synthesis == "auto":  # composite samples are made in the workers only (for now)
-        return "device" if device.type == "cuda" and not cfg.data.composite else "workers"
+    if cfg.data.synthesis == "auto":  # composite and paired samples are made in the workers only (for now)
+        return "device" if device.type == "cuda" and not cfg.data.composite and not cfg.data.paired else "workers"
     return cfg.data.synthesis
+
+
+def synthetic_ops(cfg: TrainConfig) -> dict[str, Any]:
+    """The degradation operator of each task that has one (a task of the user's own is trained on
+    its pairs only, ``data.paired``)."""
+    return {t: make_degradation(t, **tc.degradation) for t, tc in cfg.tasks.items() if t in DEGRADATIONS}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -264,10 +271,11 @@ class StageRunner:
 
         d, batch = cfg.data, cfg.data.batch_size
         self.dataset = SyntheticDataset(
-            trainer.images, {t: trainer.ops[t] for t in tasks}, patch_size=d.patch_size,
+            trainer.images, {t: trainer.ops[t] for t in tasks if t in trainer.ops}, patch_size=d.patch_size,
             length=stage.iterations * batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
             tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device), grey_share=stage.grey_share,
             composite_share=d.composite, companions=trainer.ops,
+            pairs={t: trainer.pairs[t] for t in tasks if t in trainer.pairs}, paired_share=d.paired_share,
         )
         self.dataset.set_epoch(stage.index)
         self.degrader = self.dataset.degrader() if self.dataset.synthesis == "device" else None
@@ -394,6 +402,19 @@ class Trainer:
         if self.info.is_main and self.progress:
             tqdm.write(text)
 
+    def _trained_tasks(self) -> set[str]:
+        """Every task some stage trains (a bias-only stage without tasks: those model.init lacks)."""
+        cfg, found = self.cfg, set()
+        for stage in plan_stages(cfg):
+            if stage.tasks is not None:
+                found |= set(stage.tasks)
+            elif stage.mode == "bias-only" and cfg.model.init:
+                config = json.loads((resolve_model_dir(cfg.model.init) / "config.json").read_text(encoding="utf-8"))
+                found |= {t for t in cfg.tasks if t not in config.get("tasks", [])}
+            else:
+                found |= set(cfg.tasks)
+        return found
+
     def _load_images(self) -> list[np.ndarray]:
         d = self.cfg.data
         sources: list[Any] = []
@@ -408,6 +429,8 @@ class Trainer:
                 raise ConfigError("data.skimage_photos needs scikit-image (pip install scikit-image)") from e
             sources += [getattr(skdata, name)() for name in SKIMAGE_PHOTOS]
         if not sources:
+            if d.paired and set(d.paired) >= set(self._trained_tasks()):  # every trained task has its pairs
+                return []
             raise ConfigError("data.train is empty: give folders of clean photos (or data.skimage_photos: true)")
         images = load_clean_images(sources)
         patches = sum((im.shape[0] // d.patch_size) * (im.shape[1] // d.patch_size) for im in images)
@@ -431,6 +454,10 @@ class Trainer:
                 replace(_backbone_config(self.cfg), grid_span=g.span or self.cfg.data.patch_size)
             except ValueError as e:
                 raise ConfigError(f"grid_spans.span: {e}") from e
+        for task, folders in self.cfg.data.paired.items():
+            for folder in folders:
+                if not Path(folder).is_dir():
+                    raise FileNotFoundError(f"data.paired.{task}: {folder}: no such folder")
         init = self.cfg.model.init
         if init and not (self.resume and self.ckpt_path.exists()) and not resolve_model_dir(init).is_dir():
             raise FileNotFoundError(f"model.init: {init}: no such model folder")
@@ -443,7 +470,7 @@ class Trainer:
             if not Path(folder).exists():
                 raise FileNotFoundError(f"data.val: {folder}: no such folder")
         folder = Path(d.val_cache) if d.val_cache else self.out / "val-cache"
-        ops = {t: make_degradation(t, **tc.degradation) for t, tc in self.cfg.tasks.items()}
+        ops = synthetic_ops(self.cfg)
         if self.info.is_main:
             ValidationSet.build(d.val, ops, folder, crop=d.val_crop, seed=d.val_seed)
         D.barrier(self.info)
@@ -494,7 +521,9 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.images = self._load_images()
-        self.ops = {t: make_degradation(t, **tc.degradation) for t, tc in cfg.tasks.items()}
+        self.ops = synthetic_ops(cfg)
+        # every pair read and checked now: a bad file is an error before the first step
+        self.pairs = {t: load_training_pairs(f, t, min_size=cfg.data.patch_size) for t, f in cfg.data.paired.items()}
         val = self._validation_set()
         if self.max_minutes is not None and state is None:
             self._fit_budget(val)
