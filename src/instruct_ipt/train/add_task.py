@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
-import yaml
 
 from ..data.paired import load_training_pairs
 from ..instruct import InstructionHead, default_encoder, held_out_accuracy, load_corpus, split, train_head
@@ -184,10 +183,10 @@ def add_task(
         "out": str(run_dir),
         "seed": seed,
     })
-    trained = Trainer(cfg, resume=resume, device=device, progress=progress, max_minutes=max_minutes).run()
+    trainer = Trainer(cfg, resume=resume, device=device, progress=progress, max_minutes=max_minutes)
+    trained = trainer.run()
     assert trained is not None
-    ran = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))  # budget-scaled
-    steps = sum(s.iterations for s in plan_stages(ran))
+    steps = sum(s.iterations for s in plan_stages(trainer.cfg))  # trainer.cfg: scaled to the time budget
 
     # the instruction head: every task's phrasings, the new task's all of them (they are few);
     # unsupported examples that now mean the new task are dropped

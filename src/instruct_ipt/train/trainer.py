@@ -470,9 +470,8 @@ class Trainer:
             if not Path(folder).exists():
                 raise FileNotFoundError(f"data.val: {folder}: no such folder")
         folder = Path(d.val_cache) if d.val_cache else self.out / "val-cache"
-        ops = synthetic_ops(self.cfg)
         if self.info.is_main:
-            ValidationSet.build(d.val, ops, folder, crop=d.val_crop, seed=d.val_seed)
+            ValidationSet.build(d.val, self.ops, folder, crop=d.val_crop, seed=d.val_seed)
         D.barrier(self.info)
         return ValidationSet(folder)
 
