@@ -56,8 +56,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("modulation: none (plain backbone shared by all tasks)")
     else:
         m = model.modulation_config
-        rank = f"rank {m.rank}" if m.strategy == "constant" else f"proportion {m.proportion}"
-        print(f"modulation: {m.strategy} {rank} on {count.layers} layers")
+        if m.kind == "replace":
+            print(f"modulation: weight replacement (a full weight per task) on {count.layers} layers")
+        else:
+            rank = f"rank {m.rank}" if m.strategy == "constant" else f"proportion {m.proportion}"
+            print(f"modulation: {m.strategy} {rank} on {count.layers} layers")
     print(f"backbone parameters:       {count.backbone:,}")
     print(f"extra parameters per task: {count.per_task:,} ({100 * count.share:.2f}% of the backbone)")
     print(f"extra parameters, all {count.tasks} tasks: {count.per_task * count.tasks:,}")
@@ -427,6 +430,32 @@ def cmd_analyze_rank_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """One of the paper's tables: its arms trained, evaluated and reported; the logic is ``ablation``'s."""
+    from .ablation import Settings, ablate
+    from .inference import pick_device
+
+    _require_analysis_extra()
+    budget = None if args.steps is not None else (args.budget_minutes if args.budget_minutes is not None else
+                                                  DEFAULT_ABLATION_MINUTES)
+    if args.steps is not None and args.budget_minutes is not None:
+        raise ValueError("give --budget-minutes or --steps, not both")
+    settings = Settings(size=args.size, budget_minutes=budget, steps=args.steps, train=tuple(args.train),
+                        val=args.val, device=str(pick_device(args.device)), workers=args.workers)
+    summary = ablate(args.table, args.out, settings, seeds=args.seeds, progress=not args.quiet)
+    for arm, a in summary["arms"].items():
+        print(f"{arm:>20}: " + "  ".join(f"{t} {m:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + " dB"
+                                         for t, (m, sd) in a["psnr"].items()))
+    for c in summary["claims"]:
+        print(f"{c['verdict']:>22}: {c['claim']} ({c['difference']:+.3f})")
+    print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
+    return 0
+
+
+#: default training minutes per arm and seed: a table of 3 arms x 2 seeds then trains 24 minutes
+DEFAULT_ABLATION_MINUTES = 4.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .export import ENGINES, FORMATS
     from .models import SIZES
@@ -613,6 +642,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each layer's full rank for the proportional strategy (default 0.05)")
     a.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
     a.set_defaults(func=cmd_analyze_rank_energy)
+
+    from .ablation import TABLES
+
+    p = sub.add_parser("ablate", help="one of the paper's tables: train its arms one after another (resumable), "
+                       "evaluate them and write report.md with the paper's claims checked",
+                       description="Every arm gets the same data (denoise sigma 25 + motion deblur), the same budget "
+                       "and is evaluated on --val with the eval protocol. Rerun the same command to resume. Tables "
+                       "run into one --out share arms (table2 and fig2: all of them). See docs/reproduction.md.")
+    p.add_argument("table", choices=list(TABLES), help="; ".join(f"{t.name}: {t.title.split(': ', 1)[1]}"
+                                                         for t in TABLES.values()))
+    p.add_argument("--size", choices=("tiny", "small", "base"), default="tiny", help="backbone size (default tiny)")
+    p.add_argument("--budget-minutes", type=float, metavar="N",
+                   help=f"training minutes per arm and seed (default {DEFAULT_ABLATION_MINUTES:g})")
+    p.add_argument("--steps", type=int, metavar="N", help="a fixed number of steps per arm and seed instead of a "
+                   "time budget (the same schedule on any machine)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per arm; the spread decides 'within noise' (default 2)")
+    p.add_argument("--train", nargs="+", default=["../shared/photos/train"], metavar="DIR",
+                   help="folders of clean training photos (default ../shared/photos/train)")
+    p.add_argument("--val", default="../shared/photos/val", metavar="DIR",
+                   help="folder of clean validation photos (default ../shared/photos/val)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present; bf16 autocast there), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes per run (default 1)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the runs, results.json and report.md")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_ablate)
     return parser
 
 

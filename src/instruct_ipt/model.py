@@ -18,7 +18,7 @@ from torch import nn
 from .io import atomic_write, atomic_write_text, load_tagged, save_tagged
 from .models import CONFIGURED_SPAN, IPTV2, IPTConfig
 from .models.ipt import ConfiguredSpan
-from .modulation import ModulationConfig, ParameterCount, TaskModulation, modulate
+from .modulation import ModulationConfig, ParameterCount, ReplacedLayer, TaskModulation, modulate
 from .modulation.modulate import TaskSpec, task_index
 from .version import __version__
 
@@ -29,6 +29,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "instruct-ipt"
 ADAPTER_FORMAT = "instruct-ipt-adapter"
+#: state-dict suffixes of per-task parameters (low-rank biases, replaced weights): not backbone
+TASK_PARAMETER_SUFFIXES = (".task_B1", ".task_B2", ".task_weight_stack")
 
 
 def default_model_dir() -> Path:
@@ -91,6 +93,7 @@ class InstructIPT(nn.Module):
                 targets=modulation.targets,
                 strategy=modulation.strategy,
                 proportion=modulation.proportion,
+                kind=modulation.kind,
             )
             self._tasks = self.modulation.tasks  # shared list: add_task updates both
         else:
@@ -257,17 +260,25 @@ class InstructIPT(nn.Module):
 
         The same keys for a plain and a modulated model: the bridge for two-stage training
         (a plain model's weights become a modulated model's frozen backbone).
+        A replaced layer (``kind: replace``) has no shared weight, so its ``weight`` is absent.
         """
         return {
             k.replace(".base_layer.", "."): v
             for k, v in self.backbone.state_dict().items()
-            if not k.endswith((".task_B1", ".task_B2"))
+            if not k.endswith(TASK_PARAMETER_SUFFIXES)
         }
 
     @torch.no_grad()
     def load_backbone_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load backbone weights saved by :meth:`backbone_state_dict` of a plain or modulated model."""
-        own = {k.replace(".base_layer.", "."): k for k in self.backbone.state_dict() if not k.endswith((".task_B1", ".task_B2"))}
+        """Load backbone weights saved by :meth:`backbone_state_dict` of a plain or modulated model.
+
+        Into a model with replaced layers, a plain model's weight of such a layer starts every
+        task's own weight (so plain -> replacement works like plain -> modulation)."""
+        own = {k.replace(".base_layer.", "."): k for k in self.backbone.state_dict() if not k.endswith(TASK_PARAMETER_SUFFIXES)}
+        replaced = {f"{n}.weight": layer for n, layer in (self.modulation.layers() if self.modulation else ())
+                    if isinstance(layer, ReplacedLayer)}
+        seeded = {k: state[k] for k in replaced if k in state}
+        state = {k: v for k, v in state.items() if k not in seeded}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise CheckpointError(
@@ -278,6 +289,11 @@ class InstructIPT(nn.Module):
             if target[full].shape != state[k].shape:
                 raise CheckpointError(f"backbone weight {k}: shape {tuple(state[k].shape)} vs {tuple(target[full].shape)}")
             target[full].copy_(state[k])
+        for k, weight in seeded.items():
+            try:
+                replaced[k].load_shared_weight(weight)
+            except ValueError as e:
+                raise CheckpointError(f"backbone weight {k}: {e}") from e
 
     # accounting ---------------------------------------------------------------------
     def parameter_count(self) -> ParameterCount:
@@ -403,7 +419,8 @@ class InstructIPT(nn.Module):
         except ValueError as e:
             raise CheckpointError(str(e)) from e
         problems = _diff(self.config.to_dict(), json.loads(meta["backbone"]), "backbone")
-        problems += _diff(self.modulation_config.to_dict(), json.loads(meta["modulation"]), "modulation")
+        theirs = ModulationConfig.from_dict(json.loads(meta["modulation"])).to_dict()  # older files lack newer fields
+        problems += _diff(self.modulation_config.to_dict(), theirs, "modulation")
         if problems:
             raise CheckpointError(f"{path} was made for another model: " + "; ".join(problems))
         if check_backbone and meta.get("backbone_sha256") != self.backbone_fingerprint():

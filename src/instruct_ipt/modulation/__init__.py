@@ -1,8 +1,17 @@
 """Weight modulation: per-task low-rank biases on the task-sensitive layers of any ``nn.Module``."""
 
-from .layers import ModulatedConv2d, ModulatedLayer, ModulatedLinear, TaskSelection
+from .layers import (
+    ModulatedConv2d,
+    ModulatedLayer,
+    ModulatedLinear,
+    ReplacedConv2d,
+    ReplacedLayer,
+    ReplacedLinear,
+    TaskSelection,
+)
 from .modulate import (
     DEFAULT_TARGETS,
+    KINDS,
     TARGET_GROUPS,
     ModulationConfig,
     ParameterCount,
@@ -14,12 +23,16 @@ from .modulate import (
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "KINDS",
     "TARGET_GROUPS",
     "ModulatedConv2d",
     "ModulatedLayer",
     "ModulatedLinear",
     "ModulationConfig",
     "ParameterCount",
+    "ReplacedConv2d",
+    "ReplacedLayer",
+    "ReplacedLinear",
     "TaskFreeze",
     "TaskModulation",
     "TaskSelection",

@@ -8,6 +8,11 @@ which DistributedDataParallel requires even when a batch lacks some task.
 ``B1`` starts at zero, so a freshly modulated layer computes exactly its base layer. The base
 layer is never modified: ``merge`` caches ``W + delta`` in a non-persistent buffer and
 ``unmerge`` drops it.
+
+:class:`ReplacedLinear` / :class:`ReplacedConv2d` are the other modulation kind, the paper's
+*weight replacement* (its Table 9): each task owns a full copy of the weight and there is no
+shared ``W`` at all. They are modulated layers in every other respect (task selection, mixed
+batches, merge, per-task freezing), so the trainer and the model handle both kinds alike.
 """
 
 from __future__ import annotations
@@ -88,14 +93,28 @@ class ModulatedLayer(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         return torch.empty(n, self.rank, fan_in, device=like.device, dtype=like.dtype).uniform_(-bound, bound)
 
+    #: names of the per-task stacked parameters (first dimension: one row per task)
+    task_parameter_names: tuple[str, ...] = ("task_B1", "task_B2")
+    #: a dense kxk conv in a mixed batch runs as base conv + low-rank path (False: per-sample weights)
+    low_rank_path = True
+
     @property
     def num_tasks(self) -> int:
         return self.task_B1.shape[0]
+
+    def task_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The per-task stacked parameters by name: ``task_B1``, ``task_B2`` here."""
+        return [(n, getattr(self, n)) for n in self.task_parameter_names]
 
     @property
     def weight(self) -> torch.Tensor:
         """The base weight W (never modified)."""
         return self.base_layer.weight
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        """The shape of one task's weight."""
+        return self.weight.shape
 
     def delta_weight(self, task: int) -> torch.Tensor:
         """``B1[task] @ B2[task]`` in the shape of W."""
@@ -112,7 +131,7 @@ class ModulatedLayer(nn.Module):
         self.task_B2 = nn.Parameter(torch.cat([self.task_B2.detach(), b2]))
 
     def remove_task(self, index: int) -> None:
-        """Drop task row ``index`` from ``task_B1`` and ``task_B2``; the rows above it move down one.
+        """Drop task row ``index`` from the per-task parameters; the rows above it move down one.
 
         The other rows keep their exact values. The stacked parameters are replaced (as in
         :meth:`add_tasks`), so build optimizers afterwards."""
@@ -123,7 +142,7 @@ class ModulatedLayer(nn.Module):
             raise ValueError("a modulated layer needs at least one task: cannot remove its only one")
         if self.merged_task == index:
             raise RuntimeError(f"layer is merged for task {index}; call unmerge() before removing it")
-        for name in ("task_B1", "task_B2"):
+        for name in self.task_parameter_names:
             old = getattr(self, name)
             rows = torch.cat([old.detach()[:index], old.detach()[index + 1 :]])
             setattr(self, name, nn.Parameter(rows, requires_grad=old.requires_grad))
@@ -216,11 +235,11 @@ class ModulatedConv2d(ModulatedLayer):
         conv: nn.Conv2d = self.base_layer
         b = x.shape[0]
         pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid", "same")
-        if conv.groups == 1 and not pointwise:
+        if conv.groups == 1 and not pointwise and self.low_rank_path:
             return self._forward_mixed_low_rank(x, ids)
         # each sample's full weight W + B1[t] @ B2[t]; the same FLOPs as the base layer
         w = self._sample_weights(ids)
-        if conv.groups == 1:  # pointwise: a batched matmul, in the input's memory layout
+        if conv.groups == 1 and pointwise:  # a batched matmul, in the input's memory layout
             if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
                 h, wd = x.shape[2:]
                 y = torch.bmm(x.permute(0, 2, 3, 1).reshape(b, h * wd, -1), w.view(b, w.shape[1], -1).transpose(1, 2))
@@ -228,11 +247,11 @@ class ModulatedConv2d(ModulatedLayer):
             else:
                 y = torch.bmm(w.view(b, w.shape[1], -1), x.flatten(2)).view(b, -1, *x.shape[2:])
             return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
-        xp, padding = self._pad(x)  # grouped (e.g. depthwise): one conv with B * groups groups
+        xp, padding = self._pad(x)  # grouped (e.g. depthwise), or replaced kxk: one conv with B * groups groups
         bias = None if conv.bias is None else conv.bias.repeat(b)
         y = F.conv2d(
             xp.reshape(1, -1, *xp.shape[2:]),
-            w.reshape(-1, *self.weight.shape[1:]),
+            w.reshape(-1, *self.weight_shape[1:]),
             bias,
             stride=conv.stride,
             padding=padding,
@@ -266,3 +285,84 @@ class ModulatedConv2d(ModulatedLayer):
         if conv.padding_mode == "zeros":
             return x, conv.padding
         return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), (0, 0)
+
+
+class ReplacedLayer(ModulatedLayer):
+    """Weight replacement: a full weight per task, ``task_weight_stack[t]``, in place of ``W``.
+
+    The stack is ``(tasks, out, in/groups * k * k)``, each row a task's weight flattened as the
+    low-rank bias is (a 5-D stack would break ``model.to(memory_format=channels_last)``).
+
+    Every task's weight starts as a copy of the base layer's weight, which is then removed from
+    the base layer (so no shared weight is left to train or to save); the base layer's bias stays
+    shared. ``rank`` reports the full rank of the weight, which is what a replacement amounts to.
+    """
+
+    task_parameter_names = ("task_weight_stack",)
+    low_rank_path = False
+
+    def __init__(self, base_layer: nn.Module, num_tasks: int, selection: TaskSelection) -> None:
+        nn.Module.__init__(self)
+        if num_tasks < 1:
+            raise ValueError("a modulated layer needs at least one task")
+        w = base_layer.weight
+        self._weight_shape = w.shape
+        self.task_weight_stack = nn.Parameter(w.detach().reshape(1, w.shape[0], -1).repeat(num_tasks, 1, 1))
+        del base_layer.weight  # no shared weight: nothing trains or saves it
+        self.base_layer = base_layer
+        self.rank = min(w.shape[0], w[0].numel())
+        self.selection = selection
+        self.merged_task = None
+        self.register_buffer("merged_weight", None, persistent=False)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.task_weight_stack.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # AttributeError, so hasattr(layer, "weight") is False (nn.Module re-raises it as "no attribute")
+        raise AttributeError("a replaced layer has no shared weight: use task_weight(task)")
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        return self._weight_shape
+
+    def delta_weight(self, task: int) -> torch.Tensor:
+        raise AttributeError("a replaced layer has no shared weight, so no delta: use task_weight(task)")
+
+    def task_weight(self, task: int) -> torch.Tensor:
+        return self.task_weight_stack[task].view(self._weight_shape)
+
+    @torch.no_grad()
+    def load_shared_weight(self, weight: torch.Tensor) -> None:
+        """Start every task from ``weight`` (a plain model's weight for this layer)."""
+        if weight.shape != self._weight_shape:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} for a layer of {tuple(self._weight_shape)}")
+        self.task_weight_stack.copy_(weight.to(self.task_weight_stack).reshape(1, *self.task_weight_stack.shape[1:]).expand_as(self.task_weight_stack))
+
+    def add_tasks(self, n: int = 1) -> None:
+        """Append ``n`` tasks, each starting from the mean of the existing tasks' weights."""
+        start = self.task_weight_stack.detach().mean(0, keepdim=True).repeat(n, 1, 1)
+        self.task_weight_stack = nn.Parameter(torch.cat([self.task_weight_stack.detach(), start]))
+
+    def to_plain(self, task: int) -> nn.Module:
+        import copy
+
+        plain = copy.deepcopy(self.base_layer)
+        plain.weight = nn.Parameter(self.task_weight(task).detach().clone())
+        return plain
+
+    def _sample_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        return pick(self.task_weight_stack, ids).view(ids.shape[0], *self._weight_shape)
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.num_tasks}, replaced weight {tuple(self._weight_shape)}"
+
+
+class ReplacedLinear(ReplacedLayer, ModulatedLinear):
+    """``nn.Linear`` with a full weight per task (weight replacement)."""
+
+
+class ReplacedConv2d(ReplacedLayer, ModulatedConv2d):
+    """``nn.Conv2d`` with a full weight per task (weight replacement)."""

@@ -12,7 +12,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .layers import ModulatedConv2d, ModulatedLayer, ModulatedLinear, TaskSelection
+from .layers import (
+    ModulatedConv2d,
+    ModulatedLayer,
+    ModulatedLinear,
+    ReplacedConv2d,
+    ReplacedLinear,
+    TaskSelection,
+)
 
 #: Task-sensitive layer groups of the paper (names of :class:`~instruct_ipt.models.IPTV2`).
 #: Not the image embedder, not norms, not depthwise convs.
@@ -27,6 +34,9 @@ TARGET_GROUPS: dict[str, tuple[str, ...]] = {
 DEFAULT_TARGETS: tuple[str, ...] = tuple(p for group in TARGET_GROUPS.values() for p in group)
 
 Strategy = Literal["constant", "proportional"]
+#: ``low-rank``: ``W + B1_t @ B2_t`` (the method); ``replace``: a full weight per task, no shared ``W``
+Kind = Literal["low-rank", "replace"]
+KINDS: tuple[str, ...] = ("low-rank", "replace")
 TaskSpec = str | int | Sequence[str | int] | torch.Tensor
 
 
@@ -40,9 +50,14 @@ class ModulationConfig:
     proportion: float = 0.05
     #: fnmatch patterns over qualified module names
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    #: ``low-rank`` (per-task biases on a shared weight) or ``replace`` (per-task full weights;
+    #: rank, strategy and proportion then do not apply)
+    kind: Kind = "low-rank"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown modulation kind {self.kind!r}; use one of: {', '.join(KINDS)}")
         if self.strategy not in ("constant", "proportional"):
             raise ValueError(f"unknown rank strategy {self.strategy!r}; use 'constant' or 'proportional'")
         if self.strategy == "constant" and self.rank < 1:
@@ -79,7 +94,9 @@ class ParameterCount:
         return self.per_task / self.backbone if self.backbone else 0.0
 
 
-def _wrap(module: nn.Module, num_tasks: int, rank: int, selection: TaskSelection) -> ModulatedLayer:
+def _wrap(module: nn.Module, num_tasks: int, rank: int, selection: TaskSelection, kind: Kind = "low-rank") -> ModulatedLayer:
+    if kind == "replace":
+        return ReplacedLinear(module, num_tasks, selection) if isinstance(module, nn.Linear) else ReplacedConv2d(module, num_tasks, selection)
     if isinstance(module, nn.Linear):
         return ModulatedLinear(module, num_tasks, rank, selection)
     return ModulatedConv2d(module, num_tasks, rank, selection)
@@ -92,8 +109,13 @@ def modulate(
     targets: Sequence[str] | Callable[[str, nn.Module], bool] = DEFAULT_TARGETS,
     strategy: Strategy = "constant",
     proportion: float = 0.05,
+    kind: Kind = "low-rank",
 ) -> TaskModulation:
     """Replace each targeted ``nn.Linear``/``nn.Conv2d`` of ``model`` (in place) by a modulated layer.
+
+    ``kind="low-rank"`` adds per-task low-rank biases to the shared weight (the method);
+    ``kind="replace"`` gives every task its own full weight instead (the paper's weight
+    replacement baseline), each starting from the layer's current weight.
 
     ``targets`` are fnmatch patterns over qualified module names (``"*.attn.qkv"``), or a
     predicate ``(name, module) -> bool``. Every pattern must match at least one layer, so a typo
@@ -109,7 +131,7 @@ def modulate(
         raise ValueError("model is already modulated")
     pattern_targets = not callable(targets)
     config = ModulationConfig(
-        rank=rank, strategy=strategy, proportion=proportion, targets=tuple(targets) if pattern_targets else ()
+        rank=rank, strategy=strategy, proportion=proportion, targets=tuple(targets) if pattern_targets else (), kind=kind
     )
     if pattern_targets:
         patterns = tuple(targets)
@@ -134,7 +156,7 @@ def modulate(
 
     selection = TaskSelection()
     for name, module in chosen:
-        layer = _wrap(module, len(tasks), config.rank_for(module.weight), selection)
+        layer = _wrap(module, len(tasks), config.rank_for(module.weight), selection, kind)
         _set_submodule(model, name, layer)
     return TaskModulation(model, tasks, config, selection)
 
@@ -280,19 +302,16 @@ class TaskModulation:
         self.selection.set(index=None if index is None or index == t else index - (index > t))
 
     def task_state_dict(self, task: str | int) -> dict[str, torch.Tensor]:
-        """One task's biases, keyed ``<layer>.task_B1`` / ``<layer>.task_B2`` (adapter-style)."""
+        """One task's biases, keyed ``<layer>.task_B1`` / ``<layer>.task_B2`` (adapter-style; a
+        replaced layer: ``<layer>.task_weight_stack``, the task's full weight)."""
         t = self.task_index(task)
-        out = {}
-        for name, layer in self.layers():
-            out[f"{name}.task_B1"] = layer.task_B1[t].detach().clone()
-            out[f"{name}.task_B2"] = layer.task_B2[t].detach().clone()
-        return out
+        return {f"{name}.{pname}": p[t].detach().clone() for name, layer in self.layers() for pname, p in layer.task_parameters()}
 
     @torch.no_grad()
     def load_task_state_dict(self, task: str | int, state: dict[str, torch.Tensor]) -> None:
         """Set one task's biases from :meth:`task_state_dict` output; names and shapes must match."""
         t = self.task_index(task)
-        expected = {f"{n}.task_B{i}": p for n, layer in self.layers() for i, p in ((1, layer.task_B1), (2, layer.task_B2))}
+        expected = {f"{n}.{pname}": p for n, layer in self.layers() for pname, p in layer.task_parameters()}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -312,8 +331,8 @@ class TaskModulation:
 
     # parameter groups ------------------------------------------------------------
     def task_parameters(self) -> list[nn.Parameter]:
-        """The stacked bias parameters (one row per task in each)."""
-        return [p for _, layer in self.layers() for p in (layer.task_B1, layer.task_B2)]
+        """The stacked per-task parameters (one row per task in each): biases, or replaced weights."""
+        return [p for _, layer in self.layers() for _, p in layer.task_parameters()]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Every parameter of the model that is not a task bias."""

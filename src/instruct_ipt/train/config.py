@@ -39,6 +39,9 @@ class ModelConfig:
     proportion: float = 0.05
     #: fnmatch patterns of modulated layers; None: the paper's task-sensitive groups
     targets: list[str] | None = None
+    #: ``low-rank``: per-task biases W + B1 @ B2 (the method); ``replace``: the paper's weight
+    #: replacement (Table 9), a full weight per task on the targeted layers and no shared one
+    modulation_kind: Literal["low-rank", "replace"] = "low-rank"
     #: a saved model folder to start from (bias-only: the model that gains tasks)
     init: str | None = None
 

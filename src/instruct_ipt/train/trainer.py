@@ -147,7 +147,7 @@ def compute_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Te
 def _modulation_config(cfg: TrainConfig) -> ModulationConfig:
     m = cfg.model
     return ModulationConfig(rank=m.rank, strategy=m.strategy, proportion=m.proportion,
-                            targets=tuple(m.targets) if m.targets else DEFAULT_TARGETS)
+                            targets=tuple(m.targets) if m.targets else DEFAULT_TARGETS, kind=m.modulation_kind)
 
 
 def _backbone_config(cfg: TrainConfig) -> IPTConfig:

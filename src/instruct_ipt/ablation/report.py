@@ -1,0 +1,213 @@
+"""An ablation's figures, verdicts, charts and ``report.md``.
+
+Verdicts are made seed by seed: for the claim "A is higher than B", the difference ``A - B`` of
+each seed (the same seed: the same initial weights and batches for every arm), their mean, and
+their spread. With two seeds or more a claim **holds** when the mean difference is positive and
+larger than two standard errors of the differences, **does not hold** when it is negative and
+larger, and is **within noise** otherwise. One seed gives no spread: the verdict then says only
+which way the difference goes, marked "(one seed)".
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..io import atomic_write_text
+from ..version import __version__
+from .arms import ARMS, SIGMA, TASKS
+from .tables import TABLES, Table
+
+if TYPE_CHECKING:
+    from .runner import Ablation
+
+#: the groups the method modulates, and those it leaves shared (instruct_ipt.analysis.GROUPS names)
+TARGET_GROUPS = ("output layer", "up-sampling", "down-sampling", "channel reduction", "QKV",
+                 "after-attention projection", "FFN")
+SHARED_GROUPS = ("image embedder", "normalisation")
+CONSTANT_RANK, PROPORTION = 8, 0.05
+
+
+def verdict(higher: Sequence[float], lower: Sequence[float]) -> dict[str, Any]:
+    """The claim "``higher`` > ``lower``" over paired per-seed values (see the module docstring)."""
+    diffs = [h - lo for h, lo in zip(higher, lower, strict=True)]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return {"difference": mean, "noise": None, "verdict": ("holds" if mean > 0 else "does not hold") + " (one seed)"}
+    noise = 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    word = "within noise" if abs(mean) <= noise else "holds" if mean > 0 else "does not hold"
+    return {"difference": mean, "noise": noise, "verdict": word}
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+# analyses ----------------------------------------------------------------------------------------
+def _models(ab: Ablation, seed: int, task: str):
+    from ..model import InstructIPT
+
+    return (InstructIPT.from_pretrained(ab.run_dir("plain", seed) / "model"),
+            InstructIPT.from_pretrained(ab.run_dir(f"ft-{task}", seed) / "model"))
+
+
+def similarity_figures(ab: Ablation, table: Table, seeds: int) -> dict[str, list[float]]:
+    """Table 2: similarity of each seed's plain model to its fine-tunes; writes the seed-averaged
+    table and chart (instruct_ipt.analysis) to ``OUT/table2``."""
+    from ..analysis import similarity, write_similarity
+
+    per_seed = {t: [similarity(*_models(ab, s, t)) for s in range(seeds)] for t in TASKS}
+    averaged = {t: {g: statistics.fmean(r[g] for r in rs) for g in rs[0]} for t, rs in per_seed.items()}
+    write_similarity(averaged, ab.out / table.name, f"plain, mean of {seeds} seed(s)")
+    ab.results.setdefault("analyses", {})[table.name] = averaged
+    figures = {}
+    for t, rs in per_seed.items():
+        figures[f"similarity:targets:{t}"] = [statistics.fmean(r[g] for g in TARGET_GROUPS if g in r) for r in rs]
+        figures[f"similarity:others:{t}"] = [statistics.fmean(r[g] for g in SHARED_GROUPS if g in r) for r in rs]
+    return figures
+
+
+def rank_energy_figures(ab: Ablation, table: Table, seeds: int) -> dict[str, list[float]]:
+    """Fig. 2: the energy each strategy's rank holds, per seed (mean over the modulated layers that
+    changed); writes seed 0's per-layer CSV and charts to ``OUT/fig2/<task>``."""
+    from ..analysis import rank_energy, rank_energy_table, write_rank_energy
+
+    figures: dict[str, list[float]] = {}
+    tables = {}
+    for t in TASKS:
+        for s in range(seeds):
+            rows = rank_energy(*_models(ab, s, t), CONSTANT_RANK, PROPORTION)
+            if s == 0:
+                write_rank_energy(rows, ab.out / table.name / t, CONSTANT_RANK, PROPORTION)
+                tables[t] = rank_energy_table(rows)
+            for strategy in ("constant", "proportional"):
+                kept = [e for r in rows if not math.isnan(e := getattr(r, f"{strategy}_energy"))]
+                figures.setdefault(f"energy:{strategy}:{t}", []).append(statistics.fmean(kept) if kept else math.nan)
+    ab.results.setdefault("analyses", {})[table.name] = tables
+    return figures
+
+
+# the table's summary -----------------------------------------------------------------------------
+def summarise_table(ab: Ablation, table: Table, seeds: int, figures: dict[str, list[float]]) -> dict[str, Any]:
+    runs = ab.results["runs"]
+    arms = {}
+    for arm in table.arms:
+        records = [runs[f"{arm}/seed{s}"] for s in range(seeds)]
+        arms[arm] = {
+            "label": ARMS[arm].label,
+            "psnr": {t: _mean_sd([r["psnr"][t] for r in records]) for t in TASKS},
+            "ssim": {t: statistics.fmean(r["ssim"][t] for r in records) for t in TASKS},
+            "steps": [r["steps"] for r in records],
+            "parameters": records[0]["parameters"],
+        }
+    claims = [{"claim": c.text, "higher": c.higher, "lower": c.lower, **verdict(figures[c.higher], figures[c.lower])}
+              for c in table.claims]
+    return {"title": table.title, "seeds": seeds, "arms": arms, "figures": figures, "claims": claims,
+            "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+# charts and report -------------------------------------------------------------------------------
+def plot_table(name: str, summary: dict[str, Any], path: Path) -> Path:
+    """PSNR per arm and task, a bar per arm (error bar: the spread over seeds)."""
+    from ..analysis.report import _figure, _save_png
+
+    fig = _figure(7.0, 3.6)
+    arms = list(summary["arms"])
+    for i, task in enumerate(TASKS):
+        ax = fig.add_subplot(1, len(TASKS), i + 1)
+        means = [summary["arms"][a]["psnr"][task][0] for a in arms]
+        sds = [summary["arms"][a]["psnr"][task][1] or 0.0 for a in arms]
+        ax.bar(range(len(arms)), means, yerr=sds, capsize=3, color=[f"C{j}" for j in range(len(arms))])
+        low, high = min(m - s for m, s in zip(means, sds)), max(m + s for m, s in zip(means, sds))
+        pad = max(0.05, 0.3 * (high - low))
+        ax.set_ylim(low - pad, high + pad)  # the differences are a fraction of a dB: not from 0
+        ax.set_xticks(range(len(arms)), arms, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{task}" + (f" (sigma {SIGMA:g})" if task == "denoise" else " (motion)"), fontsize=9)
+        ax.set_ylabel("PSNR (dB)" if i == 0 else "")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{name}: mean over {summary['seeds']} seed(s)", fontsize=10)
+    return _save_png(fig, path)
+
+
+def _db(mean_sd: Sequence[float | None]) -> str:
+    mean, sd = mean_sd
+    return f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def table_markdown(name: str, summary: dict[str, Any], analyses: dict[str, Any]) -> str:
+    table = TABLES[name]
+    paper = table.paper
+    lines = [f"## {summary['title']}", ""]
+    columns = ["arm", *(f"{t} PSNR (ours)" for t in TASKS)]
+    if paper:
+        columns += [f"{t} (paper)" for t in TASKS]
+    columns += ["steps", "extra parameters per task"]
+    lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    for arm, a in summary["arms"].items():
+        cells = [_db(a["psnr"][t]) for t in TASKS]
+        if paper:
+            cells += [f"{paper[arm][t]:.2f}" if arm in paper else "-" for t in TASKS]
+        p = a["parameters"]
+        extra = f"{p['per_task']:,} ({100 * p['share']:.2f}%)" if p["per_task"] else "0"
+        lines.append(f"| {arm}: {a['label']} | " + " | ".join(cells) + f" | {'/'.join(map(str, a['steps']))} | {extra} |")
+    lines.append("")
+    if table.paper_note:
+        lines += [table.paper_note, ""]
+    if name in analyses and table.analysis == "similarity":
+        from ..analysis import similarity_table
+
+        intro = ("Mean cosine similarity of the plain model's weights to each fine-tune's, per layer group "
+                 f"(mean over seeds; files in `{name}/`):")
+        lines += [intro, "", similarity_table(analyses[name]), ""]
+    if name in analyses and table.analysis == "rank-energy":
+        for t, md in analyses[name].items():
+            intro = (f"Energy of the {t} fine-tuning delta at each strategy's rank, per U-Net stage (seed 0; "
+                     f"per layer in `{name}/{t}/rank_energy.csv` and the charts beside it):")
+            lines += [intro, "", md, ""]
+    lines += ["| claim | ours: mean difference | noise (2 s.e.) | verdict |", "|---|---:|---:|---|"]
+    for c in summary["claims"]:
+        noise = "-" if c["noise"] is None else f"{c['noise']:.3f}"
+        lines.append(f"| {c['claim']} | {_signed(c['difference'])} | {noise} | **{c['verdict']}** |")
+    lines += ["", f"![{name}]({name}.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(ab: Ablation) -> Path:
+    """``report.md`` for every table recorded in the folder (in the paper's order), and each
+    table's chart."""
+    s = ab.settings
+    tables = ab.results["tables"]
+    analyses = ab.results.get("analyses", {})
+    for name, summary in tables.items():
+        plot_table(name, summary, ab.out / f"{name}.png")
+    budget = f"{s.budget_minutes:g} minutes of training" if s.budget_minutes else f"{s.steps} steps"
+    device = s.device if s.device != "cpu" else f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+    lines = [
+        "# Ablation report",
+        "",
+        (f"Written by `instruct-ipt ablate` (instruct-ipt {__version__}, torch {torch.__version__}). "
+        f"Every arm: backbone `{s.size}`, {budget} per arm and seed, on device {device}; training photos "
+        f"{', '.join(f'`{t}`' for t in s.train)}; denoise at sigma {SIGMA:g} and motion deblur, drawn with "
+        f"equal weight into every batch; evaluated on the photos of `{s.val}`, each degraded once with fixed seeds, "
+        "with the eval protocol (PSNR in dB, mean over the photos). ± is the standard deviation over seeds."),
+        "",
+        ("A claim **holds** when the mean per-seed difference is positive and larger than two standard "
+        "errors of the differences, **does not hold** when it is negative and larger, and is **within "
+        "noise** otherwise; with one seed only its sign is known."),
+        "",
+    ]
+    for name in TABLES:
+        if name in tables:
+            lines += [table_markdown(name, tables[name], analyses), f"(run finished {tables[name]['written']})", ""]
+    return atomic_write_text(ab.out / "report.md", "\n".join(lines))

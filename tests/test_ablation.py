@@ -1,0 +1,154 @@
+"""``instruct-ipt ablate``: arms, verdicts, the resumable runner and its report (a few steps per arm)."""
+
+import json
+import math
+
+import pytest
+from PIL import Image
+from skimage import data
+
+from instruct_ipt.ablation import (
+    ARMS,
+    TABLES,
+    Ablation,
+    AblationError,
+    Settings,
+    ablate,
+    base_config,
+    check_settings,
+    verdict,
+)
+from instruct_ipt.cli import main
+from instruct_ipt.train import config_from_dict, plan_stages
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation-photos")
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    Image.fromarray(data.astronaut()[:192, :192]).save(root / "train/a.png")  # 9 patches of 64 px
+    Image.fromarray(data.coffee()[:80, :96]).save(root / "train/b.png")
+    Image.fromarray(data.rocket()[:64, :80]).save(root / "val/r.png")
+    Image.fromarray(data.chelsea()[:48, :64]).save(root / "val/c.png")
+    return root
+
+
+def settings(photos, **over):
+    d = {"size": "tiny", "budget_minutes": None, "steps": 2, "train": (str(photos / "train"),),
+         "val": str(photos / "val"), "device": "cpu", "workers": 0}
+    return Settings(**{**d, **over})
+
+
+def test_verdict_rule():
+    assert verdict([30.5, 30.7], [30.0, 30.1]) == pytest.approx(
+        {"difference": 0.55, "noise": 2 * math.sqrt(0.005) / math.sqrt(2), "verdict": "holds"})
+    assert verdict([30.0, 30.1], [30.5, 30.7])["verdict"] == "does not hold"
+    assert verdict([30.0, 31.0], [30.4, 30.2])["verdict"] == "within noise"  # +0.2 mean, spread 0.8
+    assert verdict([30.0], [29.0]) == {"difference": 1.0, "noise": None, "verdict": "holds (one seed)"}
+    assert verdict([29.0], [30.0])["verdict"] == "does not hold (one seed)"
+
+
+def test_every_arm_is_a_valid_config_of_what_its_table_varies(photos):
+    base = base_config("tiny", [str(photos / "train")], seed=3, out="x", steps=400)
+    cfgs = {name: config_from_dict(arm.build(base, {"plain": "runs/plain/seed3/model"})) for name, arm in ARMS.items()}
+    for cfg in cfgs.values():  # what an ablation holds fixed
+        assert (cfg.seed, cfg.data.patch_size, cfg.data.batch_size, cfg.optim.lr) == (3, 64, 8, 5e-4)
+        assert cfg.tasks["denoise"].degradation == {"sigma": 25.0} and list(cfg.tasks) == ["denoise", "deblur"]
+    assert cfgs["plain"].mode == "plain" and cfgs["sync"].mode == "sync"
+    stages = plan_stages(cfgs["two-stage"])  # plain, then each task's biases on their own
+    assert [(s.mode, s.tasks, s.iterations) for s in stages] == [
+        ("plain", ["denoise", "deblur"], 200), ("bias-only", ["denoise"], 100), ("bias-only", ["deblur"], 100)]
+    ft = cfgs["ft-deblur"]
+    assert (ft.mode, ft.train_tasks, ft.model.init) == ("single", ["deblur"], "runs/plain/seed3/model")
+    assert ARMS["ft-deblur"].needs == ("plain",)
+    assert (cfgs["replace-output"].model.modulation_kind, cfgs["replace-output"].model.targets) == ("replace", ["output"])
+    assert cfgs["proportional-output"].model.strategy == "proportional"
+    assert cfgs["constant-output"].model.targets == ["output"] and cfgs["constant-output"].model.rank == 8
+    for table in TABLES.values():
+        assert all(a in ARMS for a in table.arms)
+        named = {f"psnr:{a}:{t}" for a in table.arms for t in ("denoise", "deblur")}
+        for claim in table.claims:
+            assert {claim.higher, claim.lower} <= named or table.analysis, claim
+
+
+def test_bad_settings_are_refused_before_training(photos, tmp_path):
+    with pytest.raises(AblationError, match=r"--budget-minutes 0.2 is too small: every arm needs at least 1 minute"):
+        check_settings(settings(photos, steps=None, budget_minutes=0.2), seeds=2)
+    with pytest.raises(AblationError, match="not both"):
+        check_settings(settings(photos, budget_minutes=3.0), seeds=2)
+    with pytest.raises(AblationError, match="--seeds 0"):
+        check_settings(settings(photos), seeds=0)
+    with pytest.raises(AblationError, match="--size 'huge'"):
+        check_settings(settings(photos, size="huge"), seeds=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AblationError, match="--val .*empty: no images"):
+        check_settings(settings(photos, val=str(tmp_path / "empty")), seeds=1)
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
+        check_settings(settings(photos, train=(str(tmp_path / "nowhere"),)), seeds=1)
+    # through the CLI: exit 2 and one line, nothing trained
+    out = tmp_path / "out"
+    code = main(["ablate", "table9", "--budget-minutes", "0.1", "--train", str(photos / "train"), "--val",
+                 str(photos / "val"), "--out", str(out), "--quiet"])
+    assert code == 2 and not (out / "runs").exists()
+
+
+def test_table_runs_reports_and_resumes_where_it_stopped(photos, tmp_path, capsys):
+    out = tmp_path / "ab"
+    said = []
+    summary = ablate("table9", out, settings(photos), seeds=2, say=said.append, progress=False)
+    assert [m.split(":")[0] for m in said if "training" in m] == [
+        "[table9 1/4] plain, seed 0", "[table9 2/4] replace-output, seed 0",
+        "[table9 3/4] plain, seed 1", "[table9 4/4] replace-output, seed 1"]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == {"plain/seed0", "plain/seed1", "replace-output/seed0", "replace-output/seed1"}
+    run = results["runs"]["replace-output/seed1"]
+    assert run["steps"] == 2 and set(run["psnr"]) == {"denoise", "deblur"} and run["parameters"]["per_task"] > 0
+    assert results["runs"]["plain/seed0"]["parameters"]["per_task"] == 0
+    assert summary["arms"]["plain"]["psnr"]["deblur"][0] == pytest.approx(
+        (results["runs"]["plain/seed0"]["psnr"]["deblur"] + results["runs"]["plain/seed1"]["psnr"]["deblur"]) / 2)
+    assert [c["verdict"] in ("holds", "does not hold", "within noise") for c in summary["claims"]] == [True, True]
+    report = (out / "report.md").read_text()
+    assert "## Table 9" in report and "| plain: plain" in report and "32.81" in report  # the paper's figure beside ours
+    assert (out / "table9.png").stat().st_size > 1000
+
+    # an interrupted ablation: one run's model not saved yet, its result not recorded
+    before = results["runs"]["replace-output/seed1"]
+    del results["runs"]["replace-output/seed1"]
+    (out / "results.json").write_text(json.dumps(results))
+    model_dir = out / "runs/replace-output/seed1/model"
+    for f in model_dir.iterdir():
+        f.unlink()
+    model_dir.rmdir()
+    said.clear()
+    ablate("table9", out, settings(photos), seeds=2, say=said.append, progress=False)
+    assert [m for m in said if "training" in m] == ["[table9 4/4] replace-output, seed 1: resuming its training (2 steps)"]
+    again = json.loads((out / "results.json").read_text())["runs"]["replace-output/seed1"]
+    assert again["psnr"] == before["psnr"]  # the resumed run is the run it would have been
+
+    # the folder keeps its settings; a table sharing arms reuses them
+    with pytest.raises(AblationError, match=r"other settings \(steps: 2 there, 3 now\)"):
+        ablate("table9", out, settings(photos, steps=3), seeds=2, say=said.append, progress=False)
+    said.clear()
+    ablate("table10", out, settings(photos), seeds=1, say=said.append, progress=False)
+    trained = [m.split(":")[0] for m in said if "training" in m]
+    assert trained == ["[table10 2/3] proportional-output, seed 0", "[table10 3/3] constant-output, seed 0"]
+    report = (out / "report.md").read_text()
+    assert report.index("## Table 9") < report.index("## Table 10") and "(one seed)" in report
+
+
+def test_weight_analyses_share_their_arms(photos, tmp_path, capsys):
+    out = tmp_path / "an"
+    assert main(["ablate", "table2", "--steps", "2", "--seeds", "1", "--train", str(photos / "train"), "--val",
+                 str(photos / "val"), "--out", str(out), "--quiet", "--device", "cpu", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "layers the method modulates move more" in printed and "(one seed)" in printed
+    assert {p.name for p in (out / "table2").iterdir()} == {"similarity.md", "similarity.csv", "similarity.png"}
+    said = []
+    summary = Ablation(out, settings(photos), say=said.append, progress=False).run_table("fig2", seeds=1)
+    assert not [m for m in said if "training" in m]  # plain and both fine-tunes came from table2
+    assert (out / "fig2/deblur/rank_energy.csv").exists() and (out / "fig2/denoise/rank_energy_constant.png").exists()
+    energy = summary["figures"]["energy:constant:deblur"]
+    assert len(energy) == 1 and 0 < energy[0] <= 1
+    report = (out / "report.md").read_text()
+    assert "## Fig. 2" in report and "| encoder 1 |" in report and "| output layer |" in report
