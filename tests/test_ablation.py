@@ -13,9 +13,11 @@ from instruct_ipt.ablation import (
     Ablation,
     AblationError,
     Settings,
+    TradeClaim,
     ablate,
     base_config,
     check_settings,
+    trade_verdict,
     verdict,
 )
 from instruct_ipt.cli import main
@@ -49,6 +51,19 @@ def test_verdict_rule():
     assert verdict([29.0], [30.0])["verdict"] == "does not hold (one seed)"
 
 
+def test_trade_verdict():
+    plain = {"denoise": [30.0, 30.1], "deblur": [28.0, 28.2]}
+    gains_deblur = {"denoise": [30.0, 30.1], "deblur": [28.5, 28.6]}
+    assert trade_verdict(gains_deblur, plain)["verdict"] == "holds"
+    both = {"denoise": [30.5, 30.5], "deblur": [28.5, 28.6]}
+    assert trade_verdict(both, plain)["verdict"] == "does not hold"  # better on both: no trade
+    loses = {"denoise": [29.5, 29.6], "deblur": [28.0, 28.2]}
+    assert trade_verdict(loses, plain)["verdict"] == "does not hold"  # worse, nothing gained
+    assert trade_verdict(plain, plain)["verdict"] == "within noise"
+    one = trade_verdict({"denoise": [30.0], "deblur": [29.0]}, {"denoise": [30.2], "deblur": [28.0]})
+    assert one["verdict"] == "holds (one seed)" and one["difference"] == "denoise -0.200, deblur +1.000"
+
+
 def test_every_arm_is_a_valid_config_of_what_its_table_varies(photos):
     base = base_config("tiny", [str(photos / "train")], seed=3, out="x", steps=400)
     cfgs = {name: config_from_dict(arm.build(base, {"plain": "runs/plain/seed3/model"})) for name, arm in ARMS.items()}
@@ -65,11 +80,16 @@ def test_every_arm_is_a_valid_config_of_what_its_table_varies(photos):
     assert (cfgs["replace-output"].model.modulation_kind, cfgs["replace-output"].model.targets) == ("replace", ["output"])
     assert cfgs["proportional-output"].model.strategy == "proportional"
     assert cfgs["constant-output"].model.targets == ["output"] and cfgs["constant-output"].model.rank == 8
+    for name in ("prompt", "gating", "external"):  # Table 1: trained as the plain model is, with an adaptation
+        assert (cfgs[name].mode, cfgs[name].model.adaptation) == ("plain", name)
     for table in TABLES.values():
         assert all(a in ARMS for a in table.arms)
         named = {f"psnr:{a}:{t}" for a in table.arms for t in ("denoise", "deblur")}
         for claim in table.claims:
-            assert {claim.higher, claim.lower} <= named or table.analysis, claim
+            if isinstance(claim, TradeClaim):
+                assert {claim.arm, claim.baseline} <= set(table.arms)
+            else:
+                assert {claim.higher, claim.lower} <= named or table.analysis, claim
 
 
 def test_bad_settings_are_refused_before_training(photos, tmp_path):

@@ -52,7 +52,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"instruct-ipt {__version__} | torch {torch.__version__} | device: {info['device']}")
     print(f"model: {source}")
     print(f"tasks ({len(model.tasks)}): {', '.join(model.tasks)}")
-    if model.modulation_config is None:
+    if model.adaptation_config is not None:
+        a = model.adaptation_config
+        vectors = f", {a.instruction} task vectors" if a.conditioned else ", prompts from the features (no task input)"
+        print(f"feature adaptation: {a.kind}{vectors}; {count.adaptation:,} parameters shared by all tasks "
+              f"({100 * count.adaptation / count.backbone:.2f}% of the backbone)")
+    elif model.modulation_config is None:
         print("modulation: none (plain backbone shared by all tasks)")
     else:
         m = model.modulation_config
@@ -447,7 +452,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         print(f"{arm:>20}: " + "  ".join(f"{t} {m:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + " dB"
                                          for t, (m, sd) in a["psnr"].items()))
     for c in summary["claims"]:
-        print(f"{c['verdict']:>22}: {c['claim']} ({c['difference']:+.3f})")
+        diff = c["difference"] if isinstance(c["difference"], str) else f"{c['difference']:+.3f}"
+        print(f"{c['verdict']:>22}: {c['claim']} ({diff})")
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     return 0
 

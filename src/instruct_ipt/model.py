@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .adaptation import AdaptationConfig, TaskAdaptation, adapt, is_adaptation_key
 from .io import atomic_write, atomic_write_text, load_tagged, save_tagged
 from .models import CONFIGURED_SPAN, IPTV2, IPTConfig
 from .models.ipt import ConfiguredSpan
@@ -68,6 +69,11 @@ class InstructIPT(nn.Module):
     ``modulation=None`` builds the plain backbone (one shared model for all tasks): the baseline
     the paper compares against, with the same save/load and forward signature.
 
+    ``adaptation`` (with ``modulation=None``) builds one of the feature-adaptation baselines of the
+    paper's Table 1 instead (:mod:`instruct_ipt.adaptation`): the same backbone, conditioned through
+    its features rather than its weights. ``encode_text=False`` skips encoding the tasks' phrasings
+    for a text-conditioned adaptation (the saved weights about to be loaded hold them).
+
     ``task_grid_spans`` overrides the backbone's ``grid_span`` for single-task inference, e.g.
     ``{"dehaze": None}`` keeps image-wide grid attention for dehazing while the others use the
     training patch size (chosen by ``scripts/choose_grid_spans.py``, see MODEL.md).
@@ -79,12 +85,19 @@ class InstructIPT(nn.Module):
         tasks: Sequence[str] = DEFAULT_TASKS,
         modulation: ModulationConfig | None = DEFAULT_MODULATION,
         task_grid_spans: Mapping[str, int | None] | None = None,
+        adaptation: AdaptationConfig | None = None,
+        encode_text: bool = True,
     ) -> None:
         super().__init__()
+        if adaptation is not None and modulation is not None:
+            raise ValueError(f"a model takes weight modulation or a feature adaptation ({adaptation.kind}), not both: "
+                             "pass modulation=None with an adaptation")
         self.backbone = IPTV2(IPTConfig.named(config) if isinstance(config, str) else config)
         self.task_grid_spans: dict[str, int | None] = {}
         self.modulation_config = modulation
         self.modulation: TaskModulation | None = None
+        self.adaptation_config = adaptation
+        self.adaptation: TaskAdaptation | None = None
         if modulation is not None:
             self.modulation = modulate(
                 self.backbone,
@@ -100,6 +113,8 @@ class InstructIPT(nn.Module):
             self._tasks = list(tasks)
             if len(set(self._tasks)) != len(self._tasks) or not self._tasks:
                 raise ValueError(f"task names must be unique and non-empty, got {list(tasks)}")
+            if adaptation is not None:
+                self.adaptation = adapt(self.backbone, self._tasks, adaptation, encode_text=encode_text)
         for task, span in (task_grid_spans or {}).items():
             self.set_task_grid_span(task, span)
 
@@ -128,6 +143,8 @@ class InstructIPT(nn.Module):
         ``grid_span``: by default the task's own span (:attr:`task_grid_spans`) for a single-task
         batch, else the backbone's; an explicit value (None: image-wide) overrides both.
         """
+        if self.adaptation is not None:
+            return self._adapted_forward(x, tasks, grid_span)
         if self.modulation is None:
             if tasks is not None:
                 self._check_tasks(tasks)
@@ -140,6 +157,17 @@ class InstructIPT(nn.Module):
         if self.modulation is None or tasks is None:
             return self.backbone(x, grid_span)
         with self.modulation.select(tasks):
+            return self.backbone(x, grid_span)
+
+    def _adapted_forward(self, x: torch.Tensor, tasks: TaskSpec | None, grid_span) -> torch.Tensor:
+        ad = self.adaptation
+        if tasks is None and ad.fixed_task is None and ad.config.conditioned:
+            raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
+        if tasks is not None and not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
+            raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
+        if isinstance(grid_span, ConfiguredSpan):
+            grid_span = self.grid_span_for(tasks if tasks is not None else ad.fixed_task, x)
+        with ad.select(tasks):
             return self.backbone(x, grid_span)
 
     def set_task_grid_span(self, task: str, span: int | None) -> None:
@@ -198,7 +226,14 @@ class InstructIPT(nn.Module):
 
         A plain model has nothing to merge: it only checks the task name.
         """
-        self.task_index(task)
+        index = self.task_index(task)
+        if self.adaptation is not None:  # nothing to fold: the task is given to every call
+            before, self.adaptation.fixed_task = self.adaptation.fixed_task, index
+            try:
+                yield self
+            finally:
+                self.adaptation.fixed_task = before
+            return
         if self.modulation is None:
             yield self
             return
@@ -221,6 +256,9 @@ class InstructIPT(nn.Module):
         """A plain :class:`IPTV2` for one task (no modulation code needed to run it), with the
         task's grid span."""
         name = self._tasks[self.task_index(task)]  # an unknown task: a clear error before any copying
+        if self.adaptation is not None:
+            raise ValueError(f"a model with a feature adaptation ({self.adaptation.config.kind}) cannot be exported as "
+                             "a plain network: its adapters run beside the backbone (restore and eval work)")
         if self.modulation is None:
             import copy
 
@@ -236,6 +274,7 @@ class InstructIPT(nn.Module):
 
         A plain model only records the name: it runs every task with the same weights.
         """
+        self._refuse_task_changes()
         if self.modulation is None:
             if name in self._tasks:
                 raise ValueError(f"task {name!r} already exists")
@@ -246,6 +285,7 @@ class InstructIPT(nn.Module):
     def remove_task(self, task: str | int) -> None:
         """Drop a task (its biases and its grid span); later tasks' indices shift down by one."""
         name = self._tasks[self.task_index(task)]
+        self._refuse_task_changes()
         if self.modulation is None:
             if len(self._tasks) == 1:
                 raise ValueError(f"cannot remove {name!r}: it is the model's only task")
@@ -253,6 +293,11 @@ class InstructIPT(nn.Module):
         else:
             self.modulation.remove_task(name)
         self.task_grid_spans.pop(name, None)
+
+    def _refuse_task_changes(self) -> None:
+        if self.adaptation is not None:
+            raise ValueError(f"a model with a feature adaptation ({self.adaptation.config.kind}) keeps the tasks it was "
+                             "built with")
 
     # backbone weights under canonical names -------------------------------------------
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
@@ -265,7 +310,7 @@ class InstructIPT(nn.Module):
         return {
             k.replace(".base_layer.", "."): v
             for k, v in self.backbone.state_dict().items()
-            if not k.endswith(TASK_PARAMETER_SUFFIXES)
+            if not k.endswith(TASK_PARAMETER_SUFFIXES) and not is_adaptation_key(k)
         }
 
     @torch.no_grad()
@@ -274,7 +319,8 @@ class InstructIPT(nn.Module):
 
         Into a model with replaced layers, a plain model's weight of such a layer starts every
         task's own weight (so plain -> replacement works like plain -> modulation)."""
-        own = {k.replace(".base_layer.", "."): k for k in self.backbone.state_dict() if not k.endswith(TASK_PARAMETER_SUFFIXES)}
+        own = {k.replace(".base_layer.", "."): k for k in self.backbone.state_dict()
+               if not k.endswith(TASK_PARAMETER_SUFFIXES) and not is_adaptation_key(k)}
         replaced = {f"{n}.weight": layer for n, layer in (self.modulation.layers() if self.modulation else ())
                     if isinstance(layer, ReplacedLayer)}
         seeded = {k: state[k] for k in replaced if k in state}
@@ -298,8 +344,9 @@ class InstructIPT(nn.Module):
     # accounting ---------------------------------------------------------------------
     def parameter_count(self) -> ParameterCount:
         if self.modulation is None:
-            n = sum(p.numel() for p in self.parameters())
-            return ParameterCount(backbone=n, per_task=0, tasks=len(self._tasks), layers=0)
+            extra = sum(p.numel() for p in self.adaptation.parameters()) if self.adaptation else 0
+            n = sum(p.numel() for p in self.parameters()) - extra
+            return ParameterCount(backbone=n, per_task=0, tasks=len(self._tasks), layers=0, adaptation=extra)
         return self.modulation.parameter_count()
 
     def backbone_fingerprint(self) -> str:
@@ -320,6 +367,7 @@ class InstructIPT(nn.Module):
             "backbone": self.config.to_dict(),
             "tasks": self.tasks,
             "modulation": None if self.modulation_config is None else self.modulation_config.to_dict(),
+            "adaptation": None if self.adaptation_config is None else self.adaptation_config.to_dict(),
             "task_grid_spans": dict(self.task_grid_spans),
         }
 
@@ -338,7 +386,8 @@ class InstructIPT(nn.Module):
         try:
             backbone = IPTConfig.from_dict(cfg["backbone"])
             mod = None if cfg.get("modulation") is None else ModulationConfig.from_dict(cfg["modulation"])
-            return cls(backbone, cfg["tasks"], mod, cfg.get("task_grid_spans"))
+            ad = None if cfg.get("adaptation") is None else AdaptationConfig.from_dict(cfg["adaptation"])
+            return cls(backbone, cfg["tasks"], mod, cfg.get("task_grid_spans"), adaptation=ad, encode_text=False)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"invalid model config: {e}") from e
 
@@ -455,6 +504,8 @@ class InstructIPT(nn.Module):
         info: dict[str, Any] = {
             "tasks": self.tasks,
             "modulation": None if self.modulation_config is None else self.modulation_config.to_dict(),
+            "adaptation": None if self.adaptation_config is None else self.adaptation_config.to_dict(),
+            "adaptation_parameters": count.adaptation,
             "grid_span": self.config.grid_span,
             "task_grid_spans": dict(self.task_grid_spans),
             "modulated_layers": count.layers,
@@ -470,4 +521,6 @@ class InstructIPT(nn.Module):
         return info
 
     def extra_repr(self) -> str:
+        if self.adaptation_config is not None:
+            return f"tasks={self.tasks}, adaptation={self.adaptation_config}"
         return f"tasks={self.tasks}, modulation={self.modulation_config}"

@@ -179,8 +179,8 @@ class RestorationPipeline:
         if self.engine != "auto":
             return "pytorch" if self.engine == "torch" else "onnxruntime"
         p = next(self.model.parameters())
-        if p.device.type != "cpu" or p.dtype != torch.float32:
-            return "pytorch"
+        if p.device.type != "cpu" or p.dtype != torch.float32 or self.model.adaptation is not None:
+            return "pytorch"  # (a feature adaptation does not export: its adapters run beside the backbone)
         return "onnxruntime" if onnx_available() else "pytorch"
 
     def _onnx_restorer(self) -> OnnxRestorer:

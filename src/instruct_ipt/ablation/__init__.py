@@ -6,9 +6,9 @@ the paper claims), ``runner`` (the output folder: training, resume, evaluation) 
 """
 
 from .arms import ARMS, TASKS, Arm, base_config
-from .report import verdict
+from .report import trade_verdict, verdict
 from .runner import MIN_BUDGET_MINUTES, Ablation, AblationError, Settings, ablate, check_settings, evaluate_model
-from .tables import TABLES, Claim, Table
+from .tables import TABLES, Claim, Table, TradeClaim
 
 __all__ = [
     "ARMS",
@@ -21,9 +21,11 @@ __all__ = [
     "Claim",
     "Settings",
     "Table",
+    "TradeClaim",
     "ablate",
     "base_config",
     "check_settings",
     "evaluate_model",
+    "trade_verdict",
     "verdict",
 ]

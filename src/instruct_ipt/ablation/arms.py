@@ -104,6 +104,13 @@ def _output_only(**model: Any) -> Build:
     return build
 
 
+def _adapted(kind: str) -> Build:
+    def build(base, models):
+        # trained like the plain model (mode plain, mixed batches), conditioned through features
+        return _with(base, mode="plain", model={"adaptation": kind})
+    return build
+
+
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("plain", "plain (mixed tasks, one shared model)", _plain),
     Arm("sync", "weight modulation, synchronous (Instruct-IPT)", _sync),
@@ -114,4 +121,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("constant-output", "output layer modulated, constant rank 8", _output_only(strategy="constant", rank=8)),
     Arm("proportional-output", "output layer modulated, proportional rank 5%",
         _output_only(strategy="proportional", proportion=0.05)),
+    Arm("prompt", "feature adaptation: PromptIR prompts at each decoder level", _adapted("prompt")),
+    Arm("gating", "feature adaptation: InstructIR gates from the instruction (MiniLM)", _adapted("gating")),
+    Arm("external", "feature adaptation: external control branch (ControlNet-style)", _adapted("external")),
 )}

@@ -23,7 +23,7 @@ import torch
 from ..io import atomic_write_text
 from ..version import __version__
 from .arms import ARMS, SIGMA, TASKS
-from .tables import TABLES, Table
+from .tables import TABLES, Table, TradeClaim
 
 if TYPE_CHECKING:
     from .runner import Ablation
@@ -44,6 +44,26 @@ def verdict(higher: Sequence[float], lower: Sequence[float]) -> dict[str, Any]:
     noise = 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
     word = "within noise" if abs(mean) <= noise else "holds" if mean > 0 else "does not hold"
     return {"difference": mean, "noise": noise, "verdict": word}
+
+
+def trade_verdict(arm: dict[str, Sequence[float]], baseline: dict[str, Sequence[float]]) -> dict[str, Any]:
+    """The claim "``arm`` gains on one task and not on the other" against ``baseline`` (per task,
+    per-seed values): each task's difference is judged as in :func:`verdict`; it **holds** when one
+    task gains (beyond noise) and the other does not, **does not hold** when both gain or neither
+    gains while one loses, and is **within noise** when neither differs beyond noise."""
+    each = {t: verdict(arm[t], baseline[t]) for t in arm}
+    gains = [t for t, v in each.items() if v["verdict"].startswith("holds")]
+    losses = [t for t, v in each.items() if v["verdict"].startswith("does not hold")]
+    one_seed = " (one seed)" if any(v["noise"] is None for v in each.values()) else ""
+    if len(gains) == 1:
+        word = "holds"
+    elif gains or losses:
+        word = "does not hold"
+    else:
+        word = "within noise"
+    diffs = ", ".join(f"{t} {v['difference']:+.3f}" for t, v in each.items())
+    noise = [v["noise"] for v in each.values()]
+    return {"difference": diffs, "noise": None if None in noise else max(noise), "verdict": word + one_seed}
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
@@ -107,8 +127,14 @@ def summarise_table(ab: Ablation, table: Table, seeds: int, figures: dict[str, l
             "steps": [r["steps"] for r in records],
             "parameters": records[0]["parameters"],
         }
-    claims = [{"claim": c.text, "higher": c.higher, "lower": c.lower, **verdict(figures[c.higher], figures[c.lower])}
-              for c in table.claims]
+    claims = []
+    for c in table.claims:
+        if isinstance(c, TradeClaim):
+            per = {name: {t: figures[f"psnr:{name}:{t}"] for t in TASKS} for name in (c.arm, c.baseline)}
+            claims.append({"claim": c.text, "arm": c.arm, "baseline": c.baseline, **trade_verdict(per[c.arm], per[c.baseline])})
+        else:
+            claims.append({"claim": c.text, "higher": c.higher, "lower": c.lower,
+                           **verdict(figures[c.higher], figures[c.lower])})
     return {"title": table.title, "seeds": seeds, "arms": arms, "figures": figures, "claims": claims,
             "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -178,7 +204,8 @@ def table_markdown(name: str, summary: dict[str, Any], analyses: dict[str, Any])
     lines += ["| claim | ours: mean difference | noise (2 s.e.) | verdict |", "|---|---:|---:|---|"]
     for c in summary["claims"]:
         noise = "-" if c["noise"] is None else f"{c['noise']:.3f}"
-        lines.append(f"| {c['claim']} | {_signed(c['difference'])} | {noise} | **{c['verdict']}** |")
+        diff = c["difference"] if isinstance(c["difference"], str) else _signed(c["difference"])
+        lines.append(f"| {c['claim']} | {diff} | {noise} | **{c['verdict']}** |")
     lines += ["", f"![{name}]({name}.png)", ""]
     return "\n".join(lines)
 

@@ -87,6 +87,8 @@ class ParameterCount:
     tasks: int
     layers: int
     ranks: dict[str, int] = field(default_factory=dict, repr=False)
+    #: parameters of a feature adaptation (shared by all tasks; not counted in ``backbone``)
+    adaptation: int = 0
 
     @property
     def share(self) -> float:
@@ -177,6 +179,30 @@ def task_index(tasks: Sequence[str], task: str | int) -> int:
     return list(tasks).index(task)
 
 
+def set_selection(selection: TaskSelection, names: Sequence[str], tasks: TaskSpec | None,
+                  default: int | None = None) -> None:
+    """Set ``selection`` from a task spec: None (``default``), one name/index, or one per sample
+    (a sequence, or a 1-D tensor of indices, checked against ``names``)."""
+    if tasks is None:
+        selection.set(index=default)
+    elif isinstance(tasks, (str, int)):
+        selection.set(index=task_index(names, tasks))
+    elif isinstance(tasks, torch.Tensor):
+        ids = tasks.long().reshape(-1)
+        in_range = ((ids >= 0) & (ids < len(names))).all()
+        if ids.device.type == "cpu":
+            if not in_range:
+                raise ValueError(f"task ids must be in [0, {len(names)}), got {ids.tolist()}")
+        else:  # checked on the device, asynchronously: reading the result back would stall every step
+            torch._assert_async(in_range, f"task ids must be in [0, {len(names)})")
+        selection.set(ids=ids)
+    else:
+        idx = [task_index(names, t) for t in tasks]
+        if not idx:
+            raise ValueError("empty task list")
+        selection.set(ids=torch.tensor(idx, dtype=torch.long))
+
+
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -219,24 +245,7 @@ class TaskModulation:
         manager it restores the previous selection on exit.
         """
         previous = (self.selection.index, self.selection.ids)
-        if tasks is None:
-            self.selection.set()
-        elif isinstance(tasks, (str, int)):
-            self.selection.set(index=self.task_index(tasks))
-        elif isinstance(tasks, torch.Tensor):
-            ids = tasks.long().reshape(-1)
-            in_range = ((ids >= 0) & (ids < len(self.tasks))).all()
-            if ids.device.type == "cpu":
-                if not in_range:
-                    raise ValueError(f"task ids must be in [0, {len(self.tasks)}), got {ids.tolist()}")
-            else:  # checked on the device, asynchronously: reading the result back would stall every step
-                torch._assert_async(in_range, f"task ids must be in [0, {len(self.tasks)})")
-            self.selection.set(ids=ids)
-        else:
-            idx = [self.task_index(t) for t in tasks]
-            if not idx:
-                raise ValueError("empty task list")
-            self.selection.set(ids=torch.tensor(idx, dtype=torch.long))
+        set_selection(self.selection, self.tasks, tasks)
         return self._restoring(previous)
 
     # merging -------------------------------------------------------------------

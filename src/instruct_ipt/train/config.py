@@ -42,6 +42,12 @@ class ModelConfig:
     #: ``low-rank``: per-task biases W + B1 @ B2 (the method); ``replace``: the paper's weight
     #: replacement (Table 9), a full weight per task on the targeted layers and no shared one
     modulation_kind: Literal["low-rank", "replace"] = "low-rank"
+    #: a feature adaptation instead of weight modulation (the paper's Table 1 baselines), trained
+    #: with ``mode: plain``: ``prompt`` (PromptIR), ``gating`` (InstructIR), ``external`` (ControlNet-style)
+    adaptation: Literal["prompt", "gating", "external"] | None = None
+    #: the task vector of ``gating``/``external``: ``text`` (each task's phrasings through the packaged
+    #: MiniLM encoder) or ``learned`` (a learned vector per task)
+    adaptation_instruction: Literal["text", "learned"] = "text"
     #: a saved model folder to start from (bias-only: the model that gains tasks)
     init: str | None = None
 
@@ -297,6 +303,11 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"stages[{i}].warmup: must be >= 0")
         if st.grey_share is not None and not 0 <= st.grey_share <= 1:
             raise ConfigError(f"stages[{i}].grey_share: a share in [0, 1], got {st.grey_share}")
+    if cfg.model.adaptation is not None:
+        modes = {st.mode or cfg.mode for st in cfg.stages} if cfg.stages else {cfg.mode}
+        if modes - {"plain", "single"}:
+            raise ConfigError(f"model.adaptation: a feature adaptation ({cfg.model.adaptation}) trains with mode plain; "
+                              f"it cannot be combined with weight modulation (mode {', '.join(sorted(modes - {'plain', 'single'}))})")
     if cfg.stages and cfg.stages[0].mode == "bias-only" and not cfg.model.init:
         raise ConfigError("stages[0]: a bias-only first stage needs model.init")
     for key in ("iterations", "log_every", "val_every", "ckpt_every"):

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ..adaptation import AdaptationConfig
 from ..data.batched import collate_device
 from ..data.degradations import DEGRADATIONS, make_degradation
 from ..data.paired import load_training_pairs
@@ -173,8 +174,13 @@ def prepare_model(cfg: TrainConfig, stage: Stage, model: InstructIPT | None) -> 
         if stage.mode == "single" and len(tasks) != 1:
             raise ConfigError(f"stage {stage.index} (single): trains exactly one task, got {tasks}")
         if model is None:
-            model = InstructIPT(_backbone_config(cfg), tasks=tasks, modulation=None)
+            m = cfg.model
+            adaptation = None if m.adaptation is None else AdaptationConfig(kind=m.adaptation, instruction=m.adaptation_instruction)
+            model = InstructIPT(_backbone_config(cfg), tasks=tasks, modulation=None, adaptation=adaptation)
     else:
+        if model is not None and model.adaptation is not None:
+            raise ConfigError(f"stage {stage.index} ({stage.mode}): the model has a feature adaptation "
+                              f"({model.adaptation.config.kind}); it trains with mode plain, not with weight modulation")
         if model is None:
             if stage.mode == "bias-only":
                 raise ConfigError("bias-only training needs a model to start from (model.init)")
