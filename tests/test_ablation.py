@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 from PIL import Image
@@ -21,7 +22,7 @@ from instruct_ipt.ablation import (
     verdict,
 )
 from instruct_ipt.cli import main
-from instruct_ipt.train import config_from_dict, plan_stages
+from instruct_ipt.train import Trainer, config_from_dict, plan_stages
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,16 @@ def test_verdict_rule():
     assert verdict([30.0, 31.0], [30.4, 30.2])["verdict"] == "within noise"  # +0.2 mean, spread 0.8
     assert verdict([30.0], [29.0]) == {"difference": 1.0, "noise": None, "verdict": "holds (one seed)"}
     assert verdict([29.0], [30.0])["verdict"] == "does not hold (one seed)"
+    assert verdict([29.0], [29.0])["verdict"] == "tie (one seed)"
+    assert verdict([math.nan, 0.5], [0.4, 0.4])["verdict"] == "no data"
 
 
 def test_trade_verdict():
     plain = {"denoise": [30.0, 30.1], "deblur": [28.0, 28.2]}
+    trades = {"denoise": [29.6, 29.6], "deblur": [28.5, 28.6]}
+    assert trade_verdict(trades, plain)["verdict"] == "holds"
     gains_deblur = {"denoise": [30.0, 30.1], "deblur": [28.5, 28.6]}
-    assert trade_verdict(gains_deblur, plain)["verdict"] == "holds"
+    assert trade_verdict(gains_deblur, plain)["verdict"] == "does not hold"  # an improvement, not a trade
     both = {"denoise": [30.5, 30.5], "deblur": [28.5, 28.6]}
     assert trade_verdict(both, plain)["verdict"] == "does not hold"  # better on both: no trade
     loses = {"denoise": [29.5, 29.6], "deblur": [28.0, 28.2]}
@@ -88,8 +93,11 @@ def test_every_arm_is_a_valid_config_of_what_its_table_varies(photos):
         for claim in table.claims:
             if isinstance(claim, TradeClaim):
                 assert {claim.arm, claim.baseline} <= set(table.arms)
-            else:
-                assert {claim.higher, claim.lower} <= named or table.analysis, claim
+            elif table.analysis is None:
+                assert {claim.higher, claim.lower} <= named, claim
+            else:  # the analyses' figures (report.similarity_figures / rank_energy_figures)
+                kind = {"similarity": "similarity", "rank-energy": "energy"}[table.analysis]
+                assert {claim.higher.split(":")[0], claim.lower.split(":")[0]} == {kind}, claim
 
 
 def test_bad_settings_are_refused_before_training(photos, tmp_path):
@@ -113,7 +121,7 @@ def test_bad_settings_are_refused_before_training(photos, tmp_path):
     assert code == 2 and not (out / "runs").exists()
 
 
-def test_table_runs_reports_and_resumes_where_it_stopped(photos, tmp_path, capsys):
+def test_table_runs_reports_and_resumes_where_it_stopped(photos, tmp_path, monkeypatch):
     out = tmp_path / "ab"
     said = []
     summary = ablate("table9", out, settings(photos), seeds=2, say=said.append, progress=False)
@@ -132,14 +140,25 @@ def test_table_runs_reports_and_resumes_where_it_stopped(photos, tmp_path, capsy
     assert "## Table 9" in report and "| plain: plain" in report and "32.81" in report  # the paper's figure beside ours
     assert (out / "table9.png").stat().st_size > 1000
 
-    # an interrupted ablation: one run's model not saved yet, its result not recorded
-    before = results["runs"]["replace-output/seed1"]
-    del results["runs"]["replace-output/seed1"]
+    # an interrupted ablation: killed in the middle of one run (after its first step's checkpoint)
+    before = results["runs"].pop("replace-output/seed1")
     (out / "results.json").write_text(json.dumps(results))
-    model_dir = out / "runs/replace-output/seed1/model"
-    for f in model_dir.iterdir():
-        f.unlink()
-    model_dir.rmdir()
+    shutil.rmtree(out / "runs/replace-output/seed1")
+    run = Trainer.run
+
+    def killed(self, stop_after=None):
+        if "replace-output" in str(self.cfg.out):
+            self.cfg.ckpt_every = 1
+            run(self, stop_after=1)  # one step, a checkpoint, then the "kill"
+            raise KeyboardInterrupt
+        return run(self, stop_after)
+
+    monkeypatch.setattr(Trainer, "run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ablate("table9", out, settings(photos), seeds=2, say=said.append, progress=False)
+    monkeypatch.undo()
+    assert (out / "runs/replace-output/seed1/checkpoints/last.pt").exists()
+    assert not (out / "runs/replace-output/seed1/model").exists()
     said.clear()
     ablate("table9", out, settings(photos), seeds=2, say=said.append, progress=False)
     assert [m for m in said if "training" in m] == ["[table9 4/4] replace-output, seed 1: resuming its training (2 steps)"]

@@ -83,6 +83,21 @@ def test_text_task_vectors_come_from_the_packaged_encoder_and_are_saved(tmp_path
     torch.testing.assert_close(again.backbone.adaptation_task.text, text)
 
 
+def test_external_control_starts_as_the_encoder_and_holds_no_tensors_between_calls():
+    model = adapted("external")
+    plain = InstructIPT(IPTConfig.named("tiny"), tasks=list(TASKS), modulation=None)
+    model.load_backbone_state_dict(plain.backbone_state_dict())  # e.g. a trained plain model's weights
+    control = model.backbone.adaptation_control
+    torch.testing.assert_close(control.encoders[1].state_dict(), plain.backbone.encoders[1].state_dict())
+    torch.testing.assert_close(control.embed.weight, plain.backbone.embed.weight)
+    model.train()
+    model(torch.rand(2, 3, 32, 32), TASKS).mean().backward()
+    assert control._features == [] and control._input is None  # no graph kept alive: deepcopy (EMA) works
+    import copy
+
+    copy.deepcopy(model)
+
+
 def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="weight modulation or a feature adaptation \\(gating\\), not both"):
         InstructIPT(IPTConfig.named("tiny"), tasks=TASKS, modulation=ModulationConfig(),
@@ -105,6 +120,11 @@ def test_trainer_trains_an_adaptation_in_plain_mode(folders, tmp_path):  # noqa:
                    val_every=2, model={"adaptation": "gating", "adaptation_instruction": "learned"})
     model = Trainer(cfg, progress=False).run()
     assert model.adaptation_config == AdaptationConfig("gating", "learned")
+    # an init model with another (or no) adaptation: refused, not silently trained as something else
+    cfg2 = make_cfg(folders, tmp_path / "run2", mode="plain", tasks={"denoise": {}, "deblur": {}}, iterations=2,
+                    model={"adaptation": "prompt", "init": str(tmp_path / "run" / "model")})
+    with pytest.raises(ConfigError, match="model.adaptation is prompt, but model.init .* has adaptation gating"):
+        Trainer(cfg2, progress=False).run()
     gate = model.backbone.encoders[0].adapter.weight
     assert gate.abs().max() > 0  # trained away from its zero start
     assert main(["info", "--model", str(tmp_path / "run" / "model")]) == 0

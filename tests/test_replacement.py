@@ -97,6 +97,14 @@ def test_plain_weights_start_every_task_and_old_configs_load_as_low_rank():
         ModulationConfig(kind="full")
 
 
+def test_weight_analyses_refuse_replaced_layers():
+    from instruct_ipt.analysis import similarity
+
+    plain = InstructIPT(IPTConfig.named("tiny"), tasks=list(TASKS), modulation=None)
+    with pytest.raises(ValueError, match="fine-tuned model replaces weights per task"):
+        similarity(plain, replaced_model())
+
+
 def test_trainer_trains_replaced_weights_per_task(folders, tmp_path):  # noqa: F811
     cfg = make_cfg(folders, tmp_path / "sync", tasks={"denoise": {}, "deblur": {}}, iterations=2, val_every=2,
                    model={"modulation_kind": "replace", "targets": ["output"]})

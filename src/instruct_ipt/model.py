@@ -340,6 +340,8 @@ class InstructIPT(nn.Module):
                 replaced[k].load_shared_weight(weight)
             except ValueError as e:
                 raise CheckpointError(f"backbone weight {k}: {e}") from e
+        if self.adaptation is not None and self.adaptation.config.kind == "external":
+            self.backbone.adaptation_control.copy_encoder(self.backbone)  # ControlNet: the branch starts as the encoder
 
     # accounting ---------------------------------------------------------------------
     def parameter_count(self) -> ParameterCount:
@@ -440,7 +442,7 @@ class InstructIPT(nn.Module):
     def save_adapter(self, path: str | os.PathLike, task: str) -> Path:
         """Save one task's biases (a few percent of the model) to a ``.safetensors`` file."""
         if self.modulation is None:
-            raise ValueError("a plain (unmodulated) model has no task biases")
+            raise ValueError("a model without weight modulation (plain, or with a feature adaptation) has no task biases")
         state = self.modulation.task_state_dict(task)
         meta = {
             "format": ADAPTER_FORMAT,
@@ -462,7 +464,7 @@ class InstructIPT(nn.Module):
         config and (unless ``check_backbone=False``) the same backbone weights.
         """
         if self.modulation is None:
-            raise ValueError("a plain (unmodulated) model cannot take task biases")
+            raise ValueError("a model without weight modulation (plain, or with a feature adaptation) cannot take task biases")
         try:
             state, meta = load_tagged(path, ADAPTER_FORMAT, "an instruct-ipt adapter")
         except ValueError as e:

@@ -5,7 +5,8 @@ each seed (the same seed: the same initial weights and batches for every arm), t
 their spread. With two seeds or more a claim **holds** when the mean difference is positive and
 larger than two standard errors of the differences, **does not hold** when it is negative and
 larger, and is **within noise** otherwise. One seed gives no spread: the verdict then says only
-which way the difference goes, marked "(one seed)".
+which way the difference goes, marked "(one seed)" (a tie: "tie (one seed)"). A figure that could
+not be measured (NaN: e.g. no layer changed) gives "no data".
 """
 
 from __future__ import annotations
@@ -39,23 +40,29 @@ def verdict(higher: Sequence[float], lower: Sequence[float]) -> dict[str, Any]:
     """The claim "``higher`` > ``lower``" over paired per-seed values (see the module docstring)."""
     diffs = [h - lo for h, lo in zip(higher, lower, strict=True)]
     mean = statistics.fmean(diffs)
+    if math.isnan(mean):
+        return {"difference": mean, "noise": None, "verdict": "no data"}
     if len(diffs) < 2:
-        return {"difference": mean, "noise": None, "verdict": ("holds" if mean > 0 else "does not hold") + " (one seed)"}
+        word = "holds" if mean > 0 else "does not hold" if mean < 0 else "tie"
+        return {"difference": mean, "noise": None, "verdict": word + " (one seed)"}
     noise = 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
     word = "within noise" if abs(mean) <= noise else "holds" if mean > 0 else "does not hold"
     return {"difference": mean, "noise": noise, "verdict": word}
 
 
 def trade_verdict(arm: dict[str, Sequence[float]], baseline: dict[str, Sequence[float]]) -> dict[str, Any]:
-    """The claim "``arm`` gains on one task and not on the other" against ``baseline`` (per task,
-    per-seed values): each task's difference is judged as in :func:`verdict`; it **holds** when one
-    task gains (beyond noise) and the other does not, **does not hold** when both gain or neither
-    gains while one loses, and is **within noise** when neither differs beyond noise."""
+    """The claim "``arm`` trades one task for the other" against ``baseline`` (per task, per-seed
+    values): each task's difference is judged as in :func:`verdict`; it **holds** when one task
+    gains and the other loses (each beyond noise), **does not hold** when something moved beyond
+    noise otherwise (a gain without a loss is an improvement, not a trade), and is **within
+    noise** when no task moved beyond noise."""
     each = {t: verdict(arm[t], baseline[t]) for t in arm}
+    if any(v["verdict"] == "no data" for v in each.values()):
+        return {"difference": "", "noise": None, "verdict": "no data"}
     gains = [t for t, v in each.items() if v["verdict"].startswith("holds")]
     losses = [t for t, v in each.items() if v["verdict"].startswith("does not hold")]
     one_seed = " (one seed)" if any(v["noise"] is None for v in each.values()) else ""
-    if len(gains) == 1:
+    if len(gains) == 1 and len(losses) == 1:
         word = "holds"
     elif gains or losses:
         word = "does not hold"
@@ -178,14 +185,17 @@ def table_markdown(name: str, summary: dict[str, Any], analyses: dict[str, Any])
     columns = ["arm", *(f"{t} PSNR (ours)" for t in TASKS)]
     if paper:
         columns += [f"{t} (paper)" for t in TASKS]
-    columns += ["steps", "extra parameters per task"]
+    columns += ["steps", "extra parameters (per task, or shared)"]
     lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     for arm, a in summary["arms"].items():
         cells = [_db(a["psnr"][t]) for t in TASKS]
         if paper:
             cells += [f"{paper[arm][t]:.2f}" if arm in paper else "-" for t in TASKS]
         p = a["parameters"]
-        extra = f"{p['per_task']:,} ({100 * p['share']:.2f}%)" if p["per_task"] else "0"
+        if p.get("adaptation"):  # a feature adaptation's parameters serve every task
+            extra = f"{p['adaptation']:,} shared ({100 * p['adaptation'] / p['backbone']:.2f}%)"
+        else:
+            extra = f"{p['per_task']:,} ({100 * p['share']:.2f}%)" if p["per_task"] else "0"
         lines.append(f"| {arm}: {a['label']} | " + " | ".join(cells) + f" | {'/'.join(map(str, a['steps']))} | {extra} |")
     lines.append("")
     if table.paper_note:

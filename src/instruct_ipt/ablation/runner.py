@@ -182,7 +182,8 @@ class Ablation:
         count = model.parameter_count()
         record = {
             "arm": arm_name, "seed": seed, **metrics, "steps": trained_steps(run_dir),
-            "parameters": {"backbone": count.backbone, "per_task": count.per_task, "share": count.share},
+            "parameters": {"backbone": count.backbone, "per_task": count.per_task, "share": count.share,
+                           "adaptation": count.adaptation},
             "eval_seconds": round(time.perf_counter() - t0, 1),
         }
         self.results["runs"][key] = record

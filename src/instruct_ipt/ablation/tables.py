@@ -34,7 +34,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class TradeClaim:
-    """Against ``baseline``, ``arm`` gains on one task and not on the other (the paper's reading of
+    """Against ``baseline``, ``arm`` gains on one task and loses on the other (the paper's reading of
     feature adaptation on tasks as different as denoising and deblurring)."""
 
     text: str

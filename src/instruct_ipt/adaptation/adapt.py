@@ -28,7 +28,7 @@ class AdaptationConfig:
     kind: Kind = "gating"
     #: the task vector (gating, external): ``text`` - each task's phrasings through the packaged
     #: MiniLM encoder (fixed) and a learned projection; ``learned`` - a learned vector per task
-    instruction: Instruction = "learned"
+    instruction: Instruction = "text"
     #: width of the task vector
     dim: int = 64
 

@@ -96,6 +96,17 @@ class ExternalControl(nn.Module):
         self._input: torch.Tensor | None = None
         self._features: list[torch.Tensor] = []
 
+    @torch.no_grad()
+    def copy_encoder(self, backbone: nn.Module) -> None:
+        """Make the branch a copy of ``backbone``'s (wrapped) embedding, encoders and down-samplings."""
+        def unwrapped(m: nn.Module) -> nn.Module:
+            return m.base_layer if hasattr(m, "base_layer") else m
+
+        self.embed.load_state_dict(unwrapped(backbone.embed).state_dict())
+        for mine, theirs in zip(self.encoders, backbone.encoders):
+            mine.load_state_dict(unwrapped(theirs).state_dict())
+        self.downsamples.load_state_dict(backbone.downsamples.state_dict())
+
     def remember(self, xp: torch.Tensor) -> None:
         self._input, self._features = xp, []
 
@@ -113,7 +124,10 @@ class ExternalControl(nn.Module):
                 feats.append(self.zero_convs[level](c))
                 c = down(c)
             self._features = feats
-        return self._features[i]
+        feat = self._features[i]
+        if i == len(self._features) - 1:  # the last level: hold no tensors (and no graph) between forwards
+            self._features = []
+        return feat
 
 
 class ControlledEmbed(nn.Module):

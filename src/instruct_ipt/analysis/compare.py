@@ -36,6 +36,11 @@ def paired_weights(base: InstructIPT, finetuned: InstructIPT) -> dict[str, tuple
     biases are not part of the comparison. Raises ValueError for a different architecture (each
     differing config field), a different task list, or missing, extra or reshaped weights.
     """
+    for role, model in (("base", base), ("fine-tuned", finetuned)):
+        mod = model.modulation_config
+        if mod is not None and mod.kind == "replace":
+            raise ValueError(f"the {role} model replaces weights per task (modulation kind replace): its replaced layers "
+                             "have no shared weight to compare")
     problems = config_differences(base, finetuned)
     if problems:
         raise ValueError("the models have different architectures: " + "; ".join(problems))

@@ -258,7 +258,10 @@ class ModulatedConv2d(ModulatedLayer):
             dilation=conv.dilation,
             groups=b * conv.groups,
         )
-        return y.view(b, -1, *y.shape[2:])
+        y = y.view(b, -1, *y.shape[2:])
+        if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:  # keep the model's layout
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
 
     def _forward_mixed_low_rank(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Dense kxk conv: shared base conv, plus each sample's ``B2`` as a grouped conv to ``r``

@@ -173,6 +173,11 @@ def prepare_model(cfg: TrainConfig, stage: Stage, model: InstructIPT | None) -> 
         tasks = tasks or list(cfg.tasks)
         if stage.mode == "single" and len(tasks) != 1:
             raise ConfigError(f"stage {stage.index} (single): trains exactly one task, got {tasks}")
+        kind = cfg.model.adaptation
+        if model is not None and kind != (None if model.adaptation_config is None else model.adaptation_config.kind):
+            raise ConfigError(f"model.adaptation is {kind or 'not set'}, but model.init ({cfg.model.init}) has "
+                              f"{'adaptation ' + model.adaptation_config.kind if model.adaptation_config else 'none'}: "
+                              "an adaptation is built with the model, so give the same one (or none)")
         if model is None:
             m = cfg.model
             adaptation = None if m.adaptation is None else AdaptationConfig(kind=m.adaptation, instruction=m.adaptation_instruction)
