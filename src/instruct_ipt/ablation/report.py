@@ -152,7 +152,7 @@ def plot_table(name: str, summary: dict[str, Any], path: Path) -> Path:
     from ..analysis.report import _figure, _save_png
 
     fig = _figure(7.0, 3.6)
-    arms = list(summary["arms"])
+    arms = [a for a in TABLES[name].arms if a in summary["arms"]]  # the table's order (JSON sorts keys)
     for i, task in enumerate(TASKS):
         ax = fig.add_subplot(1, len(TASKS), i + 1)
         means = [summary["arms"][a]["psnr"][task][0] for a in arms]
@@ -187,7 +187,8 @@ def table_markdown(name: str, summary: dict[str, Any], analyses: dict[str, Any])
         columns += [f"{t} (paper)" for t in TASKS]
     columns += ["steps", "extra parameters (per task, or shared)"]
     lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
-    for arm, a in summary["arms"].items():
+    for arm in (a for a in table.arms if a in summary["arms"]):  # the table's order (JSON sorts keys)
+        a = summary["arms"][arm]
         cells = [_db(a["psnr"][t]) for t in TASKS]
         if paper:
             cells += [f"{paper[arm][t]:.2f}" if arm in paper else "-" for t in TASKS]
@@ -200,14 +201,15 @@ def table_markdown(name: str, summary: dict[str, Any], analyses: dict[str, Any])
     lines.append("")
     if table.paper_note:
         lines += [table.paper_note, ""]
-    if name in analyses and table.analysis == "similarity":
+    found = {t: analyses[name][t] for t in TASKS if t in analyses.get(name, {})}  # task order (JSON sorts keys)
+    if found and table.analysis == "similarity":
         from ..analysis import similarity_table
 
         intro = ("Mean cosine similarity of the plain model's weights to each fine-tune's, per layer group "
                  f"(mean over seeds; files in `{name}/`):")
-        lines += [intro, "", similarity_table(analyses[name]), ""]
-    if name in analyses and table.analysis == "rank-energy":
-        for t, md in analyses[name].items():
+        lines += [intro, "", similarity_table(found), ""]
+    if found and table.analysis == "rank-energy":
+        for t, md in found.items():
             intro = (f"Energy of the {t} fine-tuning delta at each strategy's rank, per U-Net stage (seed 0; "
                      f"per layer in `{name}/{t}/rank_energy.csv` and the charts beside it):")
             lines += [intro, "", md, ""]
