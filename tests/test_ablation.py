@@ -174,6 +174,9 @@ def test_table_runs_reports_and_resumes_where_it_stopped(photos, tmp_path, monke
     assert trained == ["[table10 2/3] proportional-output, seed 0", "[table10 3/3] constant-output, seed 0"]
     report = (out / "report.md").read_text()
     assert report.index("## Table 9") < report.index("## Table 10") and "(one seed)" in report
+    ablate("table9", out, settings(photos), seeds=2, say=said.append, progress=False)  # reloads table10 from JSON
+    table10 = (out / "report.md").read_text().split("## Table 10")[1]
+    assert table10.index("| plain:") < table10.index("| proportional-output:") < table10.index("| constant-output:")
 
 
 def test_weight_analyses_share_their_arms(photos, tmp_path, capsys):
