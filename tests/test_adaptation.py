@@ -1,5 +1,7 @@
 """Feature adaptations (the paper's Table 1 baselines): PromptIR prompts, InstructIR gating, external control."""
 
+import json
+
 import pytest
 import torch
 from test_train import folders, make_cfg  # noqa: F401  (a fixture)
@@ -96,6 +98,19 @@ def test_external_control_starts_as_the_encoder_and_holds_no_tensors_between_cal
     import copy
 
     copy.deepcopy(model)
+
+
+def test_info_counts_an_adaptation_config(capsys):
+    assert main(["info", "--size", "tiny", "--adaptation", "external", "--macs", "32", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = InstructIPT("tiny", modulation=None, adaptation=AdaptationConfig("external"), encode_text=False)
+    assert info["adaptation"] == {"kind": "external", "instruction": "text", "dim": 64} and info["modulation"] is None
+    assert info["adaptation_parameters"] == sum(p.numel() for p in model.adaptation.parameters())
+    assert info["backbone_parameters"] + info["adaptation_parameters"] == sum(p.numel() for p in model.parameters())
+    plain = json.loads((main(["info", "--size", "tiny", "--plain", "--macs", "32", "--json"]), capsys.readouterr().out)[1])
+    assert info["gmacs_at_32"] > plain["gmacs_at_32"]  # the control branch runs beside the encoder
+    assert main(["info", "--size", "tiny", "--adaptation", "gating"]) == 0
+    assert "feature adaptation: gating, text task vectors" in capsys.readouterr().out
 
 
 def test_refusals(tmp_path):

@@ -25,15 +25,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .models import IPTConfig
     from .modulation import ModulationConfig
 
-    describe_config = args.size is not None or args.tasks or args.plain
+    describe_config = args.size is not None or args.tasks or args.plain or args.adaptation
     if args.model and describe_config:
-        raise ValueError("give --model, or a config to describe (--size, --tasks, --plain), not both")
+        raise ValueError("give --model, or a config to describe (--size, --tasks, --plain, --adaptation), not both")
     if describe_config:
+        from .adaptation import AdaptationConfig
+
         size = args.size or "small"
         tasks = args.tasks.split(",") if args.tasks else None
-        mod = None if args.plain else ModulationConfig(rank=args.rank, strategy=args.strategy, proportion=args.proportion)
+        plain = args.plain or args.adaptation is not None
+        mod = None if plain else ModulationConfig(rank=args.rank, strategy=args.strategy, proportion=args.proportion,
+                                                  kind=args.modulation_kind)
+        adaptation = None if args.adaptation is None else AdaptationConfig(kind=args.adaptation)
         kwargs = {} if tasks is None else {"tasks": tasks}
-        model = InstructIPT(IPTConfig.named(size), modulation=mod, **kwargs)
+        # encode_text=False: the counts are the same without encoding the tasks' phrasings
+        model = InstructIPT(IPTConfig.named(size), modulation=mod, adaptation=adaptation, encode_text=False, **kwargs)
         source = f"config '{size}' (untrained)"
     else:
         model = InstructIPT.from_pretrained(args.model)
@@ -70,7 +76,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"extra parameters per task: {count.per_task:,} ({100 * count.share:.2f}% of the backbone)")
     print(f"extra parameters, all {count.tasks} tasks: {count.per_task * count.tasks:,}")
     if args.macs:
-        print(f"MACs at {args.macs}x{args.macs}: {info[f'gmacs_at_{args.macs}']} G (merged: same as the backbone)")
+        how = "with the adaptation's modules" if model.adaptation is not None else "merged: same as the backbone"
+        print(f"MACs at {args.macs}x{args.macs}: {info[f'gmacs_at_{args.macs}']} G ({how})")
     return 0
 
 
@@ -482,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=("constant", "proportional"), default="constant")
     p.add_argument("--proportion", type=float, default=0.05, help="rank share for the proportional strategy")
     p.add_argument("--plain", action="store_true", help="describe the unmodulated backbone")
+    p.add_argument("--modulation-kind", choices=("low-rank", "replace"), default="low-rank",
+                   help="low-rank biases (the method) or a full weight per task (weight replacement)")
+    p.add_argument("--adaptation", choices=("prompt", "gating", "external"),
+                   help="describe the backbone with this feature adaptation instead of modulation (Table 1's baselines)")
     p.add_argument("--macs", type=int, nargs="?", const=128, metavar="SIZE", help="also count MACs at SIZE x SIZE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
