@@ -20,11 +20,13 @@ from .modulate import (
     modulate,
     task_index,
 )
+from .unet import UNET2D_TARGET_GROUPS, unet2d_targets
 
 __all__ = [
     "DEFAULT_TARGETS",
     "KINDS",
     "TARGET_GROUPS",
+    "UNET2D_TARGET_GROUPS",
     "ModulatedConv2d",
     "ModulatedLayer",
     "ModulatedLinear",
@@ -38,4 +40,5 @@ __all__ = [
     "TaskSelection",
     "modulate",
     "task_index",
+    "unet2d_targets",
 ]

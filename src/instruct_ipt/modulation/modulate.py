@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,6 +35,8 @@ TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "ffn": ("*.ffn.expand", "*.ffn.reduce"),
 }
 DEFAULT_TARGETS: tuple[str, ...] = tuple(p for group in TARGET_GROUPS.values() for p in group)
+#: format tag of :meth:`TaskModulation.save_adapter` files
+ADAPTER_FORMAT = "instruct-ipt-task-adapter"
 
 Strategy = Literal["constant", "proportional"]
 #: ``low-rank``: ``W + B1_t @ B2_t`` (the method); ``replace``: a full weight per task, no shared ``W``
@@ -337,6 +342,37 @@ class TaskModulation:
                 )
         for key, param in expected.items():
             param[t].copy_(state[key])
+
+    def save_adapter(self, path: str | os.PathLike, task: str | int) -> Path:
+        """One task's biases as a ``.safetensors`` file (atomically), with the task name and the
+        modulation config, for any modulated module (``InstructIPT.save_adapter`` adds backbone checks)."""
+        from ..io import save_tagged
+
+        name = self.tasks[self.task_index(task)]
+        meta = {"format": ADAPTER_FORMAT, "task": name, "modulation": json.dumps(self.config.to_dict(), sort_keys=True)}
+        return save_tagged(path, self.task_state_dict(name), meta)
+
+    def load_adapter(self, path: str | os.PathLike, task: str | None = None) -> str:
+        """Load a task's biases written by :meth:`save_adapter` into ``task`` (default: the file's
+        task, added when the module lacks it); returns the task name. The modulation config and the
+        layers must match (names and shapes), else ``ValueError`` naming the difference."""
+        from ..io import load_tagged
+
+        state, meta = load_tagged(path, ADAPTER_FORMAT, "a task adapter of a modulated module")
+        theirs = ModulationConfig.from_dict(json.loads(meta["modulation"]))
+        if theirs != self.config:
+            raise ValueError(f"{path} was made with another modulation: {theirs} vs this module's {self.config}")
+        name = task or meta["task"]
+        added = name not in self.tasks
+        if added:
+            self.add_task(name)
+        try:
+            self.load_task_state_dict(name, state)
+        except ValueError:
+            if added:
+                self.remove_task(name)
+            raise
+        return name
 
     # parameter groups ------------------------------------------------------------
     def task_parameters(self) -> list[nn.Parameter]:
