@@ -144,6 +144,9 @@ def test_sync_training_mixes_paired_and_synthetic_tasks(tmp_path):
     assert model.tasks == ["denoise", "gain"]
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("loss" in e for e in logged)
+    # both tasks' biases left their zero start: each task drew samples (B1 of a task never drawn stays 0)
+    for t in (0, 1):
+        assert any(p[t].abs().max() > 0 for p in model.modulation.task_parameters()[0::2]), model.tasks[t]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from .adaptation import AdaptationConfig, TaskAdaptation, adapt, is_adaptation_k
 from .io import atomic_write, atomic_write_text, load_tagged, save_tagged
 from .models import CONFIGURED_SPAN, IPTV2, IPTConfig
 from .models.ipt import ConfiguredSpan
-from .modulation import ModulationConfig, ParameterCount, ReplacedLayer, TaskModulation, modulate
+from .modulation import ModulatedLayer, ModulationConfig, ParameterCount, ReplacedLayer, TaskModulation, modulate
 from .modulation.modulate import TaskSpec, task_index
 from .version import __version__
 
@@ -31,7 +31,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "instruct-ipt"
 ADAPTER_FORMAT = "instruct-ipt-adapter"
 #: state-dict suffixes of per-task parameters (low-rank biases, replaced weights): not backbone
-TASK_PARAMETER_SUFFIXES = (".task_B1", ".task_B2", ".task_weight_stack")
+TASK_PARAMETER_SUFFIXES = tuple(f".{n}" for kind in (ModulatedLayer, ReplacedLayer) for n in kind.task_parameter_names)
 
 
 def default_model_dir() -> Path:
@@ -143,32 +143,27 @@ class InstructIPT(nn.Module):
         ``grid_span``: by default the task's own span (:attr:`task_grid_spans`) for a single-task
         batch, else the backbone's; an explicit value (None: image-wide) overrides both.
         """
-        if self.adaptation is not None:
-            return self._adapted_forward(x, tasks, grid_span)
-        if self.modulation is None:
+        handle = self.modulation if self.modulation is not None else self.adaptation  # what reads the tasks
+        if handle is None:
             if tasks is not None:
                 self._check_tasks(tasks)
-        elif tasks is None and self.modulation.merged_task is None:
+        elif tasks is None and not self._runs_without_task():
             raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
         elif tasks is not None and not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
             raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
         if isinstance(grid_span, ConfiguredSpan):
             grid_span = self.grid_span_for(tasks, x)
-        if self.modulation is None or tasks is None:
+        if handle is None or (tasks is None and self.modulation is not None):  # plain, or merged weights
             return self.backbone(x, grid_span)
-        with self.modulation.select(tasks):
+        with handle.select(tasks):  # an adaptation's select(None) keeps the task fixed by merged()
             return self.backbone(x, grid_span)
 
-    def _adapted_forward(self, x: torch.Tensor, tasks: TaskSpec | None, grid_span) -> torch.Tensor:
-        ad = self.adaptation
-        if tasks is None and ad.fixed_task is None and ad.config.conditioned:
-            raise ValueError(f"say which task to run: one of {', '.join(self._tasks)} (or one per sample)")
-        if tasks is not None and not isinstance(tasks, (str, int)) and len(tasks) != x.shape[0]:
-            raise ValueError(f"got {len(tasks)} tasks for a batch of {x.shape[0]} images")
-        if isinstance(grid_span, ConfiguredSpan):
-            grid_span = self.grid_span_for(tasks if tasks is not None else ad.fixed_task, x)
-        with ad.select(tasks):
-            return self.backbone(x, grid_span)
+    def _runs_without_task(self) -> bool:
+        """Whether a call without tasks is defined: merged (modulation), a task fixed by
+        :meth:`merged` or an adaptation that does not read the task (adaptation)."""
+        if self.adaptation is not None:
+            return self.adaptation.fixed_task is not None or not self.adaptation.config.conditioned
+        return self.modulation.merged_task is not None
 
     def set_task_grid_span(self, task: str, span: int | None) -> None:
         """Run ``task`` with grid-attention groups bounded to ``span`` pixels (None: image-wide)."""
@@ -189,6 +184,8 @@ class InstructIPT(nn.Module):
             return default
         if tasks is None and self.modulation is not None:
             tasks = self.modulation.merged_task
+        elif tasks is None and self.adaptation is not None:
+            tasks = self.adaptation.fixed_task
         names: set[str] = set()
         if isinstance(tasks, (str, int)):
             names = {self._tasks[self.task_index(tasks)]}

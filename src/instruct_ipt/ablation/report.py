@@ -78,11 +78,15 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 # analyses ----------------------------------------------------------------------------------------
-def _models(ab: Ablation, seed: int, task: str):
+def _pairs(ab: Ablation, seeds: int):
+    """``(seed, task, plain model, its fine-tune on task)`` for every seed and task; each seed's
+    plain model is loaded once."""
     from ..model import InstructIPT
 
-    return (InstructIPT.from_pretrained(ab.run_dir("plain", seed) / "model"),
-            InstructIPT.from_pretrained(ab.run_dir(f"ft-{task}", seed) / "model"))
+    for seed in range(seeds):
+        base = InstructIPT.from_pretrained(ab.run_dir("plain", seed) / "model")
+        for task in TASKS:
+            yield seed, task, base, InstructIPT.from_pretrained(ab.run_dir(f"ft-{task}", seed) / "model")
 
 
 def similarity_figures(ab: Ablation, table: Table, seeds: int) -> dict[str, list[float]]:
@@ -90,7 +94,9 @@ def similarity_figures(ab: Ablation, table: Table, seeds: int) -> dict[str, list
     table and chart (instruct_ipt.analysis) to ``OUT/table2``."""
     from ..analysis import similarity, write_similarity
 
-    per_seed = {t: [similarity(*_models(ab, s, t)) for s in range(seeds)] for t in TASKS}
+    per_seed: dict[str, list[dict[str, float]]] = {t: [] for t in TASKS}
+    for _, task, base, tuned in _pairs(ab, seeds):
+        per_seed[task].append(similarity(base, tuned))
     averaged = {t: {g: statistics.fmean(r[g] for r in rs) for g in rs[0]} for t, rs in per_seed.items()}
     write_similarity(averaged, ab.out / table.name, f"plain, mean of {seeds} seed(s)")
     ab.results.setdefault("analyses", {})[table.name] = averaged
@@ -108,15 +114,14 @@ def rank_energy_figures(ab: Ablation, table: Table, seeds: int) -> dict[str, lis
 
     figures: dict[str, list[float]] = {}
     tables = {}
-    for t in TASKS:
-        for s in range(seeds):
-            rows = rank_energy(*_models(ab, s, t), CONSTANT_RANK, PROPORTION)
-            if s == 0:
-                write_rank_energy(rows, ab.out / table.name / t, CONSTANT_RANK, PROPORTION)
-                tables[t] = rank_energy_table(rows)
-            for strategy in ("constant", "proportional"):
-                kept = [e for r in rows if not math.isnan(e := getattr(r, f"{strategy}_energy"))]
-                figures.setdefault(f"energy:{strategy}:{t}", []).append(statistics.fmean(kept) if kept else math.nan)
+    for s, t, base, tuned in _pairs(ab, seeds):
+        rows = rank_energy(base, tuned, CONSTANT_RANK, PROPORTION)
+        if s == 0:
+            write_rank_energy(rows, ab.out / table.name / t, CONSTANT_RANK, PROPORTION)
+            tables[t] = rank_energy_table(rows)
+        for strategy in ("constant", "proportional"):
+            kept = [e for r in rows if not math.isnan(e := getattr(r, f"{strategy}_energy"))]
+            figures.setdefault(f"energy:{strategy}:{t}", []).append(statistics.fmean(kept) if kept else math.nan)
     ab.results.setdefault("analyses", {})[table.name] = tables
     return figures
 

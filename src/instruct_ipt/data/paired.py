@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageReadError, list_images, read_rgb
+from .images import ImageReadError, list_images, read_rgb, to_uint8
 
 LAYOUT_HELP = (
     "expected one of: <scene>/blur + <scene>/sharp (GoPro), rainy/ + norain/ (Rain100L/H), "
@@ -177,7 +177,7 @@ def load_training_pairs(
             images = []
             for path in (pair.input, pair.target):
                 try:
-                    images.append((read_rgb(path) * 255.0 + 0.5).astype(np.uint8))
+                    images.append(to_uint8(read_rgb(path)))
                 except ImageReadError as e:
                     raise PairError(f"data.paired.{task}: {e}") from e
             degraded, clean = images

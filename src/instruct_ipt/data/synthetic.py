@@ -151,6 +151,10 @@ class SyntheticDataset(Dataset):
         missing = [t for t in [*degradations, *self.pairs] if t not in self.tasks]
         if missing:
             raise ValueError(f"degradations or pairs for tasks the model lacks: {', '.join(missing)}")
+        small = [f"{t} ({c.shape[1]}x{c.shape[0]})" for t, p in self.pairs.items() for _, c in p
+                 if min(c.shape[:2]) < patch_size]
+        if small:  # checked once here, not per sample in the workers
+            raise ValueError(f"pairs smaller than the {patch_size}px patch: {', '.join(small[:3])}")
         empty = [t for t, p in self.pairs.items() if not p]
         if empty:
             raise ValueError(f"no pairs for {', '.join(empty)}")
@@ -212,8 +216,6 @@ class SyntheticDataset(Dataset):
         pairs = self.pairs[name]
         degraded, clean = pairs[int(rng.integers(len(pairs)))]
         p = self.patch_size
-        if min(clean.shape[:2]) < p:
-            raise ValueError(f"a {name} pair is {clean.shape[1]}x{clean.shape[0]}, smaller than the {p}px patch")
         top, left = int(rng.integers(0, clean.shape[0] - p + 1)), int(rng.integers(0, clean.shape[1] - p + 1))
         turn = int(rng.integers(2**63))  # one draw for both images: the same flip/rotation
         degraded = augment(degraded[top : top + p, left : left + p], np.random.default_rng(turn))
