@@ -10,6 +10,8 @@ scikit-image's bundled photos; degradations: each task's default operator, appli
 ``--multilabel`` trains one score per task (a share of the crops clean, a share with two
 degradations) and then calibrates each task's threshold on the ``--exclude``d photos, degraded
 ``--calibration-seeds`` times each: clean, with each degradation, and with each pair of them.
+With ``--primary packaged`` the shipped single-label classifier is kept inside the new file and names
+the main degradation (``DegradationClassifier.attach_primary``); both threshold sets are calibrated.
 """
 
 from __future__ import annotations
@@ -46,7 +48,17 @@ def main() -> None:
     ap.add_argument("--clean-share", type=float, default=0.15, help="with --multilabel: share of clean crops")
     ap.add_argument("--composite-share", type=float, default=0.35, help="with --multilabel: share of crops with two degradations")
     ap.add_argument("--calibration-seeds", type=int, default=2, help="degraded versions of each left-out photo for calibration")
+    ap.add_argument("--recalibrate", metavar="FILE", help="with --multilabel: no training; load this multi-label "
+                    "classifier, attach --primary if given, calibrate on the left-out photos and write --out")
+    ap.add_argument("--primary", help="with --multilabel: a single-label classifier file (or 'packaged') that names the "
+                    "main degradation; the multi-label scores then decide whether anything is there and add the others")
     args = ap.parse_args()
+    packaged = Path(__file__).resolve().parents[1] / "src/instruct_ipt/weights/default/degradation_classifier.safetensors"
+    reads = [Path(f) for f in (args.init, args.recalibrate) if f]
+    if args.primary:
+        reads.append(packaged if args.primary == "packaged" else Path(args.primary))
+    if any(Path(args.out).resolve() == r.resolve() for r in reads):
+        raise SystemExit(f"--out {args.out} is a file this run reads: write the new classifier elsewhere")
     if args.multilabel and not args.exclude:
         raise SystemExit("--multilabel calibrates its thresholds on left-out photos: give them with --exclude")
     files = [f for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])]
@@ -58,16 +70,27 @@ def main() -> None:
     images = load_clean_images([*files, *(getattr(skdata, n)() for n in SKIMAGE_PHOTOS)])
     ops = {t: make_degradation(t) for t in DEGRADATIONS}
     t0 = time.time()
-    init = DegradationClassifier.load(args.init) if args.init else None
-    shares = {"clean_share": args.clean_share, "composite_share": args.composite_share} if args.multilabel else {}
-    model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
-                             log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr, soften=args.soften,
-                             context=args.context, multilabel=args.multilabel, **shares)
+    if args.recalibrate:
+        model = DegradationClassifier.load(args.recalibrate)
+        if not (args.multilabel and model.multilabel):
+            raise SystemExit("--recalibrate takes a multi-label classifier, with --multilabel")
+        model.primary, model.extra_thresholds = None, {}  # attached again below if --primary
+    else:
+        init = DegradationClassifier.load(args.init) if args.init else None
+        shares = {"clean_share": args.clean_share, "composite_share": args.composite_share} if args.multilabel else {}
+        model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
+                                 log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
+                                 soften=args.soften, context=args.context, multilabel=args.multilabel, **shares)
     if args.multilabel:
+        if args.primary:
+            model.attach_primary(DegradationClassifier.default() if args.primary == "packaged"
+                                 else DegradationClassifier.load(args.primary))
         held_out = [read_rgb(f) for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])
                     if f.name in args.exclude]
         print(f"calibrating on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
         print("thresholds:", calibrate_thresholds(model, calibration_cases(held_out, list(ops), args.calibration_seeds)))
+        if model.primary is not None:
+            print("extra thresholds:", model.extra_thresholds)
     model.save(args.out)
     print(f"trained on {len(images)} photos in {time.time() - t0:.0f} s; wrote {args.out}")
 

@@ -112,6 +112,44 @@ def test_multilabel_classifier_round_trip(tmp_path):
     assert not DegradationClassifier.load(_saved_single(tmp_path)).multilabel
 
 
+def test_a_primary_names_the_main_task_and_the_scores_add_extras_or_nothing(tmp_path):
+    img = np.zeros((40, 40, 3), np.float32)
+    tasks = ["dehaze", "denoise", "derain"]
+    primary = _rigged(tasks, [0.0, 0.0, 3.0], multilabel=False)  # derain, whatever the image
+    # multi-label scores 0.73 (dehaze), 0.27 (denoise), 0.5 (derain)
+    clf = _rigged(tasks, [1.0, -1.0, 0.0], thresholds=dict.fromkeys(tasks, 0.6))
+    clf.primary, clf.extra_thresholds = primary, {"dehaze": 0.9, "denoise": 0.2, "derain": 0.5}
+    # something is there (dehaze over 0.6): main derain; denoise over its extra 0.2; dehaze not over 0.9
+    assert [t for t, _ in clf.detect(img)] == ["denoise", "derain"]
+    clf.thresholds = dict.fromkeys(tasks, 0.8)  # nothing over its presence threshold: a clean photo
+    assert clf.detect(img) == []
+    clf.thresholds = dict.fromkeys(tasks, 0.6)
+    clf.save(tmp_path / "h.safetensors")
+    back = DegradationClassifier.load(tmp_path / "h.safetensors")
+    assert back.primary is not None and back.extra_thresholds == clf.extra_thresholds
+    assert back.detect(img) == clf.detect(img)
+    with pytest.raises(ValueError, match="single-label"):
+        DegradationClassifier(tasks, width=4, multilabel=True, primary=clf)
+    with pytest.raises(ValueError, match="primary"):
+        DegradationClassifier(tasks, width=4, multilabel=True, extra_thresholds={"dehaze": 0.5})
+
+
+def test_hybrid_calibration_finds_sets_plain_thresholds_cannot():
+    from instruct_ipt.instruct.blind import choose_hybrid_thresholds, choose_thresholds, detected_sets
+
+    tasks = ["a", "b"]
+    # scores (a, b), the primary's choice, the truth: the scores alone confuse the single "b" for "a"
+    probs = np.array([[0.1, 0.1], [0.7, 0.4], [0.6, 0.1], [0.8, 0.6]])
+    main = np.array([0, 0, 1, 0])
+    present = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], bool)
+    plain = choose_thresholds(tasks, probs, present)
+    plain_ok = (detected_sets(probs, np.array([plain[t] for t in tasks])) == present).all(1).sum()
+    th, extra = choose_hybrid_thresholds(tasks, probs, present, main)
+    found = detected_sets(probs, np.array([th[t] for t in tasks]), main, np.array([extra[t] for t in tasks]))
+    assert plain_ok <= 3 and (found == present).all()
+    assert th["a"] <= 0.6 and 0.6 < extra["a"] and 0.4 < extra["b"] <= 0.6
+
+
 def _saved_single(tmp_path):
     return DegradationClassifier(["denoise"], width=4).save(tmp_path / "s.safetensors")
 

@@ -447,11 +447,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablation import Settings, ablate
     from .inference import pick_device
 
-    _require_analysis_extra()
     budget = None if args.steps is not None else (args.budget_minutes if args.budget_minutes is not None else
                                                   DEFAULT_ABLATION_MINUTES)
     if args.steps is not None and args.budget_minutes is not None:
         raise ValueError("give --budget-minutes or --steps, not both")
+    if args.table == "table8":
+        return _ablate_table8(args, budget)
+    _require_analysis_extra()
     settings = Settings(size=args.size, budget_minutes=budget, steps=args.steps, train=tuple(args.train),
                         val=args.val, device=str(pick_device(args.device)), workers=args.workers)
     summary = ablate(args.table, args.out, settings, seeds=args.seeds, progress=not args.quiet)
@@ -462,6 +464,73 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         diff = c["difference"] if isinstance(c["difference"], str) else f"{c['difference']:+.3f}"
         print(f"{c['verdict']:>22}: {c['claim']} ({diff})")
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _ablate_table8(args: argparse.Namespace, budget: float | None) -> int:
+    """Table 8 trains diffusion U-Nets: its own runner (``ablation.table8``), the same folder rules."""
+    from .ablation.table8 import DiffusionSettings, ablate_table8
+    from .inference import pick_device
+
+    _require_diffusion_extra()
+    settings = DiffusionSettings(size=args.size, budget_minutes=budget, steps=args.steps, train=tuple(args.train),
+                                 val=args.val, device=str(pick_device(args.device)), sample_steps=args.sample_steps,
+                                 views=args.views)
+    summary = ablate_table8(args.out, settings, seeds=args.seeds, metric_weights=args.metric_weights,
+                            progress=not args.quiet)
+    for arm, tasks in summary["figures"].items():
+        print(f"{arm:>10}: " + "  ".join(
+            f"{t} PSNR in {sum(f['psnr_in']) / len(f['psnr_in']):.2f} / out {sum(f['psnr_out']) / len(f['psnr_out']):.2f} dB"
+            for t, f in tasks.items()))
+    for c in summary["claims"]:
+        print(f"{c['verdict']:>22}: {c['claim']} ({c['difference']:+.3f})")
+    for metric, why in summary["skipped"].items():
+        print(f"skipped {metric}: {why}")
+    print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _require_diffusion_extra() -> None:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise ImportError('the diffusion commands need diffusers: pip install "instruct-ipt[diffusion]"') from None
+
+
+def cmd_diffusion_train(args: argparse.Namespace) -> int:
+    """Train the base model or one arm of Table 8 from a YAML config; the logic is ``diffusion.train``'s."""
+    _require_diffusion_extra()
+    from .diffusion.train import DiffusionTrainConfig, DiffusionTrainer
+
+    cfg = DiffusionTrainConfig.from_yaml(args.config)
+    model_dir = DiffusionTrainer(cfg, device=args.device, resume=args.resume, max_minutes=args.max_minutes,
+                                 progress=not args.quiet).run()
+    print(f"wrote {model_dir}")
+    return 0
+
+
+def cmd_diffusion_sample(args: argparse.Namespace) -> int:
+    """Fill a mask of one image (inpaint) or extend it (outpaint), with DDIM."""
+    _require_diffusion_extra()
+    from .data.images import load_image, save_image
+    from .diffusion.model import MaskedDiffusion
+    from .diffusion.sample import inpaint
+    from .inference import pick_device
+
+    out = Path(args.output)
+    for given in (args.image, args.mask):
+        if out.resolve() == Path(given).resolve():
+            raise ValueError(f"{out} is an input; refusing to overwrite it")
+    from PIL import Image
+
+    if out.suffix.lower() not in Image.registered_extensions():  # before minutes of sampling, not after
+        raise ValueError(f"{out}: unknown image format {out.suffix!r}")
+    model = MaskedDiffusion.from_pretrained(args.model).to(pick_device(args.device))
+    image = load_image(args.image)
+    mask = load_image(args.mask).rgb
+    result = inpaint(model, image.rgb, mask, args.task, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    save_image(out, result, alpha=image.alpha, grey=image.grey)  # written only once all of it is there (atomically)
+    print(f"{args.image} -> {out}: {args.task}, {args.steps} DDIM steps, seed {args.seed}")
     return 0
 
 
@@ -667,8 +736,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Every arm gets the same data (denoise sigma 25 + motion deblur), the same budget "
                        "and is evaluated on --val with the eval protocol. Rerun the same command to resume. Tables "
                        "run into one --out share arms (table2 and fig2: all of them). See docs/reproduction.md.")
-    p.add_argument("table", choices=list(TABLES), help="; ".join(f"{t.name}: {t.title.split(': ', 1)[1]}"
-                                                         for t in TABLES.values()))
+    p.add_argument("table", choices=[*TABLES, "table8"], help="; ".join(f"{t.name}: {t.title.split(': ', 1)[1]}"
+                                                                   for t in TABLES.values())
+                   + "; table8: weight modulation of a diffusion U-Net for inpainting and outpainting (needs "
+                   '"instruct-ipt[diffusion]")')
     p.add_argument("--size", choices=("tiny", "small", "base"), default="tiny", help="backbone size (default tiny)")
     p.add_argument("--budget-minutes", type=float, metavar="N",
                    help=f"training minutes per arm and seed (default {DEFAULT_ABLATION_MINUTES:g})")
@@ -679,11 +750,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders of clean training photos (default ../shared/photos/train)")
     p.add_argument("--val", default="../shared/photos/val", metavar="DIR",
                    help="folder of clean validation photos (default ../shared/photos/val)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present; bf16 autocast there), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present; bf16 autocast there for the restoration "
+                   "tables), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes per run (default 1)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the runs, results.json and report.md")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--metric-weights", metavar="DIR", help="table8: folder of locally stored metric-network weights "
+                   "for LPIPS, DISTS, FID and IS (nothing is downloaded; without it they are skipped, and the "
+                   "report says why); the files are listed in docs/diffusion.md")
+    p.add_argument("--sample-steps", type=int, default=25, help="table8: DDIM steps per evaluation sample (default 25)")
+    p.add_argument("--views", type=int, default=4, help="table8: seeded views per validation photo (default 4)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("diffusion", help="the diffusion extension: a masked-image U-Net with task modulation for "
+                       'inpainting and outpainting (needs pip install "instruct-ipt[diffusion]")',
+                       description="Train the base model or a Table 8 arm from a YAML config, or fill a mask with a "
+                       "trained model. See docs/diffusion.md.")
+    jobs = p.add_subparsers(dest="job", metavar="JOB", required=True)
+    j = jobs.add_parser("train", help="train from a YAML config (arm: base | plain | bias-only | sync)")
+    j.add_argument("config", help="YAML file (fields: docs/diffusion.md; examples in configs/diffusion/)")
+    j.add_argument("--max-minutes", type=float, metavar="M", help="a time budget: a few steps are timed, then the step "
+                   "count is fixed (and kept on --resume)")
+    j.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    j.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    j.add_argument("--quiet", action="store_true", help="no progress bar")
+    j.set_defaults(func=cmd_diffusion_train)
+    j = jobs.add_parser("sample", help="fill the white pixels of MASK in IMAGE (inpaint) or extend it (outpaint)")
+    j.add_argument("image", help="the image (at least the model's size; it runs at its own size)")
+    j.add_argument("--mask", required=True, help="same size as the image; white (> 50%%) = pixels to generate")
+    j.add_argument("--model", required=True, metavar="DIR", help="a folder written by diffusion train")
+    j.add_argument("--task", required=True, choices=("inpaint", "outpaint"),
+                   help="the mask's task (a model with task biases uses that task's)")
+    j.add_argument("-o", "--output", required=True, metavar="OUT", help="output image file (never an input)")
+    j.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    j.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0): same seed, same result")
+    j.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    j.add_argument("--quiet", action="store_true", help="no progress bar")
+    j.set_defaults(func=cmd_diffusion_sample)
     return parser
 
 

@@ -45,8 +45,9 @@ class AblationError(ValueError):
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What every run of an output folder shares; a folder refuses runs with other settings."""
+class BaseSettings:
+    """What every run of an output folder shares, whatever the table; a folder refuses runs with
+    other settings."""
 
     size: str
     #: minutes of training per arm and seed (a time budget), or None with ``steps``
@@ -56,8 +57,6 @@ class Settings:
     train: tuple[str, ...]
     val: str
     device: str = "cpu"
-    #: DataLoader worker processes (1 overlaps the degradations with the step on a CPU)
-    workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,20 +64,54 @@ class Settings:
         return d
 
 
+@dataclass(frozen=True)
+class Settings(BaseSettings):
+    """The restoration tables' settings."""
+
+    #: DataLoader worker processes (1 overlaps the degradations with the step on a CPU)
+    workers: int = 1
+
+
+def check_budget(budget_minutes: float | None, steps: int | None, seeds: int) -> None:
+    """The rules every table's budget follows (restoration and diffusion alike)."""
+    if (budget_minutes is None) == (steps is None):
+        raise AblationError("give a time budget (--budget-minutes) or a number of steps (--steps), not both")
+    if budget_minutes is not None and budget_minutes < MIN_BUDGET_MINUTES:
+        raise AblationError(
+            f"--budget-minutes {budget_minutes:g} is too small: every arm needs at least "
+            f"{MIN_BUDGET_MINUTES:g} minute(s) to measure this machine and train (it is the budget of one arm and seed)")
+    if steps is not None and steps < 1:
+        raise AblationError(f"--steps {steps}: every arm needs at least one step")
+    if seeds < 1:
+        raise AblationError(f"--seeds {seeds}: at least one seed")
+
+
+def open_folder(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Create an ablation folder, or check that it holds runs of the same ``settings`` (refused,
+    naming each difference, otherwise); returns its recorded results, if any."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SETTINGS_NAME
+    if path.exists():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        diff = [f"{k}: {theirs.get(k)!r} there, {settings[k]!r} now" for k in settings if theirs.get(k) != settings[k]]
+        if diff:
+            raise AblationError(f"{out} holds runs made with other settings ({'; '.join(diff)}): "
+                                "use the same settings to continue them, or another --out")
+    else:
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+    results = out / RESULTS_NAME
+    return json.loads(results.read_text(encoding="utf-8")) if results.exists() else None
+
+
+def save_results(out: Path, results: dict[str, Any]) -> None:
+    atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
 def check_settings(settings: Settings, seeds: int) -> None:
     """Refuse, before anything trains, what cannot run."""
     if settings.size not in SIZES:
         raise AblationError(f"--size {settings.size!r}: use one of {', '.join(SIZES)}")
-    if (settings.budget_minutes is None) == (settings.steps is None):
-        raise AblationError("give a time budget (--budget-minutes) or a number of steps (--steps), not both")
-    if settings.budget_minutes is not None and settings.budget_minutes < MIN_BUDGET_MINUTES:
-        raise AblationError(
-            f"--budget-minutes {settings.budget_minutes:g} is too small: every arm needs at least "
-            f"{MIN_BUDGET_MINUTES:g} minute(s) to measure this machine and train (it is the budget of one arm and seed)")
-    if settings.steps is not None and settings.steps < 1:
-        raise AblationError(f"--steps {settings.steps}: every arm needs at least one step")
-    if seeds < 1:
-        raise AblationError(f"--seeds {seeds}: at least one seed")
+    check_budget(settings.budget_minutes, settings.steps, seeds)
     if settings.workers < 0:
         raise AblationError(f"--workers {settings.workers}: must be >= 0")
     for folder in settings.train:
@@ -131,23 +164,10 @@ class Ablation:
     # the folder ------------------------------------------------------------------------------
     def open(self) -> None:
         """Create the folder, or check that it holds runs of the same settings; load its results."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / SETTINGS_NAME
-        mine = self.settings.to_dict()
-        if path.exists():
-            theirs = json.loads(path.read_text(encoding="utf-8"))
-            diff = [f"{k}: {theirs.get(k)!r} there, {mine[k]!r} now" for k in mine if theirs.get(k) != mine[k]]
-            if diff:
-                raise AblationError(f"{self.out} holds runs made with other settings ({'; '.join(diff)}): "
-                                    "use the same settings to continue them, or another --out")
-        else:
-            atomic_write_text(path, json.dumps(mine, indent=2) + "\n")
-        results = self.out / RESULTS_NAME
-        if results.exists():
-            self.results = json.loads(results.read_text(encoding="utf-8"))
+        self.results = open_folder(self.out, self.settings.to_dict()) or self.results
 
     def save(self) -> None:
-        atomic_write_text(self.out / RESULTS_NAME, json.dumps(self.results, indent=2, sort_keys=True) + "\n")
+        save_results(self.out, self.results)
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.out / "runs" / arm / f"seed{seed}"

@@ -57,14 +57,18 @@ def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     return out[r:-r, r:-r]
 
 
-def _ssim_map_mean(x: np.ndarray, y: np.ndarray, peak: float, g: np.ndarray) -> float:
+def _ssim_map(x: np.ndarray, y: np.ndarray, peak: float, g: np.ndarray) -> np.ndarray:
+    """The SSIM of every full window (the map is ``len(g) - 1`` smaller than the image)."""
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
     sxx = _filter_valid(x * x, g) - mu_x**2
     syy = _filter_valid(y * y, g) - mu_y**2
     sxy = _filter_valid(x * y, g) - mu_x * mu_y
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return float(s.mean())
+    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+
+
+def _ssim_map_mean(x: np.ndarray, y: np.ndarray, peak: float, g: np.ndarray) -> float:
+    return float(_ssim_map(x, y, peak, g).mean())
 
 
 def ssim(pred: np.ndarray, target: np.ndarray, crop_border: int = 0, y_channel: bool = False) -> float:
@@ -100,3 +104,34 @@ def seam_ratio(pred: np.ndarray, target: np.ndarray, period: int) -> float:
     if seams.size == 0 or rest.size == 0 or rest.mean() == 0:
         return float("nan")
     return float(seams.mean() / rest.mean())
+
+
+def masked_psnr(pred: np.ndarray, target: np.ndarray, region: np.ndarray) -> float:
+    """PSNR over the pixels where ``region`` (H, W) is true (all channels), images in [0, 1]: the
+    inside or the outside of an inpainting mask."""
+    region = np.asarray(region, bool)
+    if not region.any():
+        raise ValueError("the region is empty")
+    mse = float(np.mean((np.asarray(pred, np.float64)[region] - np.asarray(target, np.float64)[region]) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+
+
+def masked_ssim(pred: np.ndarray, target: np.ndarray, region: np.ndarray) -> float:
+    """SSIM averaged over the windows centred on ``region`` (mean over channels), images in [0, 1].
+
+    The images are reflected by half a window at their borders so that every pixel has a window
+    (an outpainting band is often thinner than half a window). Windows near the region's edge see
+    pixels of the other side: SSIM has no purely local form, and this is the usual compromise."""
+    g = gaussian_window()
+    r = len(g) // 2
+    region = np.asarray(region, bool)
+    if not region.any():
+        raise ValueError("the region is empty")
+    if min(region.shape) <= r:
+        raise ValueError(f"SSIM needs images larger than {r}x{r} pixels, got {region.shape}")
+    p, t = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if p.ndim == 2:
+        p, t = p[..., None], t[..., None]
+    pad = ((r, r), (r, r), (0, 0))
+    p, t = np.pad(p, pad, mode="reflect"), np.pad(t, pad, mode="reflect")
+    return float(np.mean([_ssim_map(p[..., c], t[..., c], 1.0, g)[region].mean() for c in range(p.shape[2])]))

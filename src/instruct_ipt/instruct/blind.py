@@ -36,17 +36,31 @@ class DegradationClassifier(nn.Module):
 
     ``multilabel``: one independent score per task (sigmoid) instead of one choice among them
     (softmax); ``thresholds`` (task -> probability) then decide which tasks :meth:`detect` names.
+
+    ``primary`` (multi-label only): a single-label classifier of the same tasks that names the main
+    degradation. The multi-label scores then decide *whether* anything is there (none over its
+    ``thresholds``: a clean photo) and which *other* degradations come with the main one (each over
+    its ``extra_thresholds``), while the main one is the single-label choice - right far more often
+    on photos with one degradation than a threshold on a sigmoid (docs/instructions.md has the
+    figures). Saved in the same file.
     """
 
     def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
-                 thresholds: Mapping[str, float] | None = None) -> None:
+                 thresholds: Mapping[str, float] | None = None, primary: DegradationClassifier | None = None,
+                 extra_thresholds: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
         self.multilabel = multilabel
-        unknown = sorted(set(thresholds or {}) - set(self.tasks))
+        unknown = sorted((set(thresholds or {}) | set(extra_thresholds or {})) - set(self.tasks))
         if unknown:
             raise ValueError(f"thresholds for unknown tasks: {', '.join(unknown)}")
+        if extra_thresholds is not None and primary is None:
+            raise ValueError("extra thresholds go with a primary classifier")
+        self.primary: DegradationClassifier | None = None
+        self.extra_thresholds: dict[str, float] = {}
+        if primary is not None:
+            self.attach_primary(primary, extra_thresholds)
         self.thresholds = {t: float((thresholds or {}).get(t, 0.5)) for t in self.tasks}
         w = width
         self.features = nn.Sequential(
@@ -57,6 +71,16 @@ class DegradationClassifier(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GELU(),
         )
         self.classifier = nn.Linear(8 * w, len(self.tasks))
+
+    def attach_primary(self, primary: DegradationClassifier, extra_thresholds: Mapping[str, float] | None = None) -> None:
+        """Let the single-label ``primary`` name the main degradation (see the class docstring);
+        the extra thresholds start at 0.5 until :func:`calibrate_thresholds`."""
+        if not self.multilabel or primary.multilabel:
+            raise ValueError("a primary classifier is a single-label one, attached to a multi-label one")
+        if primary.tasks != self.tasks:
+            raise ValueError(f"the primary classifier knows {primary.tasks}, this one {self.tasks}")
+        self.primary = primary.eval()
+        self.extra_thresholds = {t: float((extra_thresholds or {}).get(t, 0.5)) for t in self.tasks}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x - 0.5)
@@ -82,25 +106,37 @@ class DegradationClassifier(nn.Module):
     def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
         """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order
         (:func:`~instruct_ipt.instruct.order_tasks`: the last degradation undone first). Multi-label: every task at or above its threshold, possibly none (a clean
-        photo). Single-label: the most likely task. ``probs``: :meth:`predict`'s, if already known."""
+        photo); with a primary, when any is: the primary's choice (with its softmax probability)
+        and every other task at or above its extra threshold (with its score). Single-label: the
+        most likely task. ``probs``: :meth:`predict`'s, if already known."""
         probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
             best = max(probs, key=probs.get)
             return [(best, probs[best])]
-        found = [t for t in self.tasks if probs[t] >= self.thresholds[t]]
-        return [(t, probs[t]) for t in order_tasks(found)]
+        found = {t: probs[t] for t in self.tasks if probs[t] >= self.thresholds[t]}
+        if found and self.primary is not None:  # something is there: the primary's choice, and extras
+            main = self.primary.predict(rgb)
+            best = max(main, key=main.get)
+            found = {best: main[best]} | {t: probs[t] for t in self.tasks
+                                          if t != best and probs[t] >= self.extra_thresholds[t]}
+        return [(t, found[t]) for t in order_tasks(list(found))]
 
     def save(self, path: str | Path) -> Path:
         meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
         if self.multilabel:
             meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
+        if self.primary is not None:
+            meta |= {"primary_width": str(self.primary.width), "extra_thresholds": json.dumps(self.extra_thresholds)}
         return save_tagged(path, self.state_dict(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> DegradationClassifier:
         state, meta = load_tagged(path, BLIND_FORMAT, "an instruct-ipt degradation classifier")
-        model = cls(json.loads(meta["tasks"]), width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
-                    thresholds=json.loads(meta.get("thresholds", "{}")))
+        tasks = json.loads(meta["tasks"])
+        primary = cls(tasks, width=int(meta["primary_width"])) if "primary_width" in meta else None
+        extra = json.loads(meta["extra_thresholds"]) if primary is not None else None
+        model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
+                    thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra)
         model.load_state_dict(state)
         return model.eval()
 
@@ -262,8 +298,51 @@ def calibrate_thresholds(
         raise ValueError("thresholds belong to a multi-label classifier")
     probs = np.array([[p[t] for t in classifier.tasks] for p in (classifier.predict(rgb) for rgb, _ in cases)])
     present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
-    classifier.thresholds = choose_thresholds(classifier.tasks, probs, present, rounds)
+    main = None
+    if classifier.primary is not None:
+        main = np.array([int(np.argmax([p[t] for t in classifier.tasks]))
+                         for p in (classifier.primary.predict(rgb) for rgb, _ in cases)])
+    if main is None:
+        classifier.thresholds = choose_thresholds(classifier.tasks, probs, present, rounds)
+    else:
+        classifier.thresholds, classifier.extra_thresholds = choose_hybrid_thresholds(
+            classifier.tasks, probs, present, main, rounds)
     return classifier.thresholds
+
+
+def detected_sets(probs: np.ndarray, thresholds: np.ndarray, main: np.ndarray | None = None,
+                  extra: np.ndarray | None = None) -> np.ndarray:
+    """What :meth:`DegradationClassifier.detect` names, as images x tasks booleans: every score at
+    or over its threshold; with a primary classifier (``main``: its task index per image) instead,
+    when any score is, the main task plus every other one at or over its ``extra`` threshold."""
+    found = probs >= thresholds
+    if main is None:
+        return found
+    one_hot = np.eye(probs.shape[1], dtype=bool)[main]
+    return found.any(1, keepdims=True) & (one_hot | (probs >= extra))
+
+
+def _ascend(vectors: list[np.ndarray], probs: np.ndarray, score, rounds: int) -> None:
+    """Coordinate ascent in place: each entry of each threshold vector in turn set to the midpoint
+    between observed scores of its task that maximises ``score()`` (among equals, nearest 0.5)."""
+    for _ in range(rounds):
+        for th in vectors:
+            for j in range(len(th)):
+                values = np.unique(probs[:, j])
+                candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+                kept = th[j]
+                results = np.empty(len(candidates))
+                for k, c in enumerate(candidates):  # a few hundred images x candidates: cheap
+                    th[j] = c
+                    results[k] = score()
+                best = candidates[results == results.max()]
+                th[j] = best[np.argmin(np.abs(best - 0.5))] if len(best) else kept
+
+
+def _check_calibration_set(tasks: Sequence[str], present: np.ndarray) -> None:
+    for j, t in enumerate(tasks):
+        if present[:, j].all() or not present[:, j].any():
+            raise ValueError(f"calibrating {t} needs held-out images with and without it")
 
 
 def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, rounds: int = 3) -> dict[str, float]:
@@ -272,18 +351,18 @@ def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarr
     in turn set to the midpoint between observed scores that scores best with the others fixed (among
     equals, the one nearest 0.5), ``rounds`` passes."""
     probs, present = np.asarray(probs, float), np.asarray(present, bool)
-    for j, t in enumerate(tasks):
-        if present[:, j].all() or not present[:, j].any():
-            raise ValueError(f"calibrating {t} needs held-out images with and without it")
+    _check_calibration_set(tasks, present)
     th = np.full(len(tasks), 0.5)
-    for _ in range(rounds):
-        for j in range(len(tasks)):
-            values = np.unique(probs[:, j])
-            candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
-            others = np.delete(np.arange(len(tasks)), j)
-            rest_ok = ((probs[:, others] >= th[others]) == present[:, others]).all(1)  # the other tasks right
-            ok = rest_ok[:, None] & ((probs[:, j, None] >= candidates) == present[:, j, None])
-            score = ok.mean(0)
-            best = candidates[score == score.max()]
-            th[j] = best[np.argmin(np.abs(best - 0.5))]
+    _ascend([th], probs, lambda: (detected_sets(probs, th) == present).all(1).mean(), rounds)
     return {t: float(v) for t, v in zip(tasks, th)}
+
+
+def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, main: np.ndarray,
+                             rounds: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+    """The presence and the extra thresholds of a classifier with a primary (``main``: the primary's
+    task index per image), chosen together as :func:`choose_thresholds` does."""
+    probs, present = np.asarray(probs, float), np.asarray(present, bool)
+    _check_calibration_set(tasks, present)
+    th, extra = np.full(len(tasks), 0.5), np.full(len(tasks), 0.5)
+    _ascend([th, extra], probs, lambda: (detected_sets(probs, th, main, extra) == present).all(1).mean(), rounds)
+    return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
