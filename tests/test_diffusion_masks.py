@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
-from instruct_ipt.diffusion import CONDITIONED_CHANNELS, MaskError, check_mask, conditioning, draw_mask
+from instruct_ipt.diffusion import CONDITIONED_CHANNELS, MaskError, check_mask, draw_mask
+from instruct_ipt.diffusion.model import condition
 
 
 def masks(task, n=40, h=64, w=96):
@@ -33,9 +35,10 @@ def test_conditioning_and_bad_masks():
     image = np.random.default_rng(0).random((32, 48, 3), dtype=np.float32)
     mask = np.zeros((32, 48), np.float32)
     mask[8:16, 10:30] = 1
-    cond = conditioning(image, mask)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1  # the model's [-1, 1]
+    cond = condition(x, torch.from_numpy(check_mask(image, mask))[None, None])[0].permute(1, 2, 0).numpy()
     assert cond.shape == (32, 48, 4) and CONDITIONED_CHANNELS == 3 + cond.shape[2]
-    assert not cond[8:16, 10:30, :3].any() and np.array_equal(cond[0, 0, :3], image[0, 0])
+    assert not cond[8:16, 10:30, :3].any() and np.array_equal(cond[0, 0, :3], x[0, :, 0, 0].numpy())
     np.testing.assert_array_equal(cond[..., 3], mask)
     rgb_mask = np.repeat(mask[..., None], 3, axis=2)  # a mask file read as RGB
     np.testing.assert_array_equal(check_mask(image, rgb_mask), mask)

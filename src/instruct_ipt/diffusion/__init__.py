@@ -15,14 +15,13 @@ from .masks import (
     MASK_TASKS,
     MaskError,
     check_mask,
-    conditioning,
     draw_mask,
     inpaint_mask,
     outpaint_mask,
 )
 
 _LAZY = {
-    "MaskedDiffusion": "model", "DiffusionConfig": "model", "SIZES": "model",
+    "MaskedDiffusion": "model", "DiffusionConfig": "model", "SIZES": "model", "condition": "model",
     "inpaint": "sample", "sample_batch": "sample", "ImageSizeError": "sample",
     "DiffusionTrainConfig": "train", "DiffusionTrainer": "train",
 }
@@ -47,7 +46,7 @@ __all__ = [
     "MaskError",
     "MaskedDiffusion",
     "check_mask",
-    "conditioning",
+    "condition",
     "draw_mask",
     "inpaint",
     "inpaint_mask",

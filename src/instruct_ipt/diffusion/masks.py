@@ -1,4 +1,4 @@
-"""Masks of the diffusion tasks ``inpaint`` and ``outpaint``, and the conditioning they give a U-Net.
+"""Masks of the diffusion tasks ``inpaint`` and ``outpaint``, and their checks.
 
 A mask is a float32 ``(H, W)`` array: 1 where the model must generate pixels, 0 where the image is
 known. ``inpaint`` draws holes inside the image (free-form strokes, as LaMa and DeepFill train
@@ -6,7 +6,8 @@ with, and boxes); ``outpaint`` makes the unknown region touch the border (a band
 one half of the image), as extending a photo does. Every mask is a pure function of its
 ``numpy.random.Generator``, so training and evaluation masks are seeded like the degradations.
 
-The U-Net sees ``concat(x_t, image * (1 - mask), mask)``: 3 + 3 + 1 = 7 input channels.
+The U-Net sees ``concat(x_t, image * (1 - mask), mask)``: 3 + 3 + 1 = 7 input channels
+(:func:`instruct_ipt.diffusion.model.condition`).
 """
 
 from __future__ import annotations
@@ -102,9 +103,3 @@ def check_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if mask.all():
         raise MaskError("the mask is all one: no pixel of the image is kept, so there is nothing to condition on")
     return mask
-
-
-def conditioning(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(H, W, 4)``: the known pixels (unknown ones zero) and the mask, to concatenate to ``x_t``."""
-    mask = check_mask(image, mask)
-    return np.concatenate([image * (1.0 - mask)[..., None], mask[..., None]], axis=2).astype(np.float32)

@@ -34,7 +34,7 @@ from ..io import atomic_write_text
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from .data import PRETRAIN, MaskedViews, load_photos
 from .masks import MASK_TASKS
-from .model import SIZES, MaskedDiffusion
+from .model import SIZES, MaskedDiffusion, condition
 
 Arm = Literal["base", "plain", "bias-only", "sync"]
 DIFFUSION_ARMS: tuple[str, ...] = ("base", "plain", "bias-only", "sync")
@@ -260,8 +260,6 @@ class DiffusionTrainer:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
         x_t = scheduler.add_noise(x0, noise, t)
         dev = self.device
-        from .model import condition
-
         cond = condition(x0, mask).to(dev)
         tasks = kinds if model.modulation is not None else None
         pred = model(x_t.to(dev), t.to(dev), cond, tasks)
