@@ -52,6 +52,8 @@ def main() -> None:
                     "classifier, attach --primary if given, calibrate on the left-out photos and write --out")
     ap.add_argument("--primary", help="with --multilabel: a single-label classifier file (or 'packaged') that names the "
                     "main degradation; the multi-label scores then decide whether anything is there and add the others")
+    ap.add_argument("--singles-first", action="store_true", help="with --multilabel: calibrate so that photos with one "
+                    "degradation come first (none of them traded for a pair or a clean photo)")
     args = ap.parse_args()
     packaged = Path(__file__).resolve().parents[1] / "src/instruct_ipt/weights/default/degradation_classifier.safetensors"
     reads = [Path(f) for f in (args.init, args.recalibrate) if f]
@@ -88,7 +90,8 @@ def main() -> None:
         held_out = [read_rgb(f) for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])
                     if f.name in args.exclude]
         print(f"calibrating on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
-        print("thresholds:", calibrate_thresholds(model, calibration_cases(held_out, list(ops), args.calibration_seeds)))
+        print("thresholds:", calibrate_thresholds(model, calibration_cases(held_out, list(ops), args.calibration_seeds),
+                                                     singles_first=args.singles_first))
         if model.primary is not None:
             print("extra thresholds:", model.extra_thresholds)
     model.save(args.out)

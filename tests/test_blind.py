@@ -120,7 +120,7 @@ def test_a_primary_names_the_main_task_and_the_scores_add_extras_or_nothing(tmp_
     clf = _rigged(tasks, [1.0, -1.0, 0.0], thresholds=dict.fromkeys(tasks, 0.6))
     clf.primary, clf.extra_thresholds = primary, {"dehaze": 0.9, "denoise": 0.2, "derain": 0.5}
     # something is there (dehaze over 0.6): main derain; denoise over its extra 0.2; dehaze not over 0.9
-    assert [t for t, _ in clf.detect(img)] == ["denoise", "derain"]
+    assert [t for t, _ in clf.detect(img)] == ["derain", "denoise"]  # the measured order
     clf.thresholds = dict.fromkeys(tasks, 0.8)  # nothing over its presence threshold: a clean photo
     assert clf.detect(img) == []
     clf.thresholds = dict.fromkeys(tasks, 0.6)
@@ -149,6 +149,26 @@ def test_hybrid_calibration_finds_sets_plain_thresholds_cannot():
     assert plain_ok <= 3 and (found == present).all()
     assert th["a"] <= 0.6 and 0.6 < extra["a"] and 0.4 < extra["b"] <= 0.6
 
+
+
+def test_singles_first_calibration_never_trades_a_single_for_pairs():
+    from instruct_ipt.instruct.blind import choose_hybrid_thresholds, choose_thresholds, detected_sets
+
+    tasks = ["a", "b"]
+    # a clean photo, one with "a" alone whose "b" score (0.6) is above two pairs' (0.55, 0.58)
+    probs = np.array([[0.1, 0.1], [0.9, 0.6], [0.9, 0.55], [0.9, 0.58]])
+    present = np.array([[0, 0], [1, 0], [1, 1], [1, 1]], bool)
+
+    def right(th):
+        return (detected_sets(probs, np.array([th[t] for t in tasks])) == present).all(1)
+
+    assert right(choose_thresholds(tasks, probs, present)).tolist() == [True, False, True, True]  # 3 of 4
+    first = present.sum(1) == 1
+    assert right(choose_thresholds(tasks, probs, present, first=first)).tolist() == [True, True, False, False]
+    main = np.zeros(4, int)  # the primary names "a" everywhere: the extra threshold of "b" decides alike
+    th, extra = choose_hybrid_thresholds(tasks, probs, present, main, first=first)
+    found = detected_sets(probs, np.array([th[t] for t in tasks]), main, np.array([extra[t] for t in tasks]))
+    assert (found == present).all(1).tolist() == [True, True, False, False] and extra["b"] > 0.6
 
 def _saved_single(tmp_path):
     return DegradationClassifier(["denoise"], width=4).save(tmp_path / "s.safetensors")
@@ -183,5 +203,5 @@ def test_blind_mode_runs_every_detected_task_in_order(model_dir, monkeypatch):
     real_run = RestorationPipeline.run
     monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: runs.append(list(tasks)) or real_run(self, rgb, tasks, **k))
     _out, choice = pipe(data.astronaut()[:32, :32], return_choice=True)
-    assert choice.tasks == ["denoise", "derain"] and choice.source == "blind" and runs == [["denoise", "derain"]]
-    assert choice.describe() == "denoise (88%), then derain (88%) [seen in the image (blind mode)]"
+    assert choice.tasks == ["derain", "denoise"] and choice.source == "blind" and runs == [["derain", "denoise"]]
+    assert choice.describe() == "derain (88%), then denoise (88%) [seen in the image (blind mode)]"

@@ -235,6 +235,8 @@ def test_plan_composites_refuse_bad_names_and_need_photos(setup):
     # composites alone: no single-task tables; --tasks adds them
     plan = plan_eval(EvalRequest(photos=photos, composites=["noise+haze"], sigma=15), ["denoise", "dehaze"])
     assert [(j.task, j.sequence) for j in plan.jobs] == [("haze+noise", ("denoise", "dehaze"))]
+    rain = plan_eval(EvalRequest(photos=photos, composites=["noise+rain"]), ["denoise", "derain"])
+    assert [(j.task, j.sequence) for j in rain.jobs] == [("rain+noise", ("derain", "denoise"))]  # the measured order
     both = plan_eval(EvalRequest(photos=photos, composites=["haze+noise"], tasks=["dehaze"]), ["denoise", "dehaze"])
     assert [j.task for j in both.jobs] == ["dehaze", "haze+noise"]
     # seeded like a single task, by the composite's canonical name; --sigma reaches its noise

@@ -18,6 +18,7 @@ from instruct_ipt.instruct import (
     default_encoder,
     held_out_accuracy,
     load_corpus,
+    order_tasks,
     split,
     train_head,
 )
@@ -89,12 +90,32 @@ def test_requests_phrased_as_questions_are_still_requests(interp):
     assert interp("can you remove the noise?").tasks == ["denoise"]
 
 
-def test_several_degradations_run_in_pipeline_order(interp):
-    assert interp("remove the rain and the noise").tasks == ["denoise", "derain"]
-    assert interp("remove the fog, the snow and the jpeg blocks").tasks == ["jpeg", "desnow", "dehaze"]
+def test_several_degradations_run_in_the_measured_order(interp):
+    assert interp("remove the rain and the noise").tasks == ["derain", "denoise"]  # measured: not the rule's
+    assert interp("remove the fog, the snow and the jpeg blocks").tasks == ["desnow", "jpeg", "dehaze"]
     assert interp("it was pouring and my hand shook").tasks == ["deblur", "derain"]
-    assert PIPELINE_ORDER.index("jpeg") < PIPELINE_ORDER.index("denoise") < PIPELINE_ORDER.index("deblur")
+    assert interp("remove the fog and the noise").tasks == ["denoise", "dehaze"]  # within noise: the rule
     assert clauses("the photo is foggy, clear it up") == []  # a lone comma does not split
+
+
+def test_order_follows_each_measured_pair_and_the_rule_elsewhere():
+    from itertools import combinations
+
+    from instruct_ipt.instruct import MEASURED_GAINS
+
+    assert PIPELINE_ORDER == ("jpeg", "denoise", "deblur", "derain", "desnow", "dehaze")
+    for a, b in combinations(PIPELINE_ORDER, 2):  # a before b in the rule
+        want = [b, a] if (b, a) in MEASURED_GAINS else [a, b]
+        assert order_tasks([b, a]) == order_tasks([a, b]) == want, (a, b)
+    # a measured cycle: denoise before deblur (2.061), deblur before derain (2.388), derain before
+    # denoise (1.852); keeping the two largest (2.061 + 2.388 - 1.852 = 2.597) beats the other orders
+    # (1.852 + 2.061 - 2.388 = 1.525; 2.388 + 1.852 - 2.061 = 2.179)
+    assert order_tasks(["derain", "deblur", "denoise"]) == ["denoise", "deblur", "derain"]
+    # no gains: the rule, unknown tasks last by name, repeats dropped
+    assert order_tasks(["sharpen", "dehaze", "jpeg", "lowlight", "jpeg"], gains={}) == ["jpeg", "dehaze", "lowlight", "sharpen"]
+    # equal gains either way: the rule's order wins the tie
+    assert order_tasks(["derain", "jpeg"], gains={("jpeg", "derain"): 1.0, ("derain", "jpeg"): 1.0}) == ["jpeg", "derain"]
+    assert order_tasks(["lowlight", "derain", "jpeg"]) == ["derain", "jpeg", "lowlight"]
 
 
 def test_model_and_head_task_mismatch(tmp_path):
@@ -118,7 +139,7 @@ def test_offline_loading_with_an_empty_hub_cache(tmp_path):
 def test_interpret_cli(capsys):
     assert main(["interpret", "remove the rain and the noise"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["tasks"] == ["denoise", "derain"] and len(out["confidences"]) == 2
+    assert out["tasks"] == ["derain", "denoise"] and len(out["confidences"]) == 2
     assert main(["interpret", "order me a pizza"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "Supported tasks" in captured.err

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..instruct.order import order_tasks
 from .protocol import Protocol, default_protocol
 from .runner import Case, Skip, benchmark_cases, synthetic_cases
 
@@ -52,7 +53,7 @@ class EvalJob(NamedTuple):
     images: int
     make_cases: Callable[[], Iterator[Case | Skip]]
     setting: str
-    #: a composite's tasks in the restoration order (the reverse of the physical one); () for one task
+    #: a composite's tasks in the restoration order (:func:`~instruct_ipt.instruct.order_tasks`); () for one task
     sequence: tuple[str, ...] = ()
 
 
@@ -136,7 +137,7 @@ def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) ->
                 jobs.append(EvalJob(t, n_photos, lambda t=t: synthetic_cases(
                     folder, [t], params, request.seed, request.crop, protocols, grey=request.grey), setting + sigma))
         for name in runnable_composites:
-            sequence = tuple(reversed(composites[name]))
+            sequence = tuple(order_tasks(composites[name]))
             sigma = f", sigma {request.sigma:g}" if "denoise" in sequence and request.sigma is not None else ""
             jobs.append(EvalJob(name, n_photos, lambda name=name: synthetic_cases(
                 folder, [name], params, request.seed, request.crop, protocols, grey=request.grey),

@@ -3,9 +3,11 @@
 from .corpus import UNSUPPORTED, load_corpus, split
 from .encoder import EncoderUnavailable, SentenceEncoder, default_encoder
 from .head import HeadMismatch, InstructionHead, held_out_accuracy, train_head
-from .interpret import PIPELINE_ORDER, InstructionError, Interpretation, Interpreter, order_tasks
+from .interpret import InstructionError, Interpretation, Interpreter
+from .order import MEASURED_GAINS, PIPELINE_ORDER, order_tasks
 
 __all__ = [
+    "MEASURED_GAINS",
     "PIPELINE_ORDER",
     "UNSUPPORTED",
     "EncoderUnavailable",

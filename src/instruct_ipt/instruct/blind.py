@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.degradations import Composite, Degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
 from ..io import load_tagged, save_tagged
-from .interpret import order_tasks
+from .order import order_tasks
 
 BLIND_FORMAT = "instruct-ipt-degradation-classifier"
 BLIND_FILE = "degradation_classifier.safetensors"
@@ -105,7 +105,7 @@ class DegradationClassifier(nn.Module):
 
     def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
         """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order
-        (:func:`~instruct_ipt.instruct.order_tasks`: the last degradation undone first). Multi-label: every task at or above its threshold, possibly none (a clean
+        (:func:`~instruct_ipt.instruct.order_tasks`: the measured order). Multi-label: every task at or above its threshold, possibly none (a clean
         photo); with a primary, when any is: the primary's choice (with its softmax probability)
         and every other task at or above its extra threshold (with its score). Single-label: the
         most likely task. ``probs``: :meth:`predict`'s, if already known."""
@@ -287,26 +287,31 @@ def train_classifier(
 
 
 def calibrate_thresholds(
-    classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]], rounds: int = 3
+    classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]], rounds: int = 3,
+    singles_first: bool = False,
 ) -> dict[str, float]:
     """Per-task thresholds on :meth:`DegradationClassifier.predict`'s probabilities that name the
     right *set* of degradations for as many held-out images as possible - what blind mode is judged
     by (a threshold tuned for each task alone lets a few false alarms per task add up to a wrong set
     on most images). ``cases``: (image, the tasks it carries), none for a clean one. Sets and
-    returns ``classifier.thresholds``; see :func:`choose_thresholds`."""
+    returns ``classifier.thresholds``; see :func:`choose_thresholds`. ``singles_first``: images with
+    exactly one degradation count before all others (lexicographically), so that naming the second
+    degradation of a pair, or nothing on a clean photo, is never bought with a single-degradation
+    photo - the case blind mode already handles well and must not get worse at."""
     if not classifier.multilabel:
         raise ValueError("thresholds belong to a multi-label classifier")
     probs = np.array([[p[t] for t in classifier.tasks] for p in (classifier.predict(rgb) for rgb, _ in cases)])
     present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
+    first = present.sum(1) == 1 if singles_first else None
     main = None
     if classifier.primary is not None:
         main = np.array([int(np.argmax([p[t] for t in classifier.tasks]))
                          for p in (classifier.primary.predict(rgb) for rgb, _ in cases)])
     if main is None:
-        classifier.thresholds = choose_thresholds(classifier.tasks, probs, present, rounds)
+        classifier.thresholds = choose_thresholds(classifier.tasks, probs, present, rounds, first)
     else:
         classifier.thresholds, classifier.extra_thresholds = choose_hybrid_thresholds(
-            classifier.tasks, probs, present, main, rounds)
+            classifier.tasks, probs, present, main, rounds, first)
     return classifier.thresholds
 
 
@@ -345,24 +350,36 @@ def _check_calibration_set(tasks: Sequence[str], present: np.ndarray) -> None:
             raise ValueError(f"calibrating {t} needs held-out images with and without it")
 
 
-def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, rounds: int = 3) -> dict[str, float]:
-    """Thresholds for ``probs`` (images x tasks) that maximise the share of images whose detected
+def _exact_score(present: np.ndarray, first: np.ndarray | None):
+    """The calibration objective for :func:`_ascend`: images whose detected set is exactly right;
+    with ``first`` (a boolean per image), those images count before any other - a lexicographic
+    score, so no threshold trades one of them for any number of the rest."""
+    weight = np.ones(len(present)) if first is None else np.where(first, len(present) + 1.0, 1.0)
+    return lambda found: float(weight[(found == present).all(1)].sum())
+
+
+def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, rounds: int = 3,
+                      first: np.ndarray | None = None) -> dict[str, float]:
+    """Thresholds for ``probs`` (images x tasks) that maximise the number of images whose detected
     set equals ``present`` (images x tasks, bool): coordinate ascent from 0.5, each task's threshold
     in turn set to the midpoint between observed scores that scores best with the others fixed (among
-    equals, the one nearest 0.5), ``rounds`` passes."""
+    equals, the one nearest 0.5), ``rounds`` passes. ``first``: images to get right before any
+    other (:func:`_exact_score`)."""
     probs, present = np.asarray(probs, float), np.asarray(present, bool)
     _check_calibration_set(tasks, present)
     th = np.full(len(tasks), 0.5)
-    _ascend([th], probs, lambda: (detected_sets(probs, th) == present).all(1).mean(), rounds)
+    score = _exact_score(present, first)
+    _ascend([th], probs, lambda: score(detected_sets(probs, th)), rounds)
     return {t: float(v) for t, v in zip(tasks, th)}
 
 
 def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, main: np.ndarray,
-                             rounds: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+                             rounds: int = 3, first: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """The presence and the extra thresholds of a classifier with a primary (``main``: the primary's
     task index per image), chosen together as :func:`choose_thresholds` does."""
     probs, present = np.asarray(probs, float), np.asarray(present, bool)
     _check_calibration_set(tasks, present)
     th, extra = np.full(len(tasks), 0.5), np.full(len(tasks), 0.5)
-    _ascend([th, extra], probs, lambda: (detected_sets(probs, th, main, extra) == present).all(1).mean(), rounds)
+    score = _exact_score(present, first)
+    _ascend([th, extra], probs, lambda: score(detected_sets(probs, th, main, extra)), rounds)
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from ..data.degradations import PHYSICAL_ORDER
 from .corpus import UNSUPPORTED
 from .encoder import SentenceEncoder, default_encoder
 from .head import InstructionHead
-
-#: Order in which several tasks run: the reverse of how the degradations arise. A scene's weather
-#: (haze far away, rain or snow in front of it) is photographed through a shaking camera, whose
-#: sensor adds noise, and the file is then JPEG-compressed; restoration undoes the last step first.
-PIPELINE_ORDER = tuple(reversed(PHYSICAL_ORDER))  # jpeg, denoise, deblur, derain, desnow, dehaze
+from .order import order_tasks
 
 EXAMPLES = {
     "denoise": "remove the noise",
@@ -87,16 +81,11 @@ class Interpretation:
         return ", then ".join(f"{t} ({c:.0%})" for t, c in zip(self.tasks, self.confidences))
 
 
-def order_tasks(tasks: Sequence[str]) -> list[str]:
-    rank = {t: i for i, t in enumerate(PIPELINE_ORDER)}
-    return sorted(dict.fromkeys(tasks), key=lambda t: (rank.get(t, len(rank)), t))
-
-
 class Interpreter:
     """Maps instructions to tasks with an :class:`InstructionHead` over frozen sentence embeddings.
 
     The whole instruction and each of its :func:`clauses` are embedded in one encoder call. If two or more clauses confidently name different tasks, all of
-    them run, in :data:`PIPELINE_ORDER`; otherwise the whole instruction decides. Below
+    them run, in the order :func:`~instruct_ipt.instruct.order.order_tasks` gives; otherwise the whole instruction decides. Below
     ``threshold`` (or when "unsupported" wins) the instruction is refused; so is one whose chosen
     task's closest training phrasing is less than ``support_threshold`` similar (nonsense such as
     "banana" that the softmax still files under some task), a question about the picture ("is

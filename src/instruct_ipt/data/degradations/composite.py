@@ -5,8 +5,8 @@ A composite is named by joining its components with ``+``, each either by its op
 ``desnow``, ``derain``, ``deblur``, ``denoise``, ``jpeg``). Whatever order the name is written in,
 the components are applied as the degradations arise: the scene first (haze, then snow, then
 rain in front of it), then the camera's blur, then sensor noise, then JPEG compression
-(:data:`PHYSICAL_ORDER`). Restoring runs the reverse (``PIPELINE_ORDER`` of the instruction
-interpreter).
+(:data:`PHYSICAL_ORDER`). Restoring runs roughly the reverse, amended pair by pair by measurement
+(:func:`instruct_ipt.instruct.order_tasks`).
 """
 
 from __future__ import annotations

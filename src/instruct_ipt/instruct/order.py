@@ -1,0 +1,66 @@
+"""In which order several tasks run on one photo: the reverse of how the degradations arose,
+amended pair by pair where measurement found the other order better.
+
+Restoring undoes the last degradation first (:data:`PIPELINE_ORDER`): a scene's weather (haze far
+away, rain or snow in front of it) is photographed through a shaking camera whose sensor adds
+noise, and the file is then JPEG-compressed. Measured with the shipped model
+(``benchmarks/composite_order.py``: every pair of degradations, both orders, 36 tiles of the 4
+validation photos), that rule loses clearly for some pairs - rain comes out better removed *before*
+noise or JPEG artifacts, snow before JPEG artifacts (undoing noise or compression first smooths
+away the streaks and flakes the derain and desnow biases were trained to find), blur before rain
+or snow - and the measured pairs form a
+cycle (denoise before deblur, deblur before derain, derain before denoise), so no single ranking
+satisfies them all. :func:`order_tasks` therefore orders each request on its own: the permutation
+of its tasks that keeps the most measured gain (:data:`MEASURED_GAINS`), the physical rule
+deciding between equals and for tasks the table does not know (another model's own tasks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import permutations
+
+from ..data.degradations import PHYSICAL_ORDER
+
+#: The rule: the reverse of how the degradations arise (jpeg, denoise, deblur, derain, desnow, dehaze).
+PIPELINE_ORDER: tuple[str, ...] = tuple(reversed(PHYSICAL_ORDER))
+
+#: ``(first, second) -> dB``: mean PSNR gain of running ``first`` before ``second`` over the other
+#: order on a photo carrying both degradations (noise sigma 15), for the pairs where the gain was
+#: beyond two standard errors over the 36 tiles *and* held on most of the 4 photos; the other five
+#: pairs (blur + jpeg, haze + jpeg, snow + noise, haze + noise, haze + blur) were within noise and
+#: keep the rule's order. Shipped model; ``python benchmarks/composite_order.py --photos
+#: ../shared/photos/val --tile 192`` prints this table (docs/instructions.md has the run).
+MEASURED_GAINS: dict[tuple[str, str], float] = {
+    ("jpeg", "denoise"): 0.035,
+    ("derain", "jpeg"): 1.664,
+    ("desnow", "jpeg"): 0.529,
+    ("denoise", "deblur"): 2.061,
+    ("derain", "denoise"): 1.852,
+    ("deblur", "derain"): 2.388,
+    ("deblur", "desnow"): 0.411,
+    ("derain", "desnow"): 1.267,
+    ("derain", "dehaze"): 0.919,
+    ("desnow", "dehaze"): 0.964,
+}
+
+#: above this many tasks in one request, the rule's order alone (the search is over permutations)
+MAX_SEARCHED = 8
+
+
+def order_tasks(tasks: Sequence[str], gains: Mapping[tuple[str, str], float] = MEASURED_GAINS) -> list[str]:
+    """``tasks`` without repeats, in the order to run them: the permutation with the largest sum of
+    ``gains`` over its ordered pairs; among equals, :data:`PIPELINE_ORDER`'s own order if it is one,
+    else the first in lexicographic order of its positions (unknown tasks rank after the known
+    ones, by name)."""
+    rank = {t: i for i, t in enumerate(PIPELINE_ORDER)}
+    base = sorted(dict.fromkeys(tasks), key=lambda t: (rank.get(t, len(rank)), t))
+    if len(base) > MAX_SEARCHED or not any(a in base and b in base for a, b in gains):
+        return base
+
+    def kept(order: tuple[str, ...]) -> float:
+        return sum(gains.get((a, b), 0.0) for i, a in enumerate(order) for b in order[i + 1:])
+
+    # permutations() yields the base order first, then in lexicographic order of positions, and
+    # max() keeps the first of equals
+    return list(max(permutations(base), key=kept))
