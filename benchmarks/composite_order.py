@@ -9,14 +9,14 @@ PSNR, both orders' mean PSNR, the paired difference with its standard error over
 many tiles and on how many photos (tile means per photo) each order won, and a verdict:
 an order is *better* when the difference is beyond two standard errors *and* it wins on most
 photos; otherwise *either*. Then the order those verdicts imply (a topological sort, ties kept
-in the rule's order), or the cycle that prevents one; the verdicts as the table
+in the rule's order), or a cycle of verdicts that prevents one; the verdicts as the table
 :data:`~instruct_ipt.instruct.MEASURED_GAINS` holds (what the shipped table was made from); and
 the pairs where :func:`~instruct_ipt.instruct.order_tasks` - what the pipeline runs - disagrees
 with this run's verdicts.
 
-Tiles: each photo is cut into non-overlapping ``--tile`` squares (top-left aligned), so 4
-validation photos of 768 px give 24 tiles of 256 px; tiles of one photo are not independent,
-hence the per-photo count.
+Tiles: each photo is cut into non-overlapping ``--tile`` squares (top-left aligned), so the 4
+validation photos give 36 tiles of 192 px; tiles of one photo are not independent, hence the
+per-photo count.
 
     python benchmarks/composite_order.py --photos ../shared/photos/val [--model default] \\
         [--tile 256] [--sigma 15] [--composite rain+noise ...] [--json runs/order.json]
@@ -67,9 +67,21 @@ def implied_order(better: dict[tuple[str, str], str], tasks: list[str]) -> list[
                 ready.append(u)
         ready = rule_order(ready)
     if len(order) < len(tasks):
-        left = set(tasks) - set(order)
-        return [(w, b if a == w else a) for (a, b), w in first.items() if a in left and b in left]
+        return find_cycle({t: after[t] for t in set(tasks) - set(order)})
     return order
+
+
+def find_cycle(after: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """One cycle of the graph ``task -> tasks it must precede``, among the tasks Kahn's algorithm
+    left (the keys), as the pairs along it. Each of them still has a predecessor among them (else
+    it would have been emitted), so walking predecessors must come back to a task already seen."""
+    before = {t: sorted(u for u in after if t in after[u]) for t in after}
+    path, seen = [min(after)], {min(after): 0}
+    while before[path[-1]][0] not in seen:
+        seen[before[path[-1]][0]] = len(path)
+        path.append(before[path[-1]][0])
+    cycle = path[seen[before[path[-1]][0]]:] + [before[path[-1]][0]]
+    return list(itertools.pairwise(reversed(cycle)))
 
 
 def main() -> None:
@@ -83,15 +95,30 @@ def main() -> None:
     ap.add_argument("--json", help="also write every tile's figures here")
     args = ap.parse_args()
 
+    if args.tile <= 0:
+        raise SystemExit(f"--tile must be positive, got {args.tile}")
     pipe = RestorationPipeline.from_pretrained(args.model, device="cpu")
     tasks = [t for t in PIPELINE_ORDER if t in pipe.tasks]
-    names = [composite_name(composite_tasks(c)) for c in args.composite] if args.composite else \
-        [composite_name(p) for p in itertools.combinations(tasks, 2)]
+    names = [composite_name(p) for p in itertools.combinations(tasks, 2)]
+    if args.composite:
+        try:
+            parts = [composite_tasks(c) for c in args.composite]
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        for c, p in zip(args.composite, parts):
+            if len(p) != 2:
+                raise SystemExit(f"{c!r}: the benchmark compares the two orders of a pair; give two degradations")
+            if not set(p) <= set(tasks):
+                raise SystemExit(f"{c!r}: the model has no {', '.join(t for t in p if t not in tasks)} task")
+        names = [composite_name(p) for p in parts]
     print(f"rule's order (PIPELINE_ORDER): {', '.join(PIPELINE_ORDER)}")
     rows, better, per_tile, gains = [], {}, [], {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        owner = write_tiles(args.photos, args.tile, tmp)
+        try:
+            owner = write_tiles(args.photos, args.tile, tmp)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(str(e)) from None
         print(f"{len(owner)} tiles of {args.tile} px from {len(set(owner.values()))} photos; sigma {args.sigma:g}\n")
         print(f"{'composite':<12} {'input':>6} {'rule order':>24} {'other order':>24} {'diff':>15} "
               f"{'tiles':>6} {'photos':>6}  verdict")
@@ -139,7 +166,7 @@ def main() -> None:
     implied = implied_order(better, tasks)
     print(f"\n{time.perf_counter() - t0:.0f} s")
     if implied and isinstance(implied[0], tuple):
-        print("the verdicts form a cycle: " + "; ".join(f"{a} before {b}" for a, b in implied))
+        print("no order satisfies every verdict; a cycle: " + ", ".join(f"{a} before {b}" for a, b in implied))
     else:
         print(f"order the verdicts imply: {', '.join(implied)}")
     losses = [r["composite"] for r in rows if r["verdict"] != "either" and r["diff"] < 0]

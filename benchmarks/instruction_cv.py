@@ -29,10 +29,10 @@ from instruct_ipt.instruct import (
     Interpreter,
     default_encoder,
     load_corpus,
+    order_tasks,
     split,
     train_head,
 )
-from instruct_ipt.instruct.interpret import order_tasks
 
 
 class CachedEncoder:

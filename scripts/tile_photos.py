@@ -11,6 +11,7 @@ the photo's).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from instruct_ipt.data.validation import write_tiles
 
@@ -21,7 +22,13 @@ def main() -> None:
     ap.add_argument("out", help="folder for the tiles (<photo>-<top>-<left>.png)")
     ap.add_argument("--tile", type=int, default=256)
     args = ap.parse_args()
-    owner = write_tiles(args.photos, args.tile, args.out)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: tiles of another run would mix with these; give a new folder")
+    try:
+        owner = write_tiles(args.photos, args.tile, out)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(str(e)) from None
     print(f"{len(owner)} tiles of {args.tile} px from {len(set(owner.values()))} photos in {args.out}")
 
 

@@ -61,6 +61,8 @@ def main() -> None:
         reads.append(packaged if args.primary == "packaged" else Path(args.primary))
     if any(Path(args.out).resolve() == r.resolve() for r in reads):
         raise SystemExit(f"--out {args.out} is a file this run reads: write the new classifier elsewhere")
+    if args.singles_first and not args.multilabel:
+        raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
     if args.multilabel and not args.exclude:
         raise SystemExit("--multilabel calibrates its thresholds on left-out photos: give them with --exclude")
     files = [f for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])]

@@ -150,7 +150,6 @@ def test_hybrid_calibration_finds_sets_plain_thresholds_cannot():
     assert th["a"] <= 0.6 and 0.6 < extra["a"] and 0.4 < extra["b"] <= 0.6
 
 
-
 def test_singles_first_calibration_never_trades_a_single_for_pairs():
     from instruct_ipt.instruct.blind import choose_hybrid_thresholds, choose_thresholds, detected_sets
 
@@ -169,6 +168,7 @@ def test_singles_first_calibration_never_trades_a_single_for_pairs():
     th, extra = choose_hybrid_thresholds(tasks, probs, present, main, first=first)
     found = detected_sets(probs, np.array([th[t] for t in tasks]), main, np.array([extra[t] for t in tasks]))
     assert (found == present).all(1).tolist() == [True, True, False, False] and extra["b"] > 0.6
+
 
 def _saved_single(tmp_path):
     return DegradationClassifier(["denoise"], width=4).save(tmp_path / "s.safetensors")

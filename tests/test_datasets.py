@@ -265,3 +265,15 @@ def test_tiles_cover_the_photo_without_overlap_and_are_written_with_their_photo(
         write_tiles([tmp_path / "small.png"], 40, tmp_path / "none")
     with pytest.raises(ValueError, match="positive"):
         list(tiles(img, 0))
+
+
+def test_write_tiles_refuses_two_photos_of_one_name(tmp_path):
+    from instruct_ipt.data.validation import write_tiles
+
+    img = np.zeros((40, 40, 3), np.uint8)
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(img).save(tmp_path / folder / "a.png")
+    with pytest.raises(ValueError, match="same name.*: a"):
+        write_tiles([tmp_path / "x", tmp_path / "y"], 20, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before writing

@@ -45,8 +45,8 @@ def tiles(img: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """The non-overlapping ``size`` squares of ``img`` as ``(top, left, tile)``, row by row from the
     top-left corner (a remainder narrower than ``size`` is left out).
 
-    More test images from few photos: four 768-px validation photos give 24 tiles of 256 px
-    where a centre crop gives 4 - not independent (tiles of one photo share its scene), so a
+    More test images from few photos: the four validation photos (768 px wide, 432-576 px high)
+    give 36 tiles of 192 px where centre crops give 4 - not independent (tiles of one photo share its scene), so a
     measurement over tiles should also count per photo."""
     if size <= 0:
         raise ValueError(f"tile size must be positive, got {size}")
@@ -59,10 +59,15 @@ def tiles(img: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
 def write_tiles(sources: Sequence[str | os.PathLike], size: int, folder: str | os.PathLike) -> dict[str, str]:
     """Write the :func:`tiles` of every photo of ``sources`` (folders or files) into ``folder`` as
     ``<photo>-<top>-<left>.png``; returns tile name -> photo name. A photo smaller than ``size``
-    gives none; if no photo gives one, FileNotFoundError."""
+    gives none; if no photo gives one, FileNotFoundError; two photos of one name, ValueError."""
     folder = Path(folder)
     owner: dict[str, str] = {}
-    for f in _sources(sources):
+    files = _sources(sources)
+    stems = [f.stem for f in files]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise ValueError(f"photos of the same name in different folders would share tile names: {', '.join(twice)}")
+    for f in files:
         for top, left, tile in tiles(read_rgb(f), size):
             name = f"{f.stem}-{top:04d}-{left:04d}"
             save_image(folder / f"{name}.png", tile)

@@ -5,10 +5,10 @@ Restoring undoes the last degradation first (:data:`PIPELINE_ORDER`): a scene's 
 away, rain or snow in front of it) is photographed through a shaking camera whose sensor adds
 noise, and the file is then JPEG-compressed. Measured with the shipped model
 (``benchmarks/composite_order.py``: every pair of degradations, both orders, 36 tiles of the 4
-validation photos), that rule loses clearly for some pairs - rain comes out better removed *before*
+validation photos), that rule loses clearly for three pairs - rain comes out better removed *before*
 noise or JPEG artifacts, snow before JPEG artifacts (undoing noise or compression first smooths
-away the streaks and flakes the derain and desnow biases were trained to find), blur before rain
-or snow - and the measured pairs form a
+away the streaks and flakes the derain and desnow biases were trained to find) - holds for seven
+(blur before rain or snow, for one) and is within noise for five; and the measured pairs form a
 cycle (denoise before deblur, deblur before derain, derain before denoise), so no single ranking
 satisfies them all. :func:`order_tasks` therefore orders each request on its own: the permutation
 of its tasks that keeps the most measured gain (:data:`MEASURED_GAINS`), the physical rule
