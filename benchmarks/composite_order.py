@@ -28,9 +28,11 @@ import argparse
 import itertools
 import json
 import math
+import re
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,8 @@ from instruct_ipt.eval.runner import Case, synthetic_cases
 from instruct_ipt.instruct import PIPELINE_ORDER, order_tasks
 from instruct_ipt.instruct.order import MEASURED_GAINS
 from instruct_ipt.pipeline import RestorationPipeline
+
+TILE = re.compile(r"^(?P<photo>.+)-\d{4}-\d{4}$")
 
 
 def rule_order(tasks) -> list[str]:
@@ -84,9 +88,70 @@ def find_cycle(after: dict[str, set[str]]) -> list[tuple[str, str]]:
     return list(itertools.pairwise(reversed(cycle)))
 
 
+def judge(name: str, tiles: list[dict]) -> dict:
+    """One pair's row from its tiles (``{"tile", "photo", "input", "rule", "other"}``, PSNR dB):
+    the means, the paired difference rule - other with its standard error over tiles, tiles and
+    photos won by the rule, and the verdict (beyond two standard errors *and* most photos)."""
+    rule = rule_order(composite_tasks(name))
+    other = rule[::-1]
+    diffs = [t["rule"] - t["other"] for t in tiles]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    photo_diff: dict[str, list[float]] = {}
+    for t in tiles:
+        photo_diff.setdefault(t["photo"], []).append(t["rule"] - t["other"])
+    photos_won = sum(statistics.fmean(v) > 0 for v in photo_diff.values())
+    n_photos = len(photo_diff)
+    winner = None
+    if abs(mean) > 2 * se and (photos_won > n_photos / 2 if mean > 0 else photos_won < n_photos / 2):
+        winner = rule if mean > 0 else other
+    return {"composite": name, "rule": rule, "other": other, "input": statistics.fmean(t["input"] for t in tiles),
+            "rule_psnr": statistics.fmean(t["rule"] for t in tiles), "other_psnr": statistics.fmean(t["other"] for t in tiles),
+            "diff": mean, "se": se, "tiles_won": sum(d > 0 for d in diffs), "tiles": len(diffs),
+            "photos_won": photos_won, "photos": n_photos, "winner": winner,
+            "verdict": f"{' -> '.join(winner)} better" if winner else "either"}
+
+
+def measure(args, names: list[str], pipe: RestorationPipeline) -> Iterator[tuple[str, list[dict]]]:
+    """Each pair's tiles, restored both ways (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            owner = write_tiles(args.photos, args.tile, tmp)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(str(e)) from None
+        print(f"{len(owner)} tiles of {args.tile} px from {len(set(owner.values()))} photos; sigma {args.sigma:g}\n")
+        for name in names:
+            rule = rule_order(composite_tasks(name))
+            protocol = default_protocol(name)
+            tiles = []
+            for case in synthetic_cases(tmp, [name], params={"denoise": {"sigma": args.sigma}}, seed=args.seed):
+                if not isinstance(case, Case):
+                    raise SystemExit(f"{case.name}: {case.reason}")
+                values = {key: psnr(protocol.prepare_output(out), case.target, protocol.crop_border) for key, out in
+                          (("input", case.input), ("rule", pipe.run(case.input, rule)),
+                           ("other", pipe.run(case.input, rule[::-1])))}
+                tiles.append({"composite": name, "tile": case.name, "photo": owner[case.name], **values})
+            yield name, tiles
+
+
+def pooled(paths: list[str]) -> Iterator[tuple[str, list[dict]]]:
+    """Each pair's tiles from earlier runs' ``--json`` files, pooled (photos told apart by run)."""
+    by_pair: dict[str, list[dict]] = {}
+    for k, path in enumerate(paths):
+        if not Path(path).is_file():
+            raise SystemExit(f"{path}: no such file (a --json file of an earlier run)")
+        for t in json.loads(Path(path).read_text(encoding="utf-8"))["tiles"]:
+            photo = t.get("photo") or TILE.match(t["tile"])["photo"]  # tile names: <photo>-<top>-<left>
+            by_pair.setdefault(t["composite"], []).append({**t, "photo": f"{k}:{photo}"})
+    print(f"pooled {len(paths)} runs: {', '.join(paths)}\n")
+    yield from by_pair.items()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", action="append", required=True, help="folder of clean photos, or one photo (repeatable)")
+    ap.add_argument("--photos", action="append", help="folder of clean photos, or one photo (repeatable)")
+    ap.add_argument("--pool", action="append", metavar="JSON",
+                    help="instead of measuring: judge the tiles of earlier runs' --json files together (repeatable)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--sigma", type=float, default=15.0, help="noise level of a noise component")
@@ -95,81 +160,53 @@ def main() -> None:
     ap.add_argument("--json", help="also write every tile's figures here")
     args = ap.parse_args()
 
+    if bool(args.photos) == bool(args.pool):
+        raise SystemExit("give --photos (measure) or --pool (judge earlier runs together), one of the two")
     if args.tile <= 0:
         raise SystemExit(f"--tile must be positive, got {args.tile}")
-    pipe = RestorationPipeline.from_pretrained(args.model, device="cpu")
-    tasks = [t for t in PIPELINE_ORDER if t in pipe.tasks]
-    names = [composite_name(p) for p in itertools.combinations(tasks, 2)]
-    if args.composite:
-        try:
-            parts = [composite_tasks(c) for c in args.composite]
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        for c, p in zip(args.composite, parts):
-            if len(p) != 2:
-                raise SystemExit(f"{c!r}: the benchmark compares the two orders of a pair; give two degradations")
-            if not set(p) <= set(tasks):
-                raise SystemExit(f"{c!r}: the model has no {', '.join(t for t in p if t not in tasks)} task")
-        names = [composite_name(p) for p in parts]
+    tasks = list(PIPELINE_ORDER)
+    if args.photos:
+        pipe = RestorationPipeline.from_pretrained(args.model, device="cpu")
+        tasks = [t for t in PIPELINE_ORDER if t in pipe.tasks]
+        names = [composite_name(p) for p in itertools.combinations(tasks, 2)]
+        if args.composite:
+            try:
+                parts = [composite_tasks(c) for c in args.composite]
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+            for c, p in zip(args.composite, parts):
+                if len(p) != 2:
+                    raise SystemExit(f"{c!r}: the benchmark compares the two orders of a pair; give two degradations")
+                if not set(p) <= set(tasks):
+                    raise SystemExit(f"{c!r}: the model has no {', '.join(t for t in p if t not in tasks)} task")
+            names = [composite_name(p) for p in parts]
     print(f"rule's order (PIPELINE_ORDER): {', '.join(PIPELINE_ORDER)}")
     rows, better, per_tile, gains = [], {}, [], {}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            owner = write_tiles(args.photos, args.tile, tmp)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(str(e)) from None
-        print(f"{len(owner)} tiles of {args.tile} px from {len(set(owner.values()))} photos; sigma {args.sigma:g}\n")
-        print(f"{'composite':<12} {'input':>6} {'rule order':>24} {'other order':>24} {'diff':>15} "
-              f"{'tiles':>6} {'photos':>6}  verdict")
-        for name in names:
-            rule = rule_order(composite_tasks(name))
-            other = rule[::-1]
-            protocol = default_protocol(name)
-            scores: dict[str, list[float]] = {"input": [], "rule": [], "other": []}
-            photo_diff: dict[str, list[float]] = {}
-            for case in synthetic_cases(tmp, [name], params={"denoise": {"sigma": args.sigma}}, seed=args.seed):
-                assert isinstance(case, Case), case
-                values = {}
-                for key, out in (("input", case.input), ("rule", pipe.run(case.input, rule)),
-                                 ("other", pipe.run(case.input, other))):
-                    values[key] = psnr(protocol.prepare_output(out), case.target, protocol.crop_border)
-                    scores[key].append(values[key])
-                photo_diff.setdefault(owner[case.name], []).append(values["rule"] - values["other"])
-                per_tile.append({"composite": name, "tile": case.name, **values})
-            diffs = [c - o for c, o in zip(scores["rule"], scores["other"])]
-            mean = statistics.fmean(diffs)
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
-            tiles_won = sum(d > 0 for d in diffs)
-            photos_won = sum(statistics.fmean(v) > 0 for v in photo_diff.values())
-            n_photos = len(photo_diff)
-            if abs(mean) > 2 * se and (photos_won > n_photos / 2 if mean > 0 else photos_won < n_photos / 2):
-                winner = rule if mean > 0 else other
-                verdict = f"{' -> '.join(winner)} better"
-            else:
-                winner = None
-                verdict = "either"
-            pair = tuple(sorted(rule))
-            better[pair] = winner[0] if winner else None
-            if winner:
-                gains[tuple(winner)] = abs(mean)
-            rows.append({"composite": name, "rule": rule, "other": other,
-                         "input": statistics.fmean(scores["input"]), "rule_psnr": statistics.fmean(scores["rule"]),
-                         "other_psnr": statistics.fmean(scores["other"]), "diff": mean, "se": se,
-                         "tiles_won": tiles_won, "tiles": len(diffs), "photos_won": photos_won, "photos": n_photos,
-                         "verdict": verdict})
-            r = rows[-1]
-            cur = f"{' -> '.join(rule)} {r['rule_psnr']:.2f}"
-            oth = f"{' -> '.join(other)} {r['other_psnr']:.2f}"
-            print(f"{name:<12} {r['input']:6.2f} {cur:>24} {oth:>24} {mean:+7.3f} ± {se:.3f} "
-                  f"{tiles_won:>3}/{len(diffs):<3} {photos_won:>2}/{n_photos:<3}  {verdict}", flush=True)
+    header = False
+    for name, tiles in (measure(args, names, pipe) if args.photos else pooled(args.pool)):
+        if not header:
+            print(f"{'composite':<12} {'input':>6} {'rule order':>24} {'other order':>24} {'diff':>15} "
+                  f"{'tiles':>6} {'photos':>6}  verdict")
+            header = True
+        r = judge(name, tiles)
+        rows.append(r)
+        per_tile += tiles
+        better[tuple(sorted(r["rule"]))] = r["winner"][0] if r["winner"] else None
+        if r["winner"]:
+            gains[tuple(r["winner"])] = abs(r["diff"])
+        cur = f"{' -> '.join(r['rule'])} {r['rule_psnr']:.2f}"
+        oth = f"{' -> '.join(r['other'])} {r['other_psnr']:.2f}"
+        print(f"{name:<12} {r['input']:6.2f} {cur:>24} {oth:>24} {r['diff']:+7.3f} ± {r['se']:.3f} "
+              f"{r['tiles_won']:>3}/{r['tiles']:<3} {r['photos_won']:>2}/{r['photos']:<3}  {r['verdict']}", flush=True)
+    tasks = [t for t in tasks if any(t in r["rule"] for r in rows)]
     implied = implied_order(better, tasks)
     print(f"\n{time.perf_counter() - t0:.0f} s")
     if implied and isinstance(implied[0], tuple):
         print("no order satisfies every verdict; a cycle: " + ", ".join(f"{a} before {b}" for a, b in implied))
     else:
         print(f"order the verdicts imply: {', '.join(implied)}")
-    losses = [r["composite"] for r in rows if r["verdict"] != "either" and r["diff"] < 0]
+    losses = [r["composite"] for r in rows if r["winner"] and r["diff"] < 0]
     print(f"pairs where the rule's order loses beyond noise: {', '.join(losses) or 'none'}")
     print("as MEASURED_GAINS: {" + ", ".join(f"({a!r}, {b!r}): {g:.3f}" for (a, b), g in gains.items()) + "}")
     if gains.keys() != MEASURED_GAINS.keys():
