@@ -28,7 +28,6 @@ import argparse
 import itertools
 import json
 import math
-import re
 import statistics
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from instruct_ipt.data.degradations import composite_name, composite_tasks
-from instruct_ipt.data.validation import write_tiles
+from instruct_ipt.data.validation import tile_photo, write_tiles
 from instruct_ipt.eval.metrics import psnr
 from instruct_ipt.eval.protocol import default_protocol
 from instruct_ipt.eval.runner import Case, synthetic_cases
@@ -46,12 +45,11 @@ from instruct_ipt.instruct import PIPELINE_ORDER, order_tasks
 from instruct_ipt.instruct.order import MEASURED_GAINS
 from instruct_ipt.pipeline import RestorationPipeline
 
-TILE = re.compile(r"^(?P<photo>.+)-\d{4}-\d{4}$")
-
 
 def rule_order(tasks) -> list[str]:
-    """``tasks`` in :data:`PIPELINE_ORDER` (the reverse of how the degradations arise)."""
-    return sorted(tasks, key=PIPELINE_ORDER.index)
+    """``tasks`` in :data:`PIPELINE_ORDER` (the reverse of how the degradations arise): the
+    pipeline's order without measured gains."""
+    return order_tasks(tasks, gains={})
 
 
 def implied_order(better: dict[tuple[str, str], str], tasks: list[str]) -> list[str] | list[tuple[str, str]]:
@@ -141,7 +139,7 @@ def pooled(paths: list[str]) -> Iterator[tuple[str, list[dict]]]:
         if not Path(path).is_file():
             raise SystemExit(f"{path}: no such file (a --json file of an earlier run)")
         for t in json.loads(Path(path).read_text(encoding="utf-8"))["tiles"]:
-            photo = t.get("photo") or TILE.match(t["tile"])["photo"]  # tile names: <photo>-<top>-<left>
+            photo = t.get("photo") or tile_photo(t["tile"])
             by_pair.setdefault(t["composite"], []).append({**t, "photo": f"{k}:{photo}"})
     print(f"pooled {len(paths)} runs: {', '.join(paths)}\n")
     yield from by_pair.items()

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 
-TILE = re.compile(r"^(?P<photo>.+)-\d{4}-\d{4}$")
+from instruct_ipt.data.validation import tile_photo
 
 
 def per_image(path: Path) -> dict[tuple[str, str, str], dict[str, tuple[str, float]]]:
@@ -59,8 +58,7 @@ def main() -> None:
         won = sum(d > 0 for d in diffs.values())
         photos: dict[str, list[float]] = {}
         for i, d in diffs.items():
-            m = TILE.match(i)
-            photos.setdefault(m["photo"] if m else i, []).append(d)
+            photos.setdefault(tile_photo(i), []).append(d)
         photo_won = sum(statistics.fmean(v) > 0 for v in photos.values())
         print(f"{key[0]:<11} {key[1]:<28} {key[2]:<14} {statistics.fmean(old[key][i][1] for i in images):6.2f} "
               f"{statistics.fmean(new[key][i][1] for i in images):6.2f} {mean:+7.3f} ± {se:.3f}{mark:<2} "

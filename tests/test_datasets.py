@@ -248,7 +248,7 @@ def test_composite_samples_keep_the_other_degradation_in_the_target(photos):
 
 def test_tiles_cover_the_photo_without_overlap_and_are_written_with_their_photo(tmp_path):
     from instruct_ipt.data.images import read_rgb
-    from instruct_ipt.data.validation import tiles, write_tiles
+    from instruct_ipt.data.validation import tile_photo, tiles, write_tiles
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
@@ -260,6 +260,7 @@ def test_tiles_cover_the_photo_without_overlap_and_are_written_with_their_photo(
     Image.fromarray(img[:10]).save(tmp_path / "small.png")  # no tile: left out
     owner = write_tiles([tmp_path / "a.png", tmp_path / "small.png"], 20, tmp_path / "out")
     assert owner == {f"a-{t:04d}-{l:04d}": "a" for t, l, _ in got}
+    assert {tile_photo(name) for name in owner} == {"a"} and tile_photo("my-photo") == "my-photo"
     assert np.array_equal(read_rgb(tmp_path / "out" / "a-0020-0040.png"), read_rgb(tmp_path / "a.png")[20:40, 40:60])
     with pytest.raises(FileNotFoundError, match="40x40"):
         write_tiles([tmp_path / "small.png"], 40, tmp_path / "none")

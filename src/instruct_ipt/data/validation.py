@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,8 +47,8 @@ def tiles(img: np.ndarray, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
     top-left corner (a remainder narrower than ``size`` is left out).
 
     More test images from few photos: the four validation photos (768 px wide, 432-576 px high)
-    give 36 tiles of 192 px where centre crops give 4 - not independent (tiles of one photo share its scene), so a
-    measurement over tiles should also count per photo."""
+    give 36 tiles of 192 px where centre crops give 4 - not independent (tiles of one photo share
+    its scene), so a measurement over tiles should also count per photo (:func:`tile_photo`)."""
     if size <= 0:
         raise ValueError(f"tile size must be positive, got {size}")
     h, w = img.shape[:2]
@@ -69,12 +70,19 @@ def write_tiles(sources: Sequence[str | os.PathLike], size: int, folder: str | o
         raise ValueError(f"photos of the same name in different folders would share tile names: {', '.join(twice)}")
     for f in files:
         for top, left, tile in tiles(read_rgb(f), size):
-            name = f"{f.stem}-{top:04d}-{left:04d}"
+            name = f"{f.stem}-{top:04d}-{left:04d}"  # read back by tile_photo
             save_image(folder / f"{name}.png", tile)
             owner[name] = f.stem
     if not owner:
         raise FileNotFoundError(f"no photo of {', '.join(map(str, sources))} holds a {size}x{size} tile")
     return owner
+
+
+def tile_photo(name: str) -> str:
+    """The photo a :func:`write_tiles` tile name (``<photo>-<top>-<left>``) comes from; any other
+    name is its own photo."""
+    m = re.fullmatch(r"(.+)-\d{4}-\d{4}", name)
+    return m[1] if m else name
 
 
 def _sources(sources: Sequence[str | os.PathLike]) -> list[Path]:

@@ -358,6 +358,18 @@ def _exact_score(present: np.ndarray, first: np.ndarray | None):
     return lambda found: float(weight[(found == present).all(1)].sum())
 
 
+def _choose(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, main: np.ndarray | None,
+            rounds: int, first: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The presence thresholds and (with a primary's ``main``, else unused) the extra ones, by
+    coordinate ascent on the exact-set score (:func:`_exact_score`)."""
+    probs, present = np.asarray(probs, float), np.asarray(present, bool)
+    _check_calibration_set(tasks, present)
+    th, extra = np.full(len(tasks), 0.5), np.full(len(tasks), 0.5)
+    score = _exact_score(present, first)
+    _ascend([th] if main is None else [th, extra], probs, lambda: score(detected_sets(probs, th, main, extra)), rounds)
+    return th, extra
+
+
 def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, rounds: int = 3,
                       first: np.ndarray | None = None) -> dict[str, float]:
     """Thresholds for ``probs`` (images x tasks) that maximise the number of images whose detected
@@ -365,11 +377,7 @@ def choose_thresholds(tasks: Sequence[str], probs: np.ndarray, present: np.ndarr
     in turn set to the midpoint between observed scores that scores best with the others fixed (among
     equals, the one nearest 0.5), ``rounds`` passes. ``first``: images to get right before any
     other (:func:`_exact_score`)."""
-    probs, present = np.asarray(probs, float), np.asarray(present, bool)
-    _check_calibration_set(tasks, present)
-    th = np.full(len(tasks), 0.5)
-    score = _exact_score(present, first)
-    _ascend([th], probs, lambda: score(detected_sets(probs, th)), rounds)
+    th, _ = _choose(tasks, probs, present, None, rounds, first)
     return {t: float(v) for t, v in zip(tasks, th)}
 
 
@@ -377,9 +385,5 @@ def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: n
                              rounds: int = 3, first: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """The presence and the extra thresholds of a classifier with a primary (``main``: the primary's
     task index per image), chosen together as :func:`choose_thresholds` does."""
-    probs, present = np.asarray(probs, float), np.asarray(present, bool)
-    _check_calibration_set(tasks, present)
-    th, extra = np.full(len(tasks), 0.5), np.full(len(tasks), 0.5)
-    score = _exact_score(present, first)
-    _ascend([th, extra], probs, lambda: score(detected_sets(probs, th, main, extra)), rounds)
+    th, extra = _choose(tasks, probs, present, main, rounds, first)
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
