@@ -12,7 +12,9 @@ Target (issue 5): >= 95% on single degradations.
     python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 3] \\
         [--classifier FILE ...] [--composite rain+noise ...]
 
-Without ``--classifier``: the packaged one. The shipped classifier leaves five training photos out
+Without ``--classifier``: the packaged one. A classifier with peeling (``--peel`` in
+scripts/train_blind_classifier.py) restores with ``--model`` (default: the shipped model) as blind
+mode does; ``s/image`` is the mean time of ``detect`` per whole image. The shipped classifier leaves five training photos out
 (see docs/instructions.md); add them with ``--val ../shared/photos/train/bridge.png`` etc. for a
 larger test set (not for a multi-label classifier: its thresholds were calibrated on them).
 """
@@ -20,6 +22,7 @@ larger test set (not for a multi-label classifier: its thresholds were calibrate
 from __future__ import annotations
 
 import argparse
+import time
 import zlib
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import numpy as np
 from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite, make_degradation
 from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.instruct.blind import DegradationClassifier
+from instruct_ipt.pipeline import RestorationPipeline
 
 DEFAULT_COMPOSITES = ("rain+noise", "haze+noise", "snow+noise", "haze+rain", "blur+noise")
 
@@ -39,9 +43,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="degraded versions of each photo per case")
     ap.add_argument("--composite", action="append", help=f"composite cases (default: {', '.join(DEFAULT_COMPOSITES)})")
     ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--model", help="restoration model folder for classifiers that peel (default: the shipped model)")
     args = ap.parse_args()
     names = args.classifier or ["packaged"]
     clfs = [DegradationClassifier.default() if n == "packaged" else DegradationClassifier.load(n) for n in names]
+    restore = None
+    if any(c.peeling for c in clfs):
+        pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
+        restore = lambda x, t: pipe.run(x, [t])
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
     photos = [read_rgb(f) for f in files]
@@ -49,12 +58,17 @@ def main() -> None:
     cases.append(("clean", None))
     for n, c in zip(names, clfs):
         kind = "multi-label, thresholds " + ", ".join(f"{t} {v:.2f}" for t, v in c.thresholds.items()) if c.multilabel else "single-label"
+        if c.peeling:
+            kind += (f", peeling (region {c.peeling.region}, start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items())
+                     + "; further " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.further.items()) + ")")
         print(f"classifier {n}: {kind}")
     print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
     print(f"| case | {' | '.join(names)} |")
     print(f"| --- |{' --- |' * len(names)}")
     totals = {"single": np.zeros((len(clfs), 2), int), "composite": np.zeros((len(clfs), 2), int)}
     tiles = np.zeros((len(clfs), 2), int)
+    seconds = np.zeros(len(clfs))
+    images = 0
     for label, spec in cases:
         expected = set() if spec is None else set(composite_tasks(spec)) if is_composite(spec) else {spec}
         ok = np.zeros(len(clfs), int)
@@ -65,8 +79,11 @@ def main() -> None:
                 rng = np.random.default_rng((seed, zlib.crc32(label.encode()), i))
                 image = clean if spec is None else make_degradation(spec)(clean, rng).image
                 n += 1
+                images += 1
                 for k, clf in enumerate(clfs):
-                    seen = [t for t, _ in clf.detect(image)]
+                    t0 = time.perf_counter()
+                    seen = [t for t, _ in clf.detect(image, restore=restore)]
+                    seconds[k] += time.perf_counter() - t0
                     ok[k] += set(seen) == expected
                     if set(seen) != expected:
                         key = "+".join(seen) or "nothing"
@@ -75,7 +92,7 @@ def main() -> None:
                         h, w = image.shape[:2]
                         for r in range(0, h - args.tile + 1, args.tile):
                             for col in range(0, w - args.tile + 1, args.tile):
-                                tile_seen = clf.detect(image[r : r + args.tile, col : col + args.tile], None)
+                                tile_seen = clf.detect(image[r : r + args.tile, col : col + args.tile], None, restore)
                                 tiles[k] += ({t for t, _ in tile_seen} == expected, 1)
         cells = []
         for k in range(len(clfs)):
@@ -89,6 +106,7 @@ def main() -> None:
     for group, tot in totals.items():
         print(f"| all {group} | {' | '.join(f'{a}/{b} = {100 * a / max(1, b):.1f}%' for a, b in tot)} |")
     print(f"| single, {args.tile} px tiles alone | {' | '.join(f'{a}/{b} = {100 * a / max(1, b):.1f}%' for a, b in tiles)} |")
+    print(f"| s/image (whole photo) | {' | '.join(f'{t / max(1, images):.2f}' for t in seconds)} |")
 
 
 if __name__ == "__main__":

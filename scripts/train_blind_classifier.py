@@ -12,6 +12,11 @@ degradations) and then calibrates each task's threshold on the ``--exclude``d ph
 ``--calibration-seeds`` times each: clean, with each degradation, and with each pair of them.
 With ``--primary packaged`` the shipped single-label classifier is kept inside the new file and names
 the main degradation (``DegradationClassifier.attach_primary``); both threshold sets are calibrated.
+
+``--peel FILE`` (a single-label classifier, or ``packaged``) trains nothing: it calibrates that
+classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the restoration model
+``--model`` (default: the shipped one) on the ``--exclude``d photos, as above, and writes --out;
+``--further TASK`` limits the tasks named after the first, ``--no-gate`` always names the first.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from skimage import data as skdata
 from instruct_ipt.data.degradations import DEGRADATIONS, make_degradation
 from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.synthetic import load_clean_images
-from instruct_ipt.instruct.blind import DegradationClassifier, calibrate_thresholds, train_classifier
+from instruct_ipt.instruct.blind import (
+    PEEL_REGION,
+    DegradationClassifier,
+    calibrate_peeling,
+    calibrate_thresholds,
+    train_classifier,
+)
+from instruct_ipt.pipeline import RestorationPipeline
 from instruct_ipt.train.trainer import SKIMAGE_PHOTOS
 
 
@@ -54,21 +66,39 @@ def main() -> None:
                     "main degradation; the multi-label scores then decide whether anything is there and add the others")
     ap.add_argument("--singles-first", action="store_true", help="with --multilabel: calibrate so that photos with one "
                     "degradation come first (none of them traded for a pair or a clean photo)")
+    ap.add_argument("--peel", metavar="FILE", help="no training: calibrate peeling (blind mode naming several degradations "
+                    "with the restoration model's help) for this single-label classifier (or 'packaged') and write --out")
+    ap.add_argument("--model", help="with --peel: the restoration model folder (default: the shipped model)")
+    ap.add_argument("--region", type=int, default=PEEL_REGION, help="with --peel: side of the central crop peeling restores")
+    ap.add_argument("--further", action="append", help="with --peel: a task that may be named after the first "
+                    "(repeatable; default: every task)")
+    ap.add_argument("--no-gate", action="store_true", help="with --peel: always name the main task (no 'nothing to do')")
     args = ap.parse_args()
     packaged = Path(__file__).resolve().parents[1] / "src/instruct_ipt/weights/default/degradation_classifier.safetensors"
     reads = [Path(f) for f in (args.init, args.recalibrate) if f]
-    if args.primary:
-        reads.append(packaged if args.primary == "packaged" else Path(args.primary))
+    for name in (args.primary, args.peel):
+        if name:
+            reads.append(packaged if name == "packaged" else Path(name))
     if any(Path(args.out).resolve() == r.resolve() for r in reads):
         raise SystemExit(f"--out {args.out} is a file this run reads: write the new classifier elsewhere")
     if args.singles_first and not args.multilabel:
         raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
-    if args.multilabel and not args.exclude:
-        raise SystemExit("--multilabel calibrates its thresholds on left-out photos: give them with --exclude")
+    if (args.multilabel or args.peel) and not args.exclude:
+        raise SystemExit("--multilabel and --peel calibrate thresholds on left-out photos: give them with --exclude")
+    if args.peel and (args.multilabel or args.init or args.recalibrate):
+        raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init or --recalibrate")
+    if not args.peel and (args.further or args.no_gate or args.model):
+        raise SystemExit("--further, --no-gate and --model go with --peel")
+    unknown_tasks = sorted(set(args.further or []) - set(DEGRADATIONS))
+    if unknown_tasks:
+        raise SystemExit(f"--further {', '.join(unknown_tasks)}: not a task; choose among {', '.join(DEGRADATIONS)}")
     files = [f for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])]
     unknown = set(args.exclude) - {f.name for f in files}
     if unknown:
         raise SystemExit(f"--exclude names no given photo: {', '.join(sorted(unknown))}")
+    if args.peel:
+        calibrate_peel(args, [f for f in files if f.name in args.exclude])
+        return
     files = [f for f in files if f.name not in args.exclude]
     print(f"training photos: {len(files)} files (+{len(SKIMAGE_PHOTOS)} scikit-image); left out: {', '.join(args.exclude) or 'none'}")
     images = load_clean_images([*files, *(getattr(skdata, n)() for n in SKIMAGE_PHOTOS)])
@@ -98,6 +128,24 @@ def main() -> None:
             print("extra thresholds:", model.extra_thresholds)
     model.save(args.out)
     print(f"trained on {len(images)} photos in {time.time() - t0:.0f} s; wrote {args.out}")
+
+
+def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
+    """``--peel``: the classifier's peeling thresholds, calibrated with the restoration model on the left-out photos."""
+    t0 = time.time()
+    model = DegradationClassifier.default() if args.peel == "packaged" else DegradationClassifier.load(args.peel)
+    if model.multilabel:
+        raise SystemExit(f"--peel {args.peel}: a multi-label classifier; peeling needs a single-label one")
+    pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
+    held_out = [read_rgb(f) for f in left_out]
+    print(f"calibrating peeling on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
+    peeling = calibrate_peeling(model, calibration_cases(held_out, list(model.tasks), args.calibration_seeds),
+                                lambda x, t: pipe.run(x, [t]), region=args.region, further_tasks=args.further,
+                                gate=not args.no_gate)
+    print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
+    print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
+    model.save(args.out)
+    print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")
 
 
 def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:

@@ -1,6 +1,8 @@
 """Blind mode's multi-label classifier: samples with none, one or two degradations, detection in
 restoration order, calibrated thresholds, and "nothing to do" for a clean photo."""
 
+import typing
+
 import numpy as np
 import pytest
 import torch
@@ -205,3 +207,149 @@ def test_blind_mode_runs_every_detected_task_in_order(model_dir, monkeypatch):
     _out, choice = pipe(data.astronaut()[:32, :32], return_choice=True)
     assert choice.tasks == ["derain", "denoise"] and choice.source == "blind" and runs == [["derain", "denoise"]]
     assert choice.describe() == "derain (88%), then denoise (88%) [seen in the image (blind mode)]"
+
+
+# peeling: a single-label classifier names several degradations, or none, with the model's help -------------
+
+class _Scene:
+    """A stand-in for a photo and the restoration model: the image is constant, its value encodes
+    which degradations are left (a bit per task), ``restore`` clears a task's bit and logs the call,
+    and ``probs`` is what the classifier sees for each value."""
+
+    BITS: typing.ClassVar = {"denoise": 1, "derain": 2, "dehaze": 4}
+
+    def __init__(self, probs: dict[int, dict[str, float]]) -> None:
+        self.probs, self.calls = probs, []
+
+    def image(self, *tasks: str, size: int = 40) -> np.ndarray:
+        return np.full((size, size + 8, 3), sum(self.BITS[t] for t in tasks) / 8, np.float32)
+
+    def restore(self, x: np.ndarray, task: str) -> np.ndarray:
+        self.calls.append((task, x.shape[:2]))
+        code = round(float(x.mean()) * 8)
+        return np.full_like(x, (code & ~self.BITS[task]) / 8)
+
+    def classifier(self, peeling=None) -> DegradationClassifier:
+        clf = DegradationClassifier(list(self.BITS), width=4, peeling=peeling)
+        clf.predict = lambda rgb, **k: dict(self.probs[round(float(rgb.mean()) * 8)])
+        return clf
+
+
+def _scene() -> _Scene:
+    return _Scene({
+        0: {"denoise": 0.5, "derain": 0.2, "dehaze": 0.3},   # clean: noise is the best guess, unsure
+        1: {"denoise": 0.9, "derain": 0.05, "dehaze": 0.05},  # noise
+        2: {"denoise": 0.1, "derain": 0.8, "dehaze": 0.1},   # rain
+        3: {"denoise": 0.3, "derain": 0.6, "dehaze": 0.1},   # rain + noise: rain dominates
+        7: {"denoise": 0.2, "derain": 0.3, "dehaze": 0.5},   # all three: haze dominates
+        5: {"denoise": 0.7, "derain": 0.1, "dehaze": 0.2},
+        6: {"denoise": 0.1, "derain": 0.7, "dehaze": 0.2},
+        4: {"denoise": 0.2, "derain": 0.1, "dehaze": 0.7},
+    })
+
+
+def test_peeling_names_what_is_left_after_each_removal_in_restoration_order():
+    from instruct_ipt.instruct.blind import Peeling
+
+    scene = _scene()
+    clf = scene.classifier(Peeling({"denoise": 0.6, "derain": 0.5, "dehaze": 0.5}, dict.fromkeys(_Scene.BITS, 0.1), region=32))
+    assert clf.detect(scene.image(), restore=scene.restore) == [] and scene.calls == []  # clean: under its start threshold
+    assert clf.detect(scene.image("denoise"), restore=scene.restore) == [("denoise", 0.9)]
+    # looked again on the central crop: haze is the best guess, but removing it changes nothing
+    assert scene.calls == [("denoise", (32, 32)), ("dehaze", (32, 32))]
+    scene.calls.clear()
+    # rain first (it dominates), then noise is what is left; named in the measured order (derain, denoise)
+    assert clf.detect(scene.image("derain", "denoise"), restore=scene.restore) == [("derain", 0.6), ("denoise", 0.9)]
+    assert [t for t, _ in scene.calls] == ["derain", "denoise", "dehaze"]
+    scene.calls.clear()
+    three = clf.detect(scene.image("derain", "denoise", "dehaze"), restore=scene.restore)
+    assert sorted(t for t, _ in three) == ["dehaze", "denoise", "derain"]
+    assert [t for t, _ in scene.calls] == ["dehaze", "derain", "denoise"]  # at max_tasks: nothing more computed
+    clf.peeling.max_tasks = 2
+    assert len(clf.detect(scene.image("derain", "denoise", "dehaze"), restore=scene.restore)) == 2
+    clf.peeling.max_tasks = 1
+    scene.calls.clear()
+    assert clf.detect(scene.image("derain", "denoise"), restore=scene.restore) == [("derain", 0.6)] and scene.calls == []
+    clf.peeling.max_tasks = 3
+    assert clf.detect(scene.image("derain", "denoise")) == [("derain", 0.6)]  # no model to peel with: the main one only
+    clf.peeling.further["denoise"] = 0.2  # removing the noise changes the crop by 0.125: not enough now
+    assert clf.detect(scene.image("derain", "denoise"), restore=scene.restore) == [("derain", 0.6)]
+    del clf.peeling.further["denoise"]  # nor is a task that may not come after the first
+    assert clf.detect(scene.image("derain", "denoise"), restore=scene.restore) == [("derain", 0.6)]
+    no_peeling = scene.classifier()
+    assert no_peeling.detect(scene.image(), restore=scene.restore) == [("denoise", 0.5)]  # as before: always one task
+    no_gate = scene.classifier(Peeling({}, {"denoise": 0.1}))
+    assert no_gate.detect(scene.image(), restore=scene.restore) == [("denoise", 0.5)]  # no start thresholds: always acts
+
+
+def test_peeling_round_trips_and_belongs_to_a_single_label_classifier(tmp_path):
+    from instruct_ipt.instruct.blind import Peeling
+
+    peeling = Peeling({"denoise": 0.61, "jpeg": 0.4}, {"denoise": 0.028}, region=256, max_tasks=2)
+    back = DegradationClassifier.load(DegradationClassifier(["denoise", "jpeg"], width=4, peeling=peeling).save(tmp_path / "p.safetensors"))
+    assert back.peeling == peeling and not back.multilabel
+    assert DegradationClassifier.load(_saved_single(tmp_path)).peeling is None
+    with pytest.raises(ValueError, match="single-label"):
+        DegradationClassifier(["denoise", "jpeg"], width=4, multilabel=True, peeling=peeling)
+    with pytest.raises(ValueError, match="unknown tasks: derain"):
+        DegradationClassifier(["denoise", "jpeg"], width=4, peeling=Peeling({}, {"derain": 0.5}))
+    with pytest.raises(ValueError, match="region"):
+        Peeling({}, {}, region=8)
+
+
+def test_peeling_calibration_puts_single_degradations_first():
+    from instruct_ipt.instruct.blind import choose_peeling_thresholds, peeled_sets
+
+    tasks = ["a", "b"]
+    # per image: the first step's task and probability, the second step's task and change, the truth:
+    # two singles, a pair, a clean image, and two pairs whose second change is below the single's 0.03
+    first, first_p = np.array([0, 1, 0, 0, 0, 0]), np.array([0.9, 0.8, 0.9, 0.3, 0.9, 0.9])
+    second, change = np.array([1, 0, 1, 1, 1, 1]), np.array([0.03, 0.01, 0.09, 0.02, 0.025, 0.027])
+    present = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 1], [1, 1]], bool)
+
+    def found(peeling):
+        vec = lambda m, default: np.array([m.get(t, default) for t in tasks])
+        return (peeled_sets(first, first_p, second, change, vec(peeling.start, 0.0), vec(peeling.further, 2.0)) == present).all(1)
+
+    counted = choose_peeling_thresholds(tasks, first, first_p, second, change, present)
+    assert found(counted).tolist() == [False, True, True, True, True, True]  # 5 of 6, at the cost of a single
+    peeling = choose_peeling_thresholds(tasks, first, first_p, second, change, present, first_images=present.sum(1) == 1)
+    assert found(peeling).tolist() == [True, True, True, True, False, False]  # singles first: the look-alikes give way
+    assert 0.3 < peeling.start["a"] <= 0.9 and 0.03 < peeling.further["b"] <= 0.09 and peeling.further["a"] > 0.01
+    no_gate = choose_peeling_thresholds(tasks, first, first_p, second, change, present, further_tasks=["b"], gate=False)
+    assert no_gate.start == {} and set(no_gate.further) == {"b"} and not found(no_gate)[3]  # the clean image gets a task
+    with pytest.raises(ValueError, match="one degradation"):
+        choose_peeling_thresholds(tasks, first[:2], first_p[:2], second[:2], change[:2], present[:2])
+    with pytest.raises(ValueError, match="not among the classifier's: c"):
+        choose_peeling_thresholds(tasks, first, first_p, second, change, present, further_tasks=["c"])
+
+
+def test_calibrate_peeling_walks_each_case_twice_and_sets_the_thresholds():
+    from instruct_ipt.instruct.blind import calibrate_peeling
+
+    scene = _scene()
+    clf = scene.classifier()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain"), ("derain",)),
+             (scene.image("derain", "denoise"), ("derain", "denoise"))]
+    peeling = calibrate_peeling(clf, cases, scene.restore, region=32, max_tasks=2)
+    assert clf.peeling is peeling and (peeling.region, peeling.max_tasks) == (32, 2)
+    assert len(scene.calls) == 2 * len(cases)  # the first step's restoration, and the second's, for its change
+    assert [clf.detect(rgb, restore=scene.restore) == [] for rgb, _ in cases] == [True, False, False, False]
+    assert [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases[1:]] == [{"denoise"}, {"derain"}, {"derain", "denoise"}]
+    with pytest.raises(ValueError, match="single-label"):
+        calibrate_peeling(DegradationClassifier(["denoise"], width=4, multilabel=True), cases, scene.restore)
+
+
+def test_blind_mode_peels_with_the_pipelines_model(model_dir, monkeypatch):
+    from instruct_ipt.instruct.blind import Peeling
+
+    clf = DegradationClassifier(TASKS, width=4, peeling=Peeling({}, {"denoise": 0.0}, region=32))
+    seen = iter([{"derain": 0.9}, {"denoise": 0.8}, {"dehaze": 0.6}])  # main: rain; after removing it: noise; then haze
+    clf.predict = lambda rgb, **k: dict.fromkeys(TASKS, 0.02) | next(seen)
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=clf)
+    runs = []
+    real_run = RestorationPipeline.run
+    monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: runs.append((list(tasks), rgb.shape[:2])) or real_run(self, rgb, tasks, **k))
+    _out, choice = pipe(data.astronaut()[:48, :64], return_choice=True)
+    assert choice.tasks == ["derain", "denoise"] and choice.source == "blind"  # haze may not come after the first
+    assert runs == [(["derain"], (32, 32)), (["denoise"], (32, 32)), (["derain", "denoise"], (48, 64))]

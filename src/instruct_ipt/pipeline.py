@@ -219,8 +219,12 @@ class RestorationPipeline:
         probs = clf.predict(rgb)
         if not clf.multilabel:  # the most likely of the model's tasks
             probs = {t: p for t, p in probs.items() if t in self.model.tasks}
-        found = [(t, p) for t, p in clf.detect(rgb, probs) if t in self.model.tasks]
+        found = [(t, p) for t, p in clf.detect(rgb, probs, restore=self._restore_one) if t in self.model.tasks]
         return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind")
+
+    def _restore_one(self, rgb: np.ndarray, task: str) -> np.ndarray:
+        """One task on a small image, untiled: blind mode's peeling (see :class:`~instruct_ipt.instruct.blind.Peeling`)."""
+        return self.run(rgb, [task])
 
     def run(self, rgb: np.ndarray, tasks: list[str], tile: int | None = None, overlap: int = DEFAULT_OVERLAP,
             progress: Callable[[int, int], None] | None = None, batch: int = 1) -> np.ndarray:

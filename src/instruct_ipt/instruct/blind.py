@@ -3,13 +3,17 @@
 Two kinds share one architecture. A *single-label* classifier (softmax) names the one most likely
 degradation. A *multi-label* one (a sigmoid per task, each with its own threshold calibrated on
 held-out photos) names every degradation it sees, none for a clean photo, so blind mode can undo
-rain *and* noise, or leave a good photo alone.
+rain *and* noise, or leave a good photo alone. A single-label one with :class:`Peeling` names
+several too, with the restoration model's help: it removes the main degradation from a crop, looks
+again, and goes on while it still sees one clearly (see :meth:`DegradationClassifier.detect`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +33,77 @@ from .order import order_tasks
 BLIND_FORMAT = "instruct-ipt-degradation-classifier"
 BLIND_FILE = "degradation_classifier.safetensors"
 
+#: ``restore(image, task) -> image``: one task of the restoration model on a float (H, W, 3) image.
+Restore = Callable[[np.ndarray, str], np.ndarray]
+#: side of the central crop that peeling restores and looks at again (384 px: about 1 s a step on 2 CPU cores)
+PEEL_REGION = 384
+
+
+@dataclass
+class Peeling:
+    """How a single-label classifier names several degradations, or none, by *peeling*.
+
+    The softmax knows *which* degradation dominates a photo far better than per-task sigmoid scores
+    (docs/instructions.md has the figures), but names exactly one. Peeling asks it again after the
+    restoration model has removed that one: what is left then dominates.
+
+    ``start[t]``: the softmax probability of ``t``, the main degradation, at which blind mode acts at
+    all (below it, "nothing to do"; a task not in ``start`` always acts). A further task ``t`` (the
+    most likely one on the restored crop) is named when it is in ``further`` and removing it changes
+    the crop by at least ``further[t]`` (root-mean-square, on [0, 1] pixels): the model's own
+    residual, which tells whether any noise is left far better than the classifier's probability
+    does on photos it has not seen (docs/instructions.md has the figures). Both are calibrated per
+    task on held-out photos (:func:`calibrate_peeling`). The looking again happens on the central ``region`` x ``region`` crop, so that it costs the same
+    on any photo; at most ``max_tasks`` are named.
+    """
+
+    start: dict[str, float]
+    further: dict[str, float]
+    region: int = PEEL_REGION
+    max_tasks: int = 3
+
+    def __post_init__(self) -> None:
+        if self.region < 32 or self.max_tasks < 1:
+            raise ValueError(f"peeling region {self.region} (at least 32 px) and max_tasks {self.max_tasks} (at least 1)")
+
+    def tasks(self) -> set[str]:
+        return set(self.start) | set(self.further)
+
+    def to_meta(self) -> dict[str, str]:
+        return {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
+                "peel_region": str(self.region), "peel_max_tasks": str(self.max_tasks)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, str]) -> Peeling | None:
+        if "peel_start" not in meta:
+            return None
+        return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
+                   int(meta["peel_max_tasks"]))
+
+
+class PeelStep:
+    """One step of :meth:`DegradationClassifier.peel_steps`: the ``task`` seen (with ``prob``) on
+    the crop ``before``; ``restored`` (computed when first asked for: one restoration) and
+    ``change``, the root-mean-square difference it makes."""
+
+    def __init__(self, task: str, prob: float, before: np.ndarray, restore: Restore) -> None:
+        self.task, self.prob, self.before, self._restore = task, float(prob), before, restore
+
+    @cached_property
+    def restored(self) -> np.ndarray:
+        return np.clip(self._restore(self.before, self.task), 0.0, 1.0)
+
+    @property
+    def change(self) -> float:
+        return float(np.sqrt(np.mean((self.restored - self.before) ** 2)))
+
+
+def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` crop of ``rgb`` (a side shorter than ``size`` is kept whole)."""
+    h, w = rgb.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return rgb[top : top + size, left : left + size]
+
 
 class DegradationClassifier(nn.Module):
     """Full-resolution convs (noise and JPEG live in single pixels), then strided ones; the mean and
@@ -43,16 +118,23 @@ class DegradationClassifier(nn.Module):
     its ``extra_thresholds``), while the main one is the single-label choice - right far more often
     on photos with one degradation than a threshold on a sigmoid (docs/instructions.md has the
     figures). Saved in the same file.
+
+    ``peeling`` (single-label only): name several degradations or none, with the restoration
+    model's help (:class:`Peeling`); saved in the file's metadata.
     """
 
     def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
                  thresholds: Mapping[str, float] | None = None, primary: DegradationClassifier | None = None,
-                 extra_thresholds: Mapping[str, float] | None = None) -> None:
+                 extra_thresholds: Mapping[str, float] | None = None, peeling: Peeling | None = None) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
         self.multilabel = multilabel
-        unknown = sorted((set(thresholds or {}) | set(extra_thresholds or {})) - set(self.tasks))
+        if peeling is not None and multilabel:
+            raise ValueError("peeling belongs to a single-label classifier")
+        self.peeling = peeling
+        unknown = sorted((set(thresholds or {}) | set(extra_thresholds or {})
+                          | (peeling.tasks() if peeling else set())) - set(self.tasks))
         if unknown:
             raise ValueError(f"thresholds for unknown tasks: {', '.join(unknown)}")
         if extra_thresholds is not None and primary is None:
@@ -103,16 +185,38 @@ class DegradationClassifier(nn.Module):
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).mean(0)
         return {t: float(v) for t, v in zip(self.tasks, probs)}
 
-    def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
+    def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None,
+               restore: Restore | None = None) -> list[tuple[str, float]]:
         """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order
         (:func:`~instruct_ipt.instruct.order_tasks`: the measured order). Multi-label: every task at or above its threshold, possibly none (a clean
         photo); with a primary, when any is: the primary's choice (with its softmax probability)
         and every other task at or above its extra threshold (with its score). Single-label: the
-        most likely task. ``probs``: :meth:`predict`'s, if already known."""
+        most likely task. Single-label with :attr:`peeling` and ``restore`` (the restoration model,
+        one task at a time): none when the most likely task is under its start threshold; else
+        that task, then, after ``restore`` removed it from the central crop, the most likely other
+        one on what is left, as long as it passes :class:`Peeling`'s further test (without
+        ``restore``: the first task only, or none). ``probs``: :meth:`predict`'s, if already
+        known; a single-label classifier chooses among its keys only (a model's tasks)."""
         probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
             best = max(probs, key=probs.get)
-            return [(best, probs[best])]
+            if self.peeling is None:
+                return [(best, probs[best])]
+            peel = self.peeling
+            if probs[best] < peel.start.get(best, 0.0):
+                return []
+            found = {best: probs[best]}
+            if restore is None:
+                return list(found.items())
+            steps = self.peel_steps(rgb, probs, restore)
+            next(steps)
+            for step in steps if peel.max_tasks > 1 else ():  # lazy: no step is computed past the last one needed
+                if step.task not in peel.further or step.change < peel.further[step.task]:
+                    break
+                found[step.task] = step.prob
+                if len(found) == peel.max_tasks:
+                    break
+            return [(t, found[t]) for t in order_tasks(list(found))]
         found = {t: probs[t] for t in self.tasks if probs[t] >= self.thresholds[t]}
         if found and self.primary is not None:  # something is there: the primary's choice, and extras
             main = self.primary.predict(rgb)
@@ -121,8 +225,30 @@ class DegradationClassifier(nn.Module):
                                           if t != best and probs[t] >= self.extra_thresholds[t]}
         return [(t, found[t]) for t in order_tasks(list(found))]
 
+    def peel_steps(self, rgb: np.ndarray, probs: Mapping[str, float], restore: Restore,
+                   region: int | None = None) -> Iterator[PeelStep]:
+        """The most likely task of ``probs`` (``rgb``'s), on the central ``region`` crop (default:
+        :attr:`peeling`'s), then, for as long as it is iterated, the most likely *other* task (among
+        ``probs``' keys) on the crop restored by every step so far. Lazy: each further step costs
+        one restoration (the previous step's :attr:`PeelStep.restored`) and one :meth:`predict`."""
+        if self.multilabel:
+            raise ValueError("peeling asks a single-label classifier")
+        region = region or (self.peeling.region if self.peeling else PEEL_REGION)
+        task = max(probs, key=probs.get)
+        step = PeelStep(task, probs[task], centre_crop(rgb, region), restore)
+        yield step
+        done = [task]
+        while len(done) < len(probs):
+            seen = self.predict(step.restored)
+            task = max((t for t in probs if t not in done), key=seen.get)
+            step = PeelStep(task, seen[task], step.restored, restore)
+            yield step
+            done.append(task)
+
     def save(self, path: str | Path) -> Path:
         meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
+        if self.peeling is not None:
+            meta |= self.peeling.to_meta()
         if self.multilabel:
             meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
         if self.primary is not None:
@@ -136,7 +262,8 @@ class DegradationClassifier(nn.Module):
         primary = cls(tasks, width=int(meta["primary_width"])) if "primary_width" in meta else None
         extra = json.loads(meta["extra_thresholds"]) if primary is not None else None
         model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
-                    thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra)
+                    thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra,
+                    peeling=Peeling.from_meta(meta))
         model.load_state_dict(state)
         return model.eval()
 
@@ -327,21 +454,27 @@ def detected_sets(probs: np.ndarray, thresholds: np.ndarray, main: np.ndarray | 
     return found.any(1, keepdims=True) & (one_hot | (probs >= extra))
 
 
-def _ascend(vectors: list[np.ndarray], probs: np.ndarray, score, rounds: int) -> None:
-    """Coordinate ascent in place: each entry of each threshold vector in turn set to the midpoint
-    between observed scores of its task that maximises ``score()`` (among equals, nearest 0.5)."""
+def _ascend(vectors: list[tuple[np.ndarray, np.ndarray]], score, rounds: int, prefer: Sequence[float | None] | None = None) -> None:
+    """Coordinate ascent in place: each entry ``j`` of each threshold vector in turn set to the
+    midpoint between observed values ``values[:, j]`` (NaN: none for that image) of its pair that
+    maximises ``score()``; an entry with no observed value is kept. Among equals, the one nearest
+    the vector's ``prefer`` value (default 0.5: probabilities), or with None the middle one (a
+    scale with no natural centre, such as a pixel change)."""
+    prefer = [0.5] * len(vectors) if prefer is None else prefer
     for _ in range(rounds):
-        for th in vectors:
+        for (th, observed), centre in zip(vectors, prefer):
             for j in range(len(th)):
-                values = np.unique(probs[:, j])
+                column = observed[:, j]
+                values = np.unique(column[~np.isnan(column)])
+                if not len(values):
+                    continue
                 candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
-                kept = th[j]
                 results = np.empty(len(candidates))
                 for k, c in enumerate(candidates):  # a few hundred images x candidates: cheap
                     th[j] = c
                     results[k] = score()
                 best = candidates[results == results.max()]
-                th[j] = best[np.argmin(np.abs(best - 0.5))] if len(best) else kept
+                th[j] = best[len(best) // 2] if centre is None else best[np.argmin(np.abs(best - centre))]
 
 
 def _check_calibration_set(tasks: Sequence[str], present: np.ndarray) -> None:
@@ -366,7 +499,8 @@ def _choose(tasks: Sequence[str], probs: np.ndarray, present: np.ndarray, main: 
     _check_calibration_set(tasks, present)
     th, extra = np.full(len(tasks), 0.5), np.full(len(tasks), 0.5)
     score = _exact_score(present, first)
-    _ascend([th] if main is None else [th, extra], probs, lambda: score(detected_sets(probs, th, main, extra)), rounds)
+    _ascend([(th, probs)] if main is None else [(th, probs), (extra, probs)],
+            lambda: score(detected_sets(probs, th, main, extra)), rounds)
     return th, extra
 
 
@@ -387,3 +521,78 @@ def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: n
     task index per image), chosen together as :func:`choose_thresholds` does."""
     th, extra = _choose(tasks, probs, present, main, rounds, first)
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
+
+
+def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, second_change: np.ndarray,
+                start: np.ndarray, further: np.ndarray) -> np.ndarray:
+    """What peeling names (two steps at most), as images x tasks booleans, from each image's first
+    two :meth:`~DegradationClassifier.peel_steps` (task indices, the first's probability, the
+    second's change): nothing when the first is under its ``start`` threshold, else the first, and
+    the second when its change reaches its ``further`` threshold (per task; over 1: never)."""
+    n, k = len(first), len(start)
+    go = first_prob >= start[first]
+    more = go & (second_change >= further[second])
+    found = np.zeros((n, k), bool)
+    found[np.arange(n), first] = go
+    found[np.arange(n)[more], second[more]] = True
+    return found
+
+
+def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_prob: np.ndarray, second: np.ndarray,
+                              second_change: np.ndarray, present: np.ndarray, further_tasks: Sequence[str] | None = None,
+                              gate: bool = True, rounds: int = 3, first_images: np.ndarray | None = None) -> Peeling:
+    """Peeling's thresholds (:class:`Peeling`: ``start`` per task of the first step, ``further`` per
+    task of the second) that name exactly ``present`` (images x tasks, bool) for as many images as
+    possible (:func:`peeled_sets`; coordinate ascent as :func:`choose_thresholds`, ``first_images``
+    as its ``first``, but among equals the middle threshold: the widest margin both ways).
+    ``further_tasks``: the only tasks that may be named after the first (default: all);
+    ``gate=False``: the first is always named (no "nothing to do"). A task never seen at a step
+    keeps 0.5 (``start``) or 0 (``further``)."""
+    first, second = np.asarray(first, int), np.asarray(second, int)
+    first_prob, second_change = np.asarray(first_prob, float), np.asarray(second_change, float)
+    present = np.asarray(present, bool)
+    allowed = list(tasks) if further_tasks is None else list(further_tasks)
+    unknown = sorted(set(allowed) - set(tasks))
+    if unknown:
+        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)}")
+    if not (present.sum(1) == 1).any() or not (present.sum(1) != 1).any():
+        raise ValueError("calibrating peeling needs held-out images with one degradation and with none or two")
+    n, k = len(first), len(tasks)
+    mask = np.array([t in allowed for t in tasks])
+    at_first, at_second = np.full((n, k), np.nan), np.full((n, k), np.nan)
+    at_first[np.arange(n), first] = first_prob
+    at_second[np.arange(n), second] = np.where(mask[second], second_change, np.nan)
+    start, further = np.full(k, 0.5 if gate else 0.0), np.where(mask, 0.0, 2.0)
+    vectors = [(further, at_second)] + ([(start, at_first)] if gate else [])
+    score = _exact_score(present, first_images)
+    _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further)), rounds,
+            prefer=[None, None])
+    return Peeling({t: float(v) for t, v in zip(tasks, start)} if gate else {},
+                   {t: float(v) for t, v in zip(tasks, further) if t in allowed})
+
+
+def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
+                      restore: Restore, region: int = PEEL_REGION, max_tasks: int = 3, further_tasks: Sequence[str] | None = None,
+                      gate: bool = True, rounds: int = 3, singles_first: bool = True) -> Peeling:
+    """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
+    ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
+    ``restore``: each image's first two peeling steps are taken once (two restorations of its
+    crop), then :func:`choose_peeling_thresholds` picks the thresholds (``further_tasks``, ``gate``:
+    see there). ``singles_first``: images with one degradation count before all others (see
+    :func:`calibrate_thresholds`) - blind mode must not get worse where it is already good. Sets and
+    returns ``classifier.peeling``."""
+    if classifier.multilabel:
+        raise ValueError("peeling belongs to a single-label classifier")
+    index = {t: i for i, t in enumerate(classifier.tasks)}
+    walks = []
+    for rgb, _ in cases:
+        steps = classifier.peel_steps(rgb, classifier.predict(rgb), restore, region)
+        one, two = next(steps), next(steps)
+        walks.append((index[one.task], one.prob, index[two.task], two.change))
+    first, first_prob, second, second_change = (np.array(v) for v in zip(*walks))
+    present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
+    peeling = choose_peeling_thresholds(classifier.tasks, first, first_prob, second, second_change, present,
+                                        further_tasks, gate, rounds, present.sum(1) == 1 if singles_first else None)
+    peeling.region, peeling.max_tasks = region, max_tasks
+    classifier.peeling = peeling
+    return peeling
