@@ -50,6 +50,9 @@ def main() -> None:
     restore = None
     if any(c.peeling for c in clfs):
         pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
+        missing = sorted({t for c in clfs if c.peeling for t in c.tasks} - set(pipe.tasks))
+        if missing:
+            raise SystemExit(f"the restoration model lacks {', '.join(missing)}: a peeling classifier restores with each of its tasks")
         restore = lambda x, t: pipe.run(x, [t])
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]

@@ -137,11 +137,17 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     if model.multilabel:
         raise SystemExit(f"--peel {args.peel}: a multi-label classifier; peeling needs a single-label one")
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
+    missing = sorted(set(model.tasks) - set(pipe.tasks))
+    if missing:
+        raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
     held_out = [read_rgb(f) for f in left_out]
     print(f"calibrating peeling on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
-    peeling = calibrate_peeling(model, calibration_cases(held_out, list(model.tasks), args.calibration_seeds),
-                                lambda x, t: pipe.run(x, [t]), region=args.region, further_tasks=args.further,
-                                gate=not args.no_gate)
+    try:
+        peeling = calibrate_peeling(model, calibration_cases(held_out, list(model.tasks), args.calibration_seeds),
+                                    lambda x, t: pipe.run(x, [t]), region=args.region, further_tasks=args.further,
+                                    gate=not args.no_gate)
+    except ValueError as e:  # bad settings, refused before the walk
+        raise SystemExit(str(e)) from None
     print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
     model.save(args.out)

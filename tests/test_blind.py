@@ -12,7 +12,13 @@ from skimage import data
 from instruct_ipt import InstructIPT, RestorationPipeline
 from instruct_ipt.cli import main
 from instruct_ipt.data.degradations import Degraded, make_degradation
-from instruct_ipt.instruct.blind import BlindDataset, DegradationClassifier, calibrate_thresholds, train_classifier
+from instruct_ipt.instruct.blind import (
+    BlindDataset,
+    DegradationClassifier,
+    Peeling,
+    calibrate_thresholds,
+    train_classifier,
+)
 
 TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
 
@@ -216,7 +222,7 @@ class _Scene:
     which degradations are left (a bit per task), ``restore`` clears a task's bit and logs the call,
     and ``probs`` is what the classifier sees for each value."""
 
-    BITS: typing.ClassVar = {"denoise": 1, "derain": 2, "dehaze": 4}
+    BITS: typing.ClassVar[dict[str, int]] = {"denoise": 1, "derain": 2, "dehaze": 4}
 
     def __init__(self, probs: dict[int, dict[str, float]]) -> None:
         self.probs, self.calls = probs, []
@@ -229,7 +235,7 @@ class _Scene:
         code = round(float(x.mean()) * 8)
         return np.full_like(x, (code & ~self.BITS[task]) / 8)
 
-    def classifier(self, peeling=None) -> DegradationClassifier:
+    def classifier(self, peeling: Peeling | None = None) -> DegradationClassifier:
         clf = DegradationClassifier(list(self.BITS), width=4, peeling=peeling)
         clf.predict = lambda rgb, **k: dict(self.probs[round(float(rgb.mean()) * 8)])
         return clf
@@ -249,10 +255,9 @@ def _scene() -> _Scene:
 
 
 def test_peeling_names_what_is_left_after_each_removal_in_restoration_order():
-    from instruct_ipt.instruct.blind import Peeling
-
     scene = _scene()
-    clf = scene.classifier(Peeling({"denoise": 0.6, "derain": 0.5, "dehaze": 0.5}, dict.fromkeys(_Scene.BITS, 0.1), region=32))
+    clf = scene.classifier(Peeling({"denoise": 0.6, "derain": 0.5, "dehaze": 0.5}, dict.fromkeys(_Scene.BITS, 0.1), region=32,
+                                   max_tasks=3))
     assert clf.detect(scene.image(), restore=scene.restore) == [] and scene.calls == []  # clean: under its start threshold
     assert clf.detect(scene.image("denoise"), restore=scene.restore) == [("denoise", 0.9)]
     # looked again on the central crop: haze is the best guess, but removing it changes nothing
@@ -279,12 +284,12 @@ def test_peeling_names_what_is_left_after_each_removal_in_restoration_order():
     no_peeling = scene.classifier()
     assert no_peeling.detect(scene.image(), restore=scene.restore) == [("denoise", 0.5)]  # as before: always one task
     no_gate = scene.classifier(Peeling({}, {"denoise": 0.1}))
+    scene.calls.clear()
     assert no_gate.detect(scene.image(), restore=scene.restore) == [("denoise", 0.5)]  # no start thresholds: always acts
+    assert scene.calls == [("denoise", (40, 48))]  # an image smaller than the region: looked at whole
 
 
 def test_peeling_round_trips_and_belongs_to_a_single_label_classifier(tmp_path):
-    from instruct_ipt.instruct.blind import Peeling
-
     peeling = Peeling({"denoise": 0.61, "jpeg": 0.4}, {"denoise": 0.028}, region=256, max_tasks=2)
     back = DegradationClassifier.load(DegradationClassifier(["denoise", "jpeg"], width=4, peeling=peeling).save(tmp_path / "p.safetensors"))
     assert back.peeling == peeling and not back.multilabel
@@ -322,6 +327,9 @@ def test_peeling_calibration_puts_single_degradations_first():
         choose_peeling_thresholds(tasks, first[:2], first_p[:2], second[:2], change[:2], present[:2])
     with pytest.raises(ValueError, match="not among the classifier's: c"):
         choose_peeling_thresholds(tasks, first, first_p, second, change, present, further_tasks=["c"])
+    # a third task never seen second: left out of `further` (never named after the first), not given 0 (always)
+    three = choose_peeling_thresholds([*tasks, "c"], first, first_p, second, change, np.pad(present, ((0, 0), (0, 1))))
+    assert set(three.further) == {"a", "b"} and three.start["c"] == 0.5
 
 
 def test_calibrate_peeling_walks_each_case_twice_and_sets_the_thresholds():
@@ -338,11 +346,27 @@ def test_calibrate_peeling_walks_each_case_twice_and_sets_the_thresholds():
     assert [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases[1:]] == [{"denoise"}, {"derain"}, {"derain", "denoise"}]
     with pytest.raises(ValueError, match="single-label"):
         calibrate_peeling(DegradationClassifier(["denoise"], width=4, multilabel=True), cases, scene.restore)
+    scene.calls.clear()
+    for bad, match in [({"region": 16}, "region 16"), ({"further_tasks": ["jpeg"]}, "not among the classifier's: jpeg")]:
+        with pytest.raises(ValueError, match=match):
+            calibrate_peeling(scene.classifier(), cases, scene.restore, **bad)
+    with pytest.raises(ValueError, match="one degradation and with none or two"):
+        calibrate_peeling(scene.classifier(), cases[1:3], scene.restore)
+    assert scene.calls == []  # refused before any restoration
+
+
+def test_a_calibrated_classifier_saves_and_loads_with_its_peeling(tmp_path):
+    from instruct_ipt.instruct.blind import calibrate_peeling
+
+    scene = _scene()
+    clf = scene.classifier()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain", "denoise"), ("derain", "denoise"))]
+    calibrate_peeling(clf, cases, scene.restore, region=32)
+    back = DegradationClassifier.load(clf.save(tmp_path / "c.safetensors"))
+    assert back.peeling == clf.peeling and back.peeling.max_tasks == 2
 
 
 def test_blind_mode_peels_with_the_pipelines_model(model_dir, monkeypatch):
-    from instruct_ipt.instruct.blind import Peeling
-
     clf = DegradationClassifier(TASKS, width=4, peeling=Peeling({}, {"denoise": 0.0}, region=32))
     seen = iter([{"derain": 0.9}, {"denoise": 0.8}, {"dehaze": 0.6}])  # main: rain; after removing it: noise; then haze
     clf.predict = lambda rgb, **k: dict.fromkeys(TASKS, 0.02) | next(seen)
@@ -353,3 +377,16 @@ def test_blind_mode_peels_with_the_pipelines_model(model_dir, monkeypatch):
     _out, choice = pipe(data.astronaut()[:48, :64], return_choice=True)
     assert choice.tasks == ["derain", "denoise"] and choice.source == "blind"  # haze may not come after the first
     assert runs == [(["derain"], (32, 32)), (["denoise"], (32, 32)), (["derain", "denoise"], (48, 64))]
+
+
+def test_blind_mode_peels_among_the_models_tasks_only(model_dir, monkeypatch, tmp_path):
+    partial = InstructIPT("tiny", tasks=["derain", "dehaze"])  # no denoise: the classifier's favourite is out of reach
+    clf = DegradationClassifier(TASKS, width=4, peeling=Peeling({}, dict.fromkeys(TASKS, 0.0), region=32))
+    seen = iter([{"denoise": 0.9, "derain": 0.5}, {"denoise": 0.9, "dehaze": 0.4}])
+    clf.predict = lambda rgb, **k: dict.fromkeys(TASKS, 0.01) | next(seen)
+    pipe = RestorationPipeline(partial, classifier=clf)
+    restored = []
+    real_run = RestorationPipeline.run
+    monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: restored.extend(tasks) or real_run(self, rgb, tasks, **k))
+    _out, choice = pipe(data.astronaut()[:40, :40], return_choice=True)
+    assert set(choice.tasks) == {"derain", "dehaze"} and set(restored) <= {"derain", "dehaze"}

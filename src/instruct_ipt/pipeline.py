@@ -223,7 +223,8 @@ class RestorationPipeline:
         return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind")
 
     def _restore_one(self, rgb: np.ndarray, task: str) -> np.ndarray:
-        """One task on a small image, untiled: blind mode's peeling (see :class:`~instruct_ipt.instruct.blind.Peeling`)."""
+        """One task on the crop blind mode's peeling looks at (:class:`~instruct_ipt.instruct.blind.Peeling`; 384 px
+        by default, small enough to run in one piece), with the pipeline's engine."""
         return self.run(rgb, [task])
 
     def run(self, rgb: np.ndarray, tasks: list[str], tile: int | None = None, overlap: int = DEFAULT_OVERLAP,

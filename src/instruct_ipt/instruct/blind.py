@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -54,27 +54,31 @@ class Peeling:
     residual, which tells whether any noise is left far better than the classifier's probability
     does on photos it has not seen (docs/instructions.md has the figures). Both are calibrated per
     task on held-out photos (:func:`calibrate_peeling`). The looking again happens on the central ``region`` x ``region`` crop, so that it costs the same
-    on any photo; at most ``max_tasks`` are named.
+    on any photo; at most ``max_tasks`` are named (2 by default: the calibration images carry at
+    most two degradations, so a third step's test would be uncalibrated).
     """
 
     start: dict[str, float]
     further: dict[str, float]
     region: int = PEEL_REGION
-    max_tasks: int = 3
+    max_tasks: int = 2
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
             raise ValueError(f"peeling region {self.region} (at least 32 px) and max_tasks {self.max_tasks} (at least 1)")
 
     def tasks(self) -> set[str]:
+        """Every task a threshold names (each must be one of the classifier's)."""
         return set(self.start) | set(self.further)
 
     def to_meta(self) -> dict[str, str]:
+        """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
         return {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
                 "peel_region": str(self.region), "peel_max_tasks": str(self.max_tasks)}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> Peeling | None:
+        """The peeling saved by :meth:`to_meta`, or None for a classifier file without one."""
         if "peel_start" not in meta:
             return None
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
@@ -91,10 +95,12 @@ class PeelStep:
 
     @cached_property
     def restored(self) -> np.ndarray:
+        """``before`` with this step's task removed, clipped to [0, 1] (computed once, when first asked for)."""
         return np.clip(self._restore(self.before, self.task), 0.0, 1.0)
 
     @property
     def change(self) -> float:
+        """Root-mean-square difference between ``restored`` and ``before``: how much removing the task did."""
         return float(np.sqrt(np.mean((self.restored - self.before) ** 2)))
 
 
@@ -233,7 +239,10 @@ class DegradationClassifier(nn.Module):
         one restoration (the previous step's :attr:`PeelStep.restored`) and one :meth:`predict`."""
         if self.multilabel:
             raise ValueError("peeling asks a single-label classifier")
-        region = region or (self.peeling.region if self.peeling else PEEL_REGION)
+        if region is None:
+            region = self.peeling.region if self.peeling else PEEL_REGION
+        if region < 1:
+            raise ValueError(f"peeling region {region}: a side in pixels")
         task = max(probs, key=probs.get)
         step = PeelStep(task, probs[task], centre_crop(rgb, region), restore)
         yield step
@@ -454,7 +463,8 @@ def detected_sets(probs: np.ndarray, thresholds: np.ndarray, main: np.ndarray | 
     return found.any(1, keepdims=True) & (one_hot | (probs >= extra))
 
 
-def _ascend(vectors: list[tuple[np.ndarray, np.ndarray]], score, rounds: int, prefer: Sequence[float | None] | None = None) -> None:
+def _ascend(vectors: list[tuple[np.ndarray, np.ndarray]], score: Callable[[], float], rounds: int,
+            prefer: Sequence[float | None] | None = None) -> None:
     """Coordinate ascent in place: each entry ``j`` of each threshold vector in turn set to the
     midpoint between observed values ``values[:, j]`` (NaN: none for that image) of its pair that
     maximises ``score()``; an entry with no observed value is kept. Among equals, the one nearest
@@ -462,7 +472,7 @@ def _ascend(vectors: list[tuple[np.ndarray, np.ndarray]], score, rounds: int, pr
     scale with no natural centre, such as a pixel change)."""
     prefer = [0.5] * len(vectors) if prefer is None else prefer
     for _ in range(rounds):
-        for (th, observed), centre in zip(vectors, prefer):
+        for (th, observed), centre in zip(vectors, prefer, strict=True):
             for j in range(len(th)):
                 column = observed[:, j]
                 values = np.unique(column[~np.isnan(column)])
@@ -546,8 +556,9 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     possible (:func:`peeled_sets`; coordinate ascent as :func:`choose_thresholds`, ``first_images``
     as its ``first``, but among equals the middle threshold: the widest margin both ways).
     ``further_tasks``: the only tasks that may be named after the first (default: all);
-    ``gate=False``: the first is always named (no "nothing to do"). A task never seen at a step
-    keeps 0.5 (``start``) or 0 (``further``)."""
+    ``gate=False``: the first is always named (no "nothing to do"). A task never seen first keeps
+    a ``start`` of 0.5; one never seen second is left out of ``further`` (never named after the
+    first: nothing says what its threshold should be)."""
     first, second = np.asarray(first, int), np.asarray(second, int)
     first_prob, second_change = np.asarray(first_prob, float), np.asarray(second_change, float)
     present = np.asarray(present, bool)
@@ -562,17 +573,18 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     at_first, at_second = np.full((n, k), np.nan), np.full((n, k), np.nan)
     at_first[np.arange(n), first] = first_prob
     at_second[np.arange(n), second] = np.where(mask[second], second_change, np.nan)
-    start, further = np.full(k, 0.5 if gate else 0.0), np.where(mask, 0.0, 2.0)
+    seen_second = mask & ~np.isnan(at_second).all(0)
+    start, further = np.full(k, 0.5 if gate else 0.0), np.where(seen_second, 0.0, 2.0)
     vectors = [(further, at_second)] + ([(start, at_first)] if gate else [])
     score = _exact_score(present, first_images)
     _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further)), rounds,
-            prefer=[None, None])
+            prefer=[None] * len(vectors))
     return Peeling({t: float(v) for t, v in zip(tasks, start)} if gate else {},
-                   {t: float(v) for t, v in zip(tasks, further) if t in allowed})
+                   {t: float(v) for t, v, seen in zip(tasks, further, seen_second) if seen})
 
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
-                      restore: Restore, region: int = PEEL_REGION, max_tasks: int = 3, further_tasks: Sequence[str] | None = None,
+                      restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
                       gate: bool = True, rounds: int = 3, singles_first: bool = True) -> Peeling:
     """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
@@ -583,6 +595,15 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     returns ``classifier.peeling``."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
+    Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
+    if len(classifier.tasks) < 2:
+        raise ValueError("peeling needs a classifier of two or more tasks")
+    unknown = sorted(set(further_tasks or ()) - set(classifier.tasks))
+    if unknown:
+        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)}")
+    counts = np.array([len(tasks) for _, tasks in cases])
+    if not (counts == 1).any() or not (counts != 1).any():
+        raise ValueError("calibrating peeling needs held-out images with one degradation and with none or two")
     index = {t: i for i, t in enumerate(classifier.tasks)}
     walks = []
     for rgb, _ in cases:
@@ -593,6 +614,5 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
     peeling = choose_peeling_thresholds(classifier.tasks, first, first_prob, second, second_change, present,
                                         further_tasks, gate, rounds, present.sum(1) == 1 if singles_first else None)
-    peeling.region, peeling.max_tasks = region, max_tasks
-    classifier.peeling = peeling
-    return peeling
+    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
+    return classifier.peeling
