@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.degradations import Composite, Degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
+from ..data.validation import center_crop
 from ..io import load_tagged, save_tagged
 from .order import order_tasks
 
@@ -53,9 +54,10 @@ class Peeling:
     the crop by at least ``further[t]`` (root-mean-square, on [0, 1] pixels): the model's own
     residual, which tells whether any noise is left far better than the classifier's probability
     does on photos it has not seen (docs/instructions.md has the figures). Both are calibrated per
-    task on held-out photos (:func:`calibrate_peeling`). The looking again happens on the central ``region`` x ``region`` crop, so that it costs the same
-    on any photo; at most ``max_tasks`` are named (2 by default: the calibration images carry at
-    most two degradations, so a third step's test would be uncalibrated).
+    task on held-out photos (:func:`calibrate_peeling`). The looking again happens on the central
+    ``region`` x ``region`` crop, so that it costs the same on any photo; at most ``max_tasks`` are
+    named (2 by default: the calibration images carry at most two degradations, so a third step's
+    test would be uncalibrated).
     """
 
     start: dict[str, float]
@@ -102,13 +104,6 @@ class PeelStep:
     def change(self) -> float:
         """Root-mean-square difference between ``restored`` and ``before``: how much removing the task did."""
         return float(np.sqrt(np.mean((self.restored - self.before) ** 2)))
-
-
-def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size`` x ``size`` crop of ``rgb`` (a side shorter than ``size`` is kept whole)."""
-    h, w = rgb.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return rgb[top : top + size, left : left + size]
 
 
 class DegradationClassifier(nn.Module):
@@ -244,7 +239,7 @@ class DegradationClassifier(nn.Module):
         if region < 1:
             raise ValueError(f"peeling region {region}: a side in pixels")
         task = max(probs, key=probs.get)
-        step = PeelStep(task, probs[task], centre_crop(rgb, region), restore)
+        step = PeelStep(task, probs[task], center_crop(rgb, region), restore)
         yield step
         done = [task]
         while len(done) < len(probs):
@@ -533,6 +528,16 @@ def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: n
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
 
 
+def _check_peeling_calibration(tasks: Sequence[str], further_tasks: Sequence[str] | None, counts: np.ndarray) -> None:
+    """``further_tasks`` among ``tasks``, and images (``counts``: degradations per image) with one
+    degradation and with none or two - else a threshold has nothing to separate."""
+    unknown = sorted(set(further_tasks or ()) - set(tasks))
+    if unknown:
+        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)}")
+    if not (counts == 1).any() or not (counts != 1).any():
+        raise ValueError("calibrating peeling needs held-out images with one degradation and with none or two")
+
+
 def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, second_change: np.ndarray,
                 start: np.ndarray, further: np.ndarray) -> np.ndarray:
     """What peeling names (two steps at most), as images x tasks booleans, from each image's first
@@ -562,12 +567,8 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     first, second = np.asarray(first, int), np.asarray(second, int)
     first_prob, second_change = np.asarray(first_prob, float), np.asarray(second_change, float)
     present = np.asarray(present, bool)
+    _check_peeling_calibration(tasks, further_tasks, present.sum(1))
     allowed = list(tasks) if further_tasks is None else list(further_tasks)
-    unknown = sorted(set(allowed) - set(tasks))
-    if unknown:
-        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)}")
-    if not (present.sum(1) == 1).any() or not (present.sum(1) != 1).any():
-        raise ValueError("calibrating peeling needs held-out images with one degradation and with none or two")
     n, k = len(first), len(tasks)
     mask = np.array([t in allowed for t in tasks])
     at_first, at_second = np.full((n, k), np.nan), np.full((n, k), np.nan)
@@ -598,12 +599,7 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
     if len(classifier.tasks) < 2:
         raise ValueError("peeling needs a classifier of two or more tasks")
-    unknown = sorted(set(further_tasks or ()) - set(classifier.tasks))
-    if unknown:
-        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)}")
-    counts = np.array([len(tasks) for _, tasks in cases])
-    if not (counts == 1).any() or not (counts != 1).any():
-        raise ValueError("calibrating peeling needs held-out images with one degradation and with none or two")
+    _check_peeling_calibration(classifier.tasks, further_tasks, np.array([len(tasks) for _, tasks in cases]))
     index = {t: i for i, t in enumerate(classifier.tasks)}
     walks = []
     for rgb, _ in cases:
