@@ -5,8 +5,8 @@ degradations: noise level, blur kernel, rain pattern, ...; each task's default o
 images) and counts, per classifier side by side, the images whose *set* of detected tasks is
 exactly right (``DegradationClassifier.detect``, crops averaged as blind mode does). Cases: every
 single degradation, every ``--composite`` (default: the four of issue 23 and blur+noise), and the
-clean photo itself (right only when nothing is detected - a single-label classifier always names
-a task). For single degradations ``tiles`` also classifies each 256x256 tile alone (a harder test).
+clean photo itself (right only when nothing is detected - a single-label classifier without a clean
+class always names a task). For single degradations ``tiles`` also classifies each 256x256 tile alone (a harder test).
 Target (issue 5): >= 95% on single degradations.
 
     python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 3] \\
@@ -61,9 +61,11 @@ def main() -> None:
     cases.append(("clean", None))
     for n, c in zip(names, clfs):
         kind = "multi-label, thresholds " + ", ".join(f"{t} {v:.2f}" for t, v in c.thresholds.items()) if c.multilabel else "single-label"
+        kind += ", with a clean class" if c.clean_class else ""
         if c.peeling:
+            gate = "" if c.peeling.clean is None else f", clean {c.peeling.clean:.3f}"
             kind += (f", peeling (region {c.peeling.region}, start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items())
-                     + "; further " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.further.items()) + ")")
+                     + gate + "; further " + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + ")")
         print(f"classifier {n}: {kind}")
     print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
     print(f"| case | {' | '.join(names)} |")

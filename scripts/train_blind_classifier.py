@@ -13,10 +13,16 @@ degradations) and then calibrates each task's threshold on the ``--exclude``d ph
 With ``--primary packaged`` the shipped single-label classifier is kept inside the new file and names
 the main degradation (``DegradationClassifier.attach_primary``); both threshold sets are calibrated.
 
+``--clean-class`` trains a single-label classifier with one more class, clean ("nothing to do"),
+from ``--clean-share`` clean crops; ``--init`` with a classifier without one keeps its features and
+task scores.
+
 ``--peel FILE`` (a single-label classifier, or ``packaged``) trains nothing: it calibrates that
 classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the restoration model
 ``--model`` (default: the shipped one) on the ``--exclude``d photos, as above, and writes --out;
-``--further TASK`` limits the tasks named after the first, ``--no-gate`` always names the first.
+``--further TASK`` limits the tasks named after the first, ``--no-gate`` always names the first
+(with a clean class: unless clean is the most likely class). A classifier with a clean class is
+gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
 """
 
 from __future__ import annotations
@@ -57,7 +63,9 @@ def main() -> None:
     ap.add_argument("--soften", type=float, default=0.3, help="share of samples softened before degrading")
     ap.add_argument("--context", type=int, default=96, help="square degraded as a whole (>= the 96 px patch)")
     ap.add_argument("--multilabel", action="store_true", help="one score per task, thresholds calibrated on the left-out photos")
-    ap.add_argument("--clean-share", type=float, default=0.15, help="with --multilabel: share of clean crops")
+    ap.add_argument("--clean-class", action="store_true", help="single-label with one more class, clean "
+                    "('nothing to do'), learnt from --clean-share clean crops")
+    ap.add_argument("--clean-share", type=float, default=0.15, help="with --multilabel or --clean-class: share of clean crops")
     ap.add_argument("--composite-share", type=float, default=0.35, help="with --multilabel: share of crops with two degradations")
     ap.add_argument("--calibration-seeds", type=int, default=2, help="degraded versions of each left-out photo for calibration")
     ap.add_argument("--recalibrate", metavar="FILE", help="with --multilabel: no training; load this multi-label "
@@ -72,7 +80,8 @@ def main() -> None:
     ap.add_argument("--region", type=int, default=PEEL_REGION, help="with --peel: side of the central crop peeling restores")
     ap.add_argument("--further", action="append", help="with --peel: a task that may be named after the first "
                     "(repeatable; default: every task)")
-    ap.add_argument("--no-gate", action="store_true", help="with --peel: always name the main task (no 'nothing to do')")
+    ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
+                    "is always named; with a clean class, unless clean is the most likely class)")
     args = ap.parse_args()
     packaged = Path(__file__).resolve().parents[1] / "src/instruct_ipt/weights/default/degradation_classifier.safetensors"
     reads = [Path(f) for f in (args.init, args.recalibrate) if f]
@@ -81,12 +90,15 @@ def main() -> None:
             reads.append(packaged if name == "packaged" else Path(name))
     if any(Path(args.out).resolve() == r.resolve() for r in reads):
         raise SystemExit(f"--out {args.out} is a file this run reads: write the new classifier elsewhere")
+    if args.clean_class and args.multilabel:
+        raise SystemExit("--clean-class is a single-label classifier's: not with --multilabel")
     if args.singles_first and not args.multilabel:
         raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
     if (args.multilabel or args.peel) and not args.exclude:
         raise SystemExit("--multilabel and --peel calibrate thresholds on left-out photos: give them with --exclude")
-    if args.peel and (args.multilabel or args.init or args.recalibrate):
-        raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init or --recalibrate")
+    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class):
+        raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
+                         "--recalibrate or --clean-class")
     if not args.peel and (args.further or args.no_gate or args.model):
         raise SystemExit("--further, --no-gate and --model go with --peel")
     unknown_tasks = sorted(set(args.further or []) - set(DEGRADATIONS))
@@ -112,6 +124,8 @@ def main() -> None:
     else:
         init = DegradationClassifier.load(args.init) if args.init else None
         shares = {"clean_share": args.clean_share, "composite_share": args.composite_share} if args.multilabel else {}
+        if args.clean_class:
+            shares = {"clean_share": args.clean_share, "clean_class": True}
         model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, **shares)
@@ -148,7 +162,10 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
                                     gate=not args.no_gate)
     except ValueError as e:  # bad settings, refused before the walk
         raise SystemExit(str(e)) from None
-    print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
+    if peeling.clean is not None:
+        print(f"clean threshold (probability): {peeling.clean:.4f}")
+    else:
+        print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
     model.save(args.out)
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")

@@ -235,8 +235,8 @@ class _Scene:
         code = round(float(x.mean()) * 8)
         return np.full_like(x, (code & ~self.BITS[task]) / 8)
 
-    def classifier(self, peeling: Peeling | None = None) -> DegradationClassifier:
-        clf = DegradationClassifier(list(self.BITS), width=4, peeling=peeling)
+    def classifier(self, peeling: Peeling | None = None, clean_class: bool = False) -> DegradationClassifier:
+        clf = DegradationClassifier(list(self.BITS), width=4, peeling=peeling, clean_class=clean_class)
         clf.predict = lambda rgb, **k: dict(self.probs[round(float(rgb.mean()) * 8)])
         return clf
 
@@ -390,3 +390,122 @@ def test_blind_mode_peels_among_the_models_tasks_only(model_dir, monkeypatch, tm
     monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: restored.extend(tasks) or real_run(self, rgb, tasks, **k))
     _out, choice = pipe(data.astronaut()[:40, :40], return_choice=True)
     assert set(choice.tasks) == {"derain", "dehaze"} and set(restored) <= {"derain", "dehaze"}
+
+
+# a clean class: "nothing to do" learnt from clean photos -------------------------------------------------
+
+
+def test_a_clean_class_is_learnt_from_clean_samples_on_top_of_a_trained_classifier(tmp_path):
+    from instruct_ipt.instruct.blind import CLEAN
+
+    ops = {t: make_degradation(t) for t in ("denoise", "jpeg")}
+    photo = data.astronaut()[:48, :48]
+    init = train_classifier([photo], ops, steps=2, batch_size=4, patch_size=16, context=16)
+    clf = train_classifier([photo], ops, steps=40, batch_size=8, patch_size=16, context=16, lr=1e-2, init=init,
+                           clean_class=True, clean_share=1.0)  # every sample clean: the clean class must win
+    assert clf.classes == ["denoise", "jpeg", CLEAN] and clf.clean_class and not clf.multilabel
+    probs = clf.predict(photo[:40, :40].astype(np.float32) / 255)
+    assert list(probs) == clf.classes and sum(probs.values()) == pytest.approx(1.0) and probs[CLEAN] > 0.9
+    back = DegradationClassifier.load(clf.save(tmp_path / "c.safetensors"))
+    assert back.classes == clf.classes and back.predict(photo[:40, :40].astype(np.float32) / 255) == probs
+    # the task rows start from the trained classifier's (the features too); the clean row starts fresh
+    start = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, lr=1e-12, init=init,
+                             clean_class=True, clean_share=0.5)
+    assert torch.allclose(start.classifier.weight[:2], init.classifier.weight, atol=1e-6)
+    assert torch.allclose(start.features[0].weight, init.features[0].weight, atol=1e-6)
+    for bad, match in [({"clean_share": 0.2}, "clean class"), ({"clean_class": True}, "clean_share"),
+                       ({"clean_class": True, "clean_share": 0.2, "composite_share": 0.2}, "composite")]:
+        with pytest.raises(ValueError, match=match):
+            train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, **bad)
+    with pytest.raises(ValueError, match="clean class; train with clean_class=True"):
+        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=clf)
+    with pytest.raises(ValueError, match="single-label"):
+        DegradationClassifier(["denoise"], width=4, multilabel=True, clean_class=True)
+    with pytest.raises(ValueError, match="names the clean class"):
+        DegradationClassifier(["denoise", CLEAN], width=4)
+
+
+def _rigged_clean(tasks, logits, peeling=None) -> DegradationClassifier:
+    clf = DegradationClassifier(tasks, width=4, clean_class=True, peeling=peeling)
+    with torch.no_grad():
+        clf.classifier.weight.zero_()
+        clf.classifier.bias.copy_(torch.tensor(logits, dtype=torch.float32))
+    return clf
+
+
+def test_a_clean_class_says_nothing_to_do_when_it_wins(model_dir, tmp_path):
+    img = np.zeros((40, 40, 3), np.float32)
+    tasks = ["dehaze", "denoise"]
+    assert _rigged_clean(tasks, [0.0, 1.0, 2.0]).detect(img) == []  # clean is the most likely class
+    named = _rigged_clean(tasks, [0.0, 2.0, 1.0]).detect(img)
+    assert [t for t, _ in named] == ["denoise"] and named[0][1] == pytest.approx(np.exp(2) / (1 + np.exp(2) + np.exp(1)))
+    # with peeling, its calibrated threshold decides instead: clean at 0.42 is the most likely, but under 0.5
+    unsure = [0.0, np.log(0.38 / 0.20), np.log(0.42 / 0.20)]
+    assert _rigged_clean(tasks, unsure).detect(img) == []
+    assert [t for t, _ in _rigged_clean(tasks, unsure, Peeling({}, {}, clean=0.5)).detect(img)] == ["denoise"]
+    assert _rigged_clean(tasks, unsure, Peeling({}, {}, clean=0.4)).detect(img) == []
+    with pytest.raises(ValueError, match="needs a classifier with a clean class"):
+        DegradationClassifier(tasks, width=4, peeling=Peeling({}, {}, clean=0.5))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        Peeling({}, {}, clean=1.5)
+    peeling = Peeling({}, {"denoise": 0.02}, clean=0.47)
+    back = DegradationClassifier.load(_rigged_clean(tasks, [0.0, 0.0, 0.0], peeling).save(tmp_path / "p.safetensors"))
+    assert back.peeling == peeling and back.clean_class
+    # the pipeline keeps the clean class among the model's tasks: nothing to do, pixels back
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=_rigged_clean(TASKS, [0.0] * 6 + [3.0]))
+    rgb = data.astronaut()[:40, :52]
+    out, choice = pipe(rgb, return_choice=True)
+    assert choice.tasks == [] and choice.nothing_to_do and np.array_equal(out, rgb)
+
+
+def test_with_a_clean_class_a_further_task_must_be_more_likely_than_clean():
+    scene = _Scene({
+        0: {"denoise": 0.1, "derain": 0.1, "dehaze": 0.2, "clean": 0.6},
+        2: {"denoise": 0.05, "derain": 0.8, "dehaze": 0.05, "clean": 0.1},  # rain
+        3: {"denoise": 0.3, "derain": 0.5, "dehaze": 0.1, "clean": 0.1},    # rain + noise
+        1: {"denoise": 0.6, "derain": 0.05, "dehaze": 0.05, "clean": 0.3},  # noise
+    })
+    clf = scene.classifier(Peeling({}, {"denoise": 0.1, "dehaze": 0.1}, region=32), clean_class=True)
+    assert clf.detect(scene.image(), restore=scene.restore) == [] and scene.calls == []
+    # after the rain: noise (0.6) beats clean (0.3), and removing it changes the crop by 0.125
+    assert clf.detect(scene.image("derain", "denoise"), restore=scene.restore) == [("derain", 0.5), ("denoise", 0.6)]
+    scene.probs[1] = {"denoise": 0.3, "derain": 0.05, "dehaze": 0.05, "clean": 0.6}  # a little noise, or none: clean wins
+    scene.calls.clear()
+    assert clf.detect(scene.image("derain", "denoise"), restore=scene.restore) == [("derain", 0.5)]
+    assert scene.calls == [("derain", (32, 32))]  # noise looked at, not removed: stopped before its change is needed
+    steps = clf.peel_steps(scene.image("derain", "denoise"), clf.predict(scene.image("derain", "denoise")), scene.restore)
+    one, two = next(steps), next(steps)
+    assert (one.task, one.clean, two.task, two.prob, two.clean) == ("derain", 0.1, "denoise", 0.3, 0.6)
+    assert "clean" not in {one.task, two.task, next(steps).task}
+
+
+def test_peeling_calibration_with_a_clean_class_gates_on_it():
+    from instruct_ipt.instruct.blind import calibrate_peeling, choose_peeling_thresholds
+
+    tasks = ["a", "b"]
+    # a clean image (clean 0.7), two singles (clean 0.2, 0.45), a pair; the second single's second task
+    # has a large change but does not beat clean, the pair's does
+    first, first_p, first_clean = np.array([0, 1, 0, 0]), np.array([0.25, 0.5, 0.4, 0.8]), np.array([0.7, 0.2, 0.45, 0.1])
+    second, change, beats = np.array([1, 0, 1, 1]), np.array([0.01, 0.01, 0.09, 0.08]), np.array([False, False, False, True])
+    present = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], bool)
+    peeling = choose_peeling_thresholds(tasks, first, first_p, second, change, present, first_images=present.sum(1) == 1,
+                                        first_clean=first_clean, second_beats=beats)
+    assert peeling.start == {} and 0.45 < peeling.clean <= 0.7  # the clean image gated, both singles not
+    assert 0.01 < peeling.further["b"] <= 0.08
+    argmax = choose_peeling_thresholds(tasks, first, first_p, second, change, present, gate=False,
+                                       first_clean=first_clean, second_beats=beats)
+    assert argmax.clean is None and argmax.start == {}
+    with pytest.raises(ValueError, match="both first_clean and second_beats"):
+        choose_peeling_thresholds(tasks, first, first_p, second, change, present, first_clean=first_clean)
+    scene = _Scene({
+        0: {"denoise": 0.3, "derain": 0.1, "dehaze": 0.1, "clean": 0.5},
+        1: {"denoise": 0.7, "derain": 0.05, "dehaze": 0.05, "clean": 0.2},
+        2: {"denoise": 0.1, "derain": 0.7, "dehaze": 0.1, "clean": 0.1},
+        3: {"denoise": 0.3, "derain": 0.6, "dehaze": 0.05, "clean": 0.05},
+    })
+    clf = scene.classifier(clean_class=True)
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain"), ("derain",)),
+             (scene.image("derain", "denoise"), ("derain", "denoise"))]
+    calibrated = calibrate_peeling(clf, cases, scene.restore, region=32)
+    assert 0.2 < calibrated.clean <= 0.5 and calibrated.start == {}
+    assert [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases] == [set(), {"denoise"}, {"derain"}, {"derain", "denoise"}]

@@ -297,6 +297,11 @@ def test_shipped_classifier_sees_strong_degradations():
         degraded = make_degradation(task, **params)(clean, rng).image
         probs = clf.predict(degraded)
         assert max(probs, key=probs.get) == task, (task, probs)
+    # it has a clean class: a clean photo gets nothing to do (its calibrated gate), a degraded one a task
+    assert clf.clean_class and clf.peeling.clean is not None
+    rocket = data.rocket().astype(np.float32) / 255
+    assert clf.detect(rocket) == []
+    assert [t for t, _ in clf.detect(make_degradation("derain")(rocket, rng).image)] == ["derain"]
 
 
 def test_cli_restore_checks_its_arguments_before_any_image(model_dir, tmp_path, capsys, monkeypatch):

@@ -28,7 +28,7 @@ from .data.images import LoadedImage, from_array, from_pil, load_image, save_ima
 from .export import ENGINES, OnnxRestorer, onnx_available, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter
-from .instruct.blind import BLIND_FILE, DegradationClassifier
+from .instruct.blind import BLIND_FILE, CLEAN, DegradationClassifier
 from .instruct.head import HEAD_FILE
 from .model import InstructIPT, resolve_model_dir
 
@@ -217,8 +217,8 @@ class RestorationPipeline:
         if not set(clf.tasks) & set(self.model.tasks):
             raise ValueError(f"blind mode knows none of this model's tasks ({', '.join(self.model.tasks)}); name a task")
         probs = clf.predict(rgb)
-        if not clf.multilabel:  # the most likely of the model's tasks
-            probs = {t: p for t, p in probs.items() if t in self.model.tasks}
+        if not clf.multilabel:  # the most likely of the model's tasks (or clean, if the classifier has that class)
+            probs = {t: p for t, p in probs.items() if t in self.model.tasks or t == CLEAN}
         found = [(t, p) for t, p in clf.detect(rgb, probs, restore=self._restore_one) if t in self.model.tasks]
         return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind")
 

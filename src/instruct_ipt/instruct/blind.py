@@ -38,6 +38,8 @@ BLIND_FILE = "degradation_classifier.safetensors"
 Restore = Callable[[np.ndarray, str], np.ndarray]
 #: side of the central crop that peeling restores and looks at again (384 px: about 1 s a step on 2 CPU cores)
 PEEL_REGION = 384
+#: the extra class of a classifier with ``clean_class``: no degradation at all, "nothing to do"
+CLEAN = "clean"
 
 
 @dataclass
@@ -58,16 +60,23 @@ class Peeling:
     ``region`` x ``region`` crop, so that it costs the same on any photo; at most ``max_tasks`` are
     named (2 by default: the calibration images carry at most two degradations, so a third step's
     test would be uncalibrated).
+
+    ``clean`` (a classifier with a clean class): the clean probability at which blind mode says
+    "nothing to do", in place of ``start`` (None: when clean is the most likely class); a further
+    task must then also be more likely than clean on the restored crop.
     """
 
     start: dict[str, float]
     further: dict[str, float]
     region: int = PEEL_REGION
     max_tasks: int = 2
+    clean: float | None = None
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
             raise ValueError(f"peeling region {self.region} (at least 32 px) and max_tasks {self.max_tasks} (at least 1)")
+        if self.clean is not None and not 0.0 <= self.clean <= 1.0:
+            raise ValueError(f"peeling clean threshold {self.clean}: a probability, in [0, 1]")
 
     def tasks(self) -> set[str]:
         """Every task a threshold names (each must be one of the classifier's)."""
@@ -75,25 +84,29 @@ class Peeling:
 
     def to_meta(self) -> dict[str, str]:
         """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
-        return {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
+        meta = {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
                 "peel_region": str(self.region), "peel_max_tasks": str(self.max_tasks)}
+        return meta | ({} if self.clean is None else {"peel_clean": str(self.clean)})
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> Peeling | None:
         """The peeling saved by :meth:`to_meta`, or None for a classifier file without one."""
         if "peel_start" not in meta:
             return None
+        clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
-                   int(meta["peel_max_tasks"]))
+                   int(meta["peel_max_tasks"]), clean)
 
 
 class PeelStep:
     """One step of :meth:`DegradationClassifier.peel_steps`: the ``task`` seen (with ``prob``) on
-    the crop ``before``; ``restored`` (computed when first asked for: one restoration) and
-    ``change``, the root-mean-square difference it makes."""
+    the crop ``before``; ``clean``, the probability of :data:`CLEAN` seen with it (None for a
+    classifier without a clean class); ``restored`` (computed when first asked for: one
+    restoration) and ``change``, the root-mean-square difference it makes."""
 
-    def __init__(self, task: str, prob: float, before: np.ndarray, restore: Restore) -> None:
+    def __init__(self, task: str, prob: float, before: np.ndarray, restore: Restore, clean: float | None = None) -> None:
         self.task, self.prob, self.before, self._restore = task, float(prob), before, restore
+        self.clean = None if clean is None else float(clean)
 
     @cached_property
     def restored(self) -> np.ndarray:
@@ -122,17 +135,33 @@ class DegradationClassifier(nn.Module):
 
     ``peeling`` (single-label only): name several degradations or none, with the restoration
     model's help (:class:`Peeling`); saved in the file's metadata.
+
+    ``clean_class`` (single-label only): one more class, :data:`CLEAN`, for a photo with no
+    degradation, learnt from clean examples - without it a softmax over tasks must name one on
+    a clean photo, and a soft or hazy-looking one gets deblur or dehaze. :meth:`predict` then
+    gives its probability too (under ``"clean"``), and :meth:`detect` names nothing when it is the
+    most likely class (or, with :attr:`peeling`, when it reaches ``peeling.clean``).
     """
 
     def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
                  thresholds: Mapping[str, float] | None = None, primary: DegradationClassifier | None = None,
-                 extra_thresholds: Mapping[str, float] | None = None, peeling: Peeling | None = None) -> None:
+                 extra_thresholds: Mapping[str, float] | None = None, peeling: Peeling | None = None,
+                 clean_class: bool = False) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
         self.multilabel = multilabel
         if peeling is not None and multilabel:
             raise ValueError("peeling belongs to a single-label classifier")
+        if clean_class and multilabel:
+            raise ValueError("a clean class belongs to a single-label classifier (a multi-label one names none by its thresholds)")
+        if CLEAN in self.tasks:
+            raise ValueError(f"{CLEAN!r} names the clean class, not a task")
+        if peeling is not None and peeling.clean is not None and not clean_class:
+            raise ValueError("a peeling clean threshold needs a classifier with a clean class")
+        self.clean_class = clean_class
+        #: what :meth:`predict` scores: the tasks, then :data:`CLEAN` with ``clean_class``
+        self.classes = self.tasks + [CLEAN] * clean_class
         self.peeling = peeling
         unknown = sorted((set(thresholds or {}) | set(extra_thresholds or {})
                           | (peeling.tasks() if peeling else set())) - set(self.tasks))
@@ -153,7 +182,7 @@ class DegradationClassifier(nn.Module):
             nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GELU(),
         )
-        self.classifier = nn.Linear(8 * w, len(self.tasks))
+        self.classifier = nn.Linear(8 * w, len(self.classes))
 
     def attach_primary(self, primary: DegradationClassifier, extra_thresholds: Mapping[str, float] | None = None) -> None:
         """Let the single-label ``primary`` name the main degradation (see the class docstring);
@@ -172,8 +201,8 @@ class DegradationClassifier(nn.Module):
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray, crop: int = 128, max_crops: int = 16) -> dict[str, float]:
         """Task probabilities for a float (H, W, 3) image, averaged over a grid of crops: they sum
-        to 1 (softmax) for a single-label classifier; each is the chance that degradation is
-        present (sigmoid) for a multi-label one."""
+        to 1 (softmax) for a single-label classifier, with :data:`CLEAN`'s if it has a clean
+        class; each is the chance that degradation is present (sigmoid) for a multi-label one."""
         self.eval()
         p = next(self.parameters())
         h, w = rgb.shape[:2]
@@ -184,7 +213,7 @@ class DegradationClassifier(nn.Module):
         x = torch.from_numpy(np.stack(tiles).transpose(0, 3, 1, 2).copy()).to(p.device, p.dtype)
         logits = self(x)
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).mean(0)
-        return {t: float(v) for t, v in zip(self.tasks, probs)}
+        return {t: float(v) for t, v in zip(self.classes, probs)}
 
     def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None,
                restore: Restore | None = None) -> list[tuple[str, float]]:
@@ -196,23 +225,32 @@ class DegradationClassifier(nn.Module):
         one task at a time): none when the most likely task is under its start threshold; else
         that task, then, after ``restore`` removed it from the central crop, the most likely other
         one on what is left, as long as it passes :class:`Peeling`'s further test (without
-        ``restore``: the first task only, or none). ``probs``: :meth:`predict`'s, if already
-        known; a single-label classifier chooses among its keys only (a model's tasks)."""
+        ``restore``: the first task only, or none). With a clean class, "nothing to do" is the
+        clean class winning instead (the most likely class; with peeling, at least ``peeling.clean``),
+        and a further task must also be more likely than clean on what is left. ``probs``:
+        :meth:`predict`'s, if already known; a single-label classifier chooses among its keys only
+        (a model's tasks, and :data:`CLEAN`)."""
         probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
-            best = max(probs, key=probs.get)
-            if self.peeling is None:
-                return [(best, probs[best])]
+            clean = probs.get(CLEAN)
+            tasks = {t: p for t, p in probs.items() if t != CLEAN}
+            best = max(tasks, key=tasks.get)
             peel = self.peeling
-            if probs[best] < peel.start.get(best, 0.0):
+            if clean is not None and clean >= (tasks[best] if peel is None or peel.clean is None else peel.clean):
                 return []
-            found = {best: probs[best]}
+            if peel is None:
+                return [(best, tasks[best])]
+            if tasks[best] < peel.start.get(best, 0.0):
+                return []
+            found = {best: tasks[best]}
             if restore is None:
                 return list(found.items())
             steps = self.peel_steps(rgb, probs, restore)
             next(steps)
             for step in steps if peel.max_tasks > 1 else ():  # lazy: no step is computed past the last one needed
-                if step.task not in peel.further or step.change < peel.further[step.task]:
+                if step.task not in peel.further or (step.clean is not None and step.prob <= step.clean):
+                    break
+                if step.change < peel.further[step.task]:  # (the restoration last: only when needed)
                     break
                 found[step.task] = step.prob
                 if len(found) == peel.max_tasks:
@@ -230,22 +268,24 @@ class DegradationClassifier(nn.Module):
                    region: int | None = None) -> Iterator[PeelStep]:
         """The most likely task of ``probs`` (``rgb``'s), on the central ``region`` crop (default:
         :attr:`peeling`'s), then, for as long as it is iterated, the most likely *other* task (among
-        ``probs``' keys) on the crop restored by every step so far. Lazy: each further step costs
-        one restoration (the previous step's :attr:`PeelStep.restored`) and one :meth:`predict`."""
+        ``probs``' keys, :data:`CLEAN` aside) on the crop restored by every step so far. Lazy: each
+        further step costs one restoration (the previous step's :attr:`PeelStep.restored`) and one
+        :meth:`predict`."""
         if self.multilabel:
             raise ValueError("peeling asks a single-label classifier")
         if region is None:
             region = self.peeling.region if self.peeling else PEEL_REGION
         if region < 1:
             raise ValueError(f"peeling region {region}: a side in pixels")
-        task = max(probs, key=probs.get)
-        step = PeelStep(task, probs[task], center_crop(rgb, region), restore)
+        tasks = [t for t in probs if t != CLEAN]
+        task = max(tasks, key=probs.get)
+        step = PeelStep(task, probs[task], center_crop(rgb, region), restore, probs.get(CLEAN))
         yield step
         done = [task]
-        while len(done) < len(probs):
+        while len(done) < len(tasks):
             seen = self.predict(step.restored)
-            task = max((t for t in probs if t not in done), key=seen.get)
-            step = PeelStep(task, seen[task], step.restored, restore)
+            task = max((t for t in tasks if t not in done), key=seen.get)
+            step = PeelStep(task, seen[task], step.restored, restore, seen.get(CLEAN))
             yield step
             done.append(task)
 
@@ -253,6 +293,8 @@ class DegradationClassifier(nn.Module):
         meta = {"format": BLIND_FORMAT, "tasks": json.dumps(self.tasks), "width": str(self.width)}
         if self.peeling is not None:
             meta |= self.peeling.to_meta()
+        if self.clean_class:
+            meta |= {"clean_class": "1"}
         if self.multilabel:
             meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
         if self.primary is not None:
@@ -267,7 +309,7 @@ class DegradationClassifier(nn.Module):
         extra = json.loads(meta["extra_thresholds"]) if primary is not None else None
         model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
                     thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra,
-                    peeling=Peeling.from_meta(meta))
+                    peeling=Peeling.from_meta(meta), clean_class=meta.get("clean_class") == "1")
         model.load_state_dict(state)
         return model.eval()
 
@@ -380,25 +422,37 @@ def train_classifier(
     multilabel: bool = False,
     clean_share: float = 0.0,
     composite_share: float = 0.0,
+    clean_class: bool = False,
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
-    multi-label one: its features and per-task scores carry over). ``multilabel``: a sigmoid per
-    task with binary cross-entropy, on samples with none (``clean_share``), one or two
-    (``composite_share``) degradations; thresholds stay at 0.5 until :func:`calibrate_thresholds`."""
+    multi-label one, or one with a clean class: its features and per-task scores carry over, the
+    clean class starts fresh). ``multilabel``: a sigmoid per task with binary cross-entropy, on
+    samples with none (``clean_share``), one or two (``composite_share``) degradations; thresholds
+    stay at 0.5 until :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
+    a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean."""
     tasks = list(degradations)
-    if not multilabel and (clean_share or composite_share):
-        raise ValueError("clean and composite samples need a multi-label classifier (multilabel=True)")
+    if not multilabel and composite_share:
+        raise ValueError("composite samples need a multi-label classifier (multilabel=True)")
+    if not (multilabel or clean_class) and clean_share:
+        raise ValueError("clean samples need a multi-label classifier or a clean class (clean_class=True)")
+    if clean_class and not clean_share:
+        raise ValueError("a clean class is learnt from clean samples: give a clean_share")
     ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
                       seed=seed, clean_share=clean_share, composite_share=composite_share)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DegradationClassifier(tasks, multilabel=multilabel)
+        model = DegradationClassifier(tasks, multilabel=multilabel, clean_class=clean_class)
     if init is not None:
         if init.tasks != tasks:
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
-        model.load_state_dict(init.state_dict())
+        if init.clean_class and not clean_class:
+            raise ValueError("init classifier has a clean class; train with clean_class=True")
+        state = init.state_dict()
+        for name in ("classifier.weight", "classifier.bias"):  # the task rows; a new clean class keeps its fresh row
+            state[name] = torch.cat([state[name], model.state_dict()[name][len(init.classes):]])
+        model.load_state_dict(state)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
@@ -406,8 +460,8 @@ def train_classifier(
         logits = model(batch["input"])
         if multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, batch["labels"])
-        else:
-            loss = F.cross_entropy(logits, batch["task"])
+        else:  # a clean sample (task -1) is the clean class, the last
+            loss = F.cross_entropy(logits, batch["task"].where(batch["task"] >= 0, len(tasks)))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -539,14 +593,22 @@ def _check_peeling_calibration(tasks: Sequence[str], further_tasks: Sequence[str
 
 
 def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, second_change: np.ndarray,
-                start: np.ndarray, further: np.ndarray) -> np.ndarray:
+                start: np.ndarray, further: np.ndarray, first_clean: np.ndarray | None = None,
+                clean: float | None = None, second_beats: np.ndarray | None = None) -> np.ndarray:
     """What peeling names (two steps at most), as images x tasks booleans, from each image's first
     two :meth:`~DegradationClassifier.peel_steps` (task indices, the first's probability, the
     second's change): nothing when the first is under its ``start`` threshold, else the first, and
-    the second when its change reaches its ``further`` threshold (per task; over 1: never)."""
+    the second when its change reaches its ``further`` threshold (per task; over 1: never). With a
+    clean class (``first_clean``: the first step's clean probability; ``second_beats``: whether
+    the second task was more likely than clean), also nothing when the clean probability reaches
+    ``clean`` (None: the first task's probability), and the second only when it beats clean."""
     n, k = len(first), len(start)
     go = first_prob >= start[first]
+    if first_clean is not None:
+        go &= first_clean < (first_prob if clean is None else clean)
     more = go & (second_change >= further[second])
+    if second_beats is not None:
+        more &= second_beats
     found = np.zeros((n, k), bool)
     found[np.arange(n), first] = go
     found[np.arange(n)[more], second[more]] = True
@@ -555,18 +617,24 @@ def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, s
 
 def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_prob: np.ndarray, second: np.ndarray,
                               second_change: np.ndarray, present: np.ndarray, further_tasks: Sequence[str] | None = None,
-                              gate: bool = True, rounds: int = 3, first_images: np.ndarray | None = None) -> Peeling:
+                              gate: bool = True, rounds: int = 3, first_images: np.ndarray | None = None,
+                              first_clean: np.ndarray | None = None, second_beats: np.ndarray | None = None) -> Peeling:
     """Peeling's thresholds (:class:`Peeling`: ``start`` per task of the first step, ``further`` per
     task of the second) that name exactly ``present`` (images x tasks, bool) for as many images as
     possible (:func:`peeled_sets`; coordinate ascent as :func:`choose_thresholds`, ``first_images``
     as its ``first``, but among equals the middle threshold: the widest margin both ways).
     ``further_tasks``: the only tasks that may be named after the first (default: all);
-    ``gate=False``: the first is always named (no "nothing to do"). A task never seen first keeps
-    a ``start`` of 0.5; one never seen second is left out of ``further`` (never named after the
-    first: nothing says what its threshold should be)."""
+    ``gate=False``: no calibrated "nothing to do" (the first is always named; with a clean class,
+    unless clean is the most likely class). A task never seen first keeps a ``start`` of 0.5; one
+    never seen second is left out of ``further`` (never named after the first: nothing says what
+    its threshold should be). With a clean class (``first_clean``, ``second_beats``: see
+    :func:`peeled_sets`) the gate is ``clean``, one threshold on the clean probability (among
+    equals, the one nearest 0.5), instead of ``start``."""
     first, second = np.asarray(first, int), np.asarray(second, int)
     first_prob, second_change = np.asarray(first_prob, float), np.asarray(second_change, float)
     present = np.asarray(present, bool)
+    if (first_clean is None) != (second_beats is None):
+        raise ValueError("a clean class gives both first_clean and second_beats")
     _check_peeling_calibration(tasks, further_tasks, present.sum(1))
     allowed = list(tasks) if further_tasks is None else list(further_tasks)
     n, k = len(first), len(tasks)
@@ -575,13 +643,24 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     at_first[np.arange(n), first] = first_prob
     at_second[np.arange(n), second] = np.where(mask[second], second_change, np.nan)
     seen_second = mask & ~np.isnan(at_second).all(0)
-    start, further = np.full(k, 0.5 if gate else 0.0), np.where(seen_second, 0.0, 2.0)
-    vectors = [(further, at_second)] + ([(start, at_first)] if gate else [])
+    by_clean = first_clean is not None
+    start, further = np.full(k, 0.5 if gate and not by_clean else 0.0), np.where(seen_second, 0.0, 2.0)
+    clean = np.array([0.5])
+    vectors, prefer = [(further, at_second)], [None]
+    if gate and by_clean:
+        vectors.append((clean, np.asarray(first_clean, float)[:, None]))
+        prefer.append(0.5)
+    elif gate:
+        vectors.append((start, at_first))
+        prefer.append(None)
     score = _exact_score(present, first_images)
-    _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further)), rounds,
-            prefer=[None] * len(vectors))
-    return Peeling({t: float(v) for t, v in zip(tasks, start)} if gate else {},
-                   {t: float(v) for t, v, seen in zip(tasks, further, seen_second) if seen})
+    gate_at = None if not (gate and by_clean) else clean  # (read at each score: the ascent changes it in place)
+    _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further, first_clean,
+                                               None if gate_at is None else float(gate_at[0]), second_beats)),
+            rounds, prefer=prefer)
+    return Peeling({t: float(v) for t, v in zip(tasks, start)} if gate and not by_clean else {},
+                   {t: float(v) for t, v, seen in zip(tasks, further, seen_second) if seen},
+                   clean=float(clean[0]) if gate and by_clean else None)
 
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
@@ -591,9 +670,12 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (two restorations of its
     crop), then :func:`choose_peeling_thresholds` picks the thresholds (``further_tasks``, ``gate``:
-    see there). ``singles_first``: images with one degradation count before all others (see
-    :func:`calibrate_thresholds`) - blind mode must not get worse where it is already good. Sets and
-    returns ``classifier.peeling``."""
+    see there). ``singles_first``: images with one degradation, and clean ones, count before those
+    with two (see :func:`calibrate_thresholds`) - blind mode must not get worse where it is already
+    good, and "nothing to do" on a clean photo is asked for as plainly as one task on a photo with
+    one degradation (counting singles alone first, one single too faint to see - noise of sigma
+    1.6 - held the clean threshold above every clean calibration photo). Sets and returns
+    ``classifier.peeling``."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
@@ -605,10 +687,13 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     for rgb, _ in cases:
         steps = classifier.peel_steps(rgb, classifier.predict(rgb), restore, region)
         one, two = next(steps), next(steps)
-        walks.append((index[one.task], one.prob, index[two.task], two.change))
-    first, first_prob, second, second_change = (np.array(v) for v in zip(*walks))
+        clean = (one.clean, two.prob > two.clean) if classifier.clean_class else (np.nan, True)
+        walks.append((index[one.task], one.prob, index[two.task], two.change, *clean))
+    first, first_prob, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
     present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
+    by_clean = {"first_clean": first_clean, "second_beats": second_beats} if classifier.clean_class else {}
     peeling = choose_peeling_thresholds(classifier.tasks, first, first_prob, second, second_change, present,
-                                        further_tasks, gate, rounds, present.sum(1) == 1 if singles_first else None)
+                                        further_tasks, gate, rounds, present.sum(1) <= 1 if singles_first else None,
+                                        **by_clean)
     classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
     return classifier.peeling
