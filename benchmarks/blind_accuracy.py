@@ -64,8 +64,9 @@ def main() -> None:
         kind += ", with a clean class" if c.clean_class else ""
         if c.peeling:
             gate = "" if c.peeling.clean is None else f", clean {c.peeling.clean:.3f}"
-            kind += (f", peeling (region {c.peeling.region}, start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items())
-                     + gate + "; further " + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + ")")
+            start = ", start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items()) if c.peeling.start else ""
+            kind += (f", peeling (region {c.peeling.region}{start}{gate}; further "
+                     + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + ")")
         print(f"classifier {n}: {kind}")
     print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
     print(f"| case | {' | '.join(names)} |")

@@ -417,8 +417,12 @@ def test_a_clean_class_is_learnt_from_clean_samples_on_top_of_a_trained_classifi
                        ({"clean_class": True, "clean_share": 0.2, "composite_share": 0.2}, "composite")]:
         with pytest.raises(ValueError, match=match):
             train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, **bad)
-    with pytest.raises(ValueError, match="clean class; train with clean_class=True"):
-        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=clf)
+    # from a classifier with a clean class to a multi-label one: its task rows carry over, its clean row does not
+    ml = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, lr=1e-12, init=clf,
+                          multilabel=True, clean_share=0.5)
+    assert ml.classes == ["denoise", "jpeg"] and torch.allclose(ml.classifier.weight, clf.classifier.weight[:2], atol=1e-6)
+    with pytest.raises(ValueError, match="without a clean class"):
+        DegradationClassifier(["denoise", "jpeg"], width=4, multilabel=True).attach_primary(clf)
     with pytest.raises(ValueError, match="single-label"):
         DegradationClassifier(["denoise"], width=4, multilabel=True, clean_class=True)
     with pytest.raises(ValueError, match="names the clean class"):
@@ -509,3 +513,26 @@ def test_peeling_calibration_with_a_clean_class_gates_on_it():
     calibrated = calibrate_peeling(clf, cases, scene.restore, region=32)
     assert 0.2 < calibrated.clean <= 0.5 and calibrated.start == {}
     assert [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases] == [set(), {"denoise"}, {"derain"}, {"derain", "denoise"}]
+
+
+def test_peeling_calibration_counts_clean_images_first_only_with_a_clean_class():
+    from instruct_ipt.instruct.blind import calibrate_peeling
+
+    # a clean photo (twice, as two calibration seeds) whose clean probability, 0.6, is under that
+    # of a faint-noise photo, 0.7: one gate cannot be right for all three
+    scene = _Scene({
+        0: {"denoise": 0.3, "derain": 0.05, "dehaze": 0.05, "clean": 0.6},
+        1: {"denoise": 0.25, "derain": 0.03, "dehaze": 0.02, "clean": 0.7},
+        2: {"denoise": 0.1, "derain": 0.7, "dehaze": 0.1, "clean": 0.1},
+        3: {"denoise": 0.3, "derain": 0.6, "dehaze": 0.05, "clean": 0.05},
+    })
+    cases = [(scene.image(), ()), (scene.image(), ()), (scene.image("denoise"), ("denoise",)),
+             (scene.image("derain"), ("derain",)), (scene.image("derain", "denoise"), ("derain", "denoise"))]
+    peeling = calibrate_peeling(scene.classifier(clean_class=True), cases, scene.restore, region=32)
+    assert 0.1 < peeling.clean <= 0.6  # two clean photos outweigh the faint single
+    # without a clean class, singles alone come first: the start gate (denoise 0.3 on the clean photo,
+    # 0.25 on the faint one) keeps the faint noise photo rather than the clean ones
+    for probs in scene.probs.values():
+        del probs["clean"]
+    start = calibrate_peeling(scene.classifier(), cases, scene.restore, region=32).start
+    assert start["denoise"] <= 0.25

@@ -189,6 +189,9 @@ class DegradationClassifier(nn.Module):
         the extra thresholds start at 0.5 until :func:`calibrate_thresholds`."""
         if not self.multilabel or primary.multilabel:
             raise ValueError("a primary classifier is a single-label one, attached to a multi-label one")
+        if primary.clean_class:
+            raise ValueError("a primary classifier names the main degradation: one without a clean class (the multi-label "
+                             "scores decide whether anything is there)")
         if primary.tasks != self.tasks:
             raise ValueError(f"the primary classifier knows {primary.tasks}, this one {self.tasks}")
         self.primary = primary.eval()
@@ -229,7 +232,7 @@ class DegradationClassifier(nn.Module):
         clean class winning instead (the most likely class; with peeling, at least ``peeling.clean``),
         and a further task must also be more likely than clean on what is left. ``probs``:
         :meth:`predict`'s, if already known; a single-label classifier chooses among its keys only
-        (a model's tasks, and :data:`CLEAN`)."""
+        (a model's tasks, and :data:`CLEAN`: without that key, no clean gate)."""
         probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
             clean = probs.get(CLEAN)
@@ -331,8 +334,8 @@ class BlindDataset(Dataset):
     photos are slightly soft, and softness alone must not read as motion blur (so tasks in
     ``keep_sharp``, whose label is the blur, are never softened).
 
-    For a multi-label classifier, ``clean_share`` of the samples carry no degradation (the photo
-    itself, softened or not: "nothing to do" must be learnt from examples) and ``composite_share``
+    For a multi-label classifier, or one with a clean class, ``clean_share`` of the samples carry no
+    degradation (the photo itself, softened or not: "nothing to do" must be learnt from examples) and ``composite_share``
     carry two different ones applied in the physical order (:class:`~instruct_ipt.data.degradations.Composite`);
     the rest carry one. Each sample's ``labels`` mark every degradation it carries; ``task`` is the
     index of its only one (-1 when it has none or two).
@@ -426,8 +429,8 @@ def train_classifier(
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
-    multi-label one, or one with a clean class: its features and per-task scores carry over, the
-    clean class starts fresh). ``multilabel``: a sigmoid per task with binary cross-entropy, on
+    multi-label one, or one with a clean class: its features and per-task scores carry over, a
+    new clean class starts fresh, an init's clean class is left out of a classifier without one). ``multilabel``: a sigmoid per task with binary cross-entropy, on
     samples with none (``clean_share``), one or two (``composite_share``) degradations; thresholds
     stay at 0.5 until :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
     a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean."""
@@ -447,11 +450,10 @@ def train_classifier(
     if init is not None:
         if init.tasks != tasks:
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
-        if init.clean_class and not clean_class:
-            raise ValueError("init classifier has a clean class; train with clean_class=True")
         state = init.state_dict()
         for name in ("classifier.weight", "classifier.bias"):  # the task rows; a new clean class keeps its fresh row
-            state[name] = torch.cat([state[name], model.state_dict()[name][len(init.classes):]])
+            rows = state[name][: len(tasks)]  # (an init's clean row is dropped when training without one)
+            state[name] = torch.cat([rows, model.state_dict()[name][len(tasks):]])
         model.load_state_dict(state)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -670,12 +672,12 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (two restorations of its
     crop), then :func:`choose_peeling_thresholds` picks the thresholds (``further_tasks``, ``gate``:
-    see there). ``singles_first``: images with one degradation, and clean ones, count before those
-    with two (see :func:`calibrate_thresholds`) - blind mode must not get worse where it is already
-    good, and "nothing to do" on a clean photo is asked for as plainly as one task on a photo with
-    one degradation (counting singles alone first, one single too faint to see - noise of sigma
-    1.6 - held the clean threshold above every clean calibration photo). Sets and returns
-    ``classifier.peeling``."""
+    see there). ``singles_first``: images with one degradation count before all others (see
+    :func:`calibrate_thresholds`) - blind mode must not get worse where it is already good; with a
+    clean class, clean images too: "nothing to do" is then an answer the classifier was trained to
+    give, asked for as plainly as one task (counting singles alone first, one single too faint to
+    see - noise of sigma 1.6 - held the clean threshold above three of the five clean calibration
+    photos). Sets and returns ``classifier.peeling``."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
@@ -692,8 +694,9 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     first, first_prob, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
     present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
     by_clean = {"first_clean": first_clean, "second_beats": second_beats} if classifier.clean_class else {}
+    first_images = present.sum(1) <= 1 if classifier.clean_class else present.sum(1) == 1
     peeling = choose_peeling_thresholds(classifier.tasks, first, first_prob, second, second_change, present,
-                                        further_tasks, gate, rounds, present.sum(1) <= 1 if singles_first else None,
+                                        further_tasks, gate, rounds, first_images if singles_first else None,
                                         **by_clean)
     classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
     return classifier.peeling
