@@ -645,24 +645,23 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     at_first[np.arange(n), first] = first_prob
     at_second[np.arange(n), second] = np.where(mask[second], second_change, np.nan)
     seen_second = mask & ~np.isnan(at_second).all(0)
-    by_clean = first_clean is not None
-    start, further = np.full(k, 0.5 if gate and not by_clean else 0.0), np.where(seen_second, 0.0, 2.0)
-    clean = np.array([0.5])
+    clean_gate, start_gate = gate and first_clean is not None, gate and first_clean is None
+    start, further = np.full(k, 0.5 if start_gate else 0.0), np.where(seen_second, 0.0, 2.0)
+    clean = np.array([0.5])  # (one entry, changed in place by the ascent)
     vectors, prefer = [(further, at_second)], [None]
-    if gate and by_clean:
+    if clean_gate:
         vectors.append((clean, np.asarray(first_clean, float)[:, None]))
         prefer.append(0.5)
-    elif gate:
+    if start_gate:
         vectors.append((start, at_first))
         prefer.append(None)
     score = _exact_score(present, first_images)
-    gate_at = None if not (gate and by_clean) else clean  # (read at each score: the ascent changes it in place)
     _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further, first_clean,
-                                               None if gate_at is None else float(gate_at[0]), second_beats)),
+                                               float(clean[0]) if clean_gate else None, second_beats)),
             rounds, prefer=prefer)
-    return Peeling({t: float(v) for t, v in zip(tasks, start)} if gate and not by_clean else {},
+    return Peeling({t: float(v) for t, v in zip(tasks, start)} if start_gate else {},
                    {t: float(v) for t, v, seen in zip(tasks, further, seen_second) if seen},
-                   clean=float(clean[0]) if gate and by_clean else None)
+                   clean=float(clean[0]) if clean_gate else None)
 
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
