@@ -181,20 +181,24 @@ def test_validation_set_is_cached_and_fixed(tmp_path):
     assert not np.array_equal(changed.by_task("denoise")[0].input, vs.by_task("denoise")[0].input)
 
 
-@pytest.mark.parametrize("synthesis", ["workers", "device"])
-def test_grey_samples_are_grey_photos_degraded_alike_in_every_channel(photos, synthesis):
+def whole_batch(ds):
+    """(inputs, targets, the collated batch or None) of every sample of ``ds``, made as training makes them."""
     from instruct_ipt.data.batched import collate_device
 
-    ops = {"denoise": Noise(sigma=25), "dehaze": Haze(), "jpeg": JPEG()}
-    ds = SyntheticDataset(photos, ops, patch_size=32, length=40, tasks=TASKS, grey_share=0.5, synthesis=synthesis)
-    if synthesis == "device":
+    if ds.synthesis == "device":
         batch = collate_device([ds[i] for i in range(len(ds))])
         x, y, _ = ds.degrader()(batch, "cpu")
-        grey = batch["grey"]
-    else:
-        x = torch.stack([ds[i]["input"] for i in range(len(ds))])
-        y = torch.stack([ds[i]["target"] for i in range(len(ds))])
-        grey = torch.tensor([torch.equal(t[0], t[1]) and torch.equal(t[1], t[2]) for t in y])
+        return x, y, batch
+    return (torch.stack([ds[i]["input"] for i in range(len(ds))]),
+            torch.stack([ds[i]["target"] for i in range(len(ds))]), None)
+
+
+@pytest.mark.parametrize("synthesis", ["workers", "device"])
+def test_grey_samples_are_grey_photos_degraded_alike_in_every_channel(photos, synthesis):
+    ops = {"denoise": Noise(sigma=25), "dehaze": Haze(), "jpeg": JPEG()}
+    ds = SyntheticDataset(photos, ops, patch_size=32, length=40, tasks=TASKS, grey_share=0.5, synthesis=synthesis)
+    x, y, batch = whole_batch(ds)
+    grey = batch["grey"] if batch else torch.tensor([torch.equal(t[0], t[1]) and torch.equal(t[1], t[2]) for t in y])
     assert 10 <= int(grey.sum()) <= 30  # about half of 40
     for xi, yi, g in zip(x, y, grey):
         same = torch.equal(xi[0], xi[1]) and torch.equal(xi[0], xi[2])
@@ -244,6 +248,31 @@ def test_composite_samples_keep_the_other_degradation_in_the_target(photos):
         SyntheticDataset(photos, ops, tasks=TASKS, composite_share=0.3, synthesis="device")
     with pytest.raises(ValueError, match="no companion degradation for denoise"):
         SyntheticDataset(photos, {"denoise": Noise()}, tasks=TASKS, composite_share=0.3)
+
+
+@pytest.mark.parametrize("synthesis", ["workers", "device"])
+def test_identity_samples_are_left_without_their_degradation(photos, synthesis):
+    ops = {"denoise": Noise(sigma=25), "dehaze": Haze(), "jpeg": JPEG()}
+    ds = SyntheticDataset(photos, ops, patch_size=32, length=40, tasks=TASKS, identity_share=0.5, synthesis=synthesis)
+    x, y, batch = whole_batch(ds)
+    same = torch.tensor([torch.equal(a, b) for a, b in zip(x, y)])
+    assert 10 <= int(same.sum()) <= 30  # about half of 40; every other one degraded
+    if batch:
+        assert torch.equal(same, batch["identity"])
+    key = "clean" if synthesis == "device" else "target"
+    plain = SyntheticDataset(photos, ops, patch_size=32, length=8, tasks=TASKS, synthesis=synthesis)
+    zero = SyntheticDataset(photos, ops, patch_size=32, length=8, tasks=TASKS, synthesis=synthesis, identity_share=0.0)
+    assert all(torch.equal(plain[i][key], zero[i][key]) for i in range(8))  # share 0: the samples of before
+    # with a composite, the input is the target: the companion in both, the task's own in neither
+    both = SyntheticDataset(photos, {"denoise": Noise(sigma=25), "dehaze": _Veil()}, patch_size=32, length=6,
+                            tasks=TASKS, composite_share=1.0, identity_share=1.0)
+    for i in range(6):
+        s = both[i]
+        assert torch.equal(s["input"], s["target"])
+        if s["task_name"] == "denoise":
+            assert float(s["target"].min()) >= 0.1 - 1e-6  # the veil (the companion) is there
+    with pytest.raises(ValueError, match="identity_share"):
+        SyntheticDataset(photos, ops, tasks=TASKS, identity_share=-0.1)
 
 
 def test_tiles_cover_the_photo_without_overlap_and_are_written_with_their_photo(tmp_path):

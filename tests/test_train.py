@@ -584,6 +584,24 @@ def test_torchrun_entry_point(folders, tmp_path):
     assert [x["step"] for x in logs if "loss" in x] == [1, 2]
 
 
+def test_identity_share_reaches_the_training_samples(folders, tmp_path, monkeypatch):
+    from instruct_ipt.train import trainer as trainer_module
+
+    cfg = make_cfg(folders, tmp_path / "r", data={"identity": 0.5}, val_every=100)
+    shares = []
+    real = trainer_module.SyntheticDataset
+
+    def spy(*a, **k):
+        shares.append(k.get("identity_share"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer_module, "SyntheticDataset", spy)
+    run(cfg)
+    assert shares and set(shares) == {0.5}
+    with pytest.raises(ConfigError, match=r"data.identity: a share in \[0, 1\], got 1.5"):
+        make_cfg(folders, tmp_path, data={"identity": 1.5})
+
+
 def test_composite_share_reaches_the_training_samples(folders, tmp_path, monkeypatch):
     from instruct_ipt.data.degradations import Composite
     from instruct_ipt.train.trainer import synthesis_for

@@ -114,6 +114,12 @@ class SyntheticDataset(Dataset):
     degradation only, in the presence of others, as real photos bring them (issue 23). Only
     with ``synthesis="workers"`` for now.
 
+    ``identity_share``: that share of the synthetic samples is left without the task's degradation:
+    the input *is* the target (the clean crop; with a composite, the crop with its companion only),
+    so each task learns to leave a photo without its degradation alone. Blind mode guesses tasks from what
+    a classifier sees, and a wrong guess then costs little instead of a whole photo (dehaze run on
+    a haze-free photo took it to 18 dB on average: ``benchmarks/wrong_task.py``). Both syntheses.
+
     ``pairs``: real ``(degraded, clean)`` uint8 pairs per task (:func:`~.paired.load_training_pairs`).
     A task with pairs draws that share of its samples (``paired_share``, default 0.5) from them and
     the rest from its operator; a task with pairs and no operator (a task of the user's own, which
@@ -139,6 +145,7 @@ class SyntheticDataset(Dataset):
         synthesis: Literal["workers", "device"] = "workers",
         grey_share: float = 0.0,
         composite_share: float = 0.0,
+        identity_share: float = 0.0,
         companions: Mapping[str, Degradation] | None = None,
         pairs: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
         paired_share: float | Mapping[str, float] = 0.5,
@@ -179,6 +186,9 @@ class SyntheticDataset(Dataset):
         if not 0 <= composite_share <= 1:
             raise ValueError(f"composite_share must be in [0, 1], got {composite_share}")
         self.composite_share = composite_share
+        if not 0 <= identity_share <= 1:
+            raise ValueError(f"identity_share must be in [0, 1], got {identity_share}")
+        self.identity_share = identity_share
         self.companions = dict(degradations if companions is None else companions)
         if composite_share > 0:
             if synthesis == "device":
@@ -248,6 +258,9 @@ class SyntheticDataset(Dataset):
         if grey:
             crop = as_grey(crop)
         clean = crop.astype(np.float32) / 255.0
+        # no draw at share 0: samples as before. On the device an identity sample still draws its
+        # parameters (a task's draws stack in the batch) and the degrader puts the target in its place.
+        identity = self.identity_share > 0 and bool(rng.random() < self.identity_share)
         if self.synthesis == "device":
             draws = self.batched[name].draw(clean, rng)
             canvas = np.zeros((3,) + (self.patch_size + 2 * self.margin,) * 2, np.uint8)
@@ -260,12 +273,15 @@ class SyntheticDataset(Dataset):
                 "seed": int(rng.integers(2**63)),
                 "draws": draws,
                 "grey": grey,
+                "identity": identity,
             }
         if isinstance(op, Composite):
             key = int(rng.integers(2**63))
-            degraded, clean = op.apply(clean, key).image, op.apply(clean, key, skip=[name]).image
+            kept = op.apply(clean, key, skip=[name]).image  # the companion stays in the target
+            degraded = kept if identity else op.apply(clean, key).image
+            clean = kept
         else:
-            degraded = op(clean, rng).image
+            degraded = clean if identity else op(clean, rng).image
         if grey:
             degraded, clean = grey_degraded(degraded), grey_degraded(clean)
         if m:

@@ -81,6 +81,9 @@ class DataConfig:
     #: share of training samples that carry a second degradation (another task's), kept in the
     #: target, so each task learns to remove only its own (issue 23); ``synthesis: workers`` only
     composite: float = 0.0
+    #: share of training samples left without their task's degradation (input = target), so each
+    #: task learns to leave such a photo alone: blind mode's wrong guesses then cost little
+    identity: float = 0.0
     #: real degraded/clean pairs per task, ``{task: [folders]}``, in the layouts ``eval`` detects
     #: (GoPro, Rain100L/H, SOTS, CSD, ``input/`` + ``target/``); a task listed here needs no
     #: synthetic degradation (a task of your own). ``synthesis: workers`` (``auto`` picks it).
@@ -323,6 +326,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.grey_share: a share in [0, 1], got {cfg.data.grey_share}")
     if not 0 <= cfg.data.composite <= 1:
         raise ConfigError(f"data.composite: a share in [0, 1], got {cfg.data.composite}")
+    if not 0 <= cfg.data.identity <= 1:
+        raise ConfigError(f"data.identity: a share in [0, 1], got {cfg.data.identity}")
     if cfg.data.composite > 0 and cfg.data.synthesis == "device":
         raise ConfigError("data.composite: composite samples are made in the workers; set data.synthesis: workers")
     d = cfg.data

@@ -285,7 +285,7 @@ class StageRunner:
             trainer.images, {t: trainer.ops[t] for t in tasks if t in trainer.ops}, patch_size=d.patch_size,
             length=stage.iterations * batch, task_weights={t: cfg.tasks[t].weight for t in tasks},
             tasks=model.tasks, seed=cfg.seed, synthesis=synthesis_for(cfg, info.device), grey_share=stage.grey_share,
-            composite_share=d.composite, companions=trainer.ops,
+            composite_share=d.composite, identity_share=d.identity, companions=trainer.ops,
             pairs={t: trainer.pairs[t] for t in tasks if t in trainer.pairs}, paired_share=d.paired_share,
         )
         self.dataset.set_epoch(stage.index)

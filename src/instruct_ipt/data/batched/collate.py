@@ -33,6 +33,7 @@ def collate_device(samples: Sequence[Mapping]) -> dict:
         "task": torch.tensor([s["task"] for s in samples], dtype=torch.long),
         "seed": torch.tensor([s["seed"] for s in samples], dtype=torch.long),
         "grey": torch.tensor([bool(s.get("grey", False)) for s in samples]),
+        "identity": torch.tensor([bool(s.get("identity", False)) for s in samples]),
         "draws": draws,
     }
 
@@ -73,4 +74,8 @@ class BatchDegrader:
         if grey is not None and bool(grey.any()):  # host flags: grey samples get channel 0's degradation everywhere
             rows = grey.nonzero().flatten().to(device, non_blocking=True)
             degraded.index_copy_(0, rows, degraded.index_select(0, rows)[:, :1].expand(-1, 3, -1, -1).contiguous())
+        identity = batch.get("identity")
+        if identity is not None and bool(identity.any()):  # host flags: samples left clean (input = target)
+            rows = identity.nonzero().flatten().to(device, non_blocking=True)
+            degraded.index_copy_(0, rows, target.index_select(0, rows))
         return degraded, target, batch["task"].to(device, non_blocking=True)
