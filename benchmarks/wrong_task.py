@@ -7,25 +7,21 @@ would be a task that leaves such a photo exactly alone - and, per model, what bl
 each clean photo and what that did. Several ``--model`` folders are measured side by side on the
 same crops (e.g. a model trained with ``data.identity`` against one without):
 
-    python benchmarks/wrong_task.py --photos ../shared/photos/val --crop 384 --model default --model runs/identity/i0.2/model
+    python benchmarks/wrong_task.py --photos ../shared/photos/val --crop 384 \
+        --model default --model runs/identity/i0.2/model
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
 
 from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.validation import center_crop
+from instruct_ipt.eval.metrics import psnr
 from instruct_ipt.pipeline import RestorationPipeline
-
-
-def psnr(out: np.ndarray, target: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(out, 0.0, 1.0) - target) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 def main() -> None:
@@ -33,7 +29,7 @@ def main() -> None:
     ap.add_argument("--photos", required=True, help="a folder of clean photos")
     ap.add_argument("--model", action="append", required=True, help="a model folder, or 'default' (repeatable)")
     ap.add_argument("--crop", type=int, default=384, help="centre crop side (0: whole photos)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="torch device of the models (default: cpu)")
     args = ap.parse_args()
     files = list_images(args.photos)
     if not files:
@@ -44,13 +40,14 @@ def main() -> None:
     blind: dict[str, list[str]] = {}
     for name in args.model:
         pipe = RestorationPipeline.from_pretrained(None if name == "default" else name, device=args.device)
-        table[name] = {t: [psnr(pipe.run(img, [t]), img) for img in photos.values()] for t in pipe.tasks}
+        table[name] = {t: [psnr(np.clip(pipe.run(img, [t]), 0, 1), img) for img in photos.values()] for t in pipe.tasks}
         blind[name] = []
         for stem, img in photos.items():
             tasks = pipe.choose(img).tasks
             out = pipe.run(img, tasks) if tasks else img
-            blind[name].append(f"{stem}: {','.join(tasks) or 'nothing'} {psnr(out, img):.2f}")
-    print(f"photos: {len(photos)} ({', '.join(photos)}), {'centre crops of ' + str(args.crop) + ' px' if args.crop else 'whole'}")
+            blind[name].append(f"{stem}: {','.join(tasks) or 'nothing'} {psnr(np.clip(out, 0, 1), img):.2f}")
+    size = f"centre crops of {args.crop} px" if args.crop else "whole"
+    print(f"photos: {len(photos)} ({', '.join(photos)}), {size}")
     print("mean PSNR (RGB dB) of each task's output against the clean photo it was given; per photo in brackets")
     print("| task | " + " | ".join(args.model) + " |")
     print("| --- |" + " --- |" * len(args.model))

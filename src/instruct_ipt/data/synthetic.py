@@ -117,8 +117,9 @@ class SyntheticDataset(Dataset):
     ``identity_share``: that share of the synthetic samples is left without the task's degradation:
     the input *is* the target (the clean crop; with a composite, the crop with its companion only),
     so each task learns to leave a photo without its degradation alone. Blind mode guesses tasks from what
-    a classifier sees, and a wrong guess then costs little instead of a whole photo (dehaze run on
-    a haze-free photo took it to 18 dB on average: ``benchmarks/wrong_task.py``). Both syntheses.
+    a classifier sees, and a wrong guess then costs less (dehaze run on a haze-free photo took it to
+    17.7 dB on average, 26.3 dB with a share of 0.2: ``benchmarks/wrong_task.py``, the figures in
+    docs/instructions.md). Both syntheses.
 
     ``pairs``: real ``(degraded, clean)`` uint8 pairs per task (:func:`~.paired.load_training_pairs`).
     A task with pairs draws that share of its samples (``paired_share``, default 0.5) from them and
@@ -129,8 +130,8 @@ class SyntheticDataset(Dataset):
     ``synthesis="device"``: the operators are wrapped with :func:`~.batched.batched`; after the same
     draws of task, photo, crop and flip, a sample holds ``clean`` (3, S, S) uint8, S = P + 2M with M
     :attr:`margin`, the largest margin of the operators (a task's own P + 2m crop centred, the rest
-    zero), ``draws`` (its operator's parameters) and ``seed`` (of its random fields), besides ``task``
-    and ``task_name``. Batch with :func:`~.batched.collate_device`, degrade with :meth:`degrader`.
+    zero), ``draws`` (its operator's parameters), ``seed`` (of its random fields) and the flags
+    ``grey`` and ``identity``, besides ``task`` and ``task_name``. Batch with :func:`~.batched.collate_device`, degrade with :meth:`degrader`.
     """
 
     def __init__(

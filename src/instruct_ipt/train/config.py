@@ -82,7 +82,7 @@ class DataConfig:
     #: target, so each task learns to remove only its own (issue 23); ``synthesis: workers`` only
     composite: float = 0.0
     #: share of training samples left without their task's degradation (input = target), so each
-    #: task learns to leave such a photo alone: blind mode's wrong guesses then cost little
+    #: task learns to leave such a photo alone: blind mode's wrong guesses then cost less
     identity: float = 0.0
     #: real degraded/clean pairs per task, ``{task: [folders]}``, in the layouts ``eval`` detects
     #: (GoPro, Rain100L/H, SOTS, CSD, ``input/`` + ``target/``); a task listed here needs no

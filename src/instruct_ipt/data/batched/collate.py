@@ -13,7 +13,8 @@ from .base import BatchedDegradation
 def collate_device(samples: Sequence[Mapping]) -> dict:
     """DataLoader ``collate_fn`` for ``SyntheticDataset(synthesis="device")`` samples.
 
-    Returns ``clean`` (B, 3, S, S) uint8, ``task`` and ``seed`` (B,) int64 and ``draws``:
+    Returns ``clean`` (B, 3, S, S) uint8, ``task`` and ``seed`` (B,) int64, the flags ``grey`` and
+    ``identity`` (B,) bool and ``draws``:
     ``{task_name: {"index": rows of that task in the batch, key: stacked draws}}``: draws stack
     within a task only (their shapes are fixed by the task's operator). All tensors, so
     ``pin_memory`` works.
