@@ -335,8 +335,8 @@ class BlindDataset(Dataset):
     ``keep_sharp``, whose label is the blur, are never softened).
 
     For a multi-label classifier, or one with a clean class, ``clean_share`` of the samples carry no
-    degradation (the photo itself, softened or not: "nothing to do" must be learnt from examples) and ``composite_share``
-    carry two different ones applied in the physical order (:class:`~instruct_ipt.data.degradations.Composite`);
+    degradation (the photo itself, softened or not: "nothing to do" must be learnt from examples)
+    and ``composite_share`` carry two different ones applied in the physical order (:class:`~instruct_ipt.data.degradations.Composite`);
     the rest carry one. Each sample's ``labels`` mark every degradation it carries; ``task`` is the
     index of its only one (-1 when it has none or two).
     """
@@ -430,9 +430,10 @@ def train_classifier(
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
     multi-label one, or one with a clean class: its features and per-task scores carry over, a
-    new clean class starts fresh, an init's clean class is left out of a classifier without one). ``multilabel``: a sigmoid per task with binary cross-entropy, on
-    samples with none (``clean_share``), one or two (``composite_share``) degradations; thresholds
-    stay at 0.5 until :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
+    new clean class starts fresh, an init's clean class is left out of a classifier without one).
+    ``multilabel``: a sigmoid per task with binary cross-entropy, on samples with none
+    (``clean_share``), one or two (``composite_share``) degradations; thresholds stay at 0.5 until
+    :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
     a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean."""
     tasks = list(degradations)
     if not multilabel and composite_share:
