@@ -23,16 +23,22 @@ classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the r
 ``--further TASK`` limits the tasks named after the first, ``--no-gate`` always names the first
 (with a clean class: unless clean is the most likely class). A classifier with a clean class is
 gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
+``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
+later ``--peel`` run with the same classifier, model, photos and seeds reads them back instead, so
+another ``--further`` or ``--no-gate`` choice takes seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
+import json
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from skimage import data as skdata
 
 from instruct_ipt.data.degradations import DEGRADATIONS, make_degradation
@@ -40,10 +46,14 @@ from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.synthetic import load_clean_images
 from instruct_ipt.instruct.blind import (
     PEEL_REGION,
+    WALK_KEYS,
     DegradationClassifier,
-    calibrate_peeling,
+    Peeling,
     calibrate_thresholds,
+    choose_peeling,
+    peel_walks,
     train_classifier,
+    walked_sets,
 )
 from instruct_ipt.pipeline import RestorationPipeline
 from instruct_ipt.train.trainer import SKIMAGE_PHOTOS
@@ -80,6 +90,8 @@ def main() -> None:
     ap.add_argument("--region", type=int, default=PEEL_REGION, help="with --peel: side of the central crop peeling restores")
     ap.add_argument("--further", action="append", help="with --peel: a task that may be named after the first "
                     "(repeatable; default: every task)")
+    ap.add_argument("--walks", metavar="FILE", help="with --peel: the calibration walks' file (.npz), written on the "
+                    "first run and read back by a later one with the same classifier, model, photos and seeds")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
                     "is always named; with a clean class, unless clean is the most likely class)")
     args = ap.parse_args()
@@ -99,8 +111,8 @@ def main() -> None:
     if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
                          "--recalibrate or --clean-class")
-    if not args.peel and (args.further or args.no_gate or args.model):
-        raise SystemExit("--further, --no-gate and --model go with --peel")
+    if not args.peel and (args.further or args.no_gate or args.model or args.walks):
+        raise SystemExit("--further, --no-gate, --model and --walks go with --peel")
     unknown_tasks = sorted(set(args.further or []) - set(DEGRADATIONS))
     if unknown_tasks:
         raise SystemExit(f"--further {', '.join(unknown_tasks)}: not a task; choose among {', '.join(DEGRADATIONS)}")
@@ -154,21 +166,67 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     missing = sorted(set(model.tasks) - set(pipe.tasks))
     if missing:
         raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
+    unknown = sorted(set(args.further or ()) - set(model.tasks))
+    if unknown:
+        raise SystemExit(f"--further {', '.join(unknown)}: not among the classifier's tasks ({', '.join(model.tasks)})")
     held_out = [read_rgb(f) for f in left_out]
+    key = walks_key(args, model, pipe, left_out)
     print(f"calibrating peeling on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
     try:
-        peeling = calibrate_peeling(model, calibration_cases(held_out, list(model.tasks), args.calibration_seeds),
-                                    lambda x, t: pipe.run(x, [t]), region=args.region, further_tasks=args.further,
-                                    gate=not args.no_gate)
-    except ValueError as e:  # bad settings, refused before the walk
+        Peeling({}, {}, args.region)  # bad settings are refused before the (long) walk, not after
+        if args.walks and Path(args.walks).exists():
+            walks = read_walks(Path(args.walks), key)
+            print(f"walks read from {args.walks}")
+        else:
+            cases = calibration_cases(held_out, list(model.tasks), args.calibration_seeds)
+            walks = peel_walks(model, cases, lambda x, t: pipe.run(x, [t]), args.region)
+            if args.walks:
+                write_walks(Path(args.walks), walks, key)
+                print(f"walks written to {args.walks}")
+        peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate)
+    except ValueError as e:  # bad settings (refused before the walk) or a walks file for something else
         raise SystemExit(str(e)) from None
     if peeling.clean is not None:
         print(f"clean threshold (probability): {peeling.clean:.4f}")
     else:
         print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
+    right = (walked_sets(model, walks) == walks["present"]).all(1)
+    count = walks["present"].sum(1)
+    print("calibration images named exactly:", ", ".join(f"{what} {right[count == n].sum()}/{(count == n).sum()}"
+                                                          for n, what in ((0, "clean"), (1, "one degradation"), (2, "two"))))
     model.save(args.out)
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: RestorationPipeline, left_out: list[Path]) -> str:
+    """What the walks depend on (the classifier's and the restoration model's weights, the photos'
+    files, the seeds, the region), as one string: a walks file made for anything else is refused."""
+    photos = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(left_out)}
+    return json.dumps({"classifier": weights_digest(model), "tasks": list(model.tasks), "model": weights_digest(pipe.model),
+                       "photos": photos, "seeds": args.calibration_seeds, "region": args.region}, sort_keys=True)
+
+
+def write_walks(path: Path, walks: dict[str, np.ndarray], key: str) -> None:
+    """The walks as plain arrays (.npz, no pickled objects), written atomically, with their key."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), **walks)
+    tmp.replace(path)
+
+
+def read_walks(path: Path, key: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        if "key" not in f.files or str(f["key"]) != key:
+            raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: "
+                             "remove it (or give another --walks) to walk again")
+        return {k: f[k] for k in WALK_KEYS}
 
 
 def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:

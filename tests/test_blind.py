@@ -355,6 +355,39 @@ def test_calibrate_peeling_walks_each_case_twice_and_sets_the_thresholds():
     assert scene.calls == []  # refused before any restoration
 
 
+def test_one_walk_serves_several_threshold_choices():
+    from instruct_ipt.instruct.blind import WALK_KEYS, calibrate_peeling, choose_peeling, peel_walks, walked_sets
+
+    scene = _scene()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain"), ("derain",)),
+             (scene.image("derain", "denoise"), ("derain", "denoise"))]
+    walks = peel_walks(scene.classifier(), cases, scene.restore, region=32)
+    assert len(scene.calls) == 2 * len(cases) and set(walks) == set(WALK_KEYS)
+    assert walks["present"].tolist() == [[False] * 3, [True, False, False], [False, True, False], [True, True, False]]
+    scene.calls.clear()
+    for further in (None, ["denoise"], ["dehaze"]):  # no restoration: the choice reads the walk only
+        chosen = choose_peeling(scene.classifier(), walks, region=32, further_tasks=further)
+        walked = calibrate_peeling(scene.classifier(), cases, scene.restore, region=32, further_tasks=further)
+        assert chosen == walked
+    assert len(scene.calls) == 3 * 2 * len(cases)  # only calibrate_peeling restored
+    # what the walk says each threshold choice names is what detect names, restoring again
+    for peeling in (Peeling({}, {"denoise": 0.1}, region=32), Peeling({"denoise": 0.95}, {"denoise": 0.1}, region=32),
+                    Peeling({}, {"denoise": 0.1}, region=32, max_tasks=1), Peeling({}, {"denoise": 0.2}, region=32)):
+        clf = scene.classifier(peeling)
+        named = [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases]
+        assert [set(np.array(clf.tasks)[row]) for row in walked_sets(clf, walks)] == named
+    with pytest.raises(ValueError, match="no peeling"):
+        walked_sets(scene.classifier(), walks)
+    # naming only dehaze after the first, the pair cannot be found: no further threshold for denoise
+    assert "denoise" not in choose_peeling(scene.classifier(), walks, further_tasks=["dehaze"]).further
+    with pytest.raises(ValueError, match="lack present"):
+        choose_peeling(scene.classifier(), {k: v for k, v in walks.items() if k != "present"})
+    with pytest.raises(ValueError, match="walks for 2 tasks"):
+        choose_peeling(scene.classifier(), walks | {"present": walks["present"][:, :2]})
+    with pytest.raises(ValueError, match="carry jpeg: not among"):
+        peel_walks(scene.classifier(), [(scene.image(), ("jpeg",))], scene.restore, region=32)
+
+
 def test_a_calibrated_classifier_saves_and_loads_with_its_peeling(tmp_path):
     from instruct_ipt.instruct.blind import calibrate_peeling
 
@@ -484,7 +517,9 @@ def test_with_a_clean_class_a_further_task_must_be_more_likely_than_clean():
 
 
 def test_peeling_calibration_with_a_clean_class_gates_on_it():
-    from instruct_ipt.instruct.blind import calibrate_peeling, choose_peeling_thresholds
+    from dataclasses import replace
+
+    from instruct_ipt.instruct.blind import calibrate_peeling, choose_peeling_thresholds, peel_walks, walked_sets
 
     tasks = ["a", "b"]
     # a clean image (clean 0.7), two singles (clean 0.2, 0.45), a pair; the second single's second task
@@ -513,6 +548,14 @@ def test_peeling_calibration_with_a_clean_class_gates_on_it():
     calibrated = calibrate_peeling(clf, cases, scene.restore, region=32)
     assert 0.2 < calibrated.clean <= 0.5 and calibrated.start == {}
     assert [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases] == [set(), {"denoise"}, {"derain"}, {"derain", "denoise"}]
+    walks = peel_walks(clf, cases, scene.restore, region=32)
+    seen = []
+    for gate in (calibrated.clean, 0.15, 0.6, None):  # the walk's sets are detect's, at any clean gate
+        clf.peeling = replace(calibrated, clean=gate)
+        named = [{t for t, _ in clf.detect(rgb, restore=scene.restore)} for rgb, _ in cases]
+        assert [set(np.array(clf.tasks)[row]) for row in walked_sets(clf, walks)] == named
+        seen.append(named)
+    assert seen[1][1] == set() and seen[2][0] == {"denoise"}  # 0.15 gates the noise photo; 0.6 lets the clean one through
 
 
 def test_peeling_calibration_counts_clean_images_first_only_with_a_clean_class():

@@ -665,26 +665,24 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
                    clean=float(clean[0]) if clean_gate else None)
 
 
-def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
-                      restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
-                      gate: bool = True, rounds: int = 3, singles_first: bool = True) -> Peeling:
-    """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
-    ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
-    ``restore``: each image's first two peeling steps are taken once (two restorations of its
-    crop), then :func:`choose_peeling_thresholds` picks the thresholds (``further_tasks``, ``gate``:
-    see there). ``singles_first``: images with one degradation count before all others (see
-    :func:`calibrate_thresholds`) - blind mode must not get worse where it is already good; with a
-    clean class, clean images too: "nothing to do" is then an answer the classifier was trained to
-    give, asked for as plainly as one task (counting singles alone first, one single too faint to
-    see - noise of sigma 1.6 - held the clean threshold above three of the five clean calibration
-    photos). Sets and returns ``classifier.peeling``."""
+#: the arrays of :func:`peel_walks`, one entry per calibration image
+WALK_KEYS = ("first", "first_prob", "second", "second_change", "first_clean", "second_beats", "present")
+
+
+def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
+               restore: Restore, region: int = PEEL_REGION) -> dict[str, np.ndarray]:
+    """Each case's first two :meth:`~DegradationClassifier.peel_steps` (two restorations of its
+    crop: the slow part of :func:`calibrate_peeling`), as arrays keyed by :data:`WALK_KEYS`: task
+    indices, the first's probability, the second's change, the first's clean probability (NaN
+    without a clean class), whether the second beat clean, and ``present`` (cases x tasks, the
+    degradations each image carries). They do not depend on the thresholds chosen from them, so
+    :func:`choose_peeling` can try several choices (``further_tasks``, ``gate``) on one walk."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
-    Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
-    if len(classifier.tasks) < 2:
-        raise ValueError("peeling needs a classifier of two or more tasks")
-    _check_peeling_calibration(classifier.tasks, further_tasks, np.array([len(tasks) for _, tasks in cases]))
     index = {t: i for i, t in enumerate(classifier.tasks)}
+    unknown = sorted({t for _, tasks in cases for t in tasks} - set(index))
+    if unknown:
+        raise ValueError(f"calibration images carry {', '.join(unknown)}: not among the classifier's tasks")
     walks = []
     for rgb, _ in cases:
         steps = classifier.peel_steps(rgb, classifier.predict(rgb), restore, region)
@@ -692,11 +690,69 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
         clean = (one.clean, two.prob > two.clean) if classifier.clean_class else (np.nan, True)
         walks.append((index[one.task], one.prob, index[two.task], two.change, *clean))
     first, first_prob, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
-    present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
-    by_clean = {"first_clean": first_clean, "second_beats": second_beats} if classifier.clean_class else {}
+    present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases], bool)
+    return {"first": first.astype(np.int64), "first_prob": first_prob.astype(float), "second": second.astype(np.int64),
+            "second_change": second_change.astype(float), "first_clean": first_clean.astype(float),
+            "second_beats": second_beats.astype(bool), "present": present}
+
+
+def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,
+                   max_tasks: int = 2, further_tasks: Sequence[str] | None = None, gate: bool = True,
+                   rounds: int = 3, singles_first: bool = True) -> Peeling:
+    """``classifier``'s :class:`Peeling` from recorded :func:`peel_walks` (see
+    :func:`calibrate_peeling`, which walks and then calls this). Sets and returns
+    ``classifier.peeling``."""
+    missing = [k for k in WALK_KEYS if k not in walks]
+    if missing:
+        raise ValueError(f"peeling walks lack {', '.join(missing)}")
+    present = np.asarray(walks["present"], bool)
+    if present.ndim != 2 or present.shape[1] != len(classifier.tasks):
+        raise ValueError(f"peeling walks for {present.shape[-1]} tasks; the classifier has {len(classifier.tasks)}")
+    by_clean = ({"first_clean": walks["first_clean"], "second_beats": walks["second_beats"]}
+                if classifier.clean_class else {})
     first_images = present.sum(1) <= 1 if classifier.clean_class else present.sum(1) == 1
-    peeling = choose_peeling_thresholds(classifier.tasks, first, first_prob, second, second_change, present,
-                                        further_tasks, gate, rounds, first_images if singles_first else None,
-                                        **by_clean)
+    peeling = choose_peeling_thresholds(classifier.tasks, walks["first"], walks["first_prob"], walks["second"],
+                                        walks["second_change"], present, further_tasks, gate, rounds,
+                                        first_images if singles_first else None, **by_clean)
     classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
     return classifier.peeling
+
+
+def walked_sets(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """What ``classifier`` with its :attr:`~DegradationClassifier.peeling` names on each image of
+    recorded :func:`peel_walks` (images x tasks, bool): what :meth:`~DegradationClassifier.detect`
+    would, two tasks at most, without restoring again - so a calibration can report how many
+    images it gets right."""
+    peel = classifier.peeling
+    if peel is None:
+        raise ValueError("the classifier has no peeling")
+    tasks = classifier.tasks
+    start = np.array([peel.start.get(t, 0.0) for t in tasks])
+    further = np.array([peel.further.get(t, 2.0) if peel.max_tasks > 1 else 2.0 for t in tasks])  # 2: never
+    by_clean = ({"first_clean": walks["first_clean"], "clean": peel.clean, "second_beats": walks["second_beats"]}
+                if classifier.clean_class else {})
+    return peeled_sets(walks["first"], walks["first_prob"], walks["second"], walks["second_change"], start, further,
+                       **by_clean)
+
+
+def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
+                      restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
+                      gate: bool = True, rounds: int = 3, singles_first: bool = True) -> Peeling:
+    """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
+    ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
+    ``restore``: each image's first two peeling steps are taken once (:func:`peel_walks`: two
+    restorations of its crop), then :func:`choose_peeling_thresholds` picks the thresholds
+    (``further_tasks``, ``gate``: see there). ``singles_first``: images with one degradation count
+    before all others (see :func:`calibrate_thresholds`) - blind mode must not get worse where it
+    is already good; with a clean class, clean images too: "nothing to do" is then an answer the
+    classifier was trained to give, asked for as plainly as one task (counting singles alone
+    first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
+    of the five clean calibration photos). Sets and returns ``classifier.peeling``."""
+    if classifier.multilabel:
+        raise ValueError("peeling belongs to a single-label classifier")
+    Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
+    if len(classifier.tasks) < 2:
+        raise ValueError("peeling needs a classifier of two or more tasks")
+    _check_peeling_calibration(classifier.tasks, further_tasks, np.array([len(tasks) for _, tasks in cases]))
+    walks = peel_walks(classifier, cases, restore, region)
+    return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first)
