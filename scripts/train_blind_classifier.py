@@ -222,8 +222,17 @@ def write_walks(path: Path, walks: dict[str, np.ndarray], key: str) -> None:
 
 
 def read_walks(path: Path, key: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        if "key" not in f.files or str(f["key"]) != key:
+    """The walks :func:`write_walks` wrote for ``key``; anything else (another key, another file) is refused."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a walks file ({e})") from None
+    if not hasattr(f, "files"):  # a plain .npy array, not an .npz archive
+        raise ValueError(f"{path}: not a walks file written by --walks")
+    with f:
+        if "key" not in f.files or any(k not in f.files for k in WALK_KEYS):
+            raise ValueError(f"{path}: not a walks file written by --walks")
+        if str(f["key"]) != key:
             raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: "
                              "remove it (or give another --walks) to walk again")
         return {k: f[k] for k in WALK_KEYS}

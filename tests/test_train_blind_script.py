@@ -28,6 +28,12 @@ def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
         np.testing.assert_array_equal(back[k], walks[k])
     with pytest.raises(ValueError, match="walks for another classifier"):
         script.read_walks(path, '{"seeds": 3}')
+    np.savez(tmp_path / "other.npz", key=np.array('{"seeds": 2}'), first=walks["first"])  # keys missing
+    (tmp_path / "text.npz").write_text("not numpy at all")
+    np.save(tmp_path / "array.npy", walks["first"])  # a plain array, no key
+    for other in ("other.npz", "text.npz", "array.npy"):
+        with pytest.raises(ValueError, match="not a walks file"):
+            script.read_walks(tmp_path / other, '{"seeds": 2}')
 
 
 def test_the_walks_key_changes_with_the_weights_and_the_photos(tmp_path):
