@@ -75,8 +75,9 @@ def main() -> None:
     ap.add_argument("--multilabel", action="store_true", help="one score per task, thresholds calibrated on the left-out photos")
     ap.add_argument("--clean-class", action="store_true", help="single-label with one more class, clean "
                     "('nothing to do'), learnt from --clean-share clean crops")
-    ap.add_argument("--clean-share", type=float, default=0.15, help="with --multilabel or --clean-class: share of clean crops")
-    ap.add_argument("--composite-share", type=float, default=0.35, help="with --multilabel: share of crops with two degradations")
+    ap.add_argument("--clean-share", type=float, help="with --multilabel or --clean-class: share of clean crops (default 0.15)")
+    ap.add_argument("--composite-share", type=float, help="with --multilabel: share of crops with two degradations "
+                    "(default 0.35)")
     ap.add_argument("--calibration-seeds", type=int, default=2, help="degraded versions of each left-out photo for calibration")
     ap.add_argument("--recalibrate", metavar="FILE", help="with --multilabel: no training; load this multi-label "
                     "classifier, attach --primary if given, calibrate on the left-out photos and write --out")
@@ -104,6 +105,12 @@ def main() -> None:
         raise SystemExit(f"--out {args.out} is a file this run reads: write the new classifier elsewhere")
     if args.clean_class and args.multilabel:
         raise SystemExit("--clean-class is a single-label classifier's: not with --multilabel")
+    if args.composite_share is not None and not args.multilabel:
+        raise SystemExit("--composite-share goes with --multilabel (a single-label classifier trains on one degradation a crop)")
+    if args.clean_share is not None and not (args.multilabel or args.clean_class):
+        raise SystemExit("--clean-share goes with --multilabel or --clean-class")
+    clean_share = 0.15 if args.clean_share is None else args.clean_share
+    composite_share = 0.35 if args.composite_share is None else args.composite_share
     if args.singles_first and not args.multilabel:
         raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
     if (args.multilabel or args.peel) and not args.exclude:
@@ -135,9 +142,8 @@ def main() -> None:
         model.primary, model.extra_thresholds = None, {}  # attached again below if --primary
     else:
         init = DegradationClassifier.load(args.init) if args.init else None
-        shares = {"clean_share": args.clean_share, "composite_share": args.composite_share} if args.multilabel else {}
-        if args.clean_class:
-            shares = {"clean_share": args.clean_share, "clean_class": True}
+        shares = ({"clean_share": clean_share, "composite_share": composite_share} if args.multilabel
+                  else {"clean_share": clean_share, "clean_class": True} if args.clean_class else {})
         model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, **shares)

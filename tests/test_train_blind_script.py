@@ -57,3 +57,15 @@ def test_the_walks_key_changes_with_the_weights_and_the_photos(tmp_path):
     key = script.walks_key(args, clf, pipe, [photo])
     photo.write_bytes(b"two")
     assert script.walks_key(args, clf, pipe, [photo]) != key
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clean-class", "--composite-share", "0.2"], "--composite-share goes with --multilabel"),
+    (["--clean-share", "0.2"], "--clean-share goes with --multilabel or --clean-class"),
+    (["--walks", "w.npz"], "--walks go with --peel"),
+])
+def test_options_that_would_be_ignored_are_refused(monkeypatch, tmp_path, args, message):
+    monkeypatch.setattr("sys.argv", ["train_blind_classifier.py", "--out", str(tmp_path / "c.safetensors"), *args])
+    with pytest.raises(SystemExit, match=message):
+        script.main()
+    assert not (tmp_path / "c.safetensors").exists()
