@@ -5,8 +5,10 @@
 
 Blind mode's clean class and thresholds learnt from 16 + 5 photos did not carry over to the
 validation photos (docs/instructions.md): a soft, bright or shallow-depth-of-field photo without any
-degradation read as hazy or blurred. These are the photographs (not illustrations) of the same
-packages that ../shared/photos leaves out, several of them exactly that kind of photo. Each is
+degradation read as hazy or blurred. These are photographs (not illustrations) of the same
+packages that ../shared/photos leaves out, several of them exactly that kind of photo; left out
+here too: the foggy ones (plasma's ColdRipple and DarkestHour: not clean) and the night sky and
+kite scenes (lomiri's Infinite-Sea, plasma's Kite: composited or partly drawn). Each is
 downscaled (Lanczos) so that the longer side is 1024 px, cropped to a multiple of 16 px and saved as
 PNG, as ../shared/photos/SOURCES.md describes. Nothing is downloaded here: the script reads the
 ``.deb`` files (an ``ar`` archive holding ``data.tar.*``) that ``apt-get download`` fetched.

@@ -176,7 +176,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     if unknown:
         raise SystemExit(f"--further {', '.join(unknown)}: not among the classifier's tasks ({', '.join(model.tasks)})")
     held_out = [read_rgb(f) for f in left_out]
-    key = walks_key(args, model, pipe, left_out)
+    key = walks_key(args, model, pipe, left_out) if args.walks else None
     print(f"calibrating peeling on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
     try:
         Peeling({}, {}, args.region)  # bad settings are refused before the (long) walk, not after
