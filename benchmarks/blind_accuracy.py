@@ -6,11 +6,12 @@ images) and counts, per classifier side by side, the images whose *set* of detec
 exactly right (``DegradationClassifier.detect``, crops averaged as blind mode does). Cases: every
 single degradation, every ``--composite`` (default: the four of issue 23 and blur+noise), and the
 clean photo itself (right only when nothing is detected - a single-label classifier without a clean
-class always names a task). For single degradations ``tiles`` also classifies each 256x256 tile alone (a harder test).
+class always names a task). For single degradations ``tiles`` also classifies each 256x256 tile alone (a harder test;
+``--tile 0`` skips it: with a peeling classifier each tile is restored, most of the run's time).
 Target (issue 5): >= 95% on single degradations.
 
     python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 3] \\
-        [--classifier FILE ...] [--composite rain+noise ...]
+        [--classifier FILE ...] [--composite rain+noise ...] [--tile 256]
 
 Without ``--classifier``: the packaged one. A classifier with peeling (``--peel`` in
 scripts/train_blind_classifier.py) restores with ``--model`` (default: the shipped model) as blind
@@ -42,9 +43,11 @@ def main() -> None:
     ap.add_argument("--classifier", action="append", help="classifier file (repeatable; default: the packaged one)")
     ap.add_argument("--seeds", type=int, default=1, help="degraded versions of each photo per case")
     ap.add_argument("--composite", action="append", help=f"composite cases (default: {', '.join(DEFAULT_COMPOSITES)})")
-    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--tile", type=int, default=256, help="side of the tiles classified alone (0: none - each tile peels, the slow part)")
     ap.add_argument("--model", help="restoration model folder for classifiers that peel (default: the shipped model)")
     args = ap.parse_args()
+    if args.tile < 0:
+        raise SystemExit(f"--tile {args.tile}: a side in pixels, or 0 for no tiles")
     names = args.classifier or ["packaged"]
     clfs = [DegradationClassifier.default() if n == "packaged" else DegradationClassifier.load(n) for n in names]
     restore = None
@@ -94,7 +97,7 @@ def main() -> None:
                     if set(seen) != expected:
                         key = "+".join(seen) or "nothing"
                         wrong[k][key] = wrong[k].get(key, 0) + 1
-                    if spec in tasks:  # single degradations: each tile alone too
+                    if spec in tasks and args.tile:  # single degradations: each tile alone too
                         h, w = image.shape[:2]
                         for r in range(0, h - args.tile + 1, args.tile):
                             for col in range(0, w - args.tile + 1, args.tile):
@@ -111,7 +114,8 @@ def main() -> None:
             totals[group][:, 1] += n
     for group, tot in totals.items():
         print(f"| all {group} | {' | '.join(f'{a}/{b} = {100 * a / max(1, b):.1f}%' for a, b in tot)} |")
-    print(f"| single, {args.tile} px tiles alone | {' | '.join(f'{a}/{b} = {100 * a / max(1, b):.1f}%' for a, b in tiles)} |")
+    if args.tile:
+        print(f"| single, {args.tile} px tiles alone | {' | '.join(f'{a}/{b} = {100 * a / max(1, b):.1f}%' for a, b in tiles)} |")
     print(f"| s/image (whole photo) | {' | '.join(f'{t / max(1, images):.2f}' for t in seconds)} |")
 
 
