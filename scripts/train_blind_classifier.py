@@ -48,13 +48,14 @@ from instruct_ipt.instruct.blind import (
     PEEL_REGION,
     WALK_KEYS,
     DegradationClassifier,
-    Peeling,
     calibrate_thresholds,
+    check_peeling_settings,
     choose_peeling,
     peel_walks,
     train_classifier,
     walked_sets,
 )
+from instruct_ipt.io import hash_state
 from instruct_ipt.pipeline import RestorationPipeline
 from instruct_ipt.train.trainer import SKIMAGE_PHOTOS
 
@@ -172,14 +173,14 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     missing = sorted(set(model.tasks) - set(pipe.tasks))
     if missing:
         raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
-    unknown = sorted(set(args.further or ()) - set(model.tasks))
-    if unknown:
-        raise SystemExit(f"--further {', '.join(unknown)}: not among the classifier's tasks ({', '.join(model.tasks)})")
+    try:
+        check_peeling_settings(model, args.region, further_tasks=args.further)
+    except ValueError as e:
+        raise SystemExit(f"--peel {args.peel}: {e}") from None
     held_out = [read_rgb(f) for f in left_out]
     key = walks_key(args, model, pipe, left_out) if args.walks else None
     print(f"calibrating peeling on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
     try:
-        Peeling({}, {}, args.region)  # bad settings are refused before the (long) walk, not after
         if args.walks and Path(args.walks).exists():
             walks = read_walks(Path(args.walks), key)
             print(f"walks read from {args.walks}")
@@ -190,7 +191,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
                 write_walks(Path(args.walks), walks, key)
                 print(f"walks written to {args.walks}")
         peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate)
-    except ValueError as e:  # bad settings (refused before the walk) or a walks file for something else
+    except ValueError as e:  # a walks file for something else
         raise SystemExit(str(e)) from None
     if peeling.clean is not None:
         print(f"clean threshold (probability): {peeling.clean:.4f}")
@@ -207,8 +208,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
 
 def weights_digest(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_state(digest, module.state_dict())
     return digest.hexdigest()
 
 

@@ -579,3 +579,18 @@ def test_peeling_calibration_counts_clean_images_first_only_with_a_clean_class()
         del probs["clean"]
     start = calibrate_peeling(scene.classifier(), cases, scene.restore, region=32).start
     assert start["denoise"] <= 0.25
+
+
+def test_peeling_settings_are_checked_before_any_walk():
+    from instruct_ipt.instruct.blind import check_peeling_settings
+
+    clf = DegradationClassifier(["denoise", "derain"], width=4)
+    check_peeling_settings(clf, region=64, further_tasks=["derain"])  # fine: returns quietly
+    for bad, match in [(dict(region=16), "region 16"), (dict(max_tasks=0), "max_tasks 0"),
+                       (dict(further_tasks=["dehaze"]), "not among the classifier's: dehaze .it knows denoise, derain")]:
+        with pytest.raises(ValueError, match=match):
+            check_peeling_settings(clf, **bad)
+    with pytest.raises(ValueError, match="two or more tasks"):
+        check_peeling_settings(DegradationClassifier(["denoise"], width=4))
+    with pytest.raises(ValueError, match="single-label"):
+        check_peeling_settings(DegradationClassifier(["denoise", "derain"], width=4, multilabel=True))

@@ -247,3 +247,24 @@ def test_summary_counts_a_merged_task_and_leaves_the_merge_as_it_was():
     model.merge("deblur")
     model.summary(macs=32)
     assert model.modulation.merged_task == "deblur"
+
+
+def test_hash_state_tells_shape_and_dtype_apart_but_not_memory_layout():
+    import hashlib
+
+    import torch
+
+    from instruct_ipt.io import hash_state
+
+    def digest(state):
+        h = hashlib.sha256()
+        hash_state(h, state)
+        return h.hexdigest()
+
+    x = torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4)
+    base = digest({"w": x, "b": torch.ones(2)})
+    assert digest({"b": torch.ones(2), "w": x}) == base  # order of the keys does not matter
+    assert digest({"w": x.to(memory_format=torch.channels_last), "b": torch.ones(2)}) == base
+    assert digest({"w": x.reshape(1, 2, 4, 3), "b": torch.ones(2)}) != base  # same bytes, other shape
+    assert digest({"w": x.view(torch.int32), "b": torch.ones(2)}) != base  # same bytes, other dtype
+    assert digest({"w": x, "b": torch.ones(2), "e": torch.zeros(0)}) != base

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inference import DEFAULT_OVERLAP, restore_with
-from .io import atomic_write, load_tagged, save_tagged
+from .io import atomic_write, hash_state, load_tagged, save_tagged
 from .model import CONFIG_NAME, WEIGHTS_NAME, InstructIPT, default_model_dir
 from .models import IPTV2, FocalContextAttention, GridAttention, IPTConfig
 from .version import __version__
@@ -385,11 +385,7 @@ def onnx_cache_key(model: InstructIPT, task: str | int) -> str:
     head = {"instruct_ipt": __version__, "torch": torch.__version__, "opset": ONNX_OPSET, "ir": ONNX_IR_VERSION,
             "code": _code_fingerprint(), "task": _task_name(model, task), "config": model.config_dict()}
     h.update(json.dumps(head, sort_keys=True).encode())
-    state = model.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_state(h, model.state_dict())
     return h.hexdigest()
 
 

@@ -1,11 +1,14 @@
-"""Atomic file writes: a crash never leaves a half-written output or checkpoint."""
+"""Atomic file writes (a crash never leaves a half-written output or checkpoint), tagged
+safetensors files, and the digest of a state dict (what a cached file was made from)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -53,3 +56,15 @@ def load_tagged(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, dic
     if meta.get("format") != fmt:
         raise ValueError(f"{path} is not {what}")
     return load_file(str(path)), meta
+
+
+def hash_state(h: Any, state: Mapping[str, Any]) -> None:
+    """Feed every tensor of ``state`` to the hash ``h`` (a ``hashlib`` object): name, dtype, shape
+    and bytes, sorted by name - so a file cached from some weights (an ONNX graph, calibration
+    walks) is never reused for others, whatever the tensors' layout in memory."""
+    import torch
+
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -665,6 +665,22 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
                    clean=float(clean[0]) if clean_gate else None)
 
 
+def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL_REGION, max_tasks: int = 2,
+                           further_tasks: Sequence[str] | None = None) -> None:
+    """Refuse what a peeling calibration of ``classifier`` cannot use - before its walk (minutes of
+    restorations), not after: a multi-label classifier, fewer than two tasks, a bad region or
+    ``max_tasks`` (:class:`Peeling`'s checks), a further task it does not know."""
+    if classifier.multilabel:
+        raise ValueError("peeling belongs to a single-label classifier")
+    Peeling({}, {}, region, max_tasks)
+    if len(classifier.tasks) < 2:
+        raise ValueError("peeling needs a classifier of two or more tasks")
+    unknown = sorted(set(further_tasks or ()) - set(classifier.tasks))
+    if unknown:
+        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)} "
+                         f"(it knows {', '.join(classifier.tasks)})")
+
+
 #: the arrays of :func:`peel_walks`, one entry per calibration image
 WALK_KEYS = ("first", "first_prob", "second", "second_change", "first_clean", "second_beats", "present")
 
@@ -748,11 +764,7 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     classifier was trained to give, asked for as plainly as one task (counting singles alone
     first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
     of the five clean calibration photos). Sets and returns ``classifier.peeling``."""
-    if classifier.multilabel:
-        raise ValueError("peeling belongs to a single-label classifier")
-    Peeling({}, {}, region, max_tasks)  # bad settings are refused before the (long) walk, not after
-    if len(classifier.tasks) < 2:
-        raise ValueError("peeling needs a classifier of two or more tasks")
+    check_peeling_settings(classifier, region, max_tasks, further_tasks)
     _check_peeling_calibration(classifier.tasks, further_tasks, np.array([len(tasks) for _, tasks in cases]))
     walks = peel_walks(classifier, cases, restore, region)
     return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first)
