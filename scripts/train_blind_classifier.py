@@ -15,7 +15,8 @@ the main degradation (``DegradationClassifier.attach_primary``); both threshold 
 
 ``--clean-class`` trains a single-label classifier with one more class, clean ("nothing to do"),
 from ``--clean-share`` clean crops; ``--init`` with a classifier without one keeps its features and
-task scores.
+task scores. ``--tone S`` renders that share of the photos otherwise (exposure, tone curve, colour
+balance, saturation) before degrading them (``BlindDataset``'s ``tone``; tried, not shipped).
 
 ``--peel FILE`` (a single-label classifier, or ``packaged``) trains nothing: it calibrates that
 classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the restoration model
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--exclude", action="append", default=[], help="leave out this photo (file name)")
     ap.add_argument("--soften", type=float, default=0.3, help="share of samples softened before degrading")
+    ap.add_argument("--tone", type=float, default=0.0, help="share of photos first given another exposure, tone curve, "
+                    "colour balance and saturation (BlindDataset's tone)")
     ap.add_argument("--context", type=int, default=96, help="square degraded as a whole (>= the 96 px patch)")
     ap.add_argument("--multilabel", action="store_true", help="one score per task, thresholds calibrated on the left-out photos")
     ap.add_argument("--clean-class", action="store_true", help="single-label with one more class, clean "
@@ -116,9 +119,9 @@ def main() -> None:
         raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
     if (args.multilabel or args.peel) and not args.exclude:
         raise SystemExit("--multilabel and --peel calibrate thresholds on left-out photos: give them with --exclude")
-    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class):
+    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
-                         "--recalibrate or --clean-class")
+                         "--recalibrate, --clean-class or --tone")
     if not args.peel and (args.further or args.no_gate or args.model or args.walks):
         raise SystemExit("--further, --no-gate, --model and --walks go with --peel")
     unknown_tasks = sorted(set(args.further or []) - set(DEGRADATIONS))
@@ -147,7 +150,8 @@ def main() -> None:
                   else {"clean_share": clean_share, "clean_class": True} if args.clean_class else {})
         model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
-                                 soften=args.soften, context=args.context, multilabel=args.multilabel, **shares)
+                                 soften=args.soften, context=args.context, multilabel=args.multilabel, tone=args.tone,
+                                 **shares)
     if args.multilabel:
         if args.primary:
             model.attach_primary(DegradationClassifier.default() if args.primary == "packaged"

@@ -586,8 +586,8 @@ def test_peeling_settings_are_checked_before_any_walk():
 
     clf = DegradationClassifier(["denoise", "derain"], width=4)
     check_peeling_settings(clf, region=64, further_tasks=["derain"])  # fine: returns quietly
-    for bad, match in [(dict(region=16), "region 16"), (dict(max_tasks=0), "max_tasks 0"),
-                       (dict(further_tasks=["dehaze"]), "not among the classifier's: dehaze .it knows denoise, derain")]:
+    for bad, match in [({"region": 16}, "region 16"), ({"max_tasks": 0}, "max_tasks 0"),
+                       ({"further_tasks": ["dehaze"]}, "not among the classifier's: dehaze .it knows denoise, derain")]:
         with pytest.raises(ValueError, match=match):
             check_peeling_settings(clf, **bad)
     with pytest.raises(ValueError, match="two or more tasks"):

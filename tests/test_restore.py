@@ -7,7 +7,7 @@ from skimage import data
 from instruct_ipt import InstructIPT, RestorationPipeline
 from instruct_ipt.cli import main
 from instruct_ipt.data.degradations import Degraded, make_degradation
-from instruct_ipt.instruct.blind import BLIND_FILE, BlindDataset, DegradationClassifier, train_classifier
+from instruct_ipt.instruct.blind import BLIND_FILE, BlindDataset, DegradationClassifier, train_classifier, vary_tone
 
 TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
 
@@ -233,6 +233,36 @@ def test_blind_softening_blurs_the_clean_context():
     assert abs(a.mean() - b.mean()) < 0.01  # same square
     assert np.abs(np.diff(b, axis=1)).mean() < 0.9 * np.abs(np.diff(a, axis=1)).mean()  # but smoother
     assert np.array_equal(sharp.seen[0], a)  # a blur task's samples are never softened
+
+
+def test_blind_tone_renders_the_clean_context_otherwise_before_degrading():
+    plain, toned = _Recorder(), _Recorder()
+    photo = data.astronaut()
+    kw = {"length": 6, "patch": 16, "context": 48, "soften": 0.0, "seed": 2}
+    plain_ds = BlindDataset([photo], {"a": plain}, tone=0.0, **kw)
+    toned_ds = BlindDataset([photo], {"a": toned}, tone=1.0, **kw)
+    for i in range(6):
+        assert torch.equal(plain_ds[i]["labels"], toned_ds[i]["labels"])
+    a, b = np.stack(plain.seen), np.stack(toned.seen)
+    assert a.shape == b.shape and b.dtype == np.float32 and 0 <= b.min() and b.max() <= 1
+    # what the operator degrades is the same square, rendered otherwise: each sample changed
+    assert (np.abs(a - b).mean(axis=(1, 2, 3)) > 0.01).all()
+    assert np.corrcoef(a[0].ravel(), b[0].ravel())[0, 1] > 0.8
+    with pytest.raises(ValueError, match="tone"):
+        BlindDataset([photo], {"a": plain}, length=1, tone=1.5)
+
+
+def test_vary_tone_never_lifts_black():
+    rng = np.random.default_rng(0)
+    img = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
+    img[:2] = 0.0  # black rows: what haze's veil (A * (1 - t)) would lift
+    outs = [vary_tone(img, rng) for _ in range(50)]
+    assert all(np.array_equal(o[:2], img[:2]) for o in outs)
+    means = [o[2:].mean() for o in outs]
+    assert max(means) - min(means) > 0.2  # exposure and tone curve vary
+    orange = np.full((2, 2, 3), (0.5, 0.3, 0.2), np.float32)  # colourfulness (max - min) / mean: 0.9
+    colour = [(o.max() - o.min()) / o.mean() for o in (vary_tone(orange, rng)[0, 0] for _ in range(50))]
+    assert min(colour) < 0.5 and max(colour) > 1.0  # muted as no tone curve alone makes it (>= 0.6), or richer
 
 
 def test_tiling_blends_to_the_untiled_result(model):

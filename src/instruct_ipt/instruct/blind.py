@@ -339,6 +339,10 @@ class BlindDataset(Dataset):
     and ``composite_share`` carry two different ones applied in the physical order (:class:`~instruct_ipt.data.degradations.Composite`);
     the rest carry one. Each sample's ``labels`` mark every degradation it carries; ``task`` is the
     index of its only one (-1 when it has none or two).
+
+    ``tone``: that share of clean squares first gets another exposure, tone curve, colour balance
+    and saturation (:func:`vary_tone`), before any degradation - photos come bright, dark, flat or
+    muted, and a clean photo that is merely bright and flat must not read as hazy.
     """
 
     def __init__(
@@ -354,6 +358,7 @@ class BlindDataset(Dataset):
         seed: int = 0,
         clean_share: float = 0.0,
         composite_share: float = 0.0,
+        tone: float = 0.0,
     ) -> None:
         if not images:
             raise ValueError("no clean images")
@@ -363,12 +368,14 @@ class BlindDataset(Dataset):
             raise ValueError("composite samples need two or more degradations")
         if patch > context:
             raise ValueError(f"patch {patch} is larger than the context {context}")
+        if not 0.0 <= tone <= 1.0:
+            raise ValueError(f"tone {tone}: a share of samples, in [0, 1]")
         self.images, self.degradations = list(images), dict(degradations)
         self.tasks = list(self.degradations)
         self.sampler = TaskSampler(self.tasks)
         self.length, self.patch, self.context = length, patch, context
         self.scale, self.soften, self.keep_sharp, self.seed = scale, soften, set(keep_sharp), seed
-        self.clean_share, self.composite_share = clean_share, composite_share
+        self.clean_share, self.composite_share, self.tone = clean_share, composite_share, tone
 
     def __len__(self) -> int:
         return self.length
@@ -392,6 +399,8 @@ class BlindDataset(Dataset):
         if square.shape[0] != self.context:
             square = np.asarray(Image.fromarray(square).resize((self.context,) * 2, Image.Resampling.BICUBIC))
         clean = augment(square, rng).astype(np.float32) / 255.0
+        if self.tone and rng.random() < self.tone:  # (drawn only then: samples without it stay as they were)
+            clean = vary_tone(clean, rng)
         if rng.random() < self.soften and not any(self.tasks[i] in self.keep_sharp for i in present):
             sigma = rng.uniform(0.4, 1.2)
             clean = gaussian_filter(clean, (sigma, sigma, 0))
@@ -407,6 +416,21 @@ class BlindDataset(Dataset):
         labels = torch.zeros(len(self.tasks))
         labels[present] = 1.0
         return {"input": to_tensor(crop), "task": present[0] if len(present) == 1 else -1, "labels": labels}
+
+
+def vary_tone(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` (float, [0, 1]) as another camera might have rendered it: an exposure gain
+    (0.6-1.6x), a tone curve (gamma 0.7-1.4), a colour balance (each channel 0.9-1.1x) and a
+    saturation (0.5-1.2x, around each pixel's luminance). None of them lifts black: black stays
+    black, so no change here is a veil, the mark of haze (``A * (1 - t)`` added to every pixel)."""
+    gain = np.exp(rng.uniform(np.log(0.6), np.log(1.6)))
+    gamma = np.exp(rng.uniform(np.log(0.7), np.log(1.4)))
+    balance = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+    saturation = rng.uniform(0.5, 1.2)
+    out = np.clip(rgb * (gain * balance), 0.0, 1.0) ** gamma
+    grey = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out = grey[..., None] + saturation * (out - grey[..., None])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def train_classifier(
@@ -426,6 +450,7 @@ def train_classifier(
     clean_share: float = 0.0,
     composite_share: float = 0.0,
     clean_class: bool = False,
+    tone: float = 0.0,
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
@@ -434,7 +459,8 @@ def train_classifier(
     ``multilabel``: a sigmoid per task with binary cross-entropy, on samples with none
     (``clean_share``), one or two (``composite_share``) degradations; thresholds stay at 0.5 until
     :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
-    a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean."""
+    a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean. ``tone``: the share
+    of photos rendered otherwise first (:func:`vary_tone`)."""
     tasks = list(degradations)
     if not multilabel and composite_share:
         raise ValueError("composite samples need a multi-label classifier (multilabel=True)")
@@ -443,7 +469,7 @@ def train_classifier(
     if clean_class and not clean_share:
         raise ValueError("a clean class is learnt from clean samples: give a clean_share")
     ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
-                      seed=seed, clean_share=clean_share, composite_share=composite_share)
+                      seed=seed, clean_share=clean_share, composite_share=composite_share, tone=tone)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
