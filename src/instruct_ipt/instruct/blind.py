@@ -340,9 +340,10 @@ class BlindDataset(Dataset):
     the rest carry one. Each sample's ``labels`` mark every degradation it carries; ``task`` is the
     index of its only one (-1 when it has none or two).
 
-    ``tone``: that share of clean squares first gets another exposure, tone curve, colour balance
-    and saturation (:func:`vary_tone`), before any degradation - photos come bright, dark, flat or
-    muted, and a clean photo that is merely bright and flat must not read as hazy.
+    ``tone``: that share of the samples' squares is first given another exposure, tone curve, colour
+    balance and saturation (:func:`vary_tone`), before any degradation and whatever the label -
+    photos come bright, dark, flat or muted, and a clean photo that is merely bright and flat must
+    not read as hazy.
     """
 
     def __init__(
