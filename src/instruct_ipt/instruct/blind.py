@@ -612,12 +612,16 @@ def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: n
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
 
 
-def _check_peeling_calibration(tasks: Sequence[str], further_tasks: Sequence[str] | None, counts: np.ndarray) -> None:
-    """``further_tasks`` among ``tasks``, and images (``counts``: degradations per image) with one
-    degradation and with none or two - else a threshold has nothing to separate."""
+def _check_further_known(tasks: Sequence[str], further_tasks: Sequence[str] | None) -> None:
+    """``further_tasks`` among ``tasks``: a task the classifier does not know can never be named."""
     unknown = sorted(set(further_tasks or ()) - set(tasks))
     if unknown:
-        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)}")
+        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)} (it knows {', '.join(tasks)})")
+
+
+def _check_peeling_counts(counts: np.ndarray) -> None:
+    """Images (``counts``: degradations per image) with one degradation and with none or two - else
+    a threshold has nothing to separate."""
     if not (counts == 1).any() or not (counts != 1).any():
         raise ValueError("calibrating peeling needs held-out images with one degradation and with none or two")
 
@@ -665,7 +669,8 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     present = np.asarray(present, bool)
     if (first_clean is None) != (second_beats is None):
         raise ValueError("a clean class gives both first_clean and second_beats")
-    _check_peeling_calibration(tasks, further_tasks, present.sum(1))
+    _check_further_known(tasks, further_tasks)
+    _check_peeling_counts(present.sum(1))
     allowed = list(tasks) if further_tasks is None else list(further_tasks)
     n, k = len(first), len(tasks)
     mask = np.array([t in allowed for t in tasks])
@@ -702,10 +707,7 @@ def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL
     Peeling({}, {}, region, max_tasks)
     if len(classifier.tasks) < 2:
         raise ValueError("peeling needs a classifier of two or more tasks")
-    unknown = sorted(set(further_tasks or ()) - set(classifier.tasks))
-    if unknown:
-        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)} "
-                         f"(it knows {', '.join(classifier.tasks)})")
+    _check_further_known(classifier.tasks, further_tasks)
 
 
 #: the arrays of :func:`peel_walks`, one entry per calibration image
@@ -792,6 +794,6 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
     of the five clean calibration photos). Sets and returns ``classifier.peeling``."""
     check_peeling_settings(classifier, region, max_tasks, further_tasks)
-    _check_peeling_calibration(classifier.tasks, further_tasks, np.array([len(tasks) for _, tasks in cases]))
+    _check_peeling_counts(np.array([len(tasks) for _, tasks in cases]))
     walks = peel_walks(classifier, cases, restore, region)
     return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first)
