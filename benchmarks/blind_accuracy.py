@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,32 @@ from instruct_ipt.pipeline import RestorationPipeline
 DEFAULT_COMPOSITES = ("rain+noise", "haze+noise", "snow+noise", "haze+rain", "blur+noise")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark_cases(tasks: list[str], composites: list[str] | None) -> list[tuple[str, str | None]]:
+    """(label, spec) per case: each task alone, each composite, and the clean photo (spec None)."""
+    return ([(t, t) for t in tasks] + [(make_degradation(c).task, c) for c in (composites or DEFAULT_COMPOSITES)]
+            + [("clean", None)])
+
+
+def degraded(photos: list[np.ndarray], label: str, spec: str | None, seeds: int) -> Iterator[np.ndarray]:
+    """Each photo degraded by ``spec`` once per seed (the photo itself for the clean case), seeded by
+    (seed, case label, the photo's position): the same images for every classifier and every run."""
+    for seed in range(seeds):
+        for i, clean in enumerate(photos):
+            rng = np.random.default_rng((seed, zlib.crc32(label.encode()), i))
+            yield clean if spec is None else make_degradation(spec)(clean, rng).image
+
+
+def add_image_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments that choose the images and classifiers (shared with blind_walks.py, which must make the same images)."""
     ap.add_argument("--val", action="append", required=True, help="folder of clean photos, or one photo (repeatable)")
     ap.add_argument("--classifier", action="append", help="classifier file (repeatable; default: the packaged one)")
     ap.add_argument("--seeds", type=int, default=1, help="degraded versions of each photo per case")
     ap.add_argument("--composite", action="append", help=f"composite cases (default: {', '.join(DEFAULT_COMPOSITES)})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_image_arguments(ap)
     ap.add_argument("--tile", type=int, default=256, help="side of the tiles classified alone (0: none - each tile peels, the slow part)")
     ap.add_argument("--model", help="restoration model folder for classifiers that peel (default: the shipped model)")
     args = ap.parse_args()
@@ -60,16 +81,17 @@ def main() -> None:
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
     photos = [read_rgb(f) for f in files]
-    cases = [(t, t) for t in tasks] + [(make_degradation(c).task, c) for c in (args.composite or DEFAULT_COMPOSITES)]
-    cases.append(("clean", None))
+    cases = benchmark_cases(tasks, args.composite)
     for n, c in zip(names, clfs):
         kind = "multi-label, thresholds " + ", ".join(f"{t} {v:.2f}" for t, v in c.thresholds.items()) if c.multilabel else "single-label"
         kind += ", with a clean class" if c.clean_class else ""
         if c.peeling:
             gate = "" if c.peeling.clean is None else f", clean {c.peeling.clean:.3f}"
             start = ", start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items()) if c.peeling.start else ""
+            first = ("; first change " + ", ".join(f"{t} {v:.4f}" for t, v in c.peeling.first_change.items())
+                     if c.peeling.first_change else "")
             kind += (f", peeling (region {c.peeling.region}{start}{gate}; further "
-                     + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + ")")
+                     + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + first + ")")
         print(f"classifier {n}: {kind}")
     print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
     print(f"| case | {' | '.join(names)} |")
@@ -83,26 +105,23 @@ def main() -> None:
         ok = np.zeros(len(clfs), int)
         n = 0
         wrong: list[dict[str, int]] = [{} for _ in clfs]
-        for seed in range(args.seeds):
-            for i, clean in enumerate(photos):
-                rng = np.random.default_rng((seed, zlib.crc32(label.encode()), i))
-                image = clean if spec is None else make_degradation(spec)(clean, rng).image
-                n += 1
-                images += 1
-                for k, clf in enumerate(clfs):
-                    t0 = time.perf_counter()
-                    seen = [t for t, _ in clf.detect(image, restore=restore)]
-                    seconds[k] += time.perf_counter() - t0
-                    ok[k] += set(seen) == expected
-                    if set(seen) != expected:
-                        key = "+".join(seen) or "nothing"
-                        wrong[k][key] = wrong[k].get(key, 0) + 1
-                    if spec in tasks and args.tile:  # single degradations: each tile alone too
-                        h, w = image.shape[:2]
-                        for r in range(0, h - args.tile + 1, args.tile):
-                            for col in range(0, w - args.tile + 1, args.tile):
-                                tile_seen = clf.detect(image[r : r + args.tile, col : col + args.tile], None, restore)
-                                tiles[k] += ({t for t, _ in tile_seen} == expected, 1)
+        for image in degraded(photos, label, spec, args.seeds):
+            n += 1
+            images += 1
+            for k, clf in enumerate(clfs):
+                t0 = time.perf_counter()
+                seen = [t for t, _ in clf.detect(image, restore=restore)]
+                seconds[k] += time.perf_counter() - t0
+                ok[k] += set(seen) == expected
+                if set(seen) != expected:
+                    key = "+".join(seen) or "nothing"
+                    wrong[k][key] = wrong[k].get(key, 0) + 1
+                if spec in tasks and args.tile:  # single degradations: each tile alone too
+                    h, w = image.shape[:2]
+                    for r in range(0, h - args.tile + 1, args.tile):
+                        for col in range(0, w - args.tile + 1, args.tile):
+                            tile_seen = clf.detect(image[r : r + args.tile, col : col + args.tile], None, restore)
+                            tiles[k] += ({t for t, _ in tile_seen} == expected, 1)
         cells = []
         for k in range(len(clfs)):
             mistakes = ", ".join(f"{key} x{m}" for key, m in sorted(wrong[k].items(), key=lambda kv: -kv[1]))

@@ -21,7 +21,8 @@ balance, saturation) before degrading them (``BlindDataset``'s ``tone``; tried, 
 ``--peel FILE`` (a single-label classifier, or ``packaged``) trains nothing: it calibrates that
 classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the restoration model
 ``--model`` (default: the shipped one) on the ``--exclude``d photos, as above, and writes --out;
-``--further TASK`` limits the tasks named after the first, ``--no-gate`` always names the first
+``--further TASK`` limits the tasks named after the first, ``--first TASK`` asks the first task, too,
+to change the crop by a calibrated amount (``Peeling.first_change``), ``--no-gate`` always names the first
 (with a clean class: unless clean is the most likely class). A classifier with a clean class is
 gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
@@ -95,6 +96,8 @@ def main() -> None:
     ap.add_argument("--region", type=int, default=PEEL_REGION, help="with --peel: side of the central crop peeling restores")
     ap.add_argument("--further", action="append", help="with --peel: a task that may be named after the first "
                     "(repeatable; default: every task)")
+    ap.add_argument("--first", action="append", default=[], help="with --peel: a task whose removal must change the "
+                    "central crop by a calibrated amount when it comes first, else 'nothing to do' (repeatable)")
     ap.add_argument("--walks", metavar="FILE", help="with --peel: the calibration walks' file (.npz), written on the "
                     "first run and read back by a later one with the same classifier, model, photos and seeds")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
@@ -122,11 +125,12 @@ def main() -> None:
     if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
                          "--recalibrate, --clean-class or --tone")
-    if not args.peel and (args.further or args.no_gate or args.model or args.walks):
-        raise SystemExit("--further, --no-gate, --model and --walks go with --peel")
-    unknown_tasks = sorted(set(args.further or []) - set(DEGRADATIONS))
-    if unknown_tasks:
-        raise SystemExit(f"--further {', '.join(unknown_tasks)}: not a task; choose among {', '.join(DEGRADATIONS)}")
+    if not args.peel and (args.further or args.first or args.no_gate or args.model or args.walks):
+        raise SystemExit("--further, --first, --no-gate, --model and --walks go with --peel")
+    for flag, named in (("--further", args.further or []), ("--first", args.first)):
+        unknown_tasks = sorted(set(named) - set(DEGRADATIONS))
+        if unknown_tasks:
+            raise SystemExit(f"{flag} {', '.join(unknown_tasks)}: not a task; choose among {', '.join(DEGRADATIONS)}")
     files = [f for p in map(Path, args.photos) for f in (list_images(p) if p.is_dir() else [p])]
     unknown = set(args.exclude) - {f.name for f in files}
     if unknown:
@@ -178,7 +182,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     if missing:
         raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
     try:
-        check_peeling_settings(model, args.region, further_tasks=args.further)
+        check_peeling_settings(model, args.region, further_tasks=args.further, first_tasks=args.first)
     except ValueError as e:
         raise SystemExit(f"--peel {args.peel}: {e}") from None
     held_out = [read_rgb(f) for f in left_out]
@@ -194,7 +198,8 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
             if args.walks:
                 write_walks(Path(args.walks), walks, key)
                 print(f"walks written to {args.walks}")
-        peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate)
+        peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate,
+                                 first_tasks=args.first)
     except ValueError as e:  # a walks file for something else
         raise SystemExit(str(e)) from None
     if peeling.clean is not None:
@@ -202,6 +207,8 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     else:
         print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
+    if args.first:
+        print("first-change thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.first_change.items()} or "none")
     right = (walked_sets(model, walks) == walks["present"]).all(1)
     count = walks["present"].sum(1)
     print("calibration images named exactly:", ", ".join(f"{what} {right[count == n].sum()}/{(count == n).sum()}"
@@ -240,8 +247,12 @@ def read_walks(path: Path, key: str) -> dict[str, np.ndarray]:
     if not hasattr(f, "files"):  # a plain .npy array, not an .npz archive
         raise ValueError(f"{path}: not a walks file written by --walks")
     with f:
-        if "key" not in f.files or any(k not in f.files for k in WALK_KEYS):
+        if "key" not in f.files:
             raise ValueError(f"{path}: not a walks file written by --walks")
+        missing = [k for k in WALK_KEYS if k not in f.files]
+        if missing:
+            raise ValueError(f"{path}: walks written by an older version (no {', '.join(missing)}): "
+                             "remove it (or give another --walks) to walk again")
         if str(f["key"]) != key:
             raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: "
                              "remove it (or give another --walks) to walk again")

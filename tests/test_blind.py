@@ -293,6 +293,12 @@ def test_peeling_round_trips_and_belongs_to_a_single_label_classifier(tmp_path):
     peeling = Peeling({"denoise": 0.61, "jpeg": 0.4}, {"denoise": 0.028}, region=256, max_tasks=2)
     back = DegradationClassifier.load(DegradationClassifier(["denoise", "jpeg"], width=4, peeling=peeling).save(tmp_path / "p.safetensors"))
     assert back.peeling == peeling and not back.multilabel
+    assert "peel_first_change" not in peeling.to_meta()  # files without it read as before
+    firsts = Peeling({}, {"denoise": 0.028}, first_change={"denoise": 0.0131})
+    back = DegradationClassifier.load(DegradationClassifier(["denoise", "jpeg"], width=4, peeling=firsts).save(tmp_path / "f.safetensors"))
+    assert back.peeling == firsts and back.peeling.first_change == {"denoise": 0.0131}
+    with pytest.raises(ValueError, match="unknown tasks: derain"):
+        DegradationClassifier(["denoise", "jpeg"], width=4, peeling=Peeling({}, {}, first_change={"derain": 0.01}))
     assert DegradationClassifier.load(_saved_single(tmp_path)).peeling is None
     with pytest.raises(ValueError, match="single-label"):
         DegradationClassifier(["denoise", "jpeg"], width=4, multilabel=True, peeling=peeling)
@@ -386,6 +392,50 @@ def test_one_walk_serves_several_threshold_choices():
         choose_peeling(scene.classifier(), walks | {"present": walks["present"][:, :2]})
     with pytest.raises(ValueError, match="carry jpeg: not among"):
         peel_walks(scene.classifier(), [(scene.image(), ("jpeg",))], scene.restore, region=32)
+
+
+def test_a_first_task_whose_removal_changes_nothing_is_not_named():
+    scene = _scene()
+    clf = scene.classifier(Peeling({}, {"denoise": 0.1}, region=32, first_change={"denoise": 0.05}))
+    assert clf.detect(scene.image(), restore=scene.restore) == []  # taken for noise, but denoising changes nothing
+    assert scene.calls == [("denoise", (32, 32))]  # one restoration: the one peeling looks at again anyway
+    assert clf.detect(scene.image("denoise"), restore=scene.restore) == [("denoise", 0.9)]  # changes by 0.125
+    assert clf.detect(scene.image("derain"), restore=scene.restore) == [("derain", 0.8)]  # not in first_change: acts
+    assert clf.detect(scene.image()) == [("denoise", 0.5)]  # no model to check with: the main task, as before
+    clf.peeling.first_change["denoise"] = 0.2
+    assert clf.detect(scene.image("denoise"), restore=scene.restore) == []
+    from instruct_ipt.instruct.blind import peeled_sets
+
+    with pytest.raises(ValueError, match="first_change"):  # a threshold with nothing to compare it to
+        peeled_sets(np.array([0]), np.array([0.9]), np.array([1]), np.array([0.1]), np.zeros(2), np.zeros(2),
+                    first_min=np.zeros(2))
+
+
+def test_peeling_calibrates_a_first_change_threshold_from_the_walk():
+    from instruct_ipt.instruct.blind import check_peeling_settings, choose_peeling, peel_walks, walked_sets
+
+    scene = _scene()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain"), ("derain",)),
+             (scene.image("derain", "denoise"), ("derain", "denoise"))]
+    walks = peel_walks(scene.classifier(), cases, scene.restore, region=32)
+    assert walks["first_change"].tolist() == [0.0, 0.125, 0.25, 0.25]  # clean: denoise first, and it changes nothing
+    plain = scene.classifier()
+    choose_peeling(plain, walks, region=32, gate=False)
+    assert not (walked_sets(plain, walks) == walks["present"]).all(1)[0]  # the clean image gets denoise
+    gated = scene.classifier()
+    peeling = choose_peeling(gated, walks, region=32, gate=False, first_tasks=["denoise", "dehaze"])
+    assert set(peeling.first_change) == {"denoise"}  # dehaze never came first: no threshold, it always acts
+    assert 0.0 < peeling.first_change["denoise"] <= 0.125
+    assert (walked_sets(gated, walks) == walks["present"]).all()
+    # what the walk says is what detect names, restoring again
+    assert [{t for t, _ in gated.detect(rgb, restore=scene.restore)} for rgb, _ in cases] == [set(), {"denoise"}, {"derain"},
+                                                                                            {"derain", "denoise"}]
+    with pytest.raises(ValueError, match="first tasks not among the classifier's: jpeg"):
+        choose_peeling(scene.classifier(), walks, first_tasks=["jpeg"])
+    with pytest.raises(ValueError, match="first tasks not among the classifier's: jpeg"):
+        check_peeling_settings(scene.classifier(), first_tasks=["jpeg"])
+    with pytest.raises(ValueError, match="lack first_change"):  # walks recorded before the first step's change was
+        choose_peeling(scene.classifier(), {k: v for k, v in walks.items() if k != "first_change"})
 
 
 def test_a_calibrated_classifier_saves_and_loads_with_its_peeling(tmp_path):

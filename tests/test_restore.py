@@ -334,6 +334,20 @@ def test_shipped_classifier_sees_strong_degradations():
     assert [t for t, _ in clf.detect(make_degradation("derain")(rocket, rng).image)] == ["derain"]
 
 
+def test_shipped_blind_mode_leaves_alone_a_clean_photo_it_takes_for_a_noisy_one():
+    # scikit-image's printed text: the classifier's best guess is noise, not clean enough for the clean
+    # gate; denoising it changes next to nothing, so blind mode with the shipped model does nothing
+    clf, pipe = DegradationClassifier.default(), RestorationPipeline.from_pretrained(device="cpu")
+    restore = lambda x, t: pipe.run(x, [t])
+    text = np.repeat(data.text()[..., None], 3, axis=2).astype(np.float32) / 255
+    probs = clf.predict(text)
+    assert max(clf.tasks, key=probs.get) == "denoise" and probs["clean"] < clf.peeling.clean
+    assert set(clf.peeling.first_change) == {"denoise"}
+    assert clf.detect(text, probs, restore) == []
+    noisy = make_degradation("denoise", sigma=15)(text, np.random.default_rng(0)).image
+    assert [t for t, _ in clf.detect(noisy, restore=restore)][:1] == ["denoise"]
+
+
 def test_cli_restore_checks_its_arguments_before_any_image(model_dir, tmp_path, capsys, monkeypatch):
     from instruct_ipt.data import images
 

@@ -16,7 +16,7 @@ def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
     from instruct_ipt.instruct.blind import WALK_KEYS
 
     rng = np.random.default_rng(0)
-    walks = {"first": np.array([0, 2, 1]), "first_prob": rng.random(3), "second": np.array([1, 0, 2]),
+    walks = {"first": np.array([0, 2, 1]), "first_prob": rng.random(3), "first_change": rng.random(3), "second": np.array([1, 0, 2]),
              "second_change": rng.random(3), "first_clean": np.full(3, np.nan), "second_beats": np.array([True, False, True]),
              "present": rng.random((3, 3)) > 0.5}
     path = tmp_path / "walks.npz"
@@ -31,9 +31,14 @@ def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
     np.savez(tmp_path / "other.npz", key=np.array('{"seeds": 2}'), first=walks["first"])  # keys missing
     (tmp_path / "text.npz").write_text("not numpy at all")
     np.save(tmp_path / "array.npy", walks["first"])  # a plain array, no key
-    for other in ("other.npz", "text.npz", "array.npy"):
+    for other in ("text.npz", "array.npy"):
         with pytest.raises(ValueError, match="not a walks file"):
             script.read_walks(tmp_path / other, '{"seeds": 2}')
+    with pytest.raises(ValueError, match="older version .*first_prob"):
+        script.read_walks(tmp_path / "other.npz", '{"seeds": 2}')
+    np.savez(tmp_path / "nokey.npz", **walks)  # the arrays without their key
+    with pytest.raises(ValueError, match="not a walks file"):
+        script.read_walks(tmp_path / "nokey.npz", '{"seeds": 2}')
 
 
 def test_the_walks_key_changes_with_the_weights_and_the_photos(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -64,6 +64,13 @@ class Peeling:
     ``clean`` (a classifier with a clean class): the clean probability at which blind mode says
     "nothing to do", in place of ``start`` (None: when clean is the most likely class); a further
     task must then also be more likely than clean on the restored crop.
+
+    ``first_change[t]``: the main task ``t`` is named only when removing it changes the crop by at
+    least this much (the ``further`` test, asked of the first task too; a task not in it always
+    acts). A clean photo that the classifier takes for a noisy one (a fine texture) hardly changes
+    when denoised, a noisy one does - the residual tells them apart on photos the classifier never
+    saw, where its probabilities do not (docs/instructions.md has the figures). It costs nothing:
+    the first restoration is the one peeling looks at again anyway.
     """
 
     start: dict[str, float]
@@ -71,6 +78,7 @@ class Peeling:
     region: int = PEEL_REGION
     max_tasks: int = 2
     clean: float | None = None
+    first_change: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
@@ -80,13 +88,14 @@ class Peeling:
 
     def tasks(self) -> set[str]:
         """Every task a threshold names (each must be one of the classifier's)."""
-        return set(self.start) | set(self.further)
+        return set(self.start) | set(self.further) | set(self.first_change)
 
     def to_meta(self) -> dict[str, str]:
         """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
         meta = {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
                 "peel_region": str(self.region), "peel_max_tasks": str(self.max_tasks)}
-        return meta | ({} if self.clean is None else {"peel_clean": str(self.clean)})
+        meta |= {} if self.clean is None else {"peel_clean": str(self.clean)}
+        return meta | ({"peel_first_change": json.dumps(self.first_change)} if self.first_change else {})
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, str]) -> Peeling | None:
@@ -95,7 +104,7 @@ class Peeling:
             return None
         clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
-                   int(meta["peel_max_tasks"]), clean)
+                   int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")))
 
 
 class PeelStep:
@@ -225,7 +234,8 @@ class DegradationClassifier(nn.Module):
         photo); with a primary, when any is: the primary's choice (with its softmax probability)
         and every other task at or above its extra threshold (with its score). Single-label: the
         most likely task. Single-label with :attr:`peeling` and ``restore`` (the restoration model,
-        one task at a time): none when the most likely task is under its start threshold; else
+        one task at a time): none when the most likely task is under its start threshold, or when
+        removing it changes the central crop by less than its ``first_change`` threshold; else
         that task, then, after ``restore`` removed it from the central crop, the most likely other
         one on what is left, as long as it passes :class:`Peeling`'s further test (without
         ``restore``: the first task only, or none). With a clean class, "nothing to do" is the
@@ -249,7 +259,9 @@ class DegradationClassifier(nn.Module):
             if restore is None:
                 return list(found.items())
             steps = self.peel_steps(rgb, probs, restore)
-            next(steps)
+            first = next(steps)
+            if best in peel.first_change and first.change < peel.first_change[best]:
+                return []  # removing it hardly changes the photo: nothing of it there
             for step in steps if peel.max_tasks > 1 else ():  # lazy: no step is computed past the last one needed
                 if step.task not in peel.further or (step.clean is not None and step.prob <= step.clean):
                     break
@@ -612,11 +624,12 @@ def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: n
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
 
 
-def _check_further_known(tasks: Sequence[str], further_tasks: Sequence[str] | None) -> None:
-    """``further_tasks`` among ``tasks``: a task the classifier does not know can never be named."""
+def _check_further_known(tasks: Sequence[str], further_tasks: Sequence[str] | None, kind: str = "further") -> None:
+    """``further_tasks`` (or first-change ones: ``kind``) among ``tasks``: a task the classifier
+    does not know can never be named."""
     unknown = sorted(set(further_tasks or ()) - set(tasks))
     if unknown:
-        raise ValueError(f"further tasks not among the classifier's: {', '.join(unknown)} (it knows {', '.join(tasks)})")
+        raise ValueError(f"{kind} tasks not among the classifier's: {', '.join(unknown)} (it knows {', '.join(tasks)})")
 
 
 def _check_peeling_counts(counts: np.ndarray) -> None:
@@ -628,16 +641,23 @@ def _check_peeling_counts(counts: np.ndarray) -> None:
 
 def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, second_change: np.ndarray,
                 start: np.ndarray, further: np.ndarray, first_clean: np.ndarray | None = None,
-                clean: float | None = None, second_beats: np.ndarray | None = None) -> np.ndarray:
+                clean: float | None = None, second_beats: np.ndarray | None = None,
+                first_change: np.ndarray | None = None, first_min: np.ndarray | None = None) -> np.ndarray:
     """What peeling names (two steps at most), as images x tasks booleans, from each image's first
     two :meth:`~DegradationClassifier.peel_steps` (task indices, the first's probability, the
     second's change): nothing when the first is under its ``start`` threshold, else the first, and
     the second when its change reaches its ``further`` threshold (per task; over 1: never). With a
     clean class (``first_clean``: the first step's clean probability; ``second_beats``: whether
     the second task was more likely than clean), also nothing when the clean probability reaches
-    ``clean`` (None: the first task's probability), and the second only when it beats clean."""
+    ``clean`` (None: the first task's probability), and the second only when it beats clean. With
+    ``first_min`` (per task), also nothing when the first step's change (``first_change``) is under
+    the first task's entry (0: always acts)."""
     n, k = len(first), len(start)
     go = first_prob >= start[first]
+    if first_min is not None:
+        if first_change is None:
+            raise ValueError("a first-change threshold needs each image's first_change")
+        go &= first_change >= first_min[first]
     if first_clean is not None:
         go &= first_clean < (first_prob if clean is None else clean)
     more = go & (second_change >= further[second])
@@ -652,7 +672,8 @@ def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, s
 def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_prob: np.ndarray, second: np.ndarray,
                               second_change: np.ndarray, present: np.ndarray, further_tasks: Sequence[str] | None = None,
                               gate: bool = True, rounds: int = 3, first_images: np.ndarray | None = None,
-                              first_clean: np.ndarray | None = None, second_beats: np.ndarray | None = None) -> Peeling:
+                              first_clean: np.ndarray | None = None, second_beats: np.ndarray | None = None,
+                              first_tasks: Sequence[str] = (), first_change: np.ndarray | None = None) -> Peeling:
     """Peeling's thresholds (:class:`Peeling`: ``start`` per task of the first step, ``further`` per
     task of the second) that name exactly ``present`` (images x tasks, bool) for as many images as
     possible (:func:`peeled_sets`; coordinate ascent as :func:`choose_thresholds`, ``first_images``
@@ -663,13 +684,21 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     never seen second is left out of ``further`` (never named after the first: nothing says what
     its threshold should be). With a clean class (``first_clean``, ``second_beats``: see
     :func:`peeled_sets`) the gate is ``clean``, one threshold on the clean probability (among
-    equals, the one nearest 0.5), instead of ``start``."""
+    equals, the one nearest 0.5), instead of ``start``. ``first_tasks``: tasks whose removal must
+    also change the crop (``first_change``, per image) by a calibrated amount when they come first
+    (:attr:`Peeling.first_change`; one never seen first is left out), among equals the lowest: just
+    above the changes seen on images without that degradation. Denoising a clean photo leaves it at
+    about 42 dB, while noise left in costs far more, and a handful of calibration photos says little
+    about how far up the gap between the two the next photo's changes reach."""
     first, second = np.asarray(first, int), np.asarray(second, int)
     first_prob, second_change = np.asarray(first_prob, float), np.asarray(second_change, float)
     present = np.asarray(present, bool)
     if (first_clean is None) != (second_beats is None):
         raise ValueError("a clean class gives both first_clean and second_beats")
     _check_further_known(tasks, further_tasks)
+    _check_further_known(tasks, first_tasks, "first")
+    if first_tasks and first_change is None:
+        raise ValueError("first-change thresholds need each image's first_change")
     _check_peeling_counts(present.sum(1))
     allowed = list(tasks) if further_tasks is None else list(further_tasks)
     n, k = len(first), len(tasks)
@@ -682,6 +711,15 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     start, further = np.full(k, 0.5 if start_gate else 0.0), np.where(seen_second, 0.0, 2.0)
     clean = np.array([0.5])  # (one entry, changed in place by the ascent)
     vectors, prefer = [(further, at_second)], [None]
+    first_min = None
+    if first_tasks:
+        gated = np.array([t in first_tasks for t in tasks])
+        at_change = np.full((n, k), np.nan)
+        at_change[np.arange(n), first] = np.where(gated[first], np.asarray(first_change, float), np.nan)
+        seen_first = ~np.isnan(at_change).all(0)
+        first_min = np.zeros(k)
+        vectors.append((first_min, at_change))
+        prefer.append(0.0)  # among equals the lowest: a task run on a clean photo costs less than a degradation left
     if clean_gate:
         vectors.append((clean, np.asarray(first_clean, float)[:, None]))
         prefer.append(0.5)
@@ -690,38 +728,42 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
         prefer.append(None)
     score = _exact_score(present, first_images)
     _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further, first_clean,
-                                               float(clean[0]) if clean_gate else None, second_beats)),
+                                               float(clean[0]) if clean_gate else None, second_beats,
+                                               first_change, first_min)),
             rounds, prefer=prefer)
     return Peeling({t: float(v) for t, v in zip(tasks, start)} if start_gate else {},
                    {t: float(v) for t, v, seen in zip(tasks, further, seen_second) if seen},
-                   clean=float(clean[0]) if clean_gate else None)
+                   clean=float(clean[0]) if clean_gate else None,
+                   first_change={} if first_min is None else
+                   {t: float(v) for t, v, seen in zip(tasks, first_min, seen_first) if seen})
 
 
 def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL_REGION, max_tasks: int = 2,
-                           further_tasks: Sequence[str] | None = None) -> None:
+                           further_tasks: Sequence[str] | None = None, first_tasks: Sequence[str] = ()) -> None:
     """Refuse what a peeling calibration of ``classifier`` cannot use - before its walk (minutes of
     restorations), not after: a multi-label classifier, fewer than two tasks, a bad region or
-    ``max_tasks`` (:class:`Peeling`'s checks), a further task it does not know."""
+    ``max_tasks`` (:class:`Peeling`'s checks), a further or first-change task it does not know."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     Peeling({}, {}, region, max_tasks)
     if len(classifier.tasks) < 2:
         raise ValueError("peeling needs a classifier of two or more tasks")
     _check_further_known(classifier.tasks, further_tasks)
+    _check_further_known(classifier.tasks, first_tasks, "first")
 
 
 #: the arrays of :func:`peel_walks`, one entry per calibration image
-WALK_KEYS = ("first", "first_prob", "second", "second_change", "first_clean", "second_beats", "present")
+WALK_KEYS = ("first", "first_prob", "first_change", "second", "second_change", "first_clean", "second_beats", "present")
 
 
 def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                restore: Restore, region: int = PEEL_REGION) -> dict[str, np.ndarray]:
     """Each case's first two :meth:`~DegradationClassifier.peel_steps` (two restorations of its
     crop: the slow part of :func:`calibrate_peeling`), as arrays keyed by :data:`WALK_KEYS`: task
-    indices, the first's probability, the second's change, the first's clean probability (NaN
+    indices, the first's probability and change, the second's change, the first's clean probability (NaN
     without a clean class), whether the second beat clean, and ``present`` (cases x tasks, the
     degradations each image carries). They do not depend on the thresholds chosen from them, so
-    :func:`choose_peeling` can try several choices (``further_tasks``, ``gate``) on one walk."""
+    :func:`choose_peeling` can try several choices (``further_tasks``, ``gate``, ``first_tasks``) on one walk."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     index = {t: i for i, t in enumerate(classifier.tasks)}
@@ -733,17 +775,18 @@ def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarr
         steps = classifier.peel_steps(rgb, classifier.predict(rgb), restore, region)
         one, two = next(steps), next(steps)
         clean = (one.clean, two.prob > two.clean) if classifier.clean_class else (np.nan, True)
-        walks.append((index[one.task], one.prob, index[two.task], two.change, *clean))
-    first, first_prob, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
+        walks.append((index[one.task], one.prob, one.change, index[two.task], two.change, *clean))
+    first, first_prob, first_change, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
     present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases], bool)
-    return {"first": first.astype(np.int64), "first_prob": first_prob.astype(float), "second": second.astype(np.int64),
+    return {"first": first.astype(np.int64), "first_prob": first_prob.astype(float),
+            "first_change": first_change.astype(float), "second": second.astype(np.int64),
             "second_change": second_change.astype(float), "first_clean": first_clean.astype(float),
             "second_beats": second_beats.astype(bool), "present": present}
 
 
 def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,
                    max_tasks: int = 2, further_tasks: Sequence[str] | None = None, gate: bool = True,
-                   rounds: int = 3, singles_first: bool = True) -> Peeling:
+                   rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = ()) -> Peeling:
     """``classifier``'s :class:`Peeling` from recorded :func:`peel_walks` (see
     :func:`calibrate_peeling`, which walks and then calls this). Sets and returns
     ``classifier.peeling``."""
@@ -758,7 +801,8 @@ def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.nda
     first_images = present.sum(1) <= 1 if classifier.clean_class else present.sum(1) == 1
     peeling = choose_peeling_thresholds(classifier.tasks, walks["first"], walks["first_prob"], walks["second"],
                                         walks["second_change"], present, further_tasks, gate, rounds,
-                                        first_images if singles_first else None, **by_clean)
+                                        first_images if singles_first else None, **by_clean,
+                                        first_tasks=first_tasks, first_change=walks["first_change"])
     classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
     return classifier.peeling
 
@@ -776,24 +820,26 @@ def walked_sets(classifier: DegradationClassifier, walks: Mapping[str, np.ndarra
     further = np.array([peel.further.get(t, 2.0) if peel.max_tasks > 1 else 2.0 for t in tasks])  # 2: never
     by_clean = ({"first_clean": walks["first_clean"], "clean": peel.clean, "second_beats": walks["second_beats"]}
                 if classifier.clean_class else {})
+    by_change = ({"first_change": walks["first_change"], "first_min": np.array([peel.first_change.get(t, 0.0) for t in tasks])}
+                 if peel.first_change else {})
     return peeled_sets(walks["first"], walks["first_prob"], walks["second"], walks["second_change"], start, further,
-                       **by_clean)
+                       **by_clean, **by_change)
 
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                       restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
-                      gate: bool = True, rounds: int = 3, singles_first: bool = True) -> Peeling:
+                      gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = ()) -> Peeling:
     """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (:func:`peel_walks`: two
     restorations of its crop), then :func:`choose_peeling_thresholds` picks the thresholds
-    (``further_tasks``, ``gate``: see there). ``singles_first``: images with one degradation count
+    (``further_tasks``, ``gate``, ``first_tasks``: see there). ``singles_first``: images with one degradation count
     before all others (see :func:`calibrate_thresholds`) - blind mode must not get worse where it
     is already good; with a clean class, clean images too: "nothing to do" is then an answer the
     classifier was trained to give, asked for as plainly as one task (counting singles alone
     first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
     of the five clean calibration photos). Sets and returns ``classifier.peeling``."""
-    check_peeling_settings(classifier, region, max_tasks, further_tasks)
+    check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks)
     _check_peeling_counts(np.array([len(tasks) for _, tasks in cases]))
     walks = peel_walks(classifier, cases, restore, region)
-    return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first)
+    return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first, first_tasks)

@@ -1,0 +1,98 @@
+"""Peeling threshold choices compared on unseen photos from one recorded walk, without restoring again.
+
+    python benchmarks/blind_walks.py --val ../shared/photos/val --seeds 3 --walks runs/first-gate/val.npz \\
+        --classifier packaged --classifier runs/first-gate/peel-first-d.safetensors
+
+Takes the first two peeling steps (``peel_walks``: two restorations of the central crop, the slow
+part) of every whole image that benchmarks/blind_accuracy.py makes from the same photos and seeds
+- each single degradation, each composite, the clean photo - once, keeps them in ``--walks`` (a
+later run with the same classifier weights, model, photos, seeds and cases reads them back), then
+prints for each ``--classifier`` the images whose set its peeling names exactly
+(``walked_sets``: what ``detect`` names on the whole image, two tasks at most). The classifiers
+must share the walk's weights: they differ in their thresholds only (``--peel`` calibrations of one
+classifier in scripts/train_blind_classifier.py). Seconds per classifier where blind_accuracy.py
+takes minutes; no tiles, no timing - that stays blind_accuracy.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from blind_accuracy import add_image_arguments, benchmark_cases, degraded
+
+from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite
+from instruct_ipt.data.images import list_images, read_rgb
+from instruct_ipt.instruct.blind import WALK_KEYS, DegradationClassifier, peel_walks, walked_sets
+from instruct_ipt.io import hash_state
+from instruct_ipt.pipeline import RestorationPipeline
+
+
+def digest(module) -> str:
+    h = hashlib.sha256()
+    hash_state(h, module.state_dict())
+    return h.hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_image_arguments(ap)
+    ap.add_argument("--walks", required=True, help="the walks' file (.npz): written on the first run, read back later")
+    ap.add_argument("--model", help="restoration model folder (default: the shipped model)")
+    args = ap.parse_args()
+    names = args.classifier or ["packaged"]
+    clfs = [DegradationClassifier.default() if n == "packaged" else DegradationClassifier.load(n) for n in names]
+    for n, c in zip(names, clfs):
+        if c.peeling is None:
+            raise SystemExit(f"{n}: no peeling to compare (a walk scores peeling thresholds)")
+    weights = {digest(c) for c in clfs}
+    if len(weights) > 1:
+        raise SystemExit("the classifiers' weights differ: one walk serves threshold choices of one classifier")
+    pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
+    files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
+    tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
+    cases = benchmark_cases(tasks, args.composite)
+    key = json.dumps({"classifier": weights.pop(), "model": digest(pipe.model), "seeds": args.seeds, "cases": cases,
+                      "photos": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
+                      "region": clfs[0].peeling.region}, sort_keys=True)
+    path = Path(args.walks)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            if "key" not in f.files or str(f["key"]) != key or any(k not in f.files for k in (*WALK_KEYS, "case")):
+                raise SystemExit(f"{path} holds walks for other classifier weights, model, photos, seeds or cases "
+                                 "(or from an older version): remove it, or give another --walks")
+            walks = {k: f[k] for k in (*WALK_KEYS, "case")}
+        print(f"walks read from {path}")
+    else:
+        photos = [read_rgb(f) for f in files]
+        items, labels = [], []
+        for label, spec in cases:
+            expected = () if spec is None else tuple(composite_tasks(spec)) if is_composite(spec) else (spec,)
+            for image in degraded(photos, label, spec, args.seeds):
+                items.append((image, expected))
+                labels.append(label)
+        walks = peel_walks(clfs[0], items, lambda x, t: pipe.run(x, [t]), clfs[0].peeling.region)
+        walks["case"] = np.array(labels)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, key=np.array(key), **walks)
+        os.replace(tmp, path)
+        print(f"walks written to {path}")
+    print(f"photos: {len(files)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
+    right = [(walked_sets(c, walks) == walks["present"]).all(1) for c in clfs]
+    print(f"| case | {' | '.join(names)} |")
+    print(f"| --- |{' --- |' * len(names)}")
+    for label, _ in cases:
+        rows = walks["case"] == label
+        print(f"| {label} | {' | '.join(f'{r[rows].sum()}/{rows.sum()}' for r in right)} |")
+    count = walks["present"].sum(1)
+    for n, what in ((1, "single"), (2, "composite"), (0, "clean")):
+        rows = count == n
+        print(f"| all {what} | {' | '.join(f'{r[rows].sum()}/{rows.sum()}' for r in right)} |")
+
+
+if __name__ == "__main__":
+    main()
