@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,9 @@ from blind_accuracy import add_image_arguments, benchmark_cases, degraded
 
 from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite
 from instruct_ipt.data.images import list_images, read_rgb
-from instruct_ipt.instruct.blind import WALK_KEYS, DegradationClassifier, peel_walks, walked_sets
-from instruct_ipt.io import hash_state
+from instruct_ipt.instruct.blind import DegradationClassifier, load_walks, peel_walks, save_walks, walked_sets
+from instruct_ipt.io import state_digest
 from instruct_ipt.pipeline import RestorationPipeline
-
-
-def digest(module) -> str:
-    h = hashlib.sha256()
-    hash_state(h, module.state_dict())
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -49,23 +42,22 @@ def main() -> None:
     for n, c in zip(names, clfs):
         if c.peeling is None:
             raise SystemExit(f"{n}: no peeling to compare (a walk scores peeling thresholds)")
-    weights = {digest(c) for c in clfs}
+    weights = {state_digest(c.state_dict()) for c in clfs}
     if len(weights) > 1:
         raise SystemExit("the classifiers' weights differ: one walk serves threshold choices of one classifier")
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     cases = benchmark_cases(tasks, args.composite)
-    key = json.dumps({"classifier": weights.pop(), "model": digest(pipe.model), "seeds": args.seeds, "cases": cases,
+    key = json.dumps({"classifier": weights.pop(), "model": state_digest(pipe.model.state_dict()), "seeds": args.seeds, "cases": cases,
                       "photos": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
                       "region": clfs[0].peeling.region}, sort_keys=True)
     path = Path(args.walks)
     if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            if "key" not in f.files or str(f["key"]) != key or any(k not in f.files for k in (*WALK_KEYS, "case")):
-                raise SystemExit(f"{path} holds walks for other classifier weights, model, photos, seeds or cases "
-                                 "(or from an older version): remove it, or give another --walks")
-            walks = {k: f[k] for k in (*WALK_KEYS, "case")}
+        try:
+            walks = load_walks(path, key, extra=("case",))
+        except ValueError as e:  # walks for other weights, photos, seeds or cases
+            raise SystemExit(str(e)) from None
         print(f"walks read from {path}")
     else:
         photos = [read_rgb(f) for f in files]
@@ -77,9 +69,7 @@ def main() -> None:
                 labels.append(label)
         walks = peel_walks(clfs[0], items, lambda x, t: pipe.run(x, [t]), clfs[0].peeling.region)
         walks["case"] = np.array(labels)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), **walks)
-        os.replace(tmp, path)
+        save_walks(path, walks, key)
         print(f"walks written to {path}")
     print(f"photos: {len(files)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
     right = [(walked_sets(c, walks) == walks["present"]).all(1) for c in clfs]

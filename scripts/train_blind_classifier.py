@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from skimage import data as skdata
 
 from instruct_ipt.data.degradations import DEGRADATIONS, make_degradation
@@ -48,16 +47,17 @@ from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.synthetic import load_clean_images
 from instruct_ipt.instruct.blind import (
     PEEL_REGION,
-    WALK_KEYS,
     DegradationClassifier,
     calibrate_thresholds,
     check_peeling_settings,
     choose_peeling,
+    load_walks,
     peel_walks,
+    save_walks,
     train_classifier,
     walked_sets,
 )
-from instruct_ipt.io import hash_state
+from instruct_ipt.io import state_digest
 from instruct_ipt.pipeline import RestorationPipeline
 from instruct_ipt.train.trainer import SKIMAGE_PHOTOS
 
@@ -190,13 +190,13 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     print(f"calibrating peeling on {len(held_out)} left-out photos x {args.calibration_seeds} seeds", flush=True)
     try:
         if args.walks and Path(args.walks).exists():
-            walks = read_walks(Path(args.walks), key)
+            walks = load_walks(args.walks, key)
             print(f"walks read from {args.walks}")
         else:
             cases = calibration_cases(held_out, list(model.tasks), args.calibration_seeds)
             walks = peel_walks(model, cases, lambda x, t: pipe.run(x, [t]), args.region)
             if args.walks:
-                write_walks(Path(args.walks), walks, key)
+                save_walks(args.walks, walks, key)
                 print(f"walks written to {args.walks}")
         peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate,
                                  first_tasks=args.first)
@@ -217,46 +217,13 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    hash_state(digest, module.state_dict())
-    return digest.hexdigest()
-
-
 def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: RestorationPipeline, left_out: list[Path]) -> str:
     """What the walks depend on (the classifier's and the restoration model's weights, the photos'
     files, the seeds, the region), as one string: a walks file made for anything else is refused."""
     photos = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(left_out)}
-    return json.dumps({"classifier": weights_digest(model), "tasks": list(model.tasks), "model": weights_digest(pipe.model),
+    return json.dumps({"classifier": state_digest(model.state_dict()), "tasks": list(model.tasks),
+                       "model": state_digest(pipe.model.state_dict()),
                        "photos": photos, "seeds": args.calibration_seeds, "region": args.region}, sort_keys=True)
-
-
-def write_walks(path: Path, walks: dict[str, np.ndarray], key: str) -> None:
-    """The walks as plain arrays (.npz, no pickled objects), written atomically, with their key."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), **walks)
-    tmp.replace(path)
-
-
-def read_walks(path: Path, key: str) -> dict[str, np.ndarray]:
-    """The walks :func:`write_walks` wrote for ``key``; anything else (another key, another file) is refused."""
-    try:
-        f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a walks file ({e})") from None
-    if not hasattr(f, "files"):  # a plain .npy array, not an .npz archive
-        raise ValueError(f"{path}: not a walks file written by --walks")
-    with f:
-        if "key" not in f.files:
-            raise ValueError(f"{path}: not a walks file written by --walks")
-        missing = [k for k in WALK_KEYS if k not in f.files]
-        if missing:
-            raise ValueError(f"{path}: walks written by an older version (no {', '.join(missing)}): "
-                             "remove it (or give another --walks) to walk again")
-        if str(f["key"]) != key:
-            raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: "
-                             "remove it (or give another --walks) to walk again")
-        return {k: f[k] for k in WALK_KEYS}
 
 
 def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:

@@ -438,6 +438,39 @@ def test_peeling_calibrates_a_first_change_threshold_from_the_walk():
         choose_peeling(scene.classifier(), {k: v for k, v in walks.items() if k != "first_change"})
 
 
+def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
+    from instruct_ipt.instruct.blind import WALK_KEYS, load_walks, save_walks
+
+    rng = np.random.default_rng(0)
+    walks = {"first": np.array([0, 2, 1]), "first_prob": rng.random(3), "first_change": rng.random(3), "second": np.array([1, 0, 2]),
+             "second_change": rng.random(3), "first_clean": np.full(3, np.nan), "second_beats": np.array([True, False, True]),
+             "present": rng.random((3, 3)) > 0.5}
+    path = tmp_path / "walks.npz"
+    save_walks(path, walks, key='{"seeds": 2}')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["walks.npz"]  # written whole, no temporary left
+    back = load_walks(path, '{"seeds": 2}')
+    with pytest.raises(ValueError, match="older version .*case"):  # an extra array asked for and not there
+        load_walks(path, '{"seeds": 2}', extra=("case",))
+    save_walks(path, walks | {"case": np.array(["a", "b", "c"])}, '{"seeds": 2}')
+    assert load_walks(path, '{"seeds": 2}', extra=("case",))["case"].tolist() == ["a", "b", "c"]
+    assert set(back) == set(WALK_KEYS)
+    for k in WALK_KEYS:
+        np.testing.assert_array_equal(back[k], walks[k])
+    with pytest.raises(ValueError, match="walks for another classifier"):
+        load_walks(path, '{"seeds": 3}')
+    np.savez(tmp_path / "other.npz", key=np.array('{"seeds": 2}'), first=walks["first"])  # keys missing
+    (tmp_path / "text.npz").write_text("not numpy at all")
+    np.save(tmp_path / "array.npy", walks["first"])  # a plain array, no key
+    for other in ("text.npz", "array.npy"):
+        with pytest.raises(ValueError, match="not a walks file"):
+            load_walks(tmp_path / other, '{"seeds": 2}')
+    with pytest.raises(ValueError, match="older version .*first_prob"):
+        load_walks(tmp_path / "other.npz", '{"seeds": 2}')
+    np.savez(tmp_path / "nokey.npz", **walks)  # the arrays without their key
+    with pytest.raises(ValueError, match="not a walks file"):
+        load_walks(tmp_path / "nokey.npz", '{"seeds": 2}')
+
+
 def test_a_calibrated_classifier_saves_and_loads_with_its_peeling(tmp_path):
     from instruct_ipt.instruct.blind import calibrate_peeling
 

@@ -3,6 +3,7 @@ safetensors files, and the digest of a state dict (what a cached file was made f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -56,6 +57,13 @@ def load_tagged(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, dic
     if meta.get("format") != fmt:
         raise ValueError(f"{path} is not {what}")
     return load_file(str(path)), meta
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a state dict, by :func:`hash_state`: what a file made from some weights keys on."""
+    h = hashlib.sha256()
+    hash_state(h, state)
+    return h.hexdigest()
 
 
 def hash_state(h: Any, state: Mapping[str, Any]) -> None:

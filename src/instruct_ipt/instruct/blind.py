@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.degradations import Composite, Degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
 from ..data.validation import center_crop
-from ..io import load_tagged, save_tagged
+from ..io import atomic_write, load_tagged, save_tagged
 from .order import order_tasks
 
 BLIND_FORMAT = "instruct-ipt-degradation-classifier"
@@ -624,10 +624,10 @@ def choose_hybrid_thresholds(tasks: Sequence[str], probs: np.ndarray, present: n
     return {t: float(v) for t, v in zip(tasks, th)}, {t: float(v) for t, v in zip(tasks, extra)}
 
 
-def _check_further_known(tasks: Sequence[str], further_tasks: Sequence[str] | None, kind: str = "further") -> None:
-    """``further_tasks`` (or first-change ones: ``kind``) among ``tasks``: a task the classifier
-    does not know can never be named."""
-    unknown = sorted(set(further_tasks or ()) - set(tasks))
+def _check_tasks_known(tasks: Sequence[str], named: Sequence[str] | None, kind: str = "further") -> None:
+    """``named`` (further tasks, or first-change ones: ``kind``) among ``tasks``: a task the
+    classifier does not know can never be named."""
+    unknown = sorted(set(named or ()) - set(tasks))
     if unknown:
         raise ValueError(f"{kind} tasks not among the classifier's: {', '.join(unknown)} (it knows {', '.join(tasks)})")
 
@@ -695,8 +695,8 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     present = np.asarray(present, bool)
     if (first_clean is None) != (second_beats is None):
         raise ValueError("a clean class gives both first_clean and second_beats")
-    _check_further_known(tasks, further_tasks)
-    _check_further_known(tasks, first_tasks, "first")
+    _check_tasks_known(tasks, further_tasks)
+    _check_tasks_known(tasks, first_tasks, "first")
     if first_tasks and first_change is None:
         raise ValueError("first-change thresholds need each image's first_change")
     _check_peeling_counts(present.sum(1))
@@ -748,8 +748,8 @@ def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL
     Peeling({}, {}, region, max_tasks)
     if len(classifier.tasks) < 2:
         raise ValueError("peeling needs a classifier of two or more tasks")
-    _check_further_known(classifier.tasks, further_tasks)
-    _check_further_known(classifier.tasks, first_tasks, "first")
+    _check_tasks_known(classifier.tasks, further_tasks)
+    _check_tasks_known(classifier.tasks, first_tasks, "first")
 
 
 #: the arrays of :func:`peel_walks`, one entry per calibration image
@@ -782,6 +782,39 @@ def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarr
             "first_change": first_change.astype(float), "second": second.astype(np.int64),
             "second_change": second_change.astype(float), "first_clean": first_clean.astype(float),
             "second_beats": second_beats.astype(bool), "present": present}
+
+
+def save_walks(path: str | Path, walks: Mapping[str, np.ndarray], key: str) -> Path:
+    """Recorded walks (:func:`peel_walks`' arrays, and any others given) as plain arrays (.npz, no
+    pickled objects), written atomically, with ``key``: what they were recorded for (the
+    classifier's and model's weights, the images ...), so that they are never read for anything else."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, key=np.array(key), **walks)
+
+    return atomic_write(path, write)
+
+
+def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The walks :func:`save_walks` wrote for ``key`` (:data:`WALK_KEYS` and the ``extra`` arrays);
+    anything else - another key, a file of an older version or of another kind - is refused."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a walks file ({e})") from None
+    if not hasattr(f, "files"):  # a plain .npy array, not an .npz archive
+        raise ValueError(f"{path}: not a walks file")
+    with f:
+        if "key" not in f.files:
+            raise ValueError(f"{path}: not a walks file")
+        missing = [k for k in (*WALK_KEYS, *extra) if k not in f.files]
+        if missing:
+            raise ValueError(f"{path}: walks written by an older version (no {', '.join(missing)}): "
+                             "remove it (or give another file) to walk again")
+        if str(f["key"]) != key:
+            raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: "
+                             "remove it (or give another file) to walk again")
+        return {k: f[k] for k in (*WALK_KEYS, *extra)}
 
 
 def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,
