@@ -8,7 +8,9 @@ part) of every whole image that benchmarks/blind_accuracy.py makes from the same
 - each single degradation, each composite, the clean photo - once, keeps them in ``--walks`` (a
 later run with the same classifier weights, model, photos, seeds and cases reads them back), then
 prints for each ``--classifier`` the images whose set its peeling names exactly
-(``walked_sets``: what ``detect`` names on the whole image, two tasks at most). The classifiers
+(``walked_sets``: what ``detect`` names on the whole image, two tasks at most), and, for one that
+suggests tasks (``Peeling.suggest``), how many suggestions were right (that degradation there and
+not run) or wrong (``walked_suggestions``). The classifiers
 must share the walk's weights: they differ in their thresholds only (``--peel`` calibrations of one
 classifier in scripts/train_blind_classifier.py). Seconds per classifier where blind_accuracy.py
 takes minutes; no tiles, no timing - that stays blind_accuracy.py's.
@@ -26,7 +28,14 @@ from blind_accuracy import add_image_arguments, benchmark_cases, degraded
 
 from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite
 from instruct_ipt.data.images import list_images, read_rgb
-from instruct_ipt.instruct.blind import DegradationClassifier, load_walks, peel_walks, save_walks, walked_sets
+from instruct_ipt.instruct.blind import (
+    DegradationClassifier,
+    load_walks,
+    peel_walks,
+    save_walks,
+    walked_sets,
+    walked_suggestions,
+)
 from instruct_ipt.io import state_digest
 from instruct_ipt.pipeline import RestorationPipeline
 
@@ -72,16 +81,27 @@ def main() -> None:
         save_walks(path, walks, key)
         print(f"walks written to {path}")
     print(f"photos: {len(files)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
-    right = [(walked_sets(c, walks) == walks["present"]).all(1) for c in clfs]
+    present = walks["present"]
+    named = [walked_sets(c, walks) for c in clfs]
+    right = [(s == present).all(1) for s in named]
+    # suggestions ("possibly also ..."): right when that degradation is there and was not run, else wrong
+    hints = [walked_suggestions(c, walks) for c in clfs]
+    good = [(h & present & ~s).any(1) for h, s in zip(hints, named)]
+    bad = [h.any(1) & ~g for h, g in zip(hints, good)]
+
+    def cell(k: int, rows: np.ndarray) -> str:
+        hint = f" (suggested: {good[k][rows].sum()} right, {bad[k][rows].sum()} wrong)" if clfs[k].peeling.suggest else ""
+        return f"{right[k][rows].sum()}/{rows.sum()}{hint}"
+
     print(f"| case | {' | '.join(names)} |")
     print(f"| --- |{' --- |' * len(names)}")
     for label, _ in cases:
         rows = walks["case"] == label
-        print(f"| {label} | {' | '.join(f'{r[rows].sum()}/{rows.sum()}' for r in right)} |")
-    count = walks["present"].sum(1)
+        print(f"| {label} | {' | '.join(cell(k, rows) for k in range(len(clfs)))} |")
+    count = present.sum(1)
     for n, what in ((1, "single"), (2, "composite"), (0, "clean")):
         rows = count == n
-        print(f"| all {what} | {' | '.join(f'{r[rows].sum()}/{rows.sum()}' for r in right)} |")
+        print(f"| all {what} | {' | '.join(cell(k, rows) for k in range(len(clfs)))} |")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the r
 ``--model`` (default: the shipped one) on the ``--exclude``d photos, as above, and writes --out;
 ``--further TASK`` limits the tasks named after the first, ``--first TASK`` asks the first task, too,
 to change the crop by a calibrated amount (``Peeling.first_change``), ``--no-gate`` always names the first
-(with a clean class: unless clean is the most likely class). A classifier with a clean class is
+(with a clean class: unless clean is the most likely class); ``--suggest TASK`` (not a ``--further``
+one) is not run after the first but suggested to the user when the calibration, allowed to name it,
+would (``Peeling.suggest``). A classifier with a clean class is
 gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
 later ``--peel`` run with the same classifier, model, photos and seeds reads them back instead, so
@@ -56,6 +58,7 @@ from instruct_ipt.instruct.blind import (
     save_walks,
     train_classifier,
     walked_sets,
+    walked_suggestions,
 )
 from instruct_ipt.io import state_digest
 from instruct_ipt.pipeline import RestorationPipeline
@@ -98,6 +101,8 @@ def main() -> None:
                     "(repeatable; default: every task)")
     ap.add_argument("--first", action="append", default=[], help="with --peel: a task whose removal must change the "
                     "central crop by a calibrated amount when it comes first, else 'nothing to do' (repeatable)")
+    ap.add_argument("--suggest", action="append", default=[], help="with --peel and --further: a task not run after "
+                    "the first but suggested ('possibly also ...') when naming it would pass the calibrated test (repeatable)")
     ap.add_argument("--walks", metavar="FILE", help="with --peel: the calibration walks' file (.npz), written on the "
                     "first run and read back by a later one with the same classifier, model, photos and seeds")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
@@ -125,9 +130,9 @@ def main() -> None:
     if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
                          "--recalibrate, --clean-class or --tone")
-    if not args.peel and (args.further or args.first or args.no_gate or args.model or args.walks):
-        raise SystemExit("--further, --first, --no-gate, --model and --walks go with --peel")
-    for flag, named in (("--further", args.further or []), ("--first", args.first)):
+    if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks):
+        raise SystemExit("--further, --first, --suggest, --no-gate, --model and --walks go with --peel")
+    for flag, named in (("--further", args.further or []), ("--first", args.first), ("--suggest", args.suggest)):
         unknown_tasks = sorted(set(named) - set(DEGRADATIONS))
         if unknown_tasks:
             raise SystemExit(f"{flag} {', '.join(unknown_tasks)}: not a task; choose among {', '.join(DEGRADATIONS)}")
@@ -182,7 +187,8 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     if missing:
         raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
     try:
-        check_peeling_settings(model, args.region, further_tasks=args.further, first_tasks=args.first)
+        check_peeling_settings(model, args.region, further_tasks=args.further, first_tasks=args.first,
+                               suggest_tasks=args.suggest)
     except ValueError as e:
         raise SystemExit(f"--peel {args.peel}: {e}") from None
     held_out = [read_rgb(f) for f in left_out]
@@ -199,7 +205,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
                 save_walks(args.walks, walks, key)
                 print(f"walks written to {args.walks}")
         peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate,
-                                 first_tasks=args.first)
+                                 first_tasks=args.first, suggest_tasks=args.suggest)
     except ValueError as e:  # a walks file for something else
         raise SystemExit(str(e)) from None
     if peeling.clean is not None:
@@ -209,12 +215,23 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
     if args.first:
         print("first-change thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.first_change.items()} or "none")
-    right = (walked_sets(model, walks) == walks["present"]).all(1)
+    named = walked_sets(model, walks)
+    right = (named == walks["present"]).all(1)
     count = walks["present"].sum(1)
     print("calibration images named exactly:", ", ".join(f"{what} {right[count == n].sum()}/{(count == n).sum()}"
                                                           for n, what in ((0, "clean"), (1, "one degradation"), (2, "two"))))
+    if args.suggest:
+        print("suggest thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.suggest.items()} or "none")
+        print("calibration images with a suggestion:", suggestion_counts(walked_suggestions(model, walks), named, walks["present"]))
     model.save(args.out)
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")
+
+
+def suggestion_counts(suggested: np.ndarray, named: np.ndarray, present: np.ndarray) -> str:
+    """How many images got a suggestion that is right (a degradation there and not named) or wrong (not there)."""
+    hit = suggested.any(1)
+    right = (suggested & present & ~named).any(1)
+    return f"{hit.sum()} of {len(hit)} ({right.sum()} right: there and not run; {(hit & ~right).sum()} wrong)"
 
 
 def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: RestorationPipeline, left_out: list[Path]) -> str:

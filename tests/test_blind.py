@@ -677,3 +677,103 @@ def test_peeling_settings_are_checked_before_any_walk():
         check_peeling_settings(DegradationClassifier(["denoise"], width=4))
     with pytest.raises(ValueError, match="single-label"):
         check_peeling_settings(DegradationClassifier(["denoise", "derain"], width=4, multilabel=True))
+
+
+# suggestions: a degradation blind mode does not run after the first, but mentions ---------------------------
+
+def test_a_suggested_task_is_mentioned_not_run():
+    from instruct_ipt.instruct.blind import Detection, peel_walks, walked_suggestions
+
+    scene = _scene()
+    plain = scene.classifier(Peeling({}, {"denoise": 0.1}, region=32))
+    assert plain.examine(scene.image("derain", "dehaze"), restore=scene.restore) == Detection([("derain", 0.7)])
+    assert scene.calls == [("derain", (32, 32))]  # haze seen next, not a task to run or suggest: not restored
+    scene.calls.clear()
+    clf = scene.classifier(Peeling({}, {"denoise": 0.1}, region=32, suggest={"dehaze": 0.4}))
+    seen = clf.examine(scene.image("derain", "dehaze"), restore=scene.restore)
+    assert seen == Detection([("derain", 0.7)], [("dehaze", 0.7)])  # removing the haze changes the crop by 0.5
+    assert clf.detect(scene.image("derain", "dehaze"), restore=scene.restore) == [("derain", 0.7)]  # run: the found ones
+    assert [t for t, _ in scene.calls] == ["derain", "dehaze"] * 2
+    # a task run after the first is run, not suggested; nothing is suggested past the last step needed
+    assert clf.examine(scene.image("derain", "denoise"), restore=scene.restore) == Detection([("derain", 0.6), ("denoise", 0.9)])
+    assert clf.examine(scene.image("denoise"), restore=scene.restore) == Detection([("denoise", 0.9)])  # haze next: no change
+    assert clf.examine(scene.image("derain", "dehaze")) == Detection([("derain", 0.7)])  # no model: nothing to look again with
+    clf.peeling.suggest["dehaze"] = 0.6  # more than removing it changes
+    assert clf.examine(scene.image("derain", "dehaze"), restore=scene.restore).suggested == []
+    clf.peeling.suggest["dehaze"] = 0.4
+    clf.peeling.max_tasks = 1  # nothing after the first at all
+    assert clf.examine(scene.image("derain", "dehaze"), restore=scene.restore).suggested == []
+    clean = _Scene({2: {"denoise": 0.05, "derain": 0.8, "dehaze": 0.05, "clean": 0.1},
+                    6: {"denoise": 0.05, "derain": 0.6, "dehaze": 0.3, "clean": 0.05},
+                    4: {"denoise": 0.1, "derain": 0.05, "dehaze": 0.35, "clean": 0.5}})
+    gated = clean.classifier(Peeling({}, {"denoise": 0.1}, region=32, suggest={"dehaze": 0.1}), clean_class=True)
+    case = [(clean.image("derain", "dehaze"), ("derain", "dehaze"))]
+    assert gated.examine(case[0][0], restore=clean.restore).suggested == []  # clean beats haze
+    assert not walked_suggestions(gated, peel_walks(gated, case, clean.restore, region=32)).any()  # the walk agrees
+    clean.probs[4] = {"denoise": 0.1, "derain": 0.05, "dehaze": 0.5, "clean": 0.35}
+    assert gated.examine(case[0][0], restore=clean.restore).suggested == [("dehaze", 0.5)]
+    assert walked_suggestions(gated, peel_walks(gated, case, clean.restore, region=32)).tolist() == [[False, False, True]]
+
+
+def test_suggested_tasks_round_trip_and_are_not_run_too(tmp_path):
+    peeling = Peeling({}, {"denoise": 0.028}, suggest={"jpeg": 0.02})
+    back = DegradationClassifier.load(DegradationClassifier(["denoise", "jpeg"], width=4, peeling=peeling).save(tmp_path / "s.safetensors"))
+    assert back.peeling == peeling and back.peeling.suggest == {"jpeg": 0.02}
+    assert "peel_suggest" not in Peeling({}, {"denoise": 0.028}).to_meta()  # files without it read as before
+    with pytest.raises(ValueError, match="denoise: both run after the first"):
+        Peeling({}, {"denoise": 0.028}, suggest={"denoise": 0.02})
+    with pytest.raises(ValueError, match="unknown tasks: dehaze"):
+        DegradationClassifier(["denoise", "jpeg"], width=4, peeling=Peeling({}, {}, suggest={"dehaze": 0.1}))
+
+
+def test_suggest_thresholds_are_what_naming_the_task_would_take():
+    from instruct_ipt.instruct.blind import (
+        check_peeling_settings,
+        choose_peeling,
+        peel_walks,
+        walked_sets,
+        walked_suggestions,
+    )
+
+    scene = _scene()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain"), ("derain",)),
+             (scene.image("derain", "denoise"), ("derain", "denoise")), (scene.image("dehaze"), ("dehaze",)),
+             (scene.image("derain", "dehaze"), ("derain", "dehaze"))]
+    walks = peel_walks(scene.classifier(), cases, scene.restore, region=32)
+    alone = choose_peeling(scene.classifier(), walks, region=32, further_tasks=["denoise"])
+    naming = choose_peeling(scene.classifier(), walks, region=32, further_tasks=["denoise", "dehaze"])
+    clf = scene.classifier()
+    both = choose_peeling(clf, walks, region=32, further_tasks=["denoise"], suggest_tasks=["dehaze"])
+    assert both.suggest == {"dehaze": naming.further["dehaze"]} and 0.0 < both.suggest["dehaze"] <= 0.5
+    assert (both.start, both.further, both.clean) == (alone.start, alone.further, alone.clean)  # the rest as without it
+    assert (walked_sets(clf, walks) == walked_sets(scene.classifier(alone), walks)).all()  # suggesting runs nothing more
+    suggested = walked_suggestions(clf, walks)
+    assert [set(np.array(clf.tasks)[row]) for row in suggested] == [set(), set(), set(), set(), set(), {"dehaze"}]
+    # what the walk says is what examine suggests, restoring again
+    assert [{t for t, _ in clf.examine(rgb, restore=scene.restore).suggested} for rgb, _ in cases] == \
+        [set(np.array(clf.tasks)[row]) for row in suggested]
+    for bad, match in [({"suggest_tasks": ["dehaze"]}, "need the further tasks named"),
+                       ({"further_tasks": ["dehaze"], "suggest_tasks": ["dehaze"]}, "dehaze: both run after the first"),
+                       ({"further_tasks": ["denoise"], "suggest_tasks": ["jpeg"]}, "suggest tasks not among the classifier's: jpeg")]:
+        with pytest.raises(ValueError, match=match):
+            choose_peeling(scene.classifier(), walks, **bad)
+        with pytest.raises(ValueError, match=match):
+            check_peeling_settings(scene.classifier(), **bad)
+
+
+def test_blind_mode_tells_what_it_suggests_without_running_it(model_dir, monkeypatch):
+    from instruct_ipt.instruct.blind import Detection
+    from instruct_ipt.pipeline import TaskChoice
+
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=DegradationClassifier(TASKS, width=4))
+    monkeypatch.setattr(DegradationClassifier, "examine", lambda self, rgb, probs=None, restore=None:
+                        Detection([("denoise", 0.81)], [("dehaze", 0.52)]))
+    runs = []
+    real_run = RestorationPipeline.run
+    monkeypatch.setattr(RestorationPipeline, "run", lambda self, rgb, tasks, **k: runs.append(list(tasks)) or real_run(self, rgb, tasks, **k))
+    _out, choice = pipe(data.astronaut()[:32, :32], return_choice=True)
+    assert choice.tasks == ["denoise"] and choice.suggested == ["dehaze"] and runs == [["denoise"]]
+    assert choice.describe() == ("denoise (81%) [seen in the image (blind mode)]; possibly also dehaze "
+                                 "(not run; to run it too, name the tasks: denoise,dehaze)")
+    assert choice.to_dict()["suggested"] == ["dehaze"]
+    assert TaskChoice(["derain"], [1.0], "task").describe() == "derain [as asked]"  # nothing suggested: as before

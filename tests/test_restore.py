@@ -348,6 +348,19 @@ def test_shipped_blind_mode_leaves_alone_a_clean_photo_it_takes_for_a_noisy_one(
     assert [t for t, _ in clf.detect(noisy, restore=restore)][:1] == ["denoise"]
 
 
+def test_shipped_blind_mode_suggests_the_haze_it_does_not_run():
+    # haze after noise: not run (on a bright, flat clean photo it would cost single degradations:
+    # docs/instructions.md), but mentioned; a photo with noise alone gets no suggestion
+    clf, pipe = DegradationClassifier.default(), RestorationPipeline.from_pretrained(device="cpu")
+    restore = lambda x, t: pipe.run(x, [t])
+    assert set(clf.peeling.suggest) == {"dehaze"} and "dehaze" not in clf.peeling.further
+    astronaut = data.astronaut().astype(np.float32) / 255
+    both = clf.examine(make_degradation("haze+noise")(astronaut, np.random.default_rng(0)).image, restore=restore)
+    assert [t for t, _ in both.found] == ["denoise"] and [t for t, _ in both.suggested] == ["dehaze"]
+    noisy = clf.examine(make_degradation("denoise")(astronaut, np.random.default_rng(0)).image, restore=restore)
+    assert [t for t, _ in noisy.found] == ["denoise"] and noisy.suggested == []
+
+
 def test_cli_restore_checks_its_arguments_before_any_image(model_dir, tmp_path, capsys, monkeypatch):
     from instruct_ipt.data import images
 

@@ -38,6 +38,8 @@ def test_the_walks_key_changes_with_the_weights_and_the_photos(tmp_path):
     (["--clean-class", "--composite-share", "0.2"], "--composite-share goes with --multilabel"),
     (["--clean-share", "0.2"], "--clean-share goes with --multilabel or --clean-class"),
     (["--walks", "w.npz"], "--walks go with --peel"),
+    (["--suggest", "dehaze"], "--suggest, --no-gate, --model and --walks go with --peel"),
+    (["--peel", "packaged", "--exclude", "x.png", "--suggest", "fog"], "--suggest fog: not a task"),
     (["--peel", "packaged", "--exclude", "x.png", "--tone", "0.5"], "--peel calibrates .* or --tone"),
 ])
 def test_options_that_would_be_ignored_are_refused(monkeypatch, tmp_path, args, message):

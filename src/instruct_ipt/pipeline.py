@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from PIL import Image
 from .data.images import LoadedImage, from_array, from_pil, load_image, save_image, to_array, to_pil
 from .export import ENGINES, OnnxRestorer, onnx_available, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
-from .instruct import InstructionHead, Interpreter
+from .instruct import InstructionHead, Interpreter, order_tasks
 from .instruct.blind import BLIND_FILE, CLEAN, DegradationClassifier
 from .instruct.head import HEAD_FILE
 from .model import InstructIPT, resolve_model_dir
@@ -41,6 +41,8 @@ class TaskChoice:
     confidences: list[float]
     #: "task" (named by the caller), "instruction" (understood from text) or "blind" (seen in the image)
     source: str
+    #: blind mode only: degradations that may be there too but were not run (``Peeling.suggest``), for the user to name
+    suggested: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +57,9 @@ class TaskChoice:
         if self.nothing_to_do:
             return f"nothing to do, pixels unchanged [{how[self.source]}]"
         parts = ", then ".join(f"{t} ({c:.0%})" if self.source != "task" else t for t, c in zip(self.tasks, self.confidences))
-        return f"{parts} [{how[self.source]}]"
+        also = (f"; possibly also {' and '.join(self.suggested)} (not run; to run it too, name the tasks: "
+                f"{','.join(order_tasks([*self.tasks, *self.suggested]))})" if self.suggested else "")
+        return f"{parts} [{how[self.source]}]{also}"
 
 
 @dataclass
@@ -219,8 +223,10 @@ class RestorationPipeline:
         probs = clf.predict(rgb)
         if not clf.multilabel:  # the most likely of the model's tasks (or clean, if the classifier has that class)
             probs = {t: p for t, p in probs.items() if t in self.model.tasks or t == CLEAN}
-        found = [(t, p) for t, p in clf.detect(rgb, probs, restore=self._restore_one) if t in self.model.tasks]
-        return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind")
+        seen = clf.examine(rgb, probs, restore=self._restore_one)
+        found = [(t, p) for t, p in seen.found if t in self.model.tasks]
+        also = [t for t, _ in seen.suggested if t in self.model.tasks]
+        return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind", also)
 
     def _restore_one(self, rgb: np.ndarray, task: str) -> np.ndarray:
         """One task on the crop blind mode's peeling looks at (:class:`~instruct_ipt.instruct.blind.Peeling`; 384 px

@@ -71,6 +71,12 @@ class Peeling:
     when denoised, a noisy one does - the residual tells them apart on photos the classifier never
     saw, where its probabilities do not (docs/instructions.md has the figures). It costs nothing:
     the first restoration is the one peeling looks at again anyway.
+
+    ``suggest[t]``: a task ``t`` that blind mode does not *run* after the first but *mentions*
+    ("possibly also ...", :attr:`Detection.suggested`) when it passes the further test with this
+    threshold - for a degradation the calibration can name but that, named, would cost photos
+    with one degradation elsewhere (haze: docs/instructions.md has the figures). The user, who
+    sees the photo, decides. Not in ``further``: a task is either run or mentioned.
     """
 
     start: dict[str, float]
@@ -79,22 +85,27 @@ class Peeling:
     max_tasks: int = 2
     clean: float | None = None
     first_change: dict[str, float] = field(default_factory=dict)
+    suggest: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
             raise ValueError(f"peeling region {self.region} (at least 32 px) and max_tasks {self.max_tasks} (at least 1)")
         if self.clean is not None and not 0.0 <= self.clean <= 1.0:
             raise ValueError(f"peeling clean threshold {self.clean}: a probability, in [0, 1]")
+        both = sorted(set(self.suggest) & set(self.further))
+        if both:
+            raise ValueError(f"{', '.join(both)}: both run after the first (further) and only suggested - one or the other")
 
     def tasks(self) -> set[str]:
         """Every task a threshold names (each must be one of the classifier's)."""
-        return set(self.start) | set(self.further) | set(self.first_change)
+        return set(self.start) | set(self.further) | set(self.first_change) | set(self.suggest)
 
     def to_meta(self) -> dict[str, str]:
         """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
         meta = {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
                 "peel_region": str(self.region), "peel_max_tasks": str(self.max_tasks)}
         meta |= {} if self.clean is None else {"peel_clean": str(self.clean)}
+        meta |= {"peel_suggest": json.dumps(self.suggest)} if self.suggest else {}
         return meta | ({"peel_first_change": json.dumps(self.first_change)} if self.first_change else {})
 
     @classmethod
@@ -104,7 +115,19 @@ class Peeling:
             return None
         clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
-                   int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")))
+                   int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")),
+                   json.loads(meta.get("peel_suggest", "{}")))
+
+
+@dataclass
+class Detection:
+    """What blind mode sees in an image (:meth:`DegradationClassifier.examine`): ``found``, the
+    degradations it names and runs, as ``(task, probability)`` in restoration order (none: a clean
+    photo); ``suggested``, ones it does not run but that may be there too (:attr:`Peeling.suggest`;
+    the probability seen once the found ones were removed) - for the user, who sees the photo, to name."""
+
+    found: list[tuple[str, float]]
+    suggested: list[tuple[str, float]] = field(default_factory=list)
 
 
 class PeelStep:
@@ -229,6 +252,11 @@ class DegradationClassifier(nn.Module):
 
     def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None,
                restore: Restore | None = None) -> list[tuple[str, float]]:
+        """The degradations blind mode runs on ``rgb``: :meth:`examine`'s ``found``."""
+        return self.examine(rgb, probs, restore).found
+
+    def examine(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None,
+                restore: Restore | None = None) -> Detection:
         """The degradations seen in ``rgb`` as ``(task, probability)``, in restoration order
         (:func:`~instruct_ipt.instruct.order_tasks`: the measured order). Multi-label: every task at or above its threshold, possibly none (a clean
         photo); with a primary, when any is: the primary's choice (with its softmax probability)
@@ -242,7 +270,11 @@ class DegradationClassifier(nn.Module):
         clean class winning instead (the most likely class; with peeling, at least ``peeling.clean``),
         and a further task must also be more likely than clean on what is left. ``probs``:
         :meth:`predict`'s, if already known; a single-label classifier chooses among its keys only
-        (a model's tasks, and :data:`CLEAN`: without that key, no clean gate)."""
+        (a model's tasks, and :data:`CLEAN`: without that key, no clean gate).
+
+        With :attr:`Peeling.suggest`, the step after the last task named may also be *suggested*
+        (:attr:`Detection.suggested`: not run) when it passes the further test with its suggest
+        threshold; that costs a restoration only where its task is one to suggest."""
         probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
             clean = probs.get(CLEAN)
@@ -250,34 +282,37 @@ class DegradationClassifier(nn.Module):
             best = max(tasks, key=tasks.get)
             peel = self.peeling
             if clean is not None and clean >= (tasks[best] if peel is None or peel.clean is None else peel.clean):
-                return []
+                return Detection([])
             if peel is None:
-                return [(best, tasks[best])]
+                return Detection([(best, tasks[best])])
             if tasks[best] < peel.start.get(best, 0.0):
-                return []
+                return Detection([])
             found = {best: tasks[best]}
             if restore is None:
-                return list(found.items())
+                return Detection(list(found.items()))
             steps = self.peel_steps(rgb, probs, restore)
             first = next(steps)
             if best in peel.first_change and first.change < peel.first_change[best]:
-                return []  # removing it hardly changes the photo: nothing of it there
+                return Detection([])  # removing it hardly changes the photo: nothing of it there
+            suggested = []
             for step in steps if peel.max_tasks > 1 else ():  # lazy: no step is computed past the last one needed
-                if step.task not in peel.further or (step.clean is not None and step.prob <= step.clean):
-                    break
-                if step.change < peel.further[step.task]:  # (the restoration last: only when needed)
-                    break
-                found[step.task] = step.prob
-                if len(found) == peel.max_tasks:
-                    break
-            return [(t, found[t]) for t in order_tasks(list(found))]
+                likely = step.clean is None or step.prob > step.clean
+                # (the restoration last, in each test: only when needed)
+                if step.task in peel.further and likely and step.change >= peel.further[step.task]:
+                    found[step.task] = step.prob
+                    if len(found) < peel.max_tasks:
+                        continue
+                elif step.task in peel.suggest and likely and step.change >= peel.suggest[step.task]:
+                    suggested.append((step.task, step.prob))
+                break
+            return Detection([(t, found[t]) for t in order_tasks(list(found))], suggested)
         found = {t: probs[t] for t in self.tasks if probs[t] >= self.thresholds[t]}
         if found and self.primary is not None:  # something is there: the primary's choice, and extras
             main = self.primary.predict(rgb)
             best = max(main, key=main.get)
             found = {best: main[best]} | {t: probs[t] for t in self.tasks
                                           if t != best and probs[t] >= self.extra_thresholds[t]}
-        return [(t, found[t]) for t in order_tasks(list(found))]
+        return Detection([(t, found[t]) for t in order_tasks(list(found))])
 
     def peel_steps(self, rgb: np.ndarray, probs: Mapping[str, float], restore: Restore,
                    region: int | None = None) -> Iterator[PeelStep]:
@@ -739,10 +774,12 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
 
 
 def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL_REGION, max_tasks: int = 2,
-                           further_tasks: Sequence[str] | None = None, first_tasks: Sequence[str] = ()) -> None:
+                           further_tasks: Sequence[str] | None = None, first_tasks: Sequence[str] = (),
+                           suggest_tasks: Sequence[str] = ()) -> None:
     """Refuse what a peeling calibration of ``classifier`` cannot use - before its walk (minutes of
     restorations), not after: a multi-label classifier, fewer than two tasks, a bad region or
-    ``max_tasks`` (:class:`Peeling`'s checks), a further or first-change task it does not know."""
+    ``max_tasks`` (:class:`Peeling`'s checks), a further, first-change or suggested task it does
+    not know, a task both run after the first and suggested."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     Peeling({}, {}, region, max_tasks)
@@ -750,6 +787,7 @@ def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL
         raise ValueError("peeling needs a classifier of two or more tasks")
     _check_tasks_known(classifier.tasks, further_tasks)
     _check_tasks_known(classifier.tasks, first_tasks, "first")
+    _check_suggest(classifier.tasks, further_tasks, suggest_tasks)
 
 
 #: the arrays of :func:`peel_walks`, one entry per calibration image
@@ -819,25 +857,64 @@ def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[st
 
 def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,
                    max_tasks: int = 2, further_tasks: Sequence[str] | None = None, gate: bool = True,
-                   rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = ()) -> Peeling:
+                   rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
+                   suggest_tasks: Sequence[str] = ()) -> Peeling:
     """``classifier``'s :class:`Peeling` from recorded :func:`peel_walks` (see
     :func:`calibrate_peeling`, which walks and then calls this). Sets and returns
-    ``classifier.peeling``."""
+    ``classifier.peeling``. ``suggest_tasks`` (not in ``further_tasks``, which must then be given):
+    tasks to mention, not run, after the first (:attr:`Peeling.suggest`); each one's threshold is
+    the further threshold the same calibration chooses when it may *name* them too - what it would
+    take to run them - while every other threshold is the one chosen without them."""
     missing = [k for k in WALK_KEYS if k not in walks]
     if missing:
         raise ValueError(f"peeling walks lack {', '.join(missing)}")
     present = np.asarray(walks["present"], bool)
     if present.ndim != 2 or present.shape[1] != len(classifier.tasks):
         raise ValueError(f"peeling walks for {present.shape[-1]} tasks; the classifier has {len(classifier.tasks)}")
+    _check_suggest(classifier.tasks, further_tasks, suggest_tasks)
     by_clean = ({"first_clean": walks["first_clean"], "second_beats": walks["second_beats"]}
                 if classifier.clean_class else {})
     first_images = present.sum(1) <= 1 if classifier.clean_class else present.sum(1) == 1
-    peeling = choose_peeling_thresholds(classifier.tasks, walks["first"], walks["first_prob"], walks["second"],
-                                        walks["second_change"], present, further_tasks, gate, rounds,
-                                        first_images if singles_first else None, **by_clean,
-                                        first_tasks=first_tasks, first_change=walks["first_change"])
+
+    def choose(further: Sequence[str] | None) -> Peeling:
+        return choose_peeling_thresholds(classifier.tasks, walks["first"], walks["first_prob"], walks["second"],
+                                         walks["second_change"], present, further, gate, rounds,
+                                         first_images if singles_first else None, **by_clean,
+                                         first_tasks=first_tasks, first_change=walks["first_change"])
+
+    peeling = choose(further_tasks)
+    if suggest_tasks:  # what naming them would take; a task never seen second gets no threshold (never suggested)
+        naming = choose([*(further_tasks or ()), *suggest_tasks]).further
+        peeling = replace(peeling, suggest={t: naming[t] for t in suggest_tasks if t in naming})
     classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
     return classifier.peeling
+
+
+def _check_suggest(tasks: Sequence[str], further_tasks: Sequence[str] | None, suggest_tasks: Sequence[str]) -> None:
+    """Tasks to suggest must be known, and not among those run after the first (which must be named)."""
+    if not suggest_tasks:
+        return
+    _check_tasks_known(tasks, suggest_tasks, "suggest")
+    if further_tasks is None:
+        raise ValueError("suggested tasks need the further tasks named: by default every task is run after the first")
+    both = sorted(set(suggest_tasks) & set(further_tasks))
+    if both:
+        raise ValueError(f"{', '.join(both)}: both run after the first (further) and only suggested - one or the other")
+
+
+def walked_suggestions(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """What ``classifier`` would *suggest* (:attr:`Peeling.suggest`) on each image of recorded
+    :func:`peel_walks` (images x tasks, bool; see :func:`walked_sets`): the second step's task, when
+    the first was named and it passes the further test with its suggest threshold."""
+    named = walked_sets(classifier, walks)
+    tasks, peel = classifier.tasks, classifier.peeling
+    n, second = len(named), np.asarray(walks["second"], int)
+    limit = np.array([peel.suggest.get(t, 2.0) if peel.max_tasks > 1 else 2.0 for t in tasks])  # 2: never
+    likely = np.asarray(walks["second_beats"], bool) if classifier.clean_class else np.ones(n, bool)
+    hit = named.any(1) & likely & (np.asarray(walks["second_change"]) >= limit[second])  # (a task named second is not one to suggest)
+    out = np.zeros_like(named)
+    out[np.arange(n)[hit], second[hit]] = True
+    return out
 
 
 def walked_sets(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -861,18 +938,21 @@ def walked_sets(classifier: DegradationClassifier, walks: Mapping[str, np.ndarra
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                       restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
-                      gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = ()) -> Peeling:
+                      gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
+                      suggest_tasks: Sequence[str] = ()) -> Peeling:
     """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (:func:`peel_walks`: two
     restorations of its crop), then :func:`choose_peeling_thresholds` picks the thresholds
-    (``further_tasks``, ``gate``, ``first_tasks``: see there). ``singles_first``: images with one degradation count
+    (``further_tasks``, ``gate``, ``first_tasks``: see there; ``suggest_tasks``: see
+    :func:`choose_peeling`). ``singles_first``: images with one degradation count
     before all others (see :func:`calibrate_thresholds`) - blind mode must not get worse where it
     is already good; with a clean class, clean images too: "nothing to do" is then an answer the
     classifier was trained to give, asked for as plainly as one task (counting singles alone
     first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
     of the five clean calibration photos). Sets and returns ``classifier.peeling``."""
-    check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks)
+    check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks, suggest_tasks)
     _check_peeling_counts(np.array([len(tasks) for _, tasks in cases]))
     walks = peel_walks(classifier, cases, restore, region)
-    return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first, first_tasks)
+    return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first, first_tasks,
+                          suggest_tasks)
