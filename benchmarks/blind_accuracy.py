@@ -97,8 +97,10 @@ def main() -> None:
             start = ", start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items()) if c.peeling.start else ""
             first = ("; first change " + ", ".join(f"{t} {v:.4f}" for t, v in c.peeling.first_change.items())
                      if c.peeling.first_change else "")
+            suggest = ("; suggest " + ", ".join(f"{t} {v:.4f}" for t, v in c.peeling.suggest.items())
+                       if c.peeling.suggest else "")
             kind += (f", peeling (region {c.peeling.region}{start}{gate}; further "
-                     + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + first + ")")
+                     + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + first + suggest + ")")
         print(f"classifier {n}: {kind}")
     print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
     print(f"| case | {' | '.join(names)} |")

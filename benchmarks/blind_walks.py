@@ -33,6 +33,7 @@ from instruct_ipt.instruct.blind import (
     load_walks,
     peel_walks,
     save_walks,
+    suggestion_outcomes,
     walked_sets,
     walked_suggestions,
 )
@@ -84,10 +85,7 @@ def main() -> None:
     present = walks["present"]
     named = [walked_sets(c, walks) for c in clfs]
     right = [(s == present).all(1) for s in named]
-    # suggestions ("possibly also ..."): right when that degradation is there and was not run, else wrong
-    hints = [walked_suggestions(c, walks) for c in clfs]
-    good = [(h & present & ~s).any(1) for h, s in zip(hints, named)]
-    bad = [h.any(1) & ~g for h, g in zip(hints, good)]
+    good, bad = zip(*(suggestion_outcomes(walked_suggestions(c, walks), s, present) for c, s in zip(clfs, named)))
 
     def cell(k: int, rows: np.ndarray) -> str:
         hint = f" (suggested: {good[k][rows].sum()} right, {bad[k][rows].sum()} wrong)" if clfs[k].peeling.suggest else ""

@@ -56,6 +56,7 @@ from instruct_ipt.instruct.blind import (
     load_walks,
     peel_walks,
     save_walks,
+    suggestion_outcomes,
     train_classifier,
     walked_sets,
     walked_suggestions,
@@ -222,16 +223,11 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
                                                           for n, what in ((0, "clean"), (1, "one degradation"), (2, "two"))))
     if args.suggest:
         print("suggest thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.suggest.items()} or "none")
-        print("calibration images with a suggestion:", suggestion_counts(walked_suggestions(model, walks), named, walks["present"]))
+        right, wrong = suggestion_outcomes(walked_suggestions(model, walks), named, walks["present"])
+        print(f"calibration images with a suggestion: {(right | wrong).sum()} of {len(right)} ({right.sum()} right: "
+              f"there and not run; {wrong.sum()} wrong)")
     model.save(args.out)
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")
-
-
-def suggestion_counts(suggested: np.ndarray, named: np.ndarray, present: np.ndarray) -> str:
-    """How many images got a suggestion that is right (a degradation there and not named) or wrong (not there)."""
-    hit = suggested.any(1)
-    right = (suggested & present & ~named).any(1)
-    return f"{hit.sum()} of {len(hit)} ({right.sum()} right: there and not run; {(hit & ~right).sum()} wrong)"
 
 
 def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: RestorationPipeline, left_out: list[Path]) -> str:

@@ -731,6 +731,7 @@ def test_suggest_thresholds_are_what_naming_the_task_would_take():
         check_peeling_settings,
         choose_peeling,
         peel_walks,
+        suggestion_outcomes,
         walked_sets,
         walked_suggestions,
     )
@@ -752,6 +753,10 @@ def test_suggest_thresholds_are_what_naming_the_task_would_take():
     # what the walk says is what examine suggests, restoring again
     assert [{t for t, _ in clf.examine(rgb, restore=scene.restore).suggested} for rgb, _ in cases] == \
         [set(np.array(clf.tasks)[row]) for row in suggested]
+    right, wrong = suggestion_outcomes(suggested, walked_sets(clf, walks), walks["present"])
+    assert right.tolist() == [False] * 5 + [True] and not wrong.any()  # haze there, and not run
+    right, wrong = suggestion_outcomes(suggested, walked_sets(clf, walks), walks["present"] & ~suggested)
+    assert not right.any() and wrong.tolist() == [False] * 5 + [True]  # had the haze not been there
     for bad, match in [({"suggest_tasks": ["dehaze"]}, "need the further tasks named"),
                        ({"further_tasks": ["dehaze"], "suggest_tasks": ["dehaze"]}, "dehaze: both run after the first"),
                        ({"further_tasks": ["denoise"], "suggest_tasks": ["jpeg"]}, "suggest tasks not among the classifier's: jpeg")]:
@@ -777,3 +782,5 @@ def test_blind_mode_tells_what_it_suggests_without_running_it(model_dir, monkeyp
                                  "(not run; to run it too, name the tasks: denoise,dehaze)")
     assert choice.to_dict()["suggested"] == ["dehaze"]
     assert TaskChoice(["derain"], [1.0], "task").describe() == "derain [as asked]"  # nothing suggested: as before
+    two = TaskChoice(["derain"], [0.9], "blind", ["dehaze", "denoise"]).describe()
+    assert two.endswith("possibly also dehaze and denoise (not run; to run them too, name the tasks: derain,denoise,dehaze)")

@@ -57,8 +57,8 @@ class TaskChoice:
         if self.nothing_to_do:
             return f"nothing to do, pixels unchanged [{how[self.source]}]"
         parts = ", then ".join(f"{t} ({c:.0%})" if self.source != "task" else t for t, c in zip(self.tasks, self.confidences))
-        also = (f"; possibly also {' and '.join(self.suggested)} (not run; to run it too, name the tasks: "
-                f"{','.join(order_tasks([*self.tasks, *self.suggested]))})" if self.suggested else "")
+        also = (f"; possibly also {' and '.join(self.suggested)} (not run; to run {'it' if len(self.suggested) == 1 else 'them'} "
+                f"too, name the tasks: {','.join(order_tasks([*self.tasks, *self.suggested]))})" if self.suggested else "")
         return f"{parts} [{how[self.source]}]{also}"
 
 

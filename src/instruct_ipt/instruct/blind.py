@@ -936,6 +936,14 @@ def walked_sets(classifier: DegradationClassifier, walks: Mapping[str, np.ndarra
                        **by_clean, **by_change)
 
 
+def suggestion_outcomes(suggested: np.ndarray, named: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image (images x tasks, bool, in: :func:`walked_suggestions`, :func:`walked_sets`, the
+    degradations there), whether blind mode's suggestion was *right* - a degradation there and not
+    run - and whether it was *wrong*: a suggestion, and not a right one."""
+    right = (suggested & present & ~named).any(1)
+    return right, suggested.any(1) & ~right
+
+
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                       restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
                       gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
