@@ -177,3 +177,15 @@ def test_browser_upload_describe_restore_download(served, noisy, tmp_path):
             page.screenshot(path=str(tmp_path / "demo-browser.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_a_suggestion_says_how_to_run_it_on_the_page(pipe, noisy, tmp_path, monkeypatch):
+    from instruct_ipt.instruct.blind import DegradationClassifier, Detection
+
+    monkeypatch.setattr(DegradationClassifier, "examine", lambda self, rgb, probs=None, restore=None:
+                        Detection([("denoise", 0.9)], [("dehaze", 0.6)]))
+    status = restore_for_demo(pipe, noisy, "auto", None, None, out_dir=tmp_path)[2]
+    assert "possibly also dehaze (not run" in status and "To run it too: **Describe it**, *denoise, then dehaze*." in status
+    # what it says to write runs both, in that order
+    status = restore_for_demo(pipe, noisy, "instruction", None, "denoise, then dehaze", out_dir=tmp_path)[2]
+    assert "**Ran:** denoise (100%), then dehaze (100%) [from the instruction]" in status
