@@ -223,9 +223,9 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
                                                           for n, what in ((0, "clean"), (1, "one degradation"), (2, "two"))))
     if args.suggest:
         print("suggest thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.suggest.items()} or "none")
-        right, wrong = suggestion_outcomes(walked_suggestions(model, walks), named, walks["present"])
-        print(f"calibration images with a suggestion: {(right | wrong).sum()} of {len(right)} ({right.sum()} right: "
-              f"there and not run; {wrong.sum()} wrong)")
+        good, bad = suggestion_outcomes(walked_suggestions(model, walks), named, walks["present"])
+        print(f"calibration images with a suggestion: {(good | bad).sum()} of {len(good)} ({good.sum()} right: "
+              f"there and not run; {bad.sum()} wrong)")
     model.save(args.out)
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {args.out}")
 

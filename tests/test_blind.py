@@ -707,6 +707,22 @@ def test_a_suggested_task_is_mentioned_not_run():
                     6: {"denoise": 0.05, "derain": 0.6, "dehaze": 0.3, "clean": 0.05},
                     4: {"denoise": 0.1, "derain": 0.05, "dehaze": 0.35, "clean": 0.5}})
     gated = clean.classifier(Peeling({}, {"denoise": 0.1}, region=32, suggest={"dehaze": 0.1}), clean_class=True)
+    # once max_tasks are named, nothing is suggested (nor looked at); with room for a third, the haze is
+    three = _Scene({7: {"denoise": 0.2, "derain": 0.6, "dehaze": 0.2}, 5: {"denoise": 0.7, "derain": 0.1, "dehaze": 0.2},
+                    4: {"denoise": 0.2, "derain": 0.1, "dehaze": 0.7}})
+    full = three.classifier(Peeling({}, {"denoise": 0.1}, region=32, suggest={"dehaze": 0.4}))
+    assert full.examine(three.image("derain", "denoise", "dehaze"), restore=three.restore) == \
+        Detection([("derain", 0.6), ("denoise", 0.7)])
+    assert [t for t, _ in three.calls] == ["derain", "denoise"]
+    full.peeling.max_tasks = 3
+    assert full.examine(three.image("derain", "denoise", "dehaze"), restore=three.restore).suggested == [("dehaze", 0.7)]
+    # nothing found (the first task's removal changes too little): nothing suggested either, in examine and in a walk
+    gate = scene.classifier(Peeling({}, {"denoise": 0.1}, region=32, first_change={"derain": 0.9}, suggest={"dehaze": 0.4}))
+    haze_rain = [(scene.image("derain", "dehaze"), ("derain", "dehaze"))]
+    assert gate.examine(haze_rain[0][0], restore=scene.restore) == Detection([])
+    assert not walked_suggestions(gate, peel_walks(gate, haze_rain, scene.restore, region=32)).any()
+    gate.peeling.first_change["derain"] = 0.1
+    assert walked_suggestions(gate, peel_walks(gate, haze_rain, scene.restore, region=32)).tolist() == [[False, False, True]]
     case = [(clean.image("derain", "dehaze"), ("derain", "dehaze"))]
     assert gated.examine(case[0][0], restore=clean.restore).suggested == []  # clean beats haze
     assert not walked_suggestions(gated, peel_walks(gated, case, clean.restore, region=32)).any()  # the walk agrees

@@ -24,6 +24,7 @@ from instruct_ipt.cli import main
 from instruct_ipt.data.degradations import degrade
 from instruct_ipt.data.images import load_image, save_image
 from instruct_ipt.demo import EXAMPLE_SIZE, build_demo, mode_key, restore_for_demo, write_examples
+from instruct_ipt.pipeline import TaskChoice
 
 TASKS = ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
 H, W = 96, 128
@@ -186,6 +187,9 @@ def test_a_suggestion_says_how_to_run_it_on_the_page(pipe, noisy, tmp_path, monk
                         Detection([("denoise", 0.9)], [("dehaze", 0.6)]))
     status = restore_for_demo(pipe, noisy, "auto", None, None, out_dir=tmp_path)[2]
     assert "possibly also dehaze (not run" in status and "To run it too: **Describe it**, *denoise, then dehaze*." in status
-    # what it says to write runs both, in that order
+    # what it says to write runs both, in that order - after any first task the shipped classifier may name
     status = restore_for_demo(pipe, noisy, "instruction", None, "denoise, then dehaze", out_dir=tmp_path)[2]
     assert "**Ran:** denoise (100%), then dehaze (100%) [from the instruction]" in status
+    for first in TASKS:
+        choice = TaskChoice([first], [0.9], "blind", ["dehaze"] if first != "dehaze" else ["denoise"])
+        assert pipe.choose(instruction=", then ".join(choice.with_suggested)).tasks == choice.with_suggested

@@ -26,7 +26,6 @@ from PIL import Image
 
 from .data.images import ImageReadError, LoadedImage, from_array, load_image, save_image, to_uint8
 from .inference import AUTO_TILE_PIXELS, DEFAULT_TILE
-from .instruct.order import order_tasks
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -154,7 +153,7 @@ def _status(choice: TaskChoice, image: LoadedImage, seconds: float, target: Path
     tiled = f", in {DEFAULT_TILE} px tiles" if h * w > AUTO_TILE_PIXELS else ""
     # the task list here names one task; an instruction names several (the interpreter reads "a, then b")
     also = (f"To run {'it' if len(choice.suggested) == 1 else 'them'} too: **{MODES['instruction']}**, "
-            f"*{', then '.join(order_tasks([*choice.tasks, *choice.suggested]))}*.\n\n" if choice.suggested else "")
+            f"*{', then '.join(choice.with_suggested)}*.\n\n" if choice.suggested else "")
     return (f"**Ran:** {choice.describe()}\n\n{also}"
             f"{w} x {h} px, {image.bit_depth}-bit {kind}; {seconds:.1f} s{tiled}. "
             f"Download `{target.name}` below for the full-resolution result ({image.bit_depth}-bit PNG).")

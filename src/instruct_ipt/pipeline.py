@@ -58,8 +58,13 @@ class TaskChoice:
             return f"nothing to do, pixels unchanged [{how[self.source]}]"
         parts = ", then ".join(f"{t} ({c:.0%})" if self.source != "task" else t for t, c in zip(self.tasks, self.confidences))
         also = (f"; possibly also {' and '.join(self.suggested)} (not run; to run {'it' if len(self.suggested) == 1 else 'them'} "
-                f"too, name the tasks: {','.join(order_tasks([*self.tasks, *self.suggested]))})" if self.suggested else "")
+                f"too, name the tasks: {','.join(self.with_suggested)})" if self.suggested else "")
         return f"{parts} [{how[self.source]}]{also}"
+
+    @property
+    def with_suggested(self) -> list[str]:
+        """The tasks and the suggested ones, in the order they would run together (the measured order)."""
+        return order_tasks([*self.tasks, *self.suggested])
 
 
 @dataclass

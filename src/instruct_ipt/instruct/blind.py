@@ -11,7 +11,7 @@ again, and goes on while it still sees one clearly (see :meth:`DegradationClassi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
@@ -74,7 +74,7 @@ class Peeling:
 
     ``suggest[t]``: a task ``t`` that blind mode does not *run* after the first but *mentions*
     ("possibly also ...", :attr:`Detection.suggested`) when it passes the further test with this
-    threshold - for a degradation the calibration can name but that, named, would cost photos
+    threshold, as the step after the last task named (while fewer than ``max_tasks`` are) - for a degradation the calibration can name but that, named, would cost photos
     with one degradation elsewhere (haze: docs/instructions.md has the figures). The user, who
     sees the photo, decides. Not in ``further``: a task is either run or mentioned.
     """
@@ -92,9 +92,7 @@ class Peeling:
             raise ValueError(f"peeling region {self.region} (at least 32 px) and max_tasks {self.max_tasks} (at least 1)")
         if self.clean is not None and not 0.0 <= self.clean <= 1.0:
             raise ValueError(f"peeling clean threshold {self.clean}: a probability, in [0, 1]")
-        both = sorted(set(self.suggest) & set(self.further))
-        if both:
-            raise ValueError(f"{', '.join(both)}: both run after the first (further) and only suggested - one or the other")
+        _check_apart(self.further, self.suggest)
 
     def tasks(self) -> set[str]:
         """Every task a threshold names (each must be one of the classifier's)."""
@@ -272,9 +270,10 @@ class DegradationClassifier(nn.Module):
         :meth:`predict`'s, if already known; a single-label classifier chooses among its keys only
         (a model's tasks, and :data:`CLEAN`: without that key, no clean gate).
 
-        With :attr:`Peeling.suggest`, the step after the last task named may also be *suggested*
-        (:attr:`Detection.suggested`: not run) when it passes the further test with its suggest
-        threshold; that costs a restoration only where its task is one to suggest."""
+        With :attr:`Peeling.suggest`, the step after the last task named (while fewer than
+        ``max_tasks`` are) may also be *suggested* (:attr:`Detection.suggested`: not run) when it
+        passes the further test with its suggest threshold; that costs a restoration only where its
+        task is one to suggest."""
         probs = self.predict(rgb) if probs is None else probs
         if not self.multilabel:
             clean = probs.get(CLEAN)
@@ -294,7 +293,7 @@ class DegradationClassifier(nn.Module):
             first = next(steps)
             if best in peel.first_change and first.change < peel.first_change[best]:
                 return Detection([])  # removing it hardly changes the photo: nothing of it there
-            suggested = []
+            suggested: list[tuple[str, float]] = []
             for step in steps if peel.max_tasks > 1 else ():  # lazy: no step is computed past the last one needed
                 likely = step.clean is None or step.prob > step.clean
                 # (the restoration last, in each test: only when needed)
@@ -897,7 +896,12 @@ def _check_suggest(tasks: Sequence[str], further_tasks: Sequence[str] | None, su
     _check_tasks_known(tasks, suggest_tasks, "suggest")
     if further_tasks is None:
         raise ValueError("suggested tasks need the further tasks named: by default every task is run after the first")
-    both = sorted(set(suggest_tasks) & set(further_tasks))
+    _check_apart(further_tasks, suggest_tasks)
+
+
+def _check_apart(further: Iterable[str], suggest: Iterable[str]) -> None:
+    """A task is either run after the first (further) or only suggested, not both."""
+    both = sorted(set(further) & set(suggest))
     if both:
         raise ValueError(f"{', '.join(both)}: both run after the first (further) and only suggested - one or the other")
 
@@ -911,7 +915,8 @@ def walked_suggestions(classifier: DegradationClassifier, walks: Mapping[str, np
     n, second = len(named), np.asarray(walks["second"], int)
     limit = np.array([peel.suggest.get(t, 2.0) if peel.max_tasks > 1 else 2.0 for t in tasks])  # 2: never
     likely = np.asarray(walks["second_beats"], bool) if classifier.clean_class else np.ones(n, bool)
-    hit = named.any(1) & likely & (np.asarray(walks["second_change"]) >= limit[second])  # (a task named second is not one to suggest)
+    hit = (named.any(1) & ~named[np.arange(n), second]  # (a task named second is not one to suggest: kept apart)
+           & likely & (np.asarray(walks["second_change"]) >= limit[second]))
     out = np.zeros_like(named)
     out[np.arange(n)[hit], second[hit]] = True
     return out
