@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +55,17 @@ def degraded(photos: list[np.ndarray], label: str, spec: str | None, seeds: int)
             yield clean if spec is None else make_degradation(spec)(clean, rng).image
 
 
-def _counts(right: int, n: int, wrong: dict[str, int]) -> str:
+def _tally(seen: list[str], expected: set[str], wrong: Counter[str]) -> bool:
+    """Whether ``seen`` is exactly ``expected``; if not, counts what was seen ("nothing" for none) in ``wrong``."""
+    if set(seen) == expected:
+        return True
+    wrong["+".join(seen) or "nothing"] += 1
+    return False
+
+
+def _counts(right: int, n: int, wrong: Counter[str]) -> str:
     """``right/n``, then what the wrong images were seen as, most frequent first."""
-    mistakes = ", ".join(f"{key} x{m}" for key, m in sorted(wrong.items(), key=lambda kv: -kv[1]))
+    mistakes = ", ".join(f"{key} x{m}" for key, m in wrong.most_common())
     return f"{right}/{n}" + (f" (saw {mistakes})" if mistakes else "")
 
 
@@ -114,30 +123,24 @@ def main() -> None:
         expected = set() if spec is None else set(composite_tasks(spec)) if is_composite(spec) else {spec}
         ok = np.zeros(len(clfs), int)
         n = 0
-        wrong: list[dict[str, int]] = [{} for _ in clfs]
+        wrong: list[Counter[str]] = [Counter() for _ in clfs]
         tile_ok, tile_n = np.zeros(len(clfs), int), 0
-        tile_wrong: list[dict[str, int]] = [{} for _ in clfs]
+        tile_wrong: list[Counter[str]] = [Counter() for _ in clfs]
         for image in degraded(photos, label, spec, args.seeds):
             n += 1
             images += 1
+            h, w = image.shape[:2]
+            side = args.tile if spec in tasks else 0  # single degradations: each tile alone too
+            corners = [(r, c) for r in range(0, h - side + 1, side) for c in range(0, w - side + 1, side)] if side else []
+            tile_n += len(corners)
             for k, clf in enumerate(clfs):
                 t0 = time.perf_counter()
                 seen = [t for t, _ in clf.detect(image, restore=restore)]
                 seconds[k] += time.perf_counter() - t0
-                ok[k] += set(seen) == expected
-                if set(seen) != expected:
-                    key = "+".join(seen) or "nothing"
-                    wrong[k][key] = wrong[k].get(key, 0) + 1
-                if spec in tasks and args.tile:  # single degradations: each tile alone too
-                    h, w = image.shape[:2]
-                    for r in range(0, h - args.tile + 1, args.tile):
-                        for col in range(0, w - args.tile + 1, args.tile):
-                            tile_seen = [t for t, _ in clf.detect(image[r : r + args.tile, col : col + args.tile], None, restore)]
-                            tile_ok[k] += set(tile_seen) == expected
-                            tile_n += k == 0
-                            if set(tile_seen) != expected:
-                                key = "+".join(tile_seen) or "nothing"
-                                tile_wrong[k][key] = tile_wrong[k].get(key, 0) + 1
+                ok[k] += _tally(seen, expected, wrong[k])
+                for r, c in corners:
+                    tile_seen = [t for t, _ in clf.detect(image[r : r + side, c : c + side], None, restore)]
+                    tile_ok[k] += _tally(tile_seen, expected, tile_wrong[k])
         print(f"| {label} | {' | '.join(_counts(ok[k], n, wrong[k]) for k in range(len(clfs)))} |")
         if tile_n:
             tiles[:, 0] += tile_ok

@@ -74,9 +74,10 @@ class Peeling:
 
     ``suggest[t]``: a task ``t`` that blind mode does not *run* after the first but *mentions*
     ("possibly also ...", :attr:`Detection.suggested`) when it passes the further test with this
-    threshold, as the step after the last task named (while fewer than ``max_tasks`` are) - for a degradation the calibration can name but that, named, would cost photos
-    with one degradation elsewhere (haze: docs/instructions.md has the figures). The user, who
-    sees the photo, decides. Not in ``further``: a task is either run or mentioned.
+    threshold, as the step after the last task named (while fewer than ``max_tasks`` are) - for a
+    degradation the calibration can name but that, named, would cost photos with one degradation
+    elsewhere (haze: docs/instructions.md has the figures). The user, who sees the photo, decides.
+    Not in ``further``: a task is either run or mentioned.
     """
 
     start: dict[str, float]
