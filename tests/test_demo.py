@@ -82,6 +82,8 @@ def test_refusals_and_bad_files_give_a_message_not_an_exception(pipe, noisy, tmp
     assert "instruction is empty" in restore_for_demo(pipe, noisy, "instruction", "denoise", "")[2]
     assert "unknown task 'sharpen'" in restore_for_demo(pipe, noisy, "task", "sharpen", None)[2]
     assert "Pick a task" in restore_for_demo(pipe, noisy, "task", None, None)[2]
+    assert "Pick a task" in restore_for_demo(pipe, noisy, "task", [], None)[2]  # the page's list, nothing picked
+    assert "unknown task 'sharpen'" in restore_for_demo(pipe, noisy, "task", ["denoise", "sharpen"], None)[2]
     assert "Upload an image" in restore_for_demo(pipe, None, "auto")[2]
     text = tmp_path / "notes.txt"
     text.write_text("not a picture")
@@ -133,6 +135,11 @@ def test_gradio_client_calls_restore(served, noisy, tmp_path):
                                                 api_name="/restore")
     _differs_at_full_size(path, noisy)
     assert len(before_after) == 2 and "denoise" in status and "from the instruction" in status
+    # the task list takes several, run in the order picked
+    _before_after, path, status = client.predict(handle_file(str(noisy)), "task", ["derain", "denoise"], "",
+                                                 api_name="/restore")
+    _differs_at_full_size(path, noisy)
+    assert "**Ran:** derain, then denoise [as asked]" in status
     refused = client.predict(handle_file(str(noisy)), "instruction", "denoise", "make it sepia", api_name="/restore")
     assert refused[:2] == (None, None) and "Supported tasks" in refused[2]
     text = tmp_path / "notes.png"
@@ -186,10 +193,13 @@ def test_a_suggestion_says_how_to_run_it_on_the_page(pipe, noisy, tmp_path, monk
     monkeypatch.setattr(DegradationClassifier, "examine", lambda self, rgb, probs=None, restore=None:
                         Detection([("denoise", 0.9)], [("dehaze", 0.6)]))
     status = restore_for_demo(pipe, noisy, "auto", None, None, out_dir=tmp_path)[2]
-    assert "possibly also dehaze (not run" in status and "To run it too: **Describe it**, *denoise, then dehaze*." in status
-    # what it says to write runs both, in that order - after any first task the shipped classifier may name
+    assert "possibly also dehaze (not run" in status
+    assert "To run it too: **Name the task** and pick *denoise*, then *dehaze*, or **Describe it**: *denoise, then dehaze*." in status
+    # both ways it names run both, in that order - after any first task the shipped classifier may name
     status = restore_for_demo(pipe, noisy, "instruction", None, "denoise, then dehaze", out_dir=tmp_path)[2]
     assert "**Ran:** denoise (100%), then dehaze (100%) [from the instruction]" in status
+    status = restore_for_demo(pipe, noisy, "task", ["denoise", "dehaze"], None, out_dir=tmp_path)[2]
+    assert "**Ran:** denoise, then dehaze [as asked]" in status
     for first in TASKS:
         choice = TaskChoice([first], [0.9], "blind", ["dehaze"] if first != "dehaze" else ["denoise"])
         assert pipe.choose(instruction=", then ".join(choice.with_suggested)).tasks == choice.with_suggested

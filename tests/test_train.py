@@ -462,18 +462,19 @@ def budget_cfg(folders, out, ckpt_every=40):
 def test_time_budget_scales_every_stage_and_resume_continues_its_schedule(folders, tmp_path):
     import time
 
+    budget = 0.25  # minutes: measuring the machine takes 4-6 s of it on 2 slow CPU cores
     t = time.perf_counter()
-    model = Trainer(budget_cfg(folders, tmp_path / "b"), progress=False, max_minutes=0.15).run()
+    model = Trainer(budget_cfg(folders, tmp_path / "b"), progress=False, max_minutes=budget).run()
     took = time.perf_counter() - t
     event = next(json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines() if "budget" in x)
     (n0, w0), (n1, w1) = event["stages"]
     from instruct_ipt.train.budget import MIN_STAGE_STEPS
 
     # one factor for every stage (400 and 100 steps: 4 to 1), a stage never below the floor (a slow
-    # machine's 9-s budget gives the short stage fewer than MIN_STAGE_STEPS unfloored)
+    # machine's 15-s budget gives the short stage fewer than MIN_STAGE_STEPS unfloored)
     assert n0 > MIN_STAGE_STEPS and abs(n1 - max(MIN_STAGE_STEPS, n0 / 4)) <= 1, (n0, n1)
     assert (w0, w1) == (scaled_warmup(40, 400, n0), scaled_warmup(1, 100, n1))
-    assert took < 0.15 * 60 * 1.5, took  # planned for 95 % of 9 s; generous for a loaded machine
+    assert took < budget * 60 * 1.5, took  # planned for 95 % of the budget; generous for a loaded machine
     steps = [json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [x["step"] for x in steps if x["stage"] == 0][-1] == n0 and [x["step"] for x in steps if x["stage"] == 1][-1] == n1
     written = load_config(tmp_path / "b/config.yaml")  # the scaled schedule: the run can be repeated without a budget
@@ -481,7 +482,7 @@ def test_time_budget_scales_every_stage_and_resume_continues_its_schedule(folder
 
     # killed half-way, resumed with another budget: the first schedule goes on, the same weights come out
     killed = budget_cfg(folders, tmp_path / "k", ckpt_every=4)
-    assert Trainer(killed, progress=False, max_minutes=0.15).run(stop_after=6) is None  # checkpoint at step 4
+    assert Trainer(killed, progress=False, max_minutes=budget).run(stop_after=6) is None  # checkpoint at step 4
     schedule = [(s.iterations, s.warmup) for s in plan_stages(load_config(tmp_path / "k/config.yaml"))]
     resumed = Trainer(killed, progress=False, resume=True, max_minutes=10).run()
     assert [(s.iterations, s.warmup) for s in plan_stages(load_config(tmp_path / "k/config.yaml"))] == schedule

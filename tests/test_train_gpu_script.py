@@ -54,7 +54,7 @@ def run_script(tmp_path: Path, config: Path, out: Path) -> subprocess.CompletedP
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {**os.environ, "PYTHONPATH": str(site), "TRAIN_GPU_CONFIG": str(config), "TRAIN_GPU_MINUTES": "0.25",
+    env = {**os.environ, "PYTHONPATH": str(site), "TRAIN_GPU_CONFIG": str(config), "TRAIN_GPU_MINUTES": "0.5",
            "TRAIN_GPU_SMOKE_STEPS": "2", "TRAIN_GPU_DEVICE": "cpu", "OMP_NUM_THREADS": "2"}
     return subprocess.run(["bash", str(ROOT / "scripts/train_gpu.sh"), str(out), str(tmp_path / "photos")],
                           capture_output=True, text=True, env=env, timeout=900, check=False)

@@ -75,7 +75,7 @@ def restore_for_demo(
     pipe: RestorationPipeline,
     image_path: str | os.PathLike | None,
     mode: str | None = "auto",
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
     instruction: str | None = None,
     *,
     out_dir: str | os.PathLike | None = None,
@@ -84,7 +84,9 @@ def restore_for_demo(
     """Restore one uploaded file for the page and its API; never raises for a user's mistake.
 
     ``mode`` says which of ``task`` / ``instruction`` is used (a key of :data:`MODES` or its
-    label); the other is ignored, so the page can always send both. Returns ``((before, after),
+    label); the other is ignored, so the page can always send both. ``task`` is one task or
+    several, run in the order given (the page's list keeps the order they were picked in; as
+    for ``-t``, one string with commas works too). Returns ``((before, after),
     result_path, status_markdown)``: uint8 RGB previews for the slider (at most
     :data:`PREVIEW_MAX_SIDE` px), the full-resolution result written like ``instruct-ipt restore``
     writes it (``NAME.restored.png`` in ``out_dir``, default a new temporary folder), and the
@@ -103,7 +105,7 @@ def restore_for_demo(
     except (ImageReadError, Image.DecompressionBombError):
         return None, None, (f"**Nothing restored.** `{name}` is not an image this demo can read: upload a "
                             "PNG, JPEG, TIFF, BMP or WebP file.")
-    if key == "task" and not task:
+    if key == "task" and not task:  # (an empty list: nothing picked)
         return None, None, f"**Nothing restored.** Pick a task: {', '.join(pipe.tasks)}."
     start = time.perf_counter()  # (choosing counts: blind mode's peeling restores a crop)
     try:
@@ -151,9 +153,11 @@ def _status(choice: TaskChoice, image: LoadedImage, seconds: float, target: Path
     h, w = image.rgb.shape[:2]
     kind = ("grey" if image.grey else "RGB") + (" + alpha" if image.alpha is not None else "")
     tiled = f", in {DEFAULT_TILE} px tiles" if h * w > AUTO_TILE_PIXELS else ""
-    # the task list here names one task; an instruction names several (the interpreter reads "a, then b")
-    also = (f"To run {'it' if len(choice.suggested) == 1 else 'them'} too: **{MODES['instruction']}**, "
-            f"*{', then '.join(choice.with_suggested)}*.\n\n" if choice.suggested else "")
+    # both ways the page runs a sequence: the task list (in the order picked) and an instruction ("a, then b")
+    sequence = choice.with_suggested
+    also = (f"To run {'it' if len(choice.suggested) == 1 else 'them'} too: **{MODES['task']}** and pick "
+            f"{', then '.join(f'*{t}*' for t in sequence)}, or **{MODES['instruction']}**: "
+            f"*{', then '.join(sequence)}*.\n\n" if choice.suggested else "")
     return (f"**Ran:** {choice.describe()}\n\n{also}"
             f"{w} x {h} px, {image.bit_depth}-bit {kind}; {seconds:.1f} s{tiled}. "
             f"Download `{target.name}` below for the full-resolution result ({image.bit_depth}-bit PNG).")
@@ -262,7 +266,9 @@ def build_demo(pipe: RestorationPipeline, work_dir: str | os.PathLike | None = N
                 image.preprocess = _passing_unreadable(image.preprocess)
                 mode = gr.Radio([(label, key) for key, label in MODES.items()], value="auto",
                                 label="How to choose the task", elem_id="mode")
-                task = gr.Dropdown(pipe.tasks, value=pipe.tasks[0], label="Task", visible=False, elem_id="task")
+                # several tasks run one after the other, in the order picked (as -t derain,denoise does)
+                task = gr.Dropdown(pipe.tasks, value=[pipe.tasks[0]], multiselect=True, visible=False, elem_id="task",
+                                   label="Task(s): several run one after the other, in the order picked")
                 instruction = gr.Textbox("", label="Instruction", placeholder='e.g. "remove the rain", "my hand shook"',
                                          visible=False, elem_id="instruction")
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
@@ -275,7 +281,7 @@ def build_demo(pipe: RestorationPipeline, work_dir: str | os.PathLike | None = N
             from .instruct.interpret import EXAMPLES
 
             gr.Examples(
-                [[str(path), "instruction", t, EXAMPLES.get(t, "")] for t, path in example_files.items()],
+                [[str(path), "instruction", [t], EXAMPLES.get(t, "")] for t, path in example_files.items()],
                 inputs=[image, mode, task, instruction],
                 example_labels=[f"{t}: {EXAMPLES.get(t, t)}" for t in example_files],
                 cache_examples=False,
