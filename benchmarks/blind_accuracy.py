@@ -110,6 +110,7 @@ def main() -> None:
     for n, c in zip(names, clfs):
         kind = "multi-label, thresholds " + ", ".join(f"{t} {v:.2f}" for t, v in c.thresholds.items()) if c.multilabel else "single-label"
         kind += ", with a clean class" if c.clean_class else ""
+        kind += ", crops on the JPEG block grid" if c.align_blocks else ""
         if c.peeling:
             gate = "" if c.peeling.clean is None else f", clean {c.peeling.clean:.3f}"
             start = ", start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items()) if c.peeling.start else ""

@@ -55,13 +55,16 @@ def main() -> None:
     weights = {state_digest(c.state_dict()) for c in clfs}
     if len(weights) > 1:
         raise SystemExit("the classifiers' weights differ: one walk serves threshold choices of one classifier")
+    if len({c.align_blocks for c in clfs}) > 1:
+        raise SystemExit("some classifiers align their crops to the JPEG grid and some not: their walks differ")
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     cases = benchmark_cases(tasks, args.composite)
     key = json.dumps({"classifier": weights.pop(), "model": state_digest(pipe.model.state_dict()), "seeds": args.seeds, "cases": cases,
                       "photos": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
-                      "region": clfs[0].peeling.region}, sort_keys=True)
+                      "region": clfs[0].peeling.region} | ({"align_blocks": True} if clfs[0].align_blocks else {}),
+                     sort_keys=True)
     path = Path(args.walks)
     if path.exists():
         try:

@@ -27,6 +27,8 @@ to change the crop by a calibrated amount (``Peeling.first_change``), ``--no-gat
 one) is not run after the first but suggested to the user when the calibration, allowed to name it,
 would (``Peeling.suggest``). A classifier with a clean class is
 gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
+``--align-blocks`` makes the written classifier start its crops on the image's JPEG block grid
+(``DegradationClassifier.align_blocks``); with ``--peel``, the calibration is walked that way.
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
 later ``--peel`` run with the same classifier, model, photos and seeds reads them back instead, so
 another ``--further`` or ``--no-gate`` choice takes seconds.
@@ -106,6 +108,8 @@ def main() -> None:
                     "the first but suggested ('possibly also ...') when naming it would pass the calibrated test (repeatable)")
     ap.add_argument("--walks", metavar="FILE", help="with --peel: the calibration walks' file (.npz), written on the "
                     "first run and read back by a later one with the same classifier, model, photos and seeds")
+    ap.add_argument("--align-blocks", action="store_true", help="the classifier written starts its crops on the "
+                    "image's JPEG block grid (with --peel: calibrated so)")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
                     "is always named; with a clean class, unless clean is the most likely class)")
     args = ap.parse_args()
@@ -162,6 +166,7 @@ def main() -> None:
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, tone=args.tone,
                                  **shares)
+    model.align_blocks = model.align_blocks or args.align_blocks
     if args.multilabel:
         if args.primary:
             model.attach_primary(DegradationClassifier.default() if args.primary == "packaged"
@@ -183,6 +188,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     model = DegradationClassifier.default() if args.peel == "packaged" else DegradationClassifier.load(args.peel)
     if model.multilabel:
         raise SystemExit(f"--peel {args.peel}: a multi-label classifier; peeling needs a single-label one")
+    model.align_blocks = model.align_blocks or args.align_blocks
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     missing = sorted(set(model.tasks) - set(pipe.tasks))
     if missing:
@@ -231,12 +237,14 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
 
 
 def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: RestorationPipeline, left_out: list[Path]) -> str:
-    """What the walks depend on (the classifier's and the restoration model's weights, the photos'
-    files, the seeds, the region), as one string: a walks file made for anything else is refused."""
+    """What the walks depend on (the classifier's and the restoration model's weights, whether it
+    aligns its crops to the JPEG grid, the photos' files, the seeds, the region), as one string: a
+    walks file made for anything else is refused."""
     photos = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(left_out)}
+    aligned = {"align_blocks": True} if model.align_blocks else {}  # (absent otherwise: walks written before it still read)
     return json.dumps({"classifier": state_digest(model.state_dict()), "tasks": list(model.tasks),
                        "model": state_digest(pipe.model.state_dict()),
-                       "photos": photos, "seeds": args.calibration_seeds, "region": args.region}, sort_keys=True)
+                       "photos": photos, "seeds": args.calibration_seeds, "region": args.region} | aligned, sort_keys=True)
 
 
 def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:

@@ -800,3 +800,57 @@ def test_blind_mode_tells_what_it_suggests_without_running_it(model_dir, monkeyp
     assert TaskChoice(["derain"], [1.0], "task").describe() == "derain [as asked]"  # nothing suggested: as before
     two = TaskChoice(["derain"], [0.9], "blind", ["dehaze", "denoise"]).describe()
     assert two.endswith("possibly also dehaze and denoise (not run; to run them too, name the tasks: derain,denoise,dehaze)")
+
+
+def _saved_as_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """``rgb`` after a Pillow JPEG round trip at ``quality``: its block grid starts at (0, 0)."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255
+
+
+def test_the_jpeg_grid_phase_is_where_a_crop_after_saving_left_it():
+    from instruct_ipt.instruct.blind import jpeg_grid_phase
+
+    saved = _saved_as_jpeg(data.chelsea().astype(np.float32) / 255, 40)
+    for dy, dx in [(0, 0), (3, 1), (7, 6), (1, 4), (5, 7)]:
+        assert jpeg_grid_phase(saved[dy:, dx:]) == ((8 - dy) % 8, (8 - dx) % 8), (dy, dx)
+    assert jpeg_grid_phase(saved[2:, 5:].mean(-1)) == (6, 3)  # grey images too
+    assert jpeg_grid_phase(saved[:12, :40]) == (0, 0)  # too few rows to tell: phase 0
+
+
+def test_an_aligned_classifier_starts_its_crops_on_the_block_grid(tmp_path):
+    clf = DegradationClassifier(TASKS, width=4, align_blocks=True)
+    seen = []
+    clf.features.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0] + 0.5))
+    saved = _saved_as_jpeg(data.chelsea().astype(np.float32) / 255, 30)[3:, 5:]  # 297 x 446, grid at (5, 3)
+
+    def crops(rows, cols, image=saved):
+        return torch.from_numpy(np.stack([image[r : r + 128, c : c + 128] for r in rows for c in cols]).transpose(0, 3, 1, 2))
+
+    clf.predict(saved)  # the plain grid would start at rows 0, 169 and columns 0, 159, 318
+    torch.testing.assert_close(seen[-1], crops([5, 165], [3, 155, 315]))
+    narrow = saved[:, :130]  # column 3 would end past the edge: the crop stays at 0
+    clf.predict(narrow)
+    torch.testing.assert_close(seen[-1], crops([5, 165], [0], narrow))
+    back = DegradationClassifier.load(clf.save(tmp_path / "a.safetensors"))
+    assert back.align_blocks
+    back.align_blocks = False
+    back.features.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0] + 0.5))
+    back.predict(saved)
+    torch.testing.assert_close(seen[-1], crops([0, 169], [0, 159, 318]))
+    assert not DegradationClassifier.load(back.save(tmp_path / "b.safetensors")).align_blocks
+
+
+def test_the_shipped_classifier_sees_jpeg_blocks_wherever_the_crop_starts():
+    """Trained on squares compressed whole, it knows blocks whose corner is the crop's corner; the
+    cat at quality 20 cropped by 1-3 px after saving read as anything but JPEG before its crops
+    were aligned to the grid (JPEG probability 0.005, 0.024 and 0.0: docs/instructions.md)."""
+    clf = DegradationClassifier.default()
+    assert clf.align_blocks
+    saved = _saved_as_jpeg(data.chelsea().astype(np.float32) / 255, 20)
+    for dy, dx in [(0, 0), (0, 1), (0, 2), (0, 3), (5, 6)]:
+        probs = clf.predict(saved[dy:, dx:])
+        assert max(probs, key=probs.get) == "jpeg", (dy, dx, probs)

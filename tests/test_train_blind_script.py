@@ -11,7 +11,7 @@ script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
 
-def test_the_walks_key_changes_with_the_weights_and_the_photos(tmp_path):
+def test_the_walks_key_changes_with_the_weights_the_grid_alignment_and_the_photos(tmp_path):
     from types import SimpleNamespace
 
     import torch
@@ -30,6 +30,10 @@ def test_the_walks_key_changes_with_the_weights_and_the_photos(tmp_path):
         model.weight[0, 0] += 1
     assert script.walks_key(args, clf, pipe, [photo]) != key
     key = script.walks_key(args, clf, pipe, [photo])
+    assert "align_blocks" not in key  # walks written before the option read as before
+    clf.align_blocks = True
+    assert script.walks_key(args, clf, pipe, [photo]) != key
+    clf.align_blocks = False
     photo.write_bytes(b"two")
     assert script.walks_key(args, clf, pipe, [photo]) != key
 

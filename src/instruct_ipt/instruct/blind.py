@@ -40,6 +40,43 @@ Restore = Callable[[np.ndarray, str], np.ndarray]
 PEEL_REGION = 384
 #: the extra class of a classifier with ``clean_class``: no degradation at all, "nothing to do"
 CLEAN = "clean"
+#: side of a JPEG block (luma DCT block): the grid :func:`jpeg_grid_phase` finds
+JPEG_BLOCK = 8
+
+
+def jpeg_grid_phase(rgb: np.ndarray) -> tuple[int, int]:
+    """Where the 8 x 8 JPEG block grid of ``rgb`` (float (H, W, 3) or (H, W)) starts: ``(row, column)``
+    of its first block corner, each in 0..7 - (0, 0) for an image as saved, another phase for one
+    cropped after saving.
+
+    Why: JPEG quantises each block on its own, so the step between neighbouring pixels is larger,
+    on average, across a block border than inside a block; the mean absolute step between columns
+    ``x`` and ``x + 1``, pooled by ``x mod 8``, peaks at the border (likewise for rows). On an image
+    that was never compressed no phase stands out and the answer is arbitrary - harmless to
+    :meth:`DegradationClassifier.predict`, which then only moves its crops by a few pixels. An axis
+    shorter than two blocks gives phase 0."""
+    gray = rgb.mean(-1) if rgb.ndim == 3 else rgb
+    phases = []
+    for axis in (0, 1):
+        steps = np.abs(np.diff(gray, axis=axis)).mean(axis=1 - axis)  # steps[k]: between lines k and k + 1
+        n = len(steps) // JPEG_BLOCK * JPEG_BLOCK
+        if n < 2 * JPEG_BLOCK:
+            phases.append(0)
+            continue
+        border = int(np.argmax(steps[:n].reshape(-1, JPEG_BLOCK).mean(0)))  # the last line of a block
+        phases.append((border + 1) % JPEG_BLOCK)
+    return phases[0], phases[1]
+
+
+def _on_grid(offsets: np.ndarray, phase: int, last: int) -> list[int]:
+    """Each offset moved back to the nearest block corner at ``phase`` (forward when that is
+    before 0; kept where the crop would then end past ``last``, the largest offset that fits)."""
+    moved = []
+    for o in offsets.tolist():
+        a = phase + (o - phase) // JPEG_BLOCK * JPEG_BLOCK
+        a += JPEG_BLOCK if a < 0 else 0
+        moved.append(a if a <= last else o)
+    return moved
 
 
 @dataclass
@@ -172,16 +209,23 @@ class DegradationClassifier(nn.Module):
     a clean photo, and a soft or hazy-looking one gets deblur or dehaze. :meth:`predict` then
     gives its probability too (under ``"clean"``), and :meth:`detect` names nothing when it is the
     most likely class (or, with :attr:`peeling`, when it reaches ``peeling.clean``).
+
+    ``align_blocks``: :meth:`predict` starts its crops on the image's JPEG block grid
+    (:func:`jpeg_grid_phase`). A classifier trained on squares compressed whole (``context`` equal
+    to the patch, as the shipped one) has seen JPEG blocks only with a block corner at the crop's
+    corner, and reads them at few other phases; a photo cropped after saving, or a crop that starts
+    mid-block, then hides its blocks. Saved in the file's metadata.
     """
 
     def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
                  thresholds: Mapping[str, float] | None = None, primary: DegradationClassifier | None = None,
                  extra_thresholds: Mapping[str, float] | None = None, peeling: Peeling | None = None,
-                 clean_class: bool = False) -> None:
+                 clean_class: bool = False, align_blocks: bool = False) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
         self.multilabel = multilabel
+        self.align_blocks = align_blocks
         if peeling is not None and multilabel:
             raise ValueError("peeling belongs to a single-label classifier")
         if clean_class and multilabel:
@@ -236,13 +280,17 @@ class DegradationClassifier(nn.Module):
     def predict(self, rgb: np.ndarray, crop: int = 128, max_crops: int = 16) -> dict[str, float]:
         """Task probabilities for a float (H, W, 3) image, averaged over a grid of crops: they sum
         to 1 (softmax) for a single-label classifier, with :data:`CLEAN`'s if it has a clean
-        class; each is the chance that degradation is present (sigmoid) for a multi-label one."""
+        class; each is the chance that degradation is present (sigmoid) for a multi-label one.
+        With :attr:`align_blocks`, each crop starts at a JPEG block corner (moved by at most 7 px)."""
         self.eval()
         p = next(self.parameters())
         h, w = rgb.shape[:2]
         crop = min(crop, min(h, w))
         rows = np.linspace(0, h - crop, max(1, min(4, h // crop))).astype(int)
         cols = np.linspace(0, w - crop, max(1, min(4, w // crop))).astype(int)
+        if self.align_blocks:
+            dy, dx = jpeg_grid_phase(rgb)
+            rows, cols = _on_grid(rows, dy, h - crop), _on_grid(cols, dx, w - crop)
         tiles = [rgb[r : r + crop, c : c + crop] for r in rows for c in cols][:max_crops]
         x = torch.from_numpy(np.stack(tiles).transpose(0, 3, 1, 2).copy()).to(p.device, p.dtype)
         logits = self(x)
@@ -345,6 +393,8 @@ class DegradationClassifier(nn.Module):
             meta |= self.peeling.to_meta()
         if self.clean_class:
             meta |= {"clean_class": "1"}
+        if self.align_blocks:
+            meta |= {"align_blocks": "1"}
         if self.multilabel:
             meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
         if self.primary is not None:
@@ -359,7 +409,8 @@ class DegradationClassifier(nn.Module):
         extra = json.loads(meta["extra_thresholds"]) if primary is not None else None
         model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
                     thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra,
-                    peeling=Peeling.from_meta(meta), clean_class=meta.get("clean_class") == "1")
+                    peeling=Peeling.from_meta(meta), clean_class=meta.get("clean_class") == "1",
+                    align_blocks=meta.get("align_blocks") == "1")
         model.load_state_dict(state)
         return model.eval()
 
