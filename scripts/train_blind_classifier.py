@@ -28,7 +28,9 @@ one) is not run after the first but suggested to the user when the calibration, 
 would (``Peeling.suggest``). A classifier with a clean class is
 gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
 ``--align-blocks`` makes the written classifier start its crops on the image's JPEG block grid
-(``DegradationClassifier.align_blocks``); with ``--peel``, the calibration is walked that way.
+(``DegradationClassifier.align_blocks``); with ``--peel``, the calibration is walked that way. A
+trained classifier does not take it from its ``--init`` file (so the commands in
+docs/instructions.md still make the files they measured): give it again.
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
 later ``--peel`` run with the same classifier, model, photos and seeds reads them back instead, so
 another ``--further`` or ``--no-gate`` choice takes seconds.
