@@ -19,7 +19,7 @@ validation photos give 36 tiles of 192 px; tiles of one photo are not independen
 per-photo count.
 
     python benchmarks/composite_order.py --photos ../shared/photos/val [--model default] \\
-        [--tile 256] [--sigma 15] [--composite rain+noise ...] [--json runs/order.json]
+        [--tile 256] [--sigma 15 | --random-sigma] [--composite rain+noise ...] [--json runs/order.json]
 """
 
 from __future__ import annotations
@@ -117,12 +117,14 @@ def measure(args, names: list[str], pipe: RestorationPipeline) -> Iterator[tuple
             owner = write_tiles(args.photos, args.tile, tmp)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(str(e)) from None
-        print(f"{len(owner)} tiles of {args.tile} px from {len(set(owner.values()))} photos; sigma {args.sigma:g}\n")
+        level = "sigma drawn per tile (0-50)" if args.random_sigma else f"sigma {args.sigma:g}"
+        print(f"{len(owner)} tiles of {args.tile} px from {len(set(owner.values()))} photos; {level}\n")
+        params = {} if args.random_sigma else {"denoise": {"sigma": args.sigma}}
         for name in names:
             rule = rule_order(composite_tasks(name))
             protocol = default_protocol(name)
             tiles = []
-            for case in synthetic_cases(tmp, [name], params={"denoise": {"sigma": args.sigma}}, seed=args.seed):
+            for case in synthetic_cases(tmp, [name], params=params, seed=args.seed):
                 if not isinstance(case, Case):
                     raise SystemExit(f"{case.name}: {case.reason}")
                 values = {key: psnr(protocol.prepare_output(out), case.target, protocol.crop_border) for key, out in
@@ -153,6 +155,9 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--sigma", type=float, default=15.0, help="noise level of a noise component")
+    ap.add_argument("--random-sigma", action="store_true",
+                    help="instead: each tile's noise level drawn by the default noise operator (0-50, seeded per tile "
+                         "as `eval --composite` without --sigma), so the verdict weighs the levels users meet together")
     ap.add_argument("--composite", action="append", help="pairs to measure (default: every pair of the model's tasks)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write every tile's figures here")

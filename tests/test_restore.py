@@ -361,6 +361,19 @@ def test_shipped_blind_mode_suggests_the_haze_it_does_not_run():
     assert [t for t, _ in noisy.found] == ["denoise"] and noisy.suggested == []
 
 
+def test_shipped_blind_mode_runs_the_jpeg_left_after_the_main_degradation():
+    # snow on a photo saved as JPEG: snow dominates, and once it is removed the blocks are what is left;
+    # the snow alone gets no JPEG pass (docs/instructions.md: "JPEG after the main degradation")
+    clf, pipe = DegradationClassifier.default(), RestorationPipeline.from_pretrained(device="cpu")
+    restore = lambda x, t: pipe.run(x, [t])
+    assert "jpeg" in clf.peeling.further
+    cat = data.chelsea().astype(np.float32) / 255
+    both = make_degradation("snow+jpeg")(cat, np.random.default_rng(0)).image
+    assert [t for t, _ in clf.detect(both, restore=restore)] == ["desnow", "jpeg"]
+    snowy = make_degradation("desnow")(cat, np.random.default_rng(0)).image
+    assert [t for t, _ in clf.detect(snowy, restore=restore)] == ["desnow"]
+
+
 def test_cli_restore_checks_its_arguments_before_any_image(model_dir, tmp_path, capsys, monkeypatch):
     from instruct_ipt.data import images
 
