@@ -154,8 +154,9 @@ def main() -> None:
                     help="instead of measuring: judge the tiles of earlier runs' --json files together (repeatable)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--sigma", type=float, default=15.0, help="noise level of a noise component")
-    ap.add_argument("--random-sigma", action="store_true",
+    level = ap.add_mutually_exclusive_group()
+    level.add_argument("--sigma", type=float, default=15.0, help="noise level of a noise component")
+    level.add_argument("--random-sigma", action="store_true",
                     help="instead: each tile's noise level drawn by the default noise operator (0-50, seeded per tile "
                          "as `eval --composite` without --sigma), so the verdict weighs the levels users meet together")
     ap.add_argument("--composite", action="append", help="pairs to measure (default: every pair of the model's tasks)")

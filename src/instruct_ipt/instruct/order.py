@@ -5,11 +5,13 @@ Restoring undoes the last degradation first (:data:`PIPELINE_ORDER`): a scene's 
 away, rain or snow in front of it) is photographed through a shaking camera whose sensor adds
 noise, and the file is then JPEG-compressed. Measured with the shipped model
 (``benchmarks/composite_order.py``: every pair of degradations, both orders, on tiles of 9
-photos), that rule loses clearly for four pairs - rain and snow come out better removed *before*
+photos, noise sigma 15), that rule loses clearly for four pairs - rain and snow come out better removed *before*
 noise or JPEG artifacts (undoing noise or compression first smooths away the streaks and flakes
 the derain and desnow biases were trained to find) - holds for nine (blur before rain or snow,
-for one) and is within noise for two; and the measured pairs form a cycle (denoise before
-deblur, deblur before derain, derain before denoise), so no single ranking satisfies them all.
+for one) and is within noise for two. One of the nine turns with the noise level: noise + JPEG,
+JPEG first by 0.06 dB at sigma 15, is denoise first over all levels (the table holds that). The
+measured pairs form a cycle (denoise before deblur, deblur before derain, derain before denoise),
+so no single ranking satisfies them all.
 :func:`order_tasks` therefore orders each request on its own: the permutation of its tasks that
 keeps the most measured gain (:data:`MEASURED_GAINS`), the physical rule deciding between equals
 and for tasks the table does not know (another model's own tasks).
