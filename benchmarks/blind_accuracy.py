@@ -12,10 +12,11 @@ counted per task with what the wrong tiles were seen as;
 ``jpeg, cropped`` asks again of each JPEG image cropped by a few pixels (:func:`shifted`: 1-7 px
 across, 0-7 down), as a photo cropped after it was saved is: its 8 px block grid no longer starts
 at the corner (not counted in ``all single``, so that row stays comparable with earlier runs).
-Target (issue 5): >= 95% on single degradations.
+``--crop WxH`` centre-crops each photo before degrading it (blind mode's grid of crops sees less of a
+smaller image: issue 23 measured on 512x384 crops). Target (issue 5): >= 95% on single degradations.
 
     python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 3] \\
-        [--classifier FILE ...] [--composite rain+noise ...] [--tile 256]
+        [--classifier FILE ...] [--composite rain+noise ...] [--tile 256] [--crop 512x384]
 
 Without ``--classifier``: the packaged one. A classifier with peeling (``--peel`` in
 scripts/train_blind_classifier.py) restores with ``--model`` (default: the shipped model) as blind
@@ -78,12 +79,40 @@ def _counts(right: int, n: int, wrong: Counter[str]) -> str:
     return f"{right}/{n}" + (f" (saw {mistakes})" if mistakes else "")
 
 
+def crop_size(text: str) -> tuple[int, int]:
+    """``--crop``'s value, ``WxH`` (``512x384``) or one side (``384``: a square), as (width, height)."""
+    try:
+        w, h = (int(v) for v in (text.split("x") if "x" in text else (text, text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: WxH in pixels (512x384) or one side (384)") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: sides of at least 1 px")
+    return w, h
+
+
+def read_photos(files: list[Path], crop: tuple[int, int] | None) -> list[np.ndarray]:
+    """The clean photos, each centre-cropped to ``crop`` (width, height; a side longer than the photo's
+    keeps the photo's) when given: the size of the images a user hands blind mode changes what its
+    grid of crops sees."""
+    photos = [read_rgb(f) for f in files]
+    if crop is None:
+        return photos
+    w, h = crop
+    out = []
+    for p in photos:
+        ch, cw = min(h, p.shape[0]), min(w, p.shape[1])
+        top, left = (p.shape[0] - ch) // 2, (p.shape[1] - cw) // 2
+        out.append(p[top : top + ch, left : left + cw])
+    return out
+
+
 def add_image_arguments(ap: argparse.ArgumentParser) -> None:
     """The arguments that choose the images and classifiers (shared with blind_walks.py, which must make the same images)."""
     ap.add_argument("--val", action="append", required=True, help="folder of clean photos, or one photo (repeatable)")
     ap.add_argument("--classifier", action="append", help="classifier file (repeatable; default: the packaged one)")
     ap.add_argument("--seeds", type=int, default=1, help="degraded versions of each photo per case")
     ap.add_argument("--composite", action="append", help=f"composite cases (default: {', '.join(DEFAULT_COMPOSITES)})")
+    ap.add_argument("--crop", type=crop_size, help="centre-crop each photo to WxH (e.g. 512x384) or a square side before degrading")
 
 
 def main() -> None:
@@ -105,12 +134,13 @@ def main() -> None:
         restore = lambda x, t: pipe.run(x, [t])
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
-    photos = [read_rgb(f) for f in files]
+    photos = read_photos(files, args.crop)
     cases = benchmark_cases(tasks, args.composite)
     for n, c in zip(names, clfs):
         kind = "multi-label, thresholds " + ", ".join(f"{t} {v:.2f}" for t, v in c.thresholds.items()) if c.multilabel else "single-label"
         kind += ", with a clean class" if c.clean_class else ""
         kind += ", crops on the JPEG block grid" if c.align_blocks else ""
+        kind += f", at least {c.min_positions} crops per side" if c.min_positions > 1 else ""
         if c.peeling:
             gate = "" if c.peeling.clean is None else f", clean {c.peeling.clean:.3f}"
             start = ", start " + ", ".join(f"{t} {v:.2f}" for t, v in c.peeling.start.items()) if c.peeling.start else ""
@@ -121,7 +151,8 @@ def main() -> None:
             kind += (f", peeling (region {c.peeling.region}{start}{gate}; further "
                      + ", ".join(f"{t} {v:.3f}" for t, v in c.peeling.further.items()) + first + suggest + ")")
         print(f"classifier {n}: {kind}")
-    print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}), {args.seeds} degraded version(s) each per case")
+    size = f", centre-cropped to {args.crop[0]}x{args.crop[1]}" if args.crop else ""
+    print(f"photos: {len(photos)} ({', '.join(f.name for f in files)}){size}, {args.seeds} degraded version(s) each per case")
     print(f"| case | {' | '.join(names)} |")
     print(f"| --- |{' --- |' * len(names)}")
     totals = {"single": np.zeros((len(clfs), 2), int), "composite": np.zeros((len(clfs), 2), int)}

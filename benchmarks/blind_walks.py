@@ -24,10 +24,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from blind_accuracy import add_image_arguments, benchmark_cases, degraded
+from blind_accuracy import add_image_arguments, benchmark_cases, degraded, read_photos
 
 from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite
-from instruct_ipt.data.images import list_images, read_rgb
+from instruct_ipt.data.images import list_images
 from instruct_ipt.instruct.blind import (
     DegradationClassifier,
     load_walks,
@@ -55,15 +55,15 @@ def main() -> None:
     weights = {state_digest(c.state_dict()) for c in clfs}
     if len(weights) > 1:
         raise SystemExit("the classifiers' weights differ: one walk serves threshold choices of one classifier")
-    if len({c.align_blocks for c in clfs}) > 1:
-        raise SystemExit("some classifiers align their crops to the JPEG grid and some not: their walks differ")
+    if len({json.dumps(c.grid_key(), sort_keys=True) for c in clfs}) > 1:
+        raise SystemExit("the classifiers place their crops differently (JPEG grid, crops per side): their walks differ")
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     cases = benchmark_cases(tasks, args.composite)
     key = json.dumps({"classifier": weights.pop(), "model": state_digest(pipe.model.state_dict()), "seeds": args.seeds, "cases": cases,
                       "photos": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
-                      "region": clfs[0].peeling.region} | ({"align_blocks": True} if clfs[0].align_blocks else {}),
+                      "region": clfs[0].peeling.region} | clfs[0].grid_key() | ({"crop": list(args.crop)} if args.crop else {}),
                      sort_keys=True)
     path = Path(args.walks)
     if path.exists():
@@ -73,7 +73,7 @@ def main() -> None:
             raise SystemExit(str(e)) from None
         print(f"walks read from {path}")
     else:
-        photos = [read_rgb(f) for f in files]
+        photos = read_photos(files, args.crop)
         items, labels = [], []
         for label, spec in cases:
             expected = () if spec is None else tuple(composite_tasks(spec)) if is_composite(spec) else (spec,)

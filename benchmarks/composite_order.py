@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write every tile's figures here")
     args = ap.parse_args()
 
+    if args.random_sigma:
+        args.sigma = None  # (not argparse's default 15 in the --json settings: no one level was used)
     if bool(args.photos) == bool(args.pool):
         raise SystemExit("give --photos (measure) or --pool (judge earlier runs together), one of the two")
     if args.tile <= 0:

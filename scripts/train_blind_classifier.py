@@ -30,7 +30,9 @@ gated by its clean probability (one calibrated threshold) instead of per-task st
 ``--align-blocks`` makes the written classifier start its crops on the image's JPEG block grid
 (``DegradationClassifier.align_blocks``); with ``--peel``, the calibration is walked that way. A
 trained classifier does not take it from its ``--init`` file (so the commands in
-docs/instructions.md still make the files they measured): give it again.
+docs/instructions.md still make the files they measured): give it again. ``--min-positions N``
+likewise: at least N crops along each side of an image larger than one crop
+(``DegradationClassifier.min_positions``; default: the file's own with ``--peel``, else 1).
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
 later ``--peel`` run with the same classifier, model, photos and seeds reads them back instead, so
 another ``--further`` or ``--no-gate`` choice takes seconds.
@@ -112,6 +114,8 @@ def main() -> None:
                     "first run and read back by a later one with the same classifier, model, photos and seeds")
     ap.add_argument("--align-blocks", action="store_true", help="the classifier written starts its crops on the "
                     "image's JPEG block grid (with --peel: calibrated so)")
+    ap.add_argument("--min-positions", type=int, choices=range(1, 5), metavar="N", help="the classifier written puts at "
+                    "least N crops (1-4) along each side of an image larger than one crop (default: the --peel file's own, else 1)")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
                     "is always named; with a clean class, unless clean is the most likely class)")
     args = ap.parse_args()
@@ -169,6 +173,7 @@ def main() -> None:
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, tone=args.tone,
                                  **shares)
     model.align_blocks = model.align_blocks or args.align_blocks
+    model.min_positions = args.min_positions or model.min_positions
     if args.multilabel:
         if args.primary:
             model.attach_primary(DegradationClassifier.default() if args.primary == "packaged"
@@ -191,6 +196,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     if model.multilabel:
         raise SystemExit(f"--peel {args.peel}: a multi-label classifier; peeling needs a single-label one")
     model.align_blocks = model.align_blocks or args.align_blocks
+    model.min_positions = args.min_positions or model.min_positions
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     missing = sorted(set(model.tasks) - set(pipe.tasks))
     if missing:
@@ -239,14 +245,13 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
 
 
 def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: RestorationPipeline, left_out: list[Path]) -> str:
-    """What the walks depend on (the classifier's and the restoration model's weights, whether it
-    aligns its crops to the JPEG grid, the photos' files, the seeds, the region), as one string: a
+    """What the walks depend on (the classifier's and the restoration model's weights, how it places
+    its crops - ``grid_key`` -, the photos' files, the seeds, the region), as one string: a
     walks file made for anything else is refused."""
     photos = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(left_out)}
-    aligned = {"align_blocks": True} if model.align_blocks else {}  # (absent otherwise: walks written before it still read)
     return json.dumps({"classifier": state_digest(model.state_dict()), "tasks": list(model.tasks),
                        "model": state_digest(pipe.model.state_dict()),
-                       "photos": photos, "seeds": args.calibration_seeds, "region": args.region} | aligned, sort_keys=True)
+                       "photos": photos, "seeds": args.calibration_seeds, "region": args.region} | model.grid_key(), sort_keys=True)
 
 
 def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:

@@ -844,12 +844,48 @@ def test_an_aligned_classifier_starts_its_crops_on_the_block_grid(tmp_path):
     assert not DegradationClassifier.load(back.save(tmp_path / "b.safetensors")).align_blocks
 
 
+def test_a_small_image_is_seen_from_at_least_min_positions_crops_per_side(tmp_path):
+    clf = DegradationClassifier(TASKS, width=4)
+    seen = []
+    clf.features.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0] + 0.5))
+    image = np.random.default_rng(0).random((200, 300, 3), dtype=np.float32)
+
+    def crops(rows, cols):
+        return torch.from_numpy(np.stack([image[r : r + 128, c : c + 128] for r in rows for c in cols]).transpose(0, 3, 1, 2))
+
+    clf.predict(image)  # the plain grid: 200 // 128 = 1 row (rows 128-199 never seen), 2 columns
+    torch.testing.assert_close(seen[-1], crops([0], [0, 172]))
+    with pytest.raises(ValueError, match="1 to 4"):
+        clf.min_positions = 5
+    clf.min_positions = 3
+    probs = clf.predict(image)
+    torch.testing.assert_close(seen[-1], crops([0, 36, 72], [0, 86, 172]))
+    with torch.no_grad():  # the probabilities are the mean over exactly those crops
+        expected = clf(crops([0, 36, 72], [0, 86, 172])).softmax(-1).mean(0)
+    assert [probs[t] for t in TASKS] == pytest.approx(expected.tolist(), abs=1e-6)
+    clf.predict(image[:130, :128])  # as many as fit at distinct offsets; a side of one crop: one
+    torch.testing.assert_close(seen[-1], torch.from_numpy(np.stack([image[r : r + 128, :128] for r in (0, 1, 2)]).transpose(0, 3, 1, 2)))
+    big = np.random.default_rng(1).random((384, 512, 3), dtype=np.float32)  # three crops or more per side: unchanged
+    clf.predict(big)
+    three = seen[-1]
+    clf.min_positions = 1
+    clf.predict(big)
+    torch.testing.assert_close(seen[-1], three)
+    clf.min_positions = 3
+    back = DegradationClassifier.load(clf.save(tmp_path / "a.safetensors"))
+    assert back.min_positions == 3 and back.grid_key() == {"min_positions": 3}
+    back.min_positions = 1
+    assert back.grid_key() == {}  # walks recorded before the option keep their key
+    assert DegradationClassifier.load(back.save(tmp_path / "b.safetensors")).min_positions == 1
+
+
 def test_the_shipped_classifier_sees_jpeg_blocks_wherever_the_crop_starts():
     """Trained on squares compressed whole, it knows blocks whose corner is the crop's corner; the
     cat at quality 20 cropped by 1-3 px after saving read as anything but JPEG before its crops
     were aligned to the grid (JPEG probability 0.005, 0.024 and 0.0: docs/instructions.md)."""
     clf = DegradationClassifier.default()
     assert clf.align_blocks
+    assert clf.min_positions == 3  # a small image, such as a 256 px tile, is seen from 3 x 3 crops
     saved = _saved_as_jpeg(data.chelsea().astype(np.float32) / 255, 20)
     for dy, dx in [(0, 0), (0, 1), (0, 2), (0, 3), (5, 6)]:
         probs = clf.predict(saved[dy:, dx:])

@@ -34,6 +34,10 @@ def test_the_walks_key_changes_with_the_weights_the_grid_alignment_and_the_photo
     clf.align_blocks = True
     assert script.walks_key(args, clf, pipe, [photo]) != key
     clf.align_blocks = False
+    clf.min_positions = 3
+    assert script.walks_key(args, clf, pipe, [photo]) != key
+    clf.min_positions = 1
+    assert script.walks_key(args, clf, pipe, [photo]) == key
     photo.write_bytes(b"two")
     assert script.walks_key(args, clf, pipe, [photo]) != key
 

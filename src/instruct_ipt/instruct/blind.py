@@ -215,17 +215,26 @@ class DegradationClassifier(nn.Module):
     to the patch, as the shipped one) has seen JPEG blocks only with a block corner at the crop's
     corner, and reads them at few other phases; a photo cropped after saving, or a crop that starts
     mid-block, then hides its blocks. Saved in the file's metadata.
+
+    ``min_positions`` (1 to 4): :meth:`predict` puts at least this many crops along each side of an
+    image larger than a crop (overlapping where they must). The plain grid (``side // crop``
+    crops, at most 4) leaves an image between one and two crops wide with one crop - a 200 px
+    image is judged by its top-left 128 px, the rest never seen - and judges a 256 px one by four
+    crops where a photo gets sixteen; a degradation the classifier reads well on most crops of a
+    photo then hangs on one or two. Photos with both sides at least three crops long are unchanged.
+    Saved in the file's metadata.
     """
 
     def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
                  thresholds: Mapping[str, float] | None = None, primary: DegradationClassifier | None = None,
                  extra_thresholds: Mapping[str, float] | None = None, peeling: Peeling | None = None,
-                 clean_class: bool = False, align_blocks: bool = False) -> None:
+                 clean_class: bool = False, align_blocks: bool = False, min_positions: int = 1) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
         self.multilabel = multilabel
         self.align_blocks = align_blocks
+        self.min_positions = min_positions
         if peeling is not None and multilabel:
             raise ValueError("peeling belongs to a single-label classifier")
         if clean_class and multilabel:
@@ -281,13 +290,13 @@ class DegradationClassifier(nn.Module):
         """Task probabilities for a float (H, W, 3) image, averaged over a grid of crops: they sum
         to 1 (softmax) for a single-label classifier, with :data:`CLEAN`'s if it has a clean
         class; each is the chance that degradation is present (sigmoid) for a multi-label one.
-        With :attr:`align_blocks`, each crop starts at a JPEG block corner (moved by at most 7 px)."""
+        With :attr:`align_blocks`, each crop starts at a JPEG block corner (moved by at most 7 px);
+        with :attr:`min_positions`, at least that many crops lie along each side (see the class)."""
         self.eval()
         p = next(self.parameters())
         h, w = rgb.shape[:2]
         crop = min(crop, min(h, w))
-        rows = np.linspace(0, h - crop, max(1, min(4, h // crop))).astype(int)
-        cols = np.linspace(0, w - crop, max(1, min(4, w // crop))).astype(int)
+        rows, cols = (np.linspace(0, side - crop, self._positions(side, crop)).astype(int) for side in (h, w))
         if self.align_blocks:
             dy, dx = jpeg_grid_phase(rgb)
             rows, cols = _on_grid(rows, dy, h - crop), _on_grid(cols, dx, w - crop)
@@ -296,6 +305,29 @@ class DegradationClassifier(nn.Module):
         logits = self(x)
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).mean(0)
         return {t: float(v) for t, v in zip(self.classes, probs)}
+
+    @property
+    def min_positions(self) -> int:
+        """Crops along each side of an image larger than one crop, at least (see the class)."""
+        return self._min_positions
+
+    @min_positions.setter
+    def min_positions(self, n: int) -> None:
+        if not 1 <= n <= 4:  # (the grid holds at most 4 x 4 crops)
+            raise ValueError(f"min_positions {n}: 1 to 4 crops along a side")
+        self._min_positions = int(n)
+
+    def grid_key(self) -> dict[str, object]:
+        """How :meth:`predict` places its crops, for the key of recorded walks (:func:`save_walks`): what
+        differs from the plain grid only, so that walks recorded before these options still read."""
+        return ({"align_blocks": True} if self.align_blocks else {}) | (
+            {"min_positions": self.min_positions} if self.min_positions != 1 else {})
+
+    def _positions(self, side: int, crop: int) -> int:
+        """How many crops :meth:`predict` puts along a side of ``side`` px: ``side // crop`` (1 to 4),
+        at least :attr:`min_positions` where the side is longer than a crop (no more than fit at distinct offsets)."""
+        n = max(1, min(4, side // crop))
+        return max(n, min(self.min_positions, side - crop + 1)) if side > crop else n
 
     def detect(self, rgb: np.ndarray, probs: Mapping[str, float] | None = None,
                restore: Restore | None = None) -> list[tuple[str, float]]:
@@ -395,6 +427,8 @@ class DegradationClassifier(nn.Module):
             meta |= {"clean_class": "1"}
         if self.align_blocks:
             meta |= {"align_blocks": "1"}
+        if self.min_positions != 1:
+            meta |= {"min_positions": str(self.min_positions)}
         if self.multilabel:
             meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
         if self.primary is not None:
@@ -410,7 +444,7 @@ class DegradationClassifier(nn.Module):
         model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
                     thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra,
                     peeling=Peeling.from_meta(meta), clean_class=meta.get("clean_class") == "1",
-                    align_blocks=meta.get("align_blocks") == "1")
+                    align_blocks=meta.get("align_blocks") == "1", min_positions=int(meta.get("min_positions", "1")))
         model.load_state_dict(state)
         return model.eval()
 
