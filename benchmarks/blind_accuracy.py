@@ -38,6 +38,7 @@ import numpy as np
 
 from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite, make_degradation
 from instruct_ipt.data.images import list_images, read_rgb
+from instruct_ipt.data.validation import center_crop
 from instruct_ipt.instruct.blind import DegradationClassifier
 from instruct_ipt.pipeline import RestorationPipeline
 
@@ -94,16 +95,7 @@ def read_photos(files: list[Path], crop: tuple[int, int] | None) -> list[np.ndar
     """The clean photos, each centre-cropped to ``crop`` (width, height; a side longer than the photo's
     keeps the photo's) when given: the size of the images a user hands blind mode changes what its
     grid of crops sees."""
-    photos = [read_rgb(f) for f in files]
-    if crop is None:
-        return photos
-    w, h = crop
-    out = []
-    for p in photos:
-        ch, cw = min(h, p.shape[0]), min(w, p.shape[1])
-        top, left = (p.shape[0] - ch) // 2, (p.shape[1] - cw) // 2
-        out.append(p[top : top + ch, left : left + cw])
-    return out
+    return [read_rgb(f) if crop is None else center_crop(read_rgb(f), crop[::-1]) for f in files]
 
 
 def add_image_arguments(ap: argparse.ArgumentParser) -> None:

@@ -314,3 +314,13 @@ def test_write_tiles_refuses_two_photos_of_one_name(tmp_path):
     with pytest.raises(ValueError, match="same name.*: a"):
         write_tiles([tmp_path / "x", tmp_path / "y"], 20, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before writing
+
+
+def test_center_crop_takes_a_square_side_or_a_height_and_width():
+    from instruct_ipt.data.validation import center_crop
+
+    img = np.arange(7 * 10).reshape(7, 10, 1)
+    np.testing.assert_array_equal(center_crop(img, 4), img[1:5, 3:7])
+    np.testing.assert_array_equal(center_crop(img, (3, 6)), img[2:5, 2:8])
+    np.testing.assert_array_equal(center_crop(img, (9, 4)), img[:, 3:7])  # a side longer than the image's: kept
+    assert center_crop(img, 0) is img and center_crop(img, (0, 4)) is img

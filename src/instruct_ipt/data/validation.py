@@ -33,11 +33,14 @@ class ValidationItem:
     target: np.ndarray
 
 
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    if size <= 0:
+def center_crop(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """The centre ``size`` x ``size`` square of ``img``, or ``(height, width)`` rectangle; a side longer
+    than the image's keeps the image's; ``size`` 0 (or less): the whole image."""
+    s_h, s_w = size if isinstance(size, tuple) else (size, size)
+    if s_h <= 0 or s_w <= 0:
         return img
     h, w = img.shape[:2]
-    s_h, s_w = min(size, h), min(size, w)
+    s_h, s_w = min(s_h, h), min(s_w, w)
     top, left = (h - s_h) // 2, (w - s_w) // 2
     return img[top : top + s_h, left : left + s_w]
 
