@@ -33,6 +33,10 @@ trained classifier does not take it from its ``--init`` file (so the commands in
 docs/instructions.md still make the files they measured): give it again. ``--min-positions N``
 likewise: at least N crops along each side of an image larger than one crop
 (``DegradationClassifier.min_positions``; default: the file's own with ``--peel``, else 1).
+``--keep-choices`` asks what the ``--peel`` file's own peeling asked (its further, first-change
+and suggested tasks, its gate and region): with ``--model``, the same blind mode calibrated for
+another restoration model. The file written records the model it was calibrated with
+(``Peeling.model``); blind mode warns when it peels with another one.
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
 later ``--peel`` run with the same classifier, model, photos and seeds reads them back instead, so
 another ``--further`` or ``--no-gate`` choice takes seconds.
@@ -67,7 +71,7 @@ from instruct_ipt.instruct.blind import (
     walked_sets,
     walked_suggestions,
 )
-from instruct_ipt.io import state_digest
+from instruct_ipt.io import state_digest, weights_digest
 from instruct_ipt.pipeline import RestorationPipeline
 from instruct_ipt.train.trainer import SKIMAGE_PHOTOS
 
@@ -103,7 +107,7 @@ def main() -> None:
     ap.add_argument("--peel", metavar="FILE", help="no training: calibrate peeling (blind mode naming several degradations "
                     "with the restoration model's help) for this single-label classifier (or 'packaged') and write --out")
     ap.add_argument("--model", help="with --peel: the restoration model folder (default: the shipped model)")
-    ap.add_argument("--region", type=int, default=PEEL_REGION, help="with --peel: side of the central crop peeling restores")
+    ap.add_argument("--region", type=int, help=f"with --peel: side of the central crop peeling restores (default {PEEL_REGION})")
     ap.add_argument("--further", action="append", help="with --peel: a task that may be named after the first "
                     "(repeatable; default: every task)")
     ap.add_argument("--first", action="append", default=[], help="with --peel: a task whose removal must change the "
@@ -118,6 +122,9 @@ def main() -> None:
                     "least N crops (1-4) along each side of an image larger than one crop (default: the --peel file's own, else 1)")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
                     "is always named; with a clean class, unless clean is the most likely class)")
+    ap.add_argument("--keep-choices", action="store_true", help="with --peel: ask the calibration what the --peel "
+                    "file's own peeling asked (its further, first-change and suggested tasks, gate, region): the same "
+                    "blind mode, calibrated for another restoration model (--model)")
     args = ap.parse_args()
     packaged = Path(__file__).resolve().parents[1] / "src/instruct_ipt/weights/default/degradation_classifier.safetensors"
     reads = [Path(f) for f in (args.init, args.recalibrate) if f]
@@ -141,8 +148,12 @@ def main() -> None:
     if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
                          "--recalibrate, --clean-class or --tone")
-    if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks):
-        raise SystemExit("--further, --first, --suggest, --no-gate, --model and --walks go with --peel")
+    if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks
+                          or args.keep_choices or args.region):
+        raise SystemExit("--further, --first, --suggest, --no-gate, --keep-choices, --region, --model and --walks go with --peel")
+    if args.keep_choices and (args.further or args.first or args.suggest or args.no_gate or args.region):
+        raise SystemExit("--keep-choices takes the --peel file's further, first-change and suggested tasks, gate and "
+                         "region: not with --further, --first, --suggest, --no-gate or --region")
     for flag, named in (("--further", args.further or []), ("--first", args.first), ("--suggest", args.suggest)):
         unknown_tasks = sorted(set(named) - set(DEGRADATIONS))
         if unknown_tasks:
@@ -197,13 +208,22 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
         raise SystemExit(f"--peel {args.peel}: a multi-label classifier; peeling needs a single-label one")
     model.align_blocks = model.align_blocks or args.align_blocks
     model.min_positions = args.min_positions or model.min_positions
+    if args.keep_choices:
+        if model.peeling is None:
+            raise SystemExit(f"--keep-choices: {args.peel} has no peeling whose choices to keep")
+        choices = model.peeling.choices()
+        print("choices kept from the --peel file:", json.dumps(choices))
+    else:
+        choices = {"further_tasks": args.further, "first_tasks": args.first, "suggest_tasks": args.suggest,
+                   "gate": not args.no_gate, "region": args.region or PEEL_REGION}
+    args.region = choices["region"]  # (the walks' key)
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     missing = sorted(set(model.tasks) - set(pipe.tasks))
     if missing:
         raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
     try:
-        check_peeling_settings(model, args.region, further_tasks=args.further, first_tasks=args.first,
-                               suggest_tasks=args.suggest)
+        check_peeling_settings(model, args.region, choices.get("max_tasks", 2), choices["further_tasks"],
+                               choices["first_tasks"], choices["suggest_tasks"])
     except ValueError as e:
         raise SystemExit(f"--peel {args.peel}: {e}") from None
     held_out = [read_rgb(f) for f in left_out]
@@ -219,8 +239,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
             if args.walks:
                 save_walks(args.walks, walks, key)
                 print(f"walks written to {args.walks}")
-        peeling = choose_peeling(model, walks, region=args.region, further_tasks=args.further, gate=not args.no_gate,
-                                 first_tasks=args.first, suggest_tasks=args.suggest)
+        peeling = choose_peeling(model, walks, **choices, model=weights_digest(pipe.model))
     except ValueError as e:  # a walks file for something else
         raise SystemExit(str(e)) from None
     if peeling.clean is not None:
@@ -228,14 +247,14 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     else:
         print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
-    if args.first:
+    if choices["first_tasks"]:
         print("first-change thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.first_change.items()} or "none")
     named = walked_sets(model, walks)
     right = (named == walks["present"]).all(1)
     count = walks["present"].sum(1)
     print("calibration images named exactly:", ", ".join(f"{what} {right[count == n].sum()}/{(count == n).sum()}"
                                                           for n, what in ((0, "clean"), (1, "one degradation"), (2, "two"))))
-    if args.suggest:
+    if choices["suggest_tasks"]:
         print("suggest thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.suggest.items()} or "none")
         good, bad = suggestion_outcomes(walked_suggestions(model, walks), named, walks["present"])
         print(f"calibration images with a suggestion: {(good | bad).sum()} of {len(good)} ({good.sum()} right: "

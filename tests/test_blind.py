@@ -2,6 +2,7 @@
 restoration order, calibrated thresholds, and "nothing to do" for a clean photo."""
 
 import typing
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -480,6 +481,77 @@ def test_a_calibrated_classifier_saves_and_loads_with_its_peeling(tmp_path):
     calibrate_peeling(clf, cases, scene.restore, region=32)
     back = DegradationClassifier.load(clf.save(tmp_path / "c.safetensors"))
     assert back.peeling == clf.peeling and back.peeling.max_tasks == 2
+
+
+def test_peeling_records_its_model_and_its_choices_calibrate_the_same_again(tmp_path):
+    from instruct_ipt.instruct.blind import choose_peeling, peel_walks
+
+    scene = _scene()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain"), ("derain",)),
+             (scene.image("derain", "denoise"), ("derain", "denoise")), (scene.image("dehaze"), ("dehaze",))]
+    clf = scene.classifier()
+    walks = peel_walks(clf, cases, scene.restore, region=32)
+    chosen = choose_peeling(clf, walks, region=32, max_tasks=3, further_tasks=["denoise"], first_tasks=["denoise"],
+                            suggest_tasks=["dehaze"], model="a" * 64)
+    assert chosen.model == "a" * 64 and chosen.further and chosen.first_change and chosen.suggest
+    assert DegradationClassifier.load(clf.save(tmp_path / "c.safetensors")).peeling == chosen
+    assert chosen.choices() == {"further_tasks": ["denoise"], "first_tasks": ["denoise"], "suggest_tasks": list(chosen.suggest),
+                                "gate": True, "region": 32, "max_tasks": 3}
+    again = scene.classifier()
+    assert choose_peeling(again, walks, **chosen.choices(), model="b" * 64) == replace(chosen, model="b" * 64)
+    ungated = choose_peeling(scene.classifier(), walks, gate=False)
+    assert ungated.choices()["gate"] is False and choose_peeling(scene.classifier(), walks, **ungated.choices()) == ungated
+
+
+def test_blind_mode_warns_when_its_peeling_was_calibrated_for_another_model(model_dir, monkeypatch):
+    import warnings
+
+    from instruct_ipt.instruct.blind import Detection, UncalibratedPeelingWarning
+    from instruct_ipt.io import weights_digest
+
+    model = InstructIPT.from_pretrained(model_dir)
+    monkeypatch.setattr(DegradationClassifier, "examine", lambda self, rgb, probs=None, restore=None: Detection([("denoise", 0.8)]))
+    rgb = data.astronaut()[:32, :32]
+
+    def caught(recorded: str | None) -> list:
+        clf = DegradationClassifier(TASKS, width=4, peeling=Peeling({}, {}, region=32, model=recorded))
+        pipe = RestorationPipeline(model, classifier=clf)
+        model.double()  # (cast after the pipeline was made: still the weights the thresholds were calibrated with)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            pipe.choose(rgb)
+        model.float()
+        return [w for w in seen if issubclass(w.category, UncalibratedPeelingWarning)]
+
+    assert len(caught("0" * 64)) == 1  # another model's thresholds
+    assert caught(weights_digest(model)) == [] and caught(None) == []  # this model's; none recorded (older files)
+    calibrated = weights_digest(model)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    assert len(caught(calibrated)) == 1  # the same architecture, other weights
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=DegradationClassifier(
+        TASKS, width=4, peeling=Peeling({}, {}, region=32, model=weights_digest(InstructIPT.from_pretrained(model_dir)))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedPeelingWarning)
+        pipe.choose(rgb)
+        pipe.model = model  # replaced: its own weights are looked at
+        with pytest.raises(UncalibratedPeelingWarning, match="calibrated with another restoration model"):
+            pipe.choose(rgb)
+
+
+def test_the_cli_says_once_per_run_that_blind_mode_is_calibrated_for_another_model(model_dir, tmp_path, capsys):
+    from instruct_ipt.io import weights_digest
+
+    for name, img in (("a.png", data.astronaut()[:40, :48]), ("b.png", data.chelsea()[:40, :48])):
+        Image.fromarray(img).save(tmp_path / name)
+    model = InstructIPT.from_pretrained(model_dir)
+    message = "instruct-ipt restore: warning: blind mode's peeling thresholds were calibrated with another restoration model"
+    for i, (recorded, warned) in enumerate((("0" * 64, 1), (weights_digest(model), 0), ("0" * 64, 1))):  # (again: each run)
+        clf = _rigged_clean(TASKS, [0.0] * 6 + [3.0], Peeling({}, {}, region=32, clean=0.5, model=recorded))
+        RestorationPipeline(model, classifier=clf).save_pretrained(tmp_path / f"m{i}")
+        assert main(["restore", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(tmp_path / f"m{i}"),
+                     "-o", str(tmp_path / f"o{i}")]) == 0
+        assert capsys.readouterr().err.count(message) == warned
 
 
 def test_blind_mode_peels_with_the_pipelines_model(model_dir, monkeypatch):

@@ -47,6 +47,14 @@ def test_ships_all_tasks_with_matching_instruction_head_and_classifier(pipe):
     assert set(pipe.classifier.tasks) == TASKS
 
 
+def test_the_shipped_classifier_is_calibrated_for_the_shipped_model(pipe):
+    """Blind mode's peeling thresholds measure the shipped model's restorations: a new default model
+    ships with the classifier recalibrated for it (docs/instructions.md), or this fails."""
+    from instruct_ipt.io import weights_digest
+
+    assert pipe.classifier.peeling.model == weights_digest(pipe.model)
+
+
 def _bundled_claims() -> dict[str, tuple[float, float]]:
     """MODEL.md's "Bundled photos" table: per row (task, or "denoise (grey)"), the input's and the
     model's PSNR."""

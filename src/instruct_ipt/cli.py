@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -797,10 +798,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            _show_own_warnings(args.command)
+            return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"instruct-ipt {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _show_own_warnings(command: str) -> None:
+    """Inside ``warnings.catch_warnings()``: blind mode's calibration warning as one line in the CLI's
+    own voice (``instruct-ipt restore: warning: ...``), once per run; other warnings as Python shows them."""
+    from .instruct.blind import UncalibratedPeelingWarning
+
+    shown = warnings.showwarning
+    warnings.simplefilter("once", UncalibratedPeelingWarning)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+             line: str | None = None) -> None:
+        if issubclass(category, UncalibratedPeelingWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"instruct-ipt {command}: warning: {message}", file=sys.stderr)  # (between progress bar lines)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def state_digest(state: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+def weights_digest(module: Any) -> str:
+    """:func:`state_digest` of an ``nn.Module``'s state, floating-point tensors as float32: the same
+    for the same weights on any device (a model loaded in float32 and moved to a GPU keeps it).
+    What a file calibrated for a model records (blind mode's ``Peeling.model``)."""
+    return state_digest({k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()})
+
+
 def hash_state(h: Any, state: Mapping[str, Any]) -> None:
     """Feed every tensor of ``state`` to the hash ``h`` (a ``hashlib`` object): name, dtype, shape
     and bytes, sorted by name - so a file cached from some weights (an ONNX graph, calibration

@@ -15,6 +15,7 @@ uses, so a model trained with new tasks travels as one folder.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +29,9 @@ from .data.images import LoadedImage, from_array, from_pil, load_image, save_ima
 from .export import ENGINES, OnnxRestorer, onnx_available, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter, order_tasks
-from .instruct.blind import BLIND_FILE, CLEAN, DegradationClassifier
+from .instruct.blind import BLIND_FILE, CLEAN, DegradationClassifier, UncalibratedPeelingWarning
 from .instruct.head import HEAD_FILE
+from .io import weights_digest
 from .model import InstructIPT, resolve_model_dir
 
 
@@ -120,6 +122,9 @@ class RestorationPipeline:
         self.on_export: Callable[[str], None] | None = None
         self._onnx: OnnxRestorer | None = None  # made on first use, kept: its sessions are the cache in memory
         self._onnx_device: torch.device | None = None
+        # the model blind mode's peeling restores with, and its weights' digest, taken now: before a
+        # caller may cast it to half precision (still the model the thresholds were calibrated with)
+        self._digested = (self.model, weights_digest(self.model))
 
     # loading and saving --------------------------------------------------------------
     @classmethod
@@ -228,10 +233,27 @@ class RestorationPipeline:
         probs = clf.predict(rgb)
         if not clf.multilabel:  # the most likely of the model's tasks (or clean, if the classifier has that class)
             probs = {t: p for t, p in probs.items() if t in self.model.tasks or t == CLEAN}
+        self._check_calibration(clf)
         seen = clf.examine(rgb, probs, restore=self._restore_one)
         found = [(t, p) for t, p in seen.found if t in self.model.tasks]
         also = [t for t, _ in seen.suggested if t in self.model.tasks]
         return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind", also)
+
+    def _check_calibration(self, clf: DegradationClassifier) -> None:
+        """Warn (:class:`~instruct_ipt.instruct.blind.UncalibratedPeelingWarning`, once per process)
+        when ``clf``'s peeling thresholds were calibrated with another restoration model than
+        :attr:`model`: they measure that model's restorations (a model folder without its own
+        classifier gets the shipped one, calibrated for the shipped model)."""
+        calibrated = clf.peeling.model if clf.peeling is not None else None
+        if calibrated is None:
+            return
+        if self._digested[0] is not self.model:  # the model was replaced since
+            self._digested = (self.model, weights_digest(self.model))
+        if calibrated != self._digested[1]:
+            warnings.warn("blind mode's peeling thresholds were calibrated with another restoration model: what it "
+                          "names after the first task, or its 'nothing to do', may be off for this one. Calibrate "
+                          "them for it (a classifier file in the model's folder): docs/instructions.md, "
+                          "'Blind mode for a restoration model of your own'", UncalibratedPeelingWarning, stacklevel=4)
 
     def _restore_one(self, rgb: np.ndarray, task: str) -> np.ndarray:
         """One task on the crop blind mode's peeling looks at (:class:`~instruct_ipt.instruct.blind.Peeling`; 384 px

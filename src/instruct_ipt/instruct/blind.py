@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,12 @@ PEEL_REGION = 384
 CLEAN = "clean"
 #: side of a JPEG block (luma DCT block): the grid :func:`jpeg_grid_phase` finds
 JPEG_BLOCK = 8
+
+
+class UncalibratedPeelingWarning(UserWarning):
+    """Blind mode peels with a restoration model other than the one its thresholds were calibrated
+    with (:attr:`Peeling.model`): what it names after the first task, and its check that the first
+    task changes the photo, rest on another model's restorations."""
 
 
 def jpeg_grid_phase(rgb: np.ndarray) -> tuple[int, int]:
@@ -115,6 +122,12 @@ class Peeling:
     degradation the calibration can name but that, named, would cost photos with one degradation
     elsewhere (haze: docs/instructions.md has the figures). The user, who sees the photo, decides.
     Not in ``further``: a task is either run or mentioned.
+
+    ``model``: the restoration model the thresholds were calibrated with (:func:`~instruct_ipt.io.weights_digest`
+    of its weights; None: not recorded). ``further``, ``first_change`` and ``suggest`` are measured
+    on that model's restorations, so another model (one trained by a user, or a new default) needs
+    its own calibration; :class:`~instruct_ipt.pipeline.RestorationPipeline` warns
+    (:class:`UncalibratedPeelingWarning`) when blind mode peels with another one.
     """
 
     start: dict[str, float]
@@ -124,6 +137,7 @@ class Peeling:
     clean: float | None = None
     first_change: dict[str, float] = field(default_factory=dict)
     suggest: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
@@ -136,12 +150,22 @@ class Peeling:
         """Every task a threshold names (each must be one of the classifier's)."""
         return set(self.start) | set(self.further) | set(self.first_change) | set(self.suggest)
 
+    def choices(self) -> dict[str, Any]:
+        """What calibrating these thresholds asked for, as keyword arguments of :func:`choose_peeling`
+        and :func:`calibrate_peeling`: the tasks named after the first (those that got a ``further``
+        threshold), the first-change and suggested tasks, the gate, the region and ``max_tasks`` - so
+        that a calibration for another restoration model asks the same questions of its walk."""
+        return {"further_tasks": list(self.further), "first_tasks": list(self.first_change),
+                "suggest_tasks": list(self.suggest), "gate": self.clean is not None or bool(self.start),
+                "region": self.region, "max_tasks": self.max_tasks}
+
     def to_meta(self) -> dict[str, str]:
         """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
         meta = {"peel_start": json.dumps(self.start), "peel_further": json.dumps(self.further),
                 "peel_region": str(self.region), "peel_max_tasks": str(self.max_tasks)}
         meta |= {} if self.clean is None else {"peel_clean": str(self.clean)}
         meta |= {"peel_suggest": json.dumps(self.suggest)} if self.suggest else {}
+        meta |= {} if self.model is None else {"peel_model": self.model}
         return meta | ({"peel_first_change": json.dumps(self.first_change)} if self.first_change else {})
 
     @classmethod
@@ -152,7 +176,7 @@ class Peeling:
         clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
                    int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")),
-                   json.loads(meta.get("peel_suggest", "{}")))
+                   json.loads(meta.get("peel_suggest", "{}")), meta.get("peel_model"))
 
 
 @dataclass
@@ -943,10 +967,11 @@ def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[st
 def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,
                    max_tasks: int = 2, further_tasks: Sequence[str] | None = None, gate: bool = True,
                    rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
-                   suggest_tasks: Sequence[str] = ()) -> Peeling:
+                   suggest_tasks: Sequence[str] = (), model: str | None = None) -> Peeling:
     """``classifier``'s :class:`Peeling` from recorded :func:`peel_walks` (see
     :func:`calibrate_peeling`, which walks and then calls this). Sets and returns
-    ``classifier.peeling``. ``suggest_tasks`` (not in ``further_tasks``, which must then be given):
+    ``classifier.peeling``; ``model`` (:attr:`Peeling.model`): the restoration model the walks were
+    taken with, recorded in it. ``suggest_tasks`` (not in ``further_tasks``, which must then be given):
     tasks to mention, not run, after the first (:attr:`Peeling.suggest`); each one's threshold is
     the further threshold the same calibration chooses when it may *name* them too - what it would
     take to run them - while every other threshold is the one chosen without them."""
@@ -971,7 +996,7 @@ def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.nda
     if suggest_tasks:  # what naming them would take; a task never seen second gets no threshold (never suggested)
         naming = choose([*(further_tasks or ()), *suggest_tasks]).further
         peeling = replace(peeling, suggest={t: naming[t] for t in suggest_tasks if t in naming})
-    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks)
+    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks, model=model)
     return classifier.peeling
 
 
@@ -1038,7 +1063,7 @@ def suggestion_outcomes(suggested: np.ndarray, named: np.ndarray, present: np.nd
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                       restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
                       gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
-                      suggest_tasks: Sequence[str] = ()) -> Peeling:
+                      suggest_tasks: Sequence[str] = (), model: str | None = None) -> Peeling:
     """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (:func:`peel_walks`: two
@@ -1049,9 +1074,11 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     is already good; with a clean class, clean images too: "nothing to do" is then an answer the
     classifier was trained to give, asked for as plainly as one task (counting singles alone
     first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
-    of the five clean calibration photos). Sets and returns ``classifier.peeling``."""
+    of the five clean calibration photos). ``model``: the restoration model behind ``restore``
+    (:attr:`Peeling.model`: its :func:`~instruct_ipt.io.weights_digest`), recorded. Sets and returns
+    ``classifier.peeling``."""
     check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks, suggest_tasks)
     _check_peeling_counts(np.array([len(tasks) for _, tasks in cases]))
     walks = peel_walks(classifier, cases, restore, region)
     return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first, first_tasks,
-                          suggest_tasks)
+                          suggest_tasks, model)
