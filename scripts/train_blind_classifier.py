@@ -46,12 +46,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 from skimage import data as skdata
 
 from instruct_ipt.data.degradations import DEGRADATIONS, make_degradation
@@ -61,6 +59,7 @@ from instruct_ipt.instruct.blind import (
     PEEL_REGION,
     DegradationClassifier,
     calibrate_thresholds,
+    calibration_cases,
     check_peeling_settings,
     choose_peeling,
     load_walks,
@@ -271,19 +270,6 @@ def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: Rest
     return json.dumps({"classifier": state_digest(model.state_dict()), "tasks": list(model.tasks),
                        "model": state_digest(pipe.model.state_dict()),
                        "photos": photos, "seeds": args.calibration_seeds, "region": args.region} | model.grid_key(), sort_keys=True)
-
-
-def calibration_cases(photos: list[np.ndarray], tasks: list[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:
-    """Each photo clean, with each task's degradation and with each pair (seeded by photo and seed)."""
-    sets = [(), *((t,) for t in tasks), *itertools.combinations(tasks, 2)]
-    cases = []
-    for i, clean in enumerate(photos):
-        for seed in range(seeds):
-            for k, present in enumerate(sets):
-                rng = np.random.default_rng((seed, i, k))
-                image = make_degradation("+".join(present))(clean, rng).image if present else clean  # "a" or "a+b"
-                cases.append((image, present))
-    return cases
 
 
 if __name__ == "__main__":

@@ -962,3 +962,52 @@ def test_the_shipped_classifier_sees_jpeg_blocks_wherever_the_crop_starts():
     for dy, dx in [(0, 0), (0, 1), (0, 2), (0, 3), (5, 6)]:
         probs = clf.predict(saved[dy:, dx:])
         assert max(probs, key=probs.get) == "jpeg", (dy, dx, probs)
+
+
+def test_calibrating_blind_mode_for_the_pipelines_model_asks_the_same_questions(model_dir, monkeypatch):
+    import instruct_ipt.pipeline as pipeline_module
+    from instruct_ipt.io import weights_digest
+
+    peeling = Peeling({}, {"denoise": 0.1}, region=32, clean=0.5, first_change={"denoise": 0.02}, suggest={"dehaze": 0.3},
+                      model="0" * 64)
+    clf = _rigged_clean(["denoise", "derain", "dehaze"], [0.0] * 4, peeling)
+    pipe = RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=clf)
+    asked = {}
+
+    def fake(classifier, cases, restore, **choices):
+        asked.update(cases=cases, restore=restore, choices=choices, classifier=classifier)
+        classifier.peeling = replace(classifier.peeling, further={"denoise": 0.05}, model=choices["model"])
+        return classifier.peeling
+
+    monkeypatch.setattr(pipeline_module, "calibrate_peeling", fake)
+    photos = [data.astronaut()[:40, :40] / 255.0, data.chelsea()[:40, :40] / 255.0]
+    new = pipe.calibrate_blind_mode(photos, seeds=3)
+    assert asked["choices"] == peeling.choices() | {"model": weights_digest(pipe.model)}
+    assert len(asked["cases"]) == 2 * 3 * (1 + 3 + 3) and asked["restore"] == pipe._restore_one
+    assert asked["classifier"] is new is pipe.classifier and new is not clf and clf.peeling == peeling  # a copy
+    assert new.peeling.model == weights_digest(pipe.model) and new.peeling.further == {"denoise": 0.05}
+    with pytest.raises(ValueError, match="does not peel"):
+        RestorationPipeline(pipe.model, classifier=DegradationClassifier(TASKS, width=4)).calibrate_blind_mode(photos)
+    with pytest.raises(ValueError, match="needs clean photos"):
+        pipe.calibrate_blind_mode([])
+
+
+def test_the_cli_calibrates_blind_mode_into_the_models_folder(model_dir, tmp_path, capsys):
+    import shutil
+
+    from instruct_ipt.instruct.blind import BLIND_FILE
+    from instruct_ipt.io import weights_digest
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    peeling = Peeling({}, {"denoise": 0.1}, region=32, clean=0.5, first_change={"denoise": 0.02}, model="0" * 64)
+    _rigged_clean(["denoise", "derain", "dehaze"], [1.0, 0.5, 0.0, 0.2], peeling).save(folder / BLIND_FILE)
+    for name, img in (("a.png", data.astronaut()), ("b.png", data.chelsea())):
+        Image.fromarray(img[60:92, 60:92]).save(tmp_path / name)
+    assert main(["calibrate-blind", "--model", str(folder), "--photos", str(tmp_path / "*.png"), "--seeds", "1"]) == 0
+    assert f"wrote {folder / BLIND_FILE}" in capsys.readouterr().out
+    back = DegradationClassifier.load(folder / BLIND_FILE)
+    assert back.peeling.model == weights_digest(InstructIPT.from_pretrained(folder)) and back.clean_class
+    assert back.peeling.choices()["region"] == 32 and back.peeling.clean is not None
+    assert main(["calibrate-blind", "--model", str(folder), "--photos", str(tmp_path / "none.png")]) == 2
+    assert "no such photo" in capsys.readouterr().err

@@ -14,6 +14,7 @@ uses, so a model trained with new tasks travels as one folder.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,7 +30,14 @@ from .data.images import LoadedImage, from_array, from_pil, load_image, save_ima
 from .export import ENGINES, OnnxRestorer, onnx_available, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter, order_tasks
-from .instruct.blind import BLIND_FILE, CLEAN, DegradationClassifier, UncalibratedPeelingWarning
+from .instruct.blind import (
+    BLIND_FILE,
+    CLEAN,
+    DegradationClassifier,
+    UncalibratedPeelingWarning,
+    calibrate_peeling,
+    calibration_cases,
+)
 from .instruct.head import HEAD_FILE
 from .io import weights_digest
 from .model import InstructIPT, resolve_model_dir
@@ -245,15 +253,43 @@ class RestorationPipeline:
         :attr:`model`: they measure that model's restorations (a model folder without its own
         classifier gets the shipped one, calibrated for the shipped model)."""
         calibrated = clf.peeling.model if clf.peeling is not None else None
-        if calibrated is None:
-            return
-        if self._digested[0] is not self.model:  # the model was replaced since
-            self._digested = (self.model, weights_digest(self.model))
-        if calibrated != self._digested[1]:
+        if calibrated is not None and calibrated != self._model_digest():
             warnings.warn("blind mode's peeling thresholds were calibrated with another restoration model: what it "
                           "names after the first task, or its 'nothing to do', may be off for this one. Calibrate "
-                          "them for it (a classifier file in the model's folder): docs/instructions.md, "
-                          "'Blind mode for a restoration model of your own'", UncalibratedPeelingWarning, stacklevel=4)
+                          "them for it: instruct-ipt calibrate-blind --model DIR --photos CLEAN_PHOTOS (docs/"
+                          "instructions.md, 'Blind mode for a restoration model of your own')",
+                          UncalibratedPeelingWarning, stacklevel=4)
+
+    def _model_digest(self) -> str:
+        """:attr:`model`'s :func:`~instruct_ipt.io.weights_digest`, as taken when the pipeline got it
+        (again when the model was replaced since)."""
+        if self._digested[0] is not self.model:
+            self._digested = (self.model, weights_digest(self.model))
+        return self._digested[1]
+
+    def calibrate_blind_mode(self, photos: Sequence[np.ndarray], seeds: int = 2) -> DegradationClassifier:
+        """Blind mode calibrated for this pipeline's model: a copy of :attr:`classifier` whose peeling
+        thresholds are chosen again, asking what its own peeling asked (``Peeling.choices``), from
+        this model's restorations of ``photos`` (clean, float (H, W, 3) in [0, 1]: photos the
+        classifier did not train on), each as it is, with each degradation and with each pair,
+        ``seeds`` times (``calibration_cases``). The copy records this model (``Peeling.model``),
+        becomes the pipeline's classifier and is what :meth:`save_pretrained` writes. Two
+        restorations of a 384 px crop per image: about 2 minutes a photo on 2 CPU cores with the
+        shipped classifier's six tasks. Why: the thresholds measure one model's restorations
+        (docs/instructions.md, "Blind mode for a restoration model of your own")."""
+        clf = self.classifier
+        if clf.peeling is None:
+            raise ValueError("this blind classifier does not peel: none of its thresholds depends on the restoration model")
+        missing = sorted(set(clf.tasks) - set(self.model.tasks))
+        if missing:
+            raise ValueError(f"the model lacks {', '.join(missing)}: calibrating restores with every task the classifier knows")
+        if not photos:
+            raise ValueError("calibrating blind mode needs clean photos")
+        new = copy.deepcopy(clf)
+        calibrate_peeling(new, calibration_cases(photos, new.tasks, seeds), self._restore_one, **clf.peeling.choices(),
+                          model=self._model_digest())
+        self._classifier = new
+        return new
 
     def _restore_one(self, rgb: np.ndarray, task: str) -> np.ndarray:
         """One task on the crop blind mode's peeling looks at (:class:`~instruct_ipt.instruct.blind.Peeling`; 384 px

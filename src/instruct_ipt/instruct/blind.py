@@ -10,6 +10,7 @@ again, and goes on while it still sees one clearly (see :meth:`DegradationClassi
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.degradations import Composite, Degradation
+from ..data.degradations import Composite, Degradation, make_degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
 from ..data.validation import center_crop
 from ..io import atomic_write, load_tagged, save_tagged
@@ -1058,6 +1059,21 @@ def suggestion_outcomes(suggested: np.ndarray, named: np.ndarray, present: np.nd
     run - and whether it was *wrong*: a suggestion, and not a right one."""
     right = (suggested & present & ~named).any(1)
     return right, suggested.any(1) & ~right
+
+
+def calibration_cases(photos: Sequence[np.ndarray], tasks: Sequence[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:
+    """What thresholds are calibrated on: each clean photo (float (H, W, 3)) as it is, with each task's
+    degradation and with each pair of them (applied in the physical order), ``seeds`` times, each
+    image seeded by (seed, photo, case) - the same images on every run."""
+    sets = [(), *((t,) for t in tasks), *itertools.combinations(tasks, 2)]
+    cases = []
+    for i, clean in enumerate(photos):
+        for seed in range(seeds):
+            for k, present in enumerate(sets):
+                rng = np.random.default_rng((seed, i, k))
+                image = make_degradation("+".join(present))(clean, rng).image if present else clean  # "a" or "a+b"
+                cases.append((image, present))
+    return cases
 
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
