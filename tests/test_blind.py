@@ -982,7 +982,7 @@ def test_calibrating_blind_mode_for_the_pipelines_model_asks_the_same_questions(
     monkeypatch.setattr(pipeline_module, "calibrate_peeling", fake)
     photos = [data.astronaut()[:40, :40] / 255.0, data.chelsea()[:40, :40] / 255.0]
     new = pipe.calibrate_blind_mode(photos, seeds=3)
-    assert asked["choices"] == peeling.choices() | {"model": weights_digest(pipe.model)}
+    assert asked["choices"] == peeling.choices() | {"model": weights_digest(pipe.model), "progress": None}
     assert len(asked["cases"]) == 2 * 3 * (1 + 3 + 3) and asked["restore"] == pipe._restore_one
     assert asked["classifier"] is new is pipe.classifier and new is not clf and clf.peeling == peeling  # a copy
     assert new.peeling.model == weights_digest(pipe.model) and new.peeling.further == {"denoise": 0.05}
@@ -1011,3 +1011,23 @@ def test_the_cli_calibrates_blind_mode_into_the_models_folder(model_dir, tmp_pat
     assert back.peeling.choices()["region"] == 32 and back.peeling.clean is not None
     assert main(["calibrate-blind", "--model", str(folder), "--photos", str(tmp_path / "none.png")]) == 2
     assert "no such photo" in capsys.readouterr().err
+
+
+def test_calibration_cases_make_each_image_when_read_and_always_the_same(monkeypatch):
+    from instruct_ipt.instruct import blind
+
+    photos = [data.astronaut()[:24, :32] / 255.0, data.chelsea()[:24, :32] / 255.0]
+    cases = blind.calibration_cases(photos, ["denoise", "derain", "jpeg"], seeds=2)
+    made = []
+    real = blind.make_degradation
+    monkeypatch.setattr(blind, "make_degradation", lambda spec: made.append(spec) or real(spec))
+    sets = [(), ("denoise",), ("derain",), ("jpeg",), ("denoise", "derain"), ("denoise", "jpeg"), ("derain", "jpeg")]
+    assert len(cases) == 2 * 2 * 7 and cases.present == sets * 4 and made == []  # nothing made to say what is there
+    for index in (0, 5, 13, 27):
+        i, seed, k = index // 14, index % 14 // 7, index % 7
+        image, present = cases[index]
+        spec = "+".join(sets[k])
+        expected = real(spec)(photos[i], np.random.default_rng((seed, i, k))).image if spec else photos[i]
+        assert present == sets[k] and np.array_equal(image, expected) and np.array_equal(cases[index][0], image)
+    assert made == ["denoise+jpeg"] * 2 + ["derain+jpeg"] * 4  # each read makes its image (the clean one: none)
+    assert [p for _, p in cases] == cases.present

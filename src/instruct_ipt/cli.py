@@ -286,6 +286,8 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
     written into its folder, where ``restore --model`` finds it."""
     import time
 
+    from tqdm import tqdm
+
     from .data.images import read_rgb
     from .instruct.blind import BLIND_FILE
     from .pipeline import RestorationPipeline
@@ -305,7 +307,8 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
     print(f"calibrating blind mode for {args.model} on {len(files)} photo(s) x {args.seeds} seed(s): {cases} images, "
           "two restorations each", file=sys.stderr)
     t0 = time.time()
-    peel = pipe.calibrate_blind_mode(images, seeds=args.seeds).peeling
+    with tqdm(total=cases, desc="calibrate", unit="img", disable=None, file=sys.stderr, leave=False) as bar:
+        peel = pipe.calibrate_blind_mode(images, seeds=args.seeds, progress=lambda done, n: bar.update(done - bar.n)).peeling
     pipe.classifier.save(out)
     def rounded(d: dict[str, float]) -> str:
         return json.dumps({t: round(v, 4) for t, v in d.items()})

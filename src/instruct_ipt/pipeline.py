@@ -267,7 +267,8 @@ class RestorationPipeline:
             self._digested = (self.model, weights_digest(self.model))
         return self._digested[1]
 
-    def calibrate_blind_mode(self, photos: Sequence[np.ndarray], seeds: int = 2) -> DegradationClassifier:
+    def calibrate_blind_mode(self, photos: Sequence[np.ndarray], seeds: int = 2,
+                             progress: Callable[[int, int], None] | None = None) -> DegradationClassifier:
         """Blind mode calibrated for this pipeline's model: a copy of :attr:`classifier` whose peeling
         thresholds are chosen again, asking what its own peeling asked (``Peeling.choices``), from
         this model's restorations of ``photos`` (clean, float (H, W, 3) in [0, 1]: photos the
@@ -275,8 +276,9 @@ class RestorationPipeline:
         ``seeds`` times (``calibration_cases``). The copy records this model (``Peeling.model``),
         becomes the pipeline's classifier and is what :meth:`save_pretrained` writes. Two
         restorations of a 384 px crop per image: about 2 minutes a photo on 2 CPU cores with the
-        shipped classifier's six tasks. Why: the thresholds measure one model's restorations
-        (docs/instructions.md, "Blind mode for a restoration model of your own")."""
+        shipped classifier's six tasks; ``progress(done, total)`` after each image. Why: the
+        thresholds measure one model's restorations (docs/instructions.md, "Blind mode for a
+        restoration model of your own")."""
         clf = self.classifier
         if clf.peeling is None:
             raise ValueError("this blind classifier does not peel: none of its thresholds depends on the restoration model")
@@ -287,7 +289,7 @@ class RestorationPipeline:
             raise ValueError("calibrating blind mode needs clean photos")
         new = copy.deepcopy(clf)
         calibrate_peeling(new, calibration_cases(photos, new.tasks, seeds), self._restore_one, **clf.peeling.choices(),
-                          model=self._model_digest())
+                          model=self._model_digest(), progress=progress)
         self._classifier = new
         return new
 

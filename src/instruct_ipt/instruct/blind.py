@@ -672,13 +672,17 @@ def calibrate_thresholds(
     photo - the case blind mode already handles well and must not get worse at."""
     if not classifier.multilabel:
         raise ValueError("thresholds belong to a multi-label classifier")
-    probs = np.array([[p[t] for t in classifier.tasks] for p in (classifier.predict(rgb) for rgb, _ in cases)])
-    present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases])
+    scores, mains = [], []
+    for rgb, _ in cases:  # (one pass: each image made once)
+        p = classifier.predict(rgb)
+        scores.append([p[t] for t in classifier.tasks])
+        if classifier.primary is not None:
+            q = classifier.primary.predict(rgb)
+            mains.append(int(np.argmax([q[t] for t in classifier.tasks])))
+    probs = np.array(scores)
+    present = np.array([[t in tasks for t in classifier.tasks] for tasks in _case_tasks(cases)])
     first = present.sum(1) == 1 if singles_first else None
-    main = None
-    if classifier.primary is not None:
-        main = np.array([int(np.argmax([p[t] for t in classifier.tasks]))
-                         for p in (classifier.primary.predict(rgb) for rgb, _ in cases)])
+    main = np.array(mains) if classifier.primary is not None else None
     if main is None:
         classifier.thresholds = choose_thresholds(classifier.tasks, probs, present, rounds, first)
     else:
@@ -905,17 +909,20 @@ WALK_KEYS = ("first", "first_prob", "first_change", "second", "second_change", "
 
 
 def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
-               restore: Restore, region: int = PEEL_REGION) -> dict[str, np.ndarray]:
+               restore: Restore, region: int = PEEL_REGION,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """Each case's first two :meth:`~DegradationClassifier.peel_steps` (two restorations of its
     crop: the slow part of :func:`calibrate_peeling`), as arrays keyed by :data:`WALK_KEYS`: task
     indices, the first's probability and change, the second's change, the first's clean probability (NaN
     without a clean class), whether the second beat clean, and ``present`` (cases x tasks, the
     degradations each image carries). They do not depend on the thresholds chosen from them, so
-    :func:`choose_peeling` can try several choices (``further_tasks``, ``gate``, ``first_tasks``) on one walk."""
+    :func:`choose_peeling` can try several choices (``further_tasks``, ``gate``, ``first_tasks``) on one walk.
+    ``progress(done, total)`` is called after each case (minutes in all: worth showing)."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     index = {t: i for i, t in enumerate(classifier.tasks)}
-    unknown = sorted({t for _, tasks in cases for t in tasks} - set(index))
+    carried = _case_tasks(cases)
+    unknown = sorted({t for tasks in carried for t in tasks} - set(index))
     if unknown:
         raise ValueError(f"calibration images carry {', '.join(unknown)}: not among the classifier's tasks")
     walks = []
@@ -924,8 +931,10 @@ def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarr
         one, two = next(steps), next(steps)
         clean = (one.clean, two.prob > two.clean) if classifier.clean_class else (np.nan, True)
         walks.append((index[one.task], one.prob, one.change, index[two.task], two.change, *clean))
+        if progress is not None:
+            progress(len(walks), len(cases))
     first, first_prob, first_change, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
-    present = np.array([[t in tasks for t in classifier.tasks] for _, tasks in cases], bool)
+    present = np.array([[t in tasks for t in classifier.tasks] for tasks in carried], bool)
     return {"first": first.astype(np.int64), "first_prob": first_prob.astype(float),
             "first_change": first_change.astype(float), "second": second.astype(np.int64),
             "second_change": second_change.astype(float), "first_clean": first_clean.astype(float),
@@ -1061,25 +1070,54 @@ def suggestion_outcomes(suggested: np.ndarray, named: np.ndarray, present: np.nd
     return right, suggested.any(1) & ~right
 
 
-def calibration_cases(photos: Sequence[np.ndarray], tasks: Sequence[str], seeds: int) -> list[tuple[np.ndarray, tuple[str, ...]]]:
-    """What thresholds are calibrated on: each clean photo (float (H, W, 3)) as it is, with each task's
-    degradation and with each pair of them (applied in the physical order), ``seeds`` times, each
-    image seeded by (seed, photo, case) - the same images on every run."""
-    sets = [(), *((t,) for t in tasks), *itertools.combinations(tasks, 2)]
-    cases = []
-    for i, clean in enumerate(photos):
-        for seed in range(seeds):
-            for k, present in enumerate(sets):
-                rng = np.random.default_rng((seed, i, k))
-                image = make_degradation("+".join(present))(clean, rng).image if present else clean  # "a" or "a+b"
-                cases.append((image, present))
-    return cases
+class CalibrationCases(Sequence[tuple[np.ndarray, tuple[str, ...]]]):
+    """What thresholds are calibrated on (:func:`calibration_cases`): each clean photo as it is, with
+    each task's degradation and with each pair of them (applied in the physical order), ``seeds``
+    times, each image seeded by (seed, photo, case) - the same images on every run.
+
+    Why a sequence that degrades an image when it is read, not a list: a calibration reads each
+    image once, and 44 images a photo held at once (six tasks, two seeds) take gigabytes for a few
+    1024 px photos and far more for a camera's. :attr:`present` says what each image carries
+    without making it."""
+
+    def __init__(self, photos: Sequence[np.ndarray], tasks: Sequence[str], seeds: int) -> None:
+        self.photos = list(photos)
+        sets = [(), *((t,) for t in tasks), *itertools.combinations(tasks, 2)]
+        #: (photo index, seed, case index, the tasks it carries), in reading order
+        self._keys = [(i, seed, k, present) for i in range(len(self.photos)) for seed in range(seeds)
+                      for k, present in enumerate(sets)]
+
+    @property
+    def present(self) -> list[tuple[str, ...]]:
+        """The degradations each image carries, in order (no image is made)."""
+        return [key[3] for key in self._keys]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, tuple[str, ...]]:  # type: ignore[override]
+        i, seed, k, present = self._keys[index]
+        rng = np.random.default_rng((seed, i, k))
+        clean = self.photos[i]
+        return (make_degradation("+".join(present))(clean, rng).image if present else clean), present  # "a" or "a+b"
+
+
+def calibration_cases(photos: Sequence[np.ndarray], tasks: Sequence[str], seeds: int) -> CalibrationCases:
+    """The calibration images of ``photos`` (clean, float (H, W, 3)) for ``tasks``, as (image, the
+    tasks it carries): see :class:`CalibrationCases`."""
+    return CalibrationCases(photos, tasks, seeds)
+
+
+def _case_tasks(cases: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[Sequence[str]]:
+    """The tasks each case carries, without making a :class:`CalibrationCases` image."""
+    return cases.present if isinstance(cases, CalibrationCases) else [tasks for _, tasks in cases]
 
 
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                       restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
                       gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
-                      suggest_tasks: Sequence[str] = (), model: str | None = None) -> Peeling:
+                      suggest_tasks: Sequence[str] = (), model: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> Peeling:
     """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (:func:`peel_walks`: two
@@ -1091,10 +1129,10 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     classifier was trained to give, asked for as plainly as one task (counting singles alone
     first, one single too faint to see - noise of sigma 1.6 - held the clean threshold above three
     of the five clean calibration photos). ``model``: the restoration model behind ``restore``
-    (:attr:`Peeling.model`: its :func:`~instruct_ipt.io.weights_digest`), recorded. Sets and returns
-    ``classifier.peeling``."""
+    (:attr:`Peeling.model`: its :func:`~instruct_ipt.io.weights_digest`), recorded; ``progress``:
+    see :func:`peel_walks`. Sets and returns ``classifier.peeling``."""
     check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks, suggest_tasks)
-    _check_peeling_counts(np.array([len(tasks) for _, tasks in cases]))
-    walks = peel_walks(classifier, cases, restore, region)
+    _check_peeling_counts(np.array([len(tasks) for tasks in _case_tasks(cases)]))
+    walks = peel_walks(classifier, cases, restore, region, progress)
     return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first, first_tasks,
                           suggest_tasks, model)
