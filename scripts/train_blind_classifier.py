@@ -17,6 +17,8 @@ the main degradation (``DegradationClassifier.attach_primary``); both threshold 
 from ``--clean-share`` clean crops; ``--init`` with a classifier without one keeps its features and
 task scores. ``--tone S`` renders that share of the photos otherwise (exposure, tone curve, colour
 balance, saturation) before degrading them (``BlindDataset``'s ``tone``; tried, not shipped).
+``--downsamplings N`` gives a new classifier N stride-2 convolutions (3, the shipped; 4 and 5 see
+35 and 67 px instead of 19: ``DegradationClassifier``'s ``downsamplings``; tried, not shipped).
 
 ``--peel FILE`` (a single-label classifier, or ``packaged``) trains nothing: it calibrates that
 classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the restoration model
@@ -90,6 +92,8 @@ def main() -> None:
     ap.add_argument("--tone", type=float, default=0.0, help="share of photos first given another exposure, tone curve, "
                     "colour balance and saturation (BlindDataset's tone)")
     ap.add_argument("--context", type=int, default=96, help="square degraded as a whole (>= the 96 px patch)")
+    ap.add_argument("--downsamplings", type=int, choices=range(1, 6), metavar="N", help="stride-2 convolutions of a "
+                    "new classifier, 1-5 (default: 3, the shipped one's; with --init, the init's)")
     ap.add_argument("--multilabel", action="store_true", help="one score per task, thresholds calibrated on the left-out photos")
     ap.add_argument("--clean-class", action="store_true", help="single-label with one more class, clean "
                     "('nothing to do'), learnt from --clean-share clean crops")
@@ -144,9 +148,11 @@ def main() -> None:
         raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
     if (args.multilabel or args.peel) and not args.exclude:
         raise SystemExit("--multilabel and --peel calibrate thresholds on left-out photos: give them with --exclude")
-    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone):
+    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone or args.downsamplings):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
-                         "--recalibrate, --clean-class or --tone")
+                         "--recalibrate, --clean-class, --tone or --downsamplings")
+    if args.downsamplings and args.recalibrate:
+        raise SystemExit("--recalibrate trains nothing: not with --downsamplings")
     if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks
                           or args.keep_choices or args.region):
         raise SystemExit("--further, --first, --suggest, --no-gate, --keep-choices, --region, --model and --walks go with --peel")
@@ -176,12 +182,14 @@ def main() -> None:
         model.primary, model.extra_thresholds = None, {}  # attached again below if --primary
     else:
         init = DegradationClassifier.load(args.init) if args.init else None
+        if init is not None and args.downsamplings and args.downsamplings != init.downsamplings:
+            raise SystemExit(f"--init {args.init} has {init.downsamplings} downsamplings: not --downsamplings {args.downsamplings}")
         shares = ({"clean_share": clean_share, "composite_share": composite_share} if args.multilabel
                   else {"clean_share": clean_share, "clean_class": True} if args.clean_class else {})
         model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, tone=args.tone,
-                                 **shares)
+                                 downsamplings=args.downsamplings or (init.downsamplings if init else 3), **shares)
     model.align_blocks = model.align_blocks or args.align_blocks
     model.min_positions = args.min_positions or model.min_positions
     if args.multilabel:

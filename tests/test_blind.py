@@ -1031,3 +1031,47 @@ def test_calibration_cases_make_each_image_when_read_and_always_the_same(monkeyp
         assert present == sets[k] and np.array_equal(image, expected) and np.array_equal(cases[index][0], image)
     assert made == ["denoise+jpeg"] * 2 + ["derain+jpeg"] * 4  # each read makes its image (the clean one: none)
     assert [p for _, p in cases] == cases.present
+    part = cases[5:14:4]  # a slice: those images, made as when read one by one
+    assert [p for _, p in part] == [sets[5], sets[2], sets[6]] and np.array_equal(part[1][0], cases[9][0])
+    assert np.array_equal(cases[-1][0], cases[27][0])
+
+
+def test_downsamplings_set_how_far_each_feature_sees_and_travel_with_the_file(tmp_path):
+    tasks = ["denoise", "deblur"]
+    x = torch.rand(1, 3, 96, 96)
+    for k, side in ((3, 12), (5, 3)):  # the shipped three halvings leave 12 x 12 positions of a 96 px square, five 3 x 3
+        clf = DegradationClassifier(tasks, width=4, clean_class=True, downsamplings=k)
+        assert clf.features(x).shape[-2:] == (side, side)
+        strided = [m for m in clf.features if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+        assert len(strided) == k
+    path = clf.save(tmp_path / "d5.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["downsamplings"] == "5"
+    back = DegradationClassifier.load(path)
+    assert back.downsamplings == 5 and torch.equal(back(x), clf(x))
+    with safe_open(str(DegradationClassifier(tasks, width=4).save(tmp_path / "d3.safetensors")), "pt") as f:
+        assert "downsamplings" not in f.metadata()  # files written before the option read as before
+    assert DegradationClassifier.load(tmp_path / "d3.safetensors").downsamplings == 3
+    with pytest.raises(ValueError, match="1 to 5"):
+        DegradationClassifier(tasks, width=4, downsamplings=6)
+    ops = {t: make_degradation(t) for t in tasks}
+    photo = data.astronaut()[:48, :48]
+    init = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, downsamplings=4)
+    assert init.downsamplings == 4 and init.smallest_side == 17
+    with pytest.raises(ValueError, match="4 downsamplings, training 3"):
+        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, init=init)
+    with pytest.raises(ValueError, match="too small for 4 downsamplings"):  # 16 px: one last feature, no spread
+        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, downsamplings=4)
+
+
+@pytest.mark.filterwarnings("error")  # (torch warns when a standard deviation has no degrees of freedom)
+def test_an_image_too_small_to_judge_is_refused_not_given_nan_probabilities():
+    clf = DegradationClassifier.default()
+    assert clf.smallest_side == 9
+    probs = clf.predict(data.astronaut()[:9, :30] / 255.0)  # the smallest: 2 x 2 last features
+    assert all(np.isfinite(list(probs.values())))
+    for shape in ((8, 30), (30, 8), (4, 4)):
+        with pytest.raises(ValueError, match="too small for blind mode to judge .at least 9 px a side"):
+            clf.predict(np.zeros((*shape, 3)))

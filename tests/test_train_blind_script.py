@@ -51,7 +51,10 @@ def test_the_walks_key_changes_with_the_weights_the_grid_alignment_and_the_photo
     (["--peel", "packaged", "--exclude", "x.png", "--keep-choices", "--further", "denoise"], "--keep-choices takes"),
     (["--peel", "packaged", "--exclude", "x.png", "--keep-choices", "--region", "256"], "--keep-choices takes"),
     (["--peel", "packaged", "--exclude", "x.png", "--suggest", "fog"], "--suggest fog: not a task"),
-    (["--peel", "packaged", "--exclude", "x.png", "--tone", "0.5"], "--peel calibrates .* or --tone"),
+    (["--peel", "packaged", "--exclude", "x.png", "--tone", "0.5"], "--peel calibrates .*--tone"),
+    (["--peel", "packaged", "--exclude", "x.png", "--downsamplings", "5"], "--peel calibrates .* or --downsamplings"),
+    (["--multilabel", "--exclude", "x.png", "--recalibrate", "m.safetensors", "--downsamplings", "5"],
+     "--recalibrate trains nothing"),
 ])
 def test_options_that_would_be_ignored_are_refused(monkeypatch, tmp_path, args, message):
     monkeypatch.setattr("sys.argv", ["train_blind_classifier.py", "--out", str(tmp_path / "c.safetensors"), *args])

@@ -248,15 +248,25 @@ class DegradationClassifier(nn.Module):
     crops where a photo gets sixteen; a degradation the classifier reads well on most crops of a
     photo then hangs on one or two. Photos with both sides at least three crops long are unchanged.
     Saved in the file's metadata.
+
+    ``downsamplings`` (1 to 5): the stride-2 convolutions after the two full-resolution ones. With
+    the shipped three, each feature sees 19 x 19 px - less than the default blur's longer streaks
+    (linear 5-25 px, camera shake in a 31 px kernel), far less than a veil of haze spans; a fourth
+    widens that to 35 px, a fifth to 67 px, at little cost (they work at 1/16 and 1/32 of the
+    resolution). Saved in the file's metadata (absent: three).
     """
 
     def __init__(self, tasks: Sequence[str], width: int = 32, multilabel: bool = False,
                  thresholds: Mapping[str, float] | None = None, primary: DegradationClassifier | None = None,
                  extra_thresholds: Mapping[str, float] | None = None, peeling: Peeling | None = None,
-                 clean_class: bool = False, align_blocks: bool = False, min_positions: int = 1) -> None:
+                 clean_class: bool = False, align_blocks: bool = False, min_positions: int = 1,
+                 downsamplings: int = 3) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.width = width
+        if not 1 <= downsamplings <= 5:  # (a 96 px training square is 3 px across after five)
+            raise ValueError(f"downsamplings {downsamplings}: 1 to 5 stride-2 convolutions")
+        self.downsamplings = downsamplings
         self.multilabel = multilabel
         self.align_blocks = align_blocks
         self.min_positions = min_positions
@@ -284,14 +294,12 @@ class DegradationClassifier(nn.Module):
             self.attach_primary(primary, extra_thresholds)
         self.thresholds = {t: float((thresholds or {}).get(t, 0.5)) for t in self.tasks}
         w = width
-        self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GELU(),
-        )
-        self.classifier = nn.Linear(8 * w, len(self.classes))
+        widths = ([w, 2 * w, 2 * w, 4 * w] + [4 * w] * 2)[: downsamplings + 1]  # the shipped: three
+        layers: list[nn.Module] = [nn.Conv2d(3, w, 3, padding=1), nn.GELU(), nn.Conv2d(w, w, 3, padding=1), nn.GELU()]
+        for a, b in itertools.pairwise(widths):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GELU()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(2 * widths[-1], len(self.classes))
 
     def attach_primary(self, primary: DegradationClassifier, extra_thresholds: Mapping[str, float] | None = None) -> None:
         """Let the single-label ``primary`` name the main degradation (see the class docstring);
@@ -320,6 +328,9 @@ class DegradationClassifier(nn.Module):
         self.eval()
         p = next(self.parameters())
         h, w = rgb.shape[:2]
+        if min(h, w) < self.smallest_side:
+            raise ValueError(f"a {w}x{h} image is too small for blind mode to judge (at least {self.smallest_side} px a "
+                             "side): name the task instead")
         crop = min(crop, min(h, w))
         rows, cols = (np.linspace(0, side - crop, self._positions(side, crop)).astype(int) for side in (h, w))
         if self.align_blocks:
@@ -330,6 +341,12 @@ class DegradationClassifier(nn.Module):
         logits = self(x)
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).mean(0)
         return {t: float(v) for t, v in zip(self.classes, probs)}
+
+    @property
+    def smallest_side(self) -> int:
+        """The smallest image side :meth:`predict` judges: below it the last features are one pixel,
+        whose standard deviation (half of what the classifier reads) does not exist."""
+        return 2 ** self.downsamplings + 1
 
     @property
     def min_positions(self) -> int:
@@ -454,22 +471,28 @@ class DegradationClassifier(nn.Module):
             meta |= {"align_blocks": "1"}
         if self.min_positions != 1:
             meta |= {"min_positions": str(self.min_positions)}
+        if self.downsamplings != 3:
+            meta |= {"downsamplings": str(self.downsamplings)}
         if self.multilabel:
             meta |= {"multilabel": "1", "thresholds": json.dumps(self.thresholds)}
         if self.primary is not None:
             meta |= {"primary_width": str(self.primary.width), "extra_thresholds": json.dumps(self.extra_thresholds)}
+            if self.primary.downsamplings != 3:
+                meta |= {"primary_downsamplings": str(self.primary.downsamplings)}
         return save_tagged(path, self.state_dict(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> DegradationClassifier:
         state, meta = load_tagged(path, BLIND_FORMAT, "an instruct-ipt degradation classifier")
         tasks = json.loads(meta["tasks"])
-        primary = cls(tasks, width=int(meta["primary_width"])) if "primary_width" in meta else None
+        primary = (cls(tasks, width=int(meta["primary_width"]), downsamplings=int(meta.get("primary_downsamplings", "3")))
+                   if "primary_width" in meta else None)
         extra = json.loads(meta["extra_thresholds"]) if primary is not None else None
         model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
                     thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra,
                     peeling=Peeling.from_meta(meta), clean_class=meta.get("clean_class") == "1",
-                    align_blocks=meta.get("align_blocks") == "1", min_positions=int(meta.get("min_positions", "1")))
+                    align_blocks=meta.get("align_blocks") == "1", min_positions=int(meta.get("min_positions", "1")),
+                    downsamplings=int(meta.get("downsamplings", "3")))
         model.load_state_dict(state)
         return model.eval()
 
@@ -609,6 +632,7 @@ def train_classifier(
     composite_share: float = 0.0,
     clean_class: bool = False,
     tone: float = 0.0,
+    downsamplings: int = 3,
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
@@ -618,7 +642,8 @@ def train_classifier(
     (``clean_share``), one or two (``composite_share``) degradations; thresholds stay at 0.5 until
     :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
     a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean. ``tone``: the share
-    of photos rendered otherwise first (:func:`vary_tone`)."""
+    of photos rendered otherwise first (:func:`vary_tone`). ``downsamplings``: the classifier's
+    stride-2 convolutions (:class:`DegradationClassifier`; an ``init``'s own)."""
     tasks = list(degradations)
     if not multilabel and composite_share:
         raise ValueError("composite samples need a multi-label classifier (multilabel=True)")
@@ -626,15 +651,20 @@ def train_classifier(
         raise ValueError("clean samples need a multi-label classifier or a clean class (clean_class=True)")
     if clean_class and not clean_share:
         raise ValueError("a clean class is learnt from clean samples: give a clean_share")
+    if patch_size < 2 ** downsamplings + 1:
+        raise ValueError(f"{patch_size} px training squares are too small for {downsamplings} downsamplings "
+                         f"(at least {2 ** downsamplings + 1} px)")
     ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
                       seed=seed, clean_share=clean_share, composite_share=composite_share, tone=tone)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DegradationClassifier(tasks, multilabel=multilabel, clean_class=clean_class)
+        model = DegradationClassifier(tasks, multilabel=multilabel, clean_class=clean_class, downsamplings=downsamplings)
     if init is not None:
         if init.tasks != tasks:
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
+        if init.downsamplings != downsamplings:
+            raise ValueError(f"init classifier has {init.downsamplings} downsamplings, training {downsamplings}")
         state = init.state_dict()
         for name in ("classifier.weight", "classifier.bias"):  # the task rows; a new clean class keeps its fresh row
             rows = state[name][: len(tasks)]  # (an init's clean row is dropped when training without one)
@@ -1095,7 +1125,9 @@ class CalibrationCases(Sequence[tuple[np.ndarray, tuple[str, ...]]]):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, tuple[str, ...]]:  # type: ignore[override]
+    def __getitem__(self, index: int | slice):  # type: ignore[override]
+        if isinstance(index, slice):  # (a list: each image of the slice made now)
+            return [self[j] for j in range(*index.indices(len(self)))]
         i, seed, k, present = self._keys[index]
         rng = np.random.default_rng((seed, i, k))
         clean = self.photos[i]
