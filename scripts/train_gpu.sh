@@ -11,9 +11,15 @@
 #      so a broken setup costs seconds, not the lease;
 #   2. training with a time budget (--max-minutes: every stage scaled to fit);
 #   3. `eval` of the new and of the shipped model on PHOTOS/val (no classical peers);
-#   4. the comparison (scripts/compare_results.py).
-# OUT_DIR then holds model/ (the new model), log.jsonl, results-new.csv, results-shipped.csv,
-# compare.txt and the full runs (smoke/, run/, eval-new/, eval-shipped/).
+#   4. the comparison (scripts/compare_results.py);
+#   5. blind mode calibrated for the new model (`instruct-ipt calibrate-blind`, into model/), on the
+#      shipped classifier's five calibration photos when PHOTOS/train holds them (else skipped, said):
+#      the model folder comes back ready to ship. Last, so a lease that runs out loses only this
+#      (220 images, two restorations of a 384 px crop each; on 2 CPU cores 399 s for the shipped
+#      model, on a GPU not yet measured: under a 10-minute limit, TRAIN_GPU_MINUTES=7 leaves it room).
+# OUT_DIR then holds model/ (the new model, with its degradation_classifier.safetensors after step 5),
+# log.jsonl, results-new.csv, results-shipped.csv, compare.txt, calibrate-blind.txt and the full runs
+# (smoke/, run/, eval-new/, eval-shipped/).
 # Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_MINUTES (8), TRAIN_GPU_SMOKE_STEPS (10),
 # TRAIN_GPU_DEVICE (auto), PYTHON (python3).
 set -euo pipefail
@@ -61,4 +67,17 @@ cp "$OUT/eval-shipped/results.csv" "$OUT/results-shipped.csv"
 
 stamp "comparison"
 "$PY" "$ROOT/scripts/compare_results.py" "$OUT/results-new.csv" "$OUT/results-shipped.csv" | tee "$OUT/compare.txt" || true
+
+# the photos the shipped classifier was calibrated on (left out of its training: docs/instructions.md)
+CALIBRATION=(bridge garden life storm wine)
+cal=()
+for name in "${CALIBRATION[@]}"; do
+    [ -f "$PHOTOS/train/$name.png" ] && cal+=(--photos "$PHOTOS/train/$name.png")
+done
+if [ ${#cal[@]} -eq $((2 * ${#CALIBRATION[@]})) ]; then
+    stamp "blind mode calibrated for the new model"
+    ipt calibrate-blind --model "$OUT/model" "${cal[@]}" --device "$DEVICE" 2>&1 | tee "$OUT/calibrate-blind.txt"
+else
+    stamp "blind mode not calibrated: $PHOTOS/train lacks some of ${CALIBRATION[*]} (.png)" | tee "$OUT/calibrate-blind.txt"
+fi
 stamp "done"

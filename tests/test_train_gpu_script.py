@@ -32,11 +32,17 @@ sys.meta_path.insert(0, Block())
 '''
 
 
-def photos(root: Path) -> Path:
-    for sub, crops in {"train": [("astronaut", 96), ("coffee", 80), ("chelsea", 96)], "val": [("rocket", 64)]}.items():
+CALIBRATION = ("bridge", "garden", "life", "storm", "wine")  # the names train_gpu.sh calibrates blind mode on
+
+
+def photos(root: Path, calibration: bool = True) -> Path:
+    folders = {"train": [("astronaut", 96), ("coffee", 80), ("chelsea", 96)], "val": [("rocket", 64)]}
+    for sub, crops in folders.items():
         (root / sub).mkdir(parents=True)
         for name, size in crops:
             Image.fromarray(getattr(data, name)()[100 : 100 + size, 100 : 100 + size]).save(root / sub / f"{name}.png")
+    for i, name in enumerate(CALIBRATION if calibration else ()):  # small clean photos under those names
+        Image.fromarray(data.astronaut()[40 * i : 40 * i + 48, 200:248]).save(root / "train" / f"{name}.png")
     return root
 
 
@@ -75,6 +81,25 @@ def test_train_gpu_script_trains_evaluates_and_compares(tmp_path):
     shipped = (out / "results-shipped.csv").read_text().splitlines()
     assert len(shipped) == 7  # header + six tasks of the shipped model
     assert np.isfinite(float(shipped[1].split(",")[4]))
+    # the model folder comes back with blind mode calibrated for it
+    from safetensors import safe_open
+
+    from instruct_ipt import InstructIPT
+    from instruct_ipt.io import weights_digest
+
+    with safe_open(str(out / "model/degradation_classifier.safetensors"), "pt") as f:
+        calibrated_for = f.metadata()["peel_model"]
+    assert calibrated_for == weights_digest(InstructIPT.from_pretrained(out / "model"))
+    assert "calibrating blind mode" in (out / "calibrate-blind.txt").read_text()
+
+
+def test_train_gpu_script_says_when_it_cannot_calibrate_blind_mode(tmp_path):
+    photos(tmp_path / "photos", calibration=False)
+    out = tmp_path / "out"
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "blind mode not calibrated" in (out / "calibrate-blind.txt").read_text()
+    assert not (out / "model/degradation_classifier.safetensors").exists() and (out / "model/model.safetensors").is_file()
 
 
 def test_train_gpu_script_stops_at_a_failing_smoke_run(tmp_path):
