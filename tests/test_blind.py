@@ -1037,6 +1037,8 @@ def test_calibration_cases_make_each_image_when_read_and_always_the_same(monkeyp
 
 
 def test_downsamplings_set_how_far_each_feature_sees_and_travel_with_the_file(tmp_path):
+    from instruct_ipt.instruct.blind import check_peeling_settings
+
     tasks = ["denoise", "deblur"]
     x = torch.rand(1, 3, 96, 96)
     for k, side in ((3, 12), (5, 3)):  # the shipped three halvings leave 12 x 12 positions of a 96 px square, five 3 x 3
@@ -1056,6 +1058,11 @@ def test_downsamplings_set_how_far_each_feature_sees_and_travel_with_the_file(tm
     assert DegradationClassifier.load(tmp_path / "d3.safetensors").downsamplings == 3
     with pytest.raises(ValueError, match="1 to 5"):
         DegradationClassifier(tasks, width=4, downsamplings=6)
+    with pytest.raises(ValueError, match="peeling region 32 px: this classifier judges images of at least 33 px"):
+        DegradationClassifier(tasks, width=4, downsamplings=5, peeling=Peeling({}, {}, region=32))
+    with pytest.raises(ValueError, match="peeling region 32 px"):
+        check_peeling_settings(DegradationClassifier(tasks, width=4, downsamplings=5), region=32)
+    check_peeling_settings(DegradationClassifier(tasks, width=4, downsamplings=5), region=33)
     ops = {t: make_degradation(t) for t in tasks}
     photo = data.astronaut()[:48, :48]
     init = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, downsamplings=4)

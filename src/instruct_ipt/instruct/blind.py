@@ -276,6 +276,9 @@ class DegradationClassifier(nn.Module):
             raise ValueError("a clean class belongs to a single-label classifier (a multi-label one names none by its thresholds)")
         if CLEAN in self.tasks:
             raise ValueError(f"{CLEAN!r} names the clean class, not a task")
+        if peeling is not None and peeling.region < 2 ** downsamplings + 1:
+            raise ValueError(f"peeling region {peeling.region} px: this classifier judges images of at least "
+                             f"{2 ** downsamplings + 1} px a side")
         if peeling is not None and peeling.clean is not None and not clean_class:
             raise ValueError("a peeling clean threshold needs a classifier with a clean class")
         self.clean_class = clean_class
@@ -927,6 +930,8 @@ def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     Peeling({}, {}, region, max_tasks)
+    if region < classifier.smallest_side:
+        raise ValueError(f"peeling region {region} px: this classifier judges images of at least {classifier.smallest_side} px a side")
     if len(classifier.tasks) < 2:
         raise ValueError("peeling needs a classifier of two or more tasks")
     _check_tasks_known(classifier.tasks, further_tasks)
