@@ -276,9 +276,9 @@ class DegradationClassifier(nn.Module):
             raise ValueError("a clean class belongs to a single-label classifier (a multi-label one names none by its thresholds)")
         if CLEAN in self.tasks:
             raise ValueError(f"{CLEAN!r} names the clean class, not a task")
-        if peeling is not None and peeling.region < 2 ** downsamplings + 1:
+        if peeling is not None and peeling.region < self.smallest_side:
             raise ValueError(f"peeling region {peeling.region} px: this classifier judges images of at least "
-                             f"{2 ** downsamplings + 1} px a side")
+                             f"{self.smallest_side} px a side")
         if peeling is not None and peeling.clean is not None and not clean_class:
             raise ValueError("a peeling clean threshold needs a classifier with a clean class")
         self.clean_class = clean_class
@@ -654,15 +654,15 @@ def train_classifier(
         raise ValueError("clean samples need a multi-label classifier or a clean class (clean_class=True)")
     if clean_class and not clean_share:
         raise ValueError("a clean class is learnt from clean samples: give a clean_share")
-    if patch_size < 2 ** downsamplings + 1:
-        raise ValueError(f"{patch_size} px training squares are too small for {downsamplings} downsamplings "
-                         f"(at least {2 ** downsamplings + 1} px)")
-    ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
-                      seed=seed, clean_share=clean_share, composite_share=composite_share, tone=tone)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DegradationClassifier(tasks, multilabel=multilabel, clean_class=clean_class, downsamplings=downsamplings)
+    if patch_size < model.smallest_side:
+        raise ValueError(f"{patch_size} px training squares are too small for {downsamplings} downsamplings "
+                         f"(at least {model.smallest_side} px)")
+    ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
+                      seed=seed, clean_share=clean_share, composite_share=composite_share, tone=tone)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     if init is not None:
         if init.tasks != tasks:
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
