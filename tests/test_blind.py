@@ -916,6 +916,33 @@ def test_an_aligned_classifier_starts_its_crops_on_the_block_grid(tmp_path):
     assert not DegradationClassifier.load(back.save(tmp_path / "b.safetensors")).align_blocks
 
 
+def test_a_primary_judges_the_crops_its_multilabel_classifier_judges(tmp_path):
+    # A primary used to keep its own grid: the packaged one (aligned, three crops a side) judged other
+    # crops once saved inside a multi-label file and loaded again (plain grid, one crop a side).
+    saved = _saved_as_jpeg(data.chelsea().astype(np.float32) / 255, 30)[3:, 5:]  # grid at (5, 3)
+    clf = DegradationClassifier(TASKS, width=4, multilabel=True, align_blocks=True, min_positions=3)
+    clf.attach_primary(DegradationClassifier(TASKS, width=4))  # a primary with the plain grid
+    seen = []
+    hook = lambda module, inputs, output: seen.append(inputs[0] + 0.5)
+    clf.features.register_forward_hook(hook)
+    clf.primary.features.register_forward_hook(hook)
+    clf.predict(saved), clf.primary.predict(saved)
+    assert seen[1].shape[0] == 9  # three crops a side on a 297 x 446 image
+    torch.testing.assert_close(seen[1], seen[0])
+    clf.align_blocks, clf.min_positions = False, 1  # set on the owner: the primary follows
+    assert (clf.primary.align_blocks, clf.primary.min_positions) == (False, 1)
+    back = DegradationClassifier.load(clf.save(tmp_path / "p.safetensors"))
+    assert (back.primary.align_blocks, back.primary.min_positions) == (False, 1)
+    back.align_blocks, back.min_positions = True, 3
+    back = DegradationClassifier.load(back.save(tmp_path / "q.safetensors"))
+    assert (back.primary.align_blocks, back.primary.min_positions) == (True, 3)
+    seen.clear()
+    back.features.register_forward_hook(hook)
+    back.primary.features.register_forward_hook(hook)
+    back.predict(saved), back.primary.predict(saved)
+    torch.testing.assert_close(seen[1], seen[0])
+
+
 def test_a_small_image_is_seen_from_at_least_min_positions_crops_per_side(tmp_path):
     clf = DegradationClassifier(TASKS, width=4)
     seen = []

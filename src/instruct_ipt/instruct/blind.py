@@ -224,7 +224,9 @@ class DegradationClassifier(nn.Module):
     ``thresholds``: a clean photo) and which *other* degradations come with the main one (each over
     its ``extra_thresholds``), while the main one is the single-label choice - right far more often
     on photos with one degradation than a threshold on a sigmoid (docs/instructions.md has the
-    figures). Saved in the same file.
+    figures). Saved in the same file. It places its crops as the classifier it is attached to
+    (:attr:`align_blocks`, :attr:`min_positions`: set on that one, they hold for both), so that the
+    two judge the same crops, the calibration's and a user's alike.
 
     ``peeling`` (single-label only): name several degradations or none, with the restoration
     model's help (:class:`Peeling`); saved in the file's metadata.
@@ -315,6 +317,7 @@ class DegradationClassifier(nn.Module):
         if primary.tasks != self.tasks:
             raise ValueError(f"the primary classifier knows {primary.tasks}, this one {self.tasks}")
         self.primary = primary.eval()
+        primary.align_blocks, primary.min_positions = self.align_blocks, self.min_positions  # one grid for both
         self.extra_thresholds = {t: float((extra_thresholds or {}).get(t, 0.5)) for t in self.tasks}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,7 +356,8 @@ class DegradationClassifier(nn.Module):
 
     @property
     def min_positions(self) -> int:
-        """Crops along each side of an image larger than one crop, at least (see the class)."""
+        """Crops along each side of an image larger than one crop, at least (see the class); a
+        :attr:`primary`'s too."""
         return self._min_positions
 
     @min_positions.setter
@@ -361,6 +365,19 @@ class DegradationClassifier(nn.Module):
         if not 1 <= n <= 4:  # (the grid holds at most 4 x 4 crops)
             raise ValueError(f"min_positions {n}: 1 to 4 crops along a side")
         self._min_positions = int(n)
+        if getattr(self, "primary", None) is not None:
+            self.primary.min_positions = n
+
+    @property
+    def align_blocks(self) -> bool:
+        """Whether :meth:`predict`'s crops start on the JPEG block grid (see the class); a :attr:`primary`'s too."""
+        return self._align_blocks
+
+    @align_blocks.setter
+    def align_blocks(self, on: bool) -> None:
+        self._align_blocks = bool(on)
+        if getattr(self, "primary", None) is not None:
+            self.primary.align_blocks = on
 
     def grid_key(self) -> dict[str, object]:
         """How :meth:`predict` places its crops, for the key of recorded walks (:func:`save_walks`): what
