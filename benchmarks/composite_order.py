@@ -14,12 +14,20 @@ in the rule's order), or a cycle of verdicts that prevents one; the verdicts as 
 the pairs where :func:`~instruct_ipt.instruct.order_tasks` - what the pipeline runs - disagrees
 with this run's verdicts.
 
+A ``--composite`` of three or four degradations (``rain+blur+noise``) is restored in *every*
+order instead (6 or 24 runs per tile): printed per composite, each order's mean PSNR, the order
+:func:`~instruct_ipt.instruct.order_tasks` runs (the permutation that keeps the most pairwise
+gain: its guess from the pairs' table) against the best order measured (the paired difference with
+its standard error, tiles and photos), and whether the pipeline's order is the best, within noise
+of it (*either*: two standard errors, most photos), or beaten.
+
 Tiles: each photo is cut into non-overlapping ``--tile`` squares (top-left aligned), so the 4
 validation photos give 36 tiles of 192 px; tiles of one photo are not independent, hence the
 per-photo count.
 
     python benchmarks/composite_order.py --photos ../shared/photos/val [--model default] \\
         [--tile 256] [--sigma 15 | --random-sigma] [--composite rain+noise ...] [--json runs/order.json]
+    python benchmarks/composite_order.py --photos ../shared/photos/val --random-sigma --composite rain+blur+noise
 """
 
 from __future__ import annotations
@@ -110,6 +118,48 @@ def judge(name: str, tiles: list[dict]) -> dict:
             "verdict": f"{' -> '.join(winner)} better" if winner else "either"}
 
 
+def order_key(order) -> str:
+    """An order as the JSON files hold it: ``"deblur>derain>denoise"``."""
+    return ">".join(order)
+
+
+def judge_orders(name: str, tiles: list[dict]) -> dict:
+    """A longer composite's row from its tiles (``{"tile", "photo", "input", "orders": {order_key:
+    PSNR}}``): each order's mean, the best one, and the pipeline's (:func:`order_tasks`) against it -
+    the paired difference best - pipeline with its standard error over tiles, the tiles and photos
+    where the best order did better, and the verdict: *best* (the pipeline's order is the best
+    measured), *either* (behind by no more than two standard errors, or on no more than half the
+    photos) or *beaten*."""
+    means = {k: statistics.fmean(t["orders"][k] for t in tiles) for k in tiles[0]["orders"]}
+    best = max(means, key=means.get)
+    pipeline = order_key(order_tasks(composite_tasks(name)))
+    diffs = [t["orders"][best] - t["orders"][pipeline] for t in tiles]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    photo_diff: dict[str, list[float]] = {}
+    for t, d in zip(tiles, diffs):
+        photo_diff.setdefault(t["photo"], []).append(d)
+    photos_won = sum(statistics.fmean(v) > 0 for v in photo_diff.values())
+    verdict = ("best" if best == pipeline else
+               "beaten" if mean > 2 * se and photos_won > len(photo_diff) / 2 else "either")
+    return {"composite": name, "means": means, "best": best, "pipeline": pipeline, "input":
+            statistics.fmean(t["input"] for t in tiles), "diff": mean, "se": se, "tiles_won": sum(d > 0 for d in diffs),
+            "tiles": len(diffs), "photos_won": photos_won, "photos": len(photo_diff), "verdict": verdict}
+
+
+def print_orders(r: dict) -> None:
+    """A longer composite's orders, best first, and the pipeline's against the best."""
+    print(f"\n{r['composite']} (input {r['input']:.2f} dB, {r['tiles']} tiles from {r['photos']} photos):")
+    for k in sorted(r["means"], key=r["means"].get, reverse=True):
+        tag = "  <- order_tasks" if k == r["pipeline"] else ""
+        print(f"  {k.replace('>', ' -> '):<36} {r['means'][k]:6.2f}{tag}")
+    if r["verdict"] == "best":
+        print("  order_tasks runs the best order measured")
+    else:
+        print(f"  best - order_tasks: {r['diff']:+.3f} ± {r['se']:.3f} dB, better on {r['tiles_won']}/{r['tiles']} tiles, "
+              f"{r['photos_won']}/{r['photos']} photos: {'beaten' if r['verdict'] == 'beaten' else 'either (within noise)'}")
+
+
 def measure(args, names: list[str], pipe: RestorationPipeline) -> Iterator[tuple[str, list[dict]]]:
     """Each pair's tiles, restored both ways (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,9 +177,15 @@ def measure(args, names: list[str], pipe: RestorationPipeline) -> Iterator[tuple
             for case in synthetic_cases(tmp, [name], params=params, seed=args.seed):
                 if not isinstance(case, Case):
                     raise SystemExit(f"{case.name}: {case.reason}")
-                values = {key: psnr(protocol.prepare_output(out), case.target, protocol.crop_border) for key, out in
-                          (("input", case.input), ("rule", pipe.run(case.input, rule)),
-                           ("other", pipe.run(case.input, rule[::-1])))}
+                def score(out: np.ndarray, case: Case = case, protocol=protocol) -> float:
+                    return psnr(protocol.prepare_output(out), case.target, protocol.crop_border)
+
+                if len(rule) > 2:  # every order
+                    values = {"input": score(case.input), "orders": {order_key(o): score(pipe.run(case.input, list(o)))
+                                                                     for o in itertools.permutations(rule)}}
+                else:
+                    values = {key: score(out) for key, out in (("input", case.input), ("rule", pipe.run(case.input, rule)),
+                                                               ("other", pipe.run(case.input, rule[::-1])))}
                 tiles.append({"composite": name, "tile": case.name, "photo": owner[case.name], **values})
             yield name, tiles
 
@@ -181,8 +237,8 @@ def main() -> None:
             except ValueError as e:
                 raise SystemExit(str(e)) from None
             for c, p in zip(args.composite, parts):
-                if len(p) != 2:
-                    raise SystemExit(f"{c!r}: the benchmark compares the two orders of a pair; give two degradations")
+                if not 2 <= len(p) <= 4:
+                    raise SystemExit(f"{c!r}: the benchmark compares the orders of two to four degradations (24 orders)")
                 if not set(p) <= set(tasks):
                     raise SystemExit(f"{c!r}: the model has no {', '.join(t for t in p if t not in tasks)} task")
             names = [composite_name(p) for p in parts]
@@ -190,7 +246,12 @@ def main() -> None:
     rows, better, per_tile, gains = [], {}, [], {}
     t0 = time.perf_counter()
     header = False
+    longer = []
     for name, tiles in (measure(args, names, pipe) if args.photos else pooled(args.pool)):
+        if "orders" in tiles[0]:
+            longer.append(judge_orders(name, tiles))
+            per_tile += tiles
+            continue
         if not header:
             print(f"{'composite':<12} {'input':>6} {'rule order':>24} {'other order':>24} {'diff':>15} "
                   f"{'tiles':>6} {'photos':>6}  verdict")
@@ -205,9 +266,15 @@ def main() -> None:
         oth = f"{' -> '.join(r['other'])} {r['other_psnr']:.2f}"
         print(f"{name:<12} {r['input']:6.2f} {cur:>24} {oth:>24} {r['diff']:+7.3f} ± {r['se']:.3f} "
               f"{r['tiles_won']:>3}/{r['tiles']:<3} {r['photos_won']:>2}/{r['photos']:<3}  {r['verdict']}", flush=True)
+    for r in longer:
+        print_orders(r)
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+    if args.json and not rows:
+        write_json(args.json, {"rows": [], "orders": longer, "tiles": per_tile, "settings": vars(args)})
+    if not rows:
+        return
     tasks = [t for t in tasks if any(t in r["rule"] for r in rows)]
     implied = implied_order(better, tasks)
-    print(f"\n{time.perf_counter() - t0:.0f} s")
     if implied and isinstance(implied[0], tuple):
         print("no order satisfies every verdict; a cycle: " + ", ".join(f"{a} before {b}" for a, b in implied))
     else:
@@ -220,9 +287,13 @@ def main() -> None:
     disagree = [f"{a} before {b}" for (a, b) in gains if order_tasks([a, b]) != [a, b]]
     print(f"pairs where the pipeline's order_tasks disagrees with this run: {', '.join(disagree) or 'none'}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows, "tiles": per_tile, "implied": implied,
-                                               "settings": vars(args)}, indent=1, default=str))
+        write_json(args.json, {"rows": rows, "orders": longer, "tiles": per_tile, "implied": implied, "settings": vars(args)})
+
+
+def write_json(path: str, figures: dict) -> None:
+    """``--json``: every tile's figures and the judged rows."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(figures, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -151,8 +151,10 @@ def main() -> None:
     if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone or args.downsamplings):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
                          "--recalibrate, --clean-class, --tone or --downsamplings")
-    if args.downsamplings and args.recalibrate:
-        raise SystemExit("--recalibrate trains nothing: not with --downsamplings")
+    if args.recalibrate and (args.downsamplings or args.init or args.tone or args.clean_class
+                             or args.clean_share is not None or args.composite_share is not None):
+        raise SystemExit("--recalibrate trains nothing: not with --downsamplings, --init, --tone, --clean-class, "
+                         "--clean-share or --composite-share")
     if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks
                           or args.keep_choices or args.region):
         raise SystemExit("--further, --first, --suggest, --no-gate, --keep-choices, --region, --model and --walks go with --peel")
@@ -171,15 +173,18 @@ def main() -> None:
         calibrate_peel(args, [f for f in files if f.name in args.exclude])
         return
     files = [f for f in files if f.name not in args.exclude]
-    print(f"training photos: {len(files)} files (+{len(SKIMAGE_PHOTOS)} scikit-image); left out: {', '.join(args.exclude) or 'none'}")
-    images = load_clean_images([*files, *(getattr(skdata, n)() for n in SKIMAGE_PHOTOS)])
+    if not args.recalibrate:  # (recalibrating reads the left-out photos only)
+        print(f"training photos: {len(files)} files (+{len(SKIMAGE_PHOTOS)} scikit-image); left out: "
+              f"{', '.join(args.exclude) or 'none'}")
+    images = [] if args.recalibrate else load_clean_images([*files, *(getattr(skdata, n)() for n in SKIMAGE_PHOTOS)])
     ops = {t: make_degradation(t) for t in DEGRADATIONS}
     t0 = time.time()
     if args.recalibrate:
         model = DegradationClassifier.load(args.recalibrate)
         if not (args.multilabel and model.multilabel):
             raise SystemExit("--recalibrate takes a multi-label classifier, with --multilabel")
-        model.primary, model.extra_thresholds = None, {}  # attached again below if --primary
+        if args.primary:  # replaced below; else the file's own primary stays
+            model.primary, model.extra_thresholds = None, {}
     else:
         init = DegradationClassifier.load(args.init) if args.init else None
         if init is not None and args.downsamplings and args.downsamplings != init.downsamplings:
@@ -204,7 +209,8 @@ def main() -> None:
         if model.primary is not None:
             print("extra thresholds:", model.extra_thresholds)
     model.save(args.out)
-    print(f"trained on {len(images)} photos in {time.time() - t0:.0f} s; wrote {args.out}")
+    done = "recalibrated" if args.recalibrate else f"trained on {len(images)} photos"
+    print(f"{done} in {time.time() - t0:.0f} s; wrote {args.out}")
 
 
 def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:

@@ -503,6 +503,29 @@ def test_peeling_records_its_model_and_its_choices_calibrate_the_same_again(tmp_
     assert ungated.choices()["gate"] is False and choose_peeling(scene.classifier(), walks, **ungated.choices()) == ungated
 
 
+def test_a_task_asked_for_but_not_seen_in_one_walk_is_asked_again_by_the_next_calibration(tmp_path):
+    # The thresholds alone lose it: rain never comes second in this walk, so it gets no further
+    # threshold; a recalibration asking only what has one (calibrate-blind, with the next model)
+    # would never name rain after the first task again, whatever that model's walk shows.
+    from instruct_ipt.instruct.blind import choose_peeling, peel_walks
+
+    scene = _scene()
+    cases = [(scene.image(), ()), (scene.image("denoise"), ("denoise",)), (scene.image("derain", "denoise"), ("derain", "denoise")),
+             (scene.image("dehaze"), ("dehaze",))]
+    clf = scene.classifier()
+    walks = peel_walks(clf, cases, scene.restore, region=32)
+    chosen = choose_peeling(clf, walks, region=32, further_tasks=["denoise", "derain"])
+    assert list(chosen.further) == ["denoise"]
+    back = DegradationClassifier.load(clf.save(tmp_path / "c.safetensors")).peeling
+    for peeling in (chosen, back):
+        assert peeling.choices()["further_tasks"] == ["denoise", "derain"]
+    assert back.asked == chosen.asked and back == chosen
+    every = choose_peeling(scene.classifier(), walks, region=32)  # every task may come second: asked as None
+    assert every.choices()["further_tasks"] is None
+    older = replace(chosen, asked=None)  # a file saved before the choices were recorded: rebuilt from the thresholds
+    assert older == chosen and older.choices()["further_tasks"] == list(chosen.further)
+
+
 def test_blind_mode_warns_when_its_peeling_was_calibrated_for_another_model(model_dir, monkeypatch):
     import warnings
 
@@ -943,6 +966,24 @@ def test_a_primary_judges_the_crops_its_multilabel_classifier_judges(tmp_path):
     torch.testing.assert_close(seen[1], seen[0])
 
 
+def test_a_multilabel_primary_chooses_among_the_models_tasks_only():
+    # the primary's favourite (deblur) is a task the model lacks: before, blind mode named it and the
+    # pipeline then dropped it - "nothing to do" on a photo the scores said was degraded
+    tasks = ["denoise", "derain", "deblur"]
+    clf = DegradationClassifier(tasks, width=4, multilabel=True, thresholds=dict.fromkeys(tasks, 0.0))
+    primary = DegradationClassifier(tasks, width=4)
+    with torch.no_grad():
+        primary.classifier.weight.zero_()
+        primary.classifier.bias.copy_(torch.tensor([0.0, 0.5, 1.0]))
+    clf.attach_primary(primary, dict.fromkeys(tasks, 1.1))  # (no extras)
+    img = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
+    assert [t for t, _ in clf.detect(img)] == ["deblur"]
+    probs = {t: p for t, p in clf.predict(img).items() if t != "deblur"}  # a model with denoise and derain
+    assert [t for t, _ in clf.detect(img, probs)] == ["derain"]
+    pipe = RestorationPipeline(InstructIPT("tiny", tasks=["denoise", "derain"]), classifier=clf)
+    assert pipe.choose(rgb=img).tasks == ["derain"]
+
+
 def test_a_small_image_is_seen_from_at_least_min_positions_crops_per_side(tmp_path):
     clf = DegradationClassifier(TASKS, width=4)
     seen = []
@@ -1017,6 +1058,25 @@ def test_calibrating_blind_mode_for_the_pipelines_model_asks_the_same_questions(
         RestorationPipeline(pipe.model, classifier=DegradationClassifier(TASKS, width=4)).calibrate_blind_mode(photos)
     with pytest.raises(ValueError, match="needs clean photos"):
         pipe.calibrate_blind_mode([])
+
+
+def test_calibrate_blind_refuses_the_shipped_folder_and_an_unwritable_out_before_calibrating(model_dir, tmp_path, capsys,
+                                                                                            monkeypatch):
+    import instruct_ipt.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module.RestorationPipeline, "calibrate_blind_mode",
+                        lambda *a, **k: pytest.fail("calibrated despite a bad --model or --out"))
+    Image.fromarray(data.astronaut()[:32, :32]).save(tmp_path / "a.png")
+    photos = ["--photos", str(tmp_path / "a.png")]
+    monkeypatch.chdir(tmp_path)  # ("default" names the shipped model here: no such folder in the working directory)
+    assert main(["calibrate-blind", "--model", "default", *photos]) == 2
+    assert "is the shipped model, inside the installed package: give --out FILE" in capsys.readouterr().err
+    assert not (tmp_path / "default").exists()
+    (tmp_path / "folder").mkdir()
+    assert main(["calibrate-blind", "--model", str(model_dir), *photos, "--out", str(tmp_path / "folder")]) == 2
+    assert "a folder; give a file name" in capsys.readouterr().err
+    assert main(["calibrate-blind", "--model", str(model_dir), *photos, "--out", str(tmp_path / "no" / "c.safetensors")]) == 2
+    assert "no folder" in capsys.readouterr().err
 
 
 def test_the_cli_calibrates_blind_mode_into_the_models_folder(model_dir, tmp_path, capsys):

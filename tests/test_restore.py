@@ -161,6 +161,41 @@ def test_cli_restore_beside_inputs_and_never_overwrites(model_dir, tmp_path, cap
     assert (photos / "a.restored.png").read_bytes() == kept
 
 
+def test_cli_restore_refuses_two_inputs_that_would_share_one_output(model_dir, tmp_path, capsys):
+    photos = _photos(tmp_path / "in")
+    Image.fromarray(data.coffee()[:20, :20]).save(photos / "a.jpg")  # a.png and a.jpg: both a.restored.png
+    assert main(["restore", str(photos), "--model", str(model_dir), "-t", "denoise"]) == 2
+    err = capsys.readouterr().err
+    assert "two inputs would be written to one output" in err and "a.png" in err and "a.jpg" in err
+    assert not list(photos.glob("*.restored.png"))  # nothing written, not even b's
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(data.coffee()[:20, :20]).save(other / "b.jpg")  # the same name from two folders into one -o
+    assert main(["restore", str(photos / "b.jpg"), str(other / "b.jpg"), "--model", str(model_dir), "-t", "denoise",
+                 "-o", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    assert main(["restore", str(photos / "b.jpg"), str(other / "b.jpg"), "--model", str(model_dir), "-t", "denoise"]) == 0
+
+
+def test_pixels_that_are_not_numbers_are_refused_with_the_reason(pipe, tmp_path, capsys, model_dir):
+    from instruct_ipt.data.images import ImageReadError, load_image
+
+    rgb = data.astronaut()[:32, :32].astype(np.float32) / 255
+    rgb[3, 4, 1] = np.nan
+    for kw in ({"task": "denoise"}, {}):  # a named task, and blind mode (whose thresholds NaN passed silently)
+        with pytest.raises(ValueError, match="1 pixel.* not numbers"):
+            pipe(rgb, **kw)
+    with pytest.raises(ValueError, match="not numbers"):
+        pipe.classifier.predict(rgb)
+    grey = np.full((16, 16), 0.5, np.float32)
+    grey[0, 0] = np.inf
+    Image.fromarray(grey, mode="F").save(tmp_path / "f.tif")  # a float TIFF: np.clip would have kept the NaN
+    with pytest.raises(ImageReadError, match="1 pixel"):
+        load_image(tmp_path / "f.tif")
+    assert main(["restore", str(tmp_path / "f.tif"), "--model", str(model_dir), "-t", "denoise"]) == 1
+    assert "not numbers" in capsys.readouterr().err and not (tmp_path / "f.restored.png").exists()
+
+
 def test_cli_restore_instruction_glob_and_corrupt_file(model_dir, tmp_path, capsys):
     photos = _photos(tmp_path / "in")
     (photos / "broken.png").write_bytes(b"\x89PNG not really")

@@ -55,6 +55,10 @@ def test_the_walks_key_changes_with_the_weights_the_grid_alignment_and_the_photo
     (["--peel", "packaged", "--exclude", "x.png", "--downsamplings", "5"], "--peel calibrates .* or --downsamplings"),
     (["--multilabel", "--exclude", "x.png", "--recalibrate", "m.safetensors", "--downsamplings", "5"],
      "--recalibrate trains nothing"),
+    (["--multilabel", "--exclude", "x.png", "--recalibrate", "m.safetensors", "--init", "i.safetensors"],
+     "--recalibrate trains nothing: not with .*--init"),
+    (["--multilabel", "--exclude", "x.png", "--recalibrate", "m.safetensors", "--tone", "0.5"],
+     "--recalibrate trains nothing: not with .*--tone"),
 ])
 def test_options_that_would_be_ignored_are_refused(monkeypatch, tmp_path, args, message):
     monkeypatch.setattr("sys.argv", ["train_blind_classifier.py", "--out", str(tmp_path / "c.safetensors"), *args])
@@ -105,3 +109,26 @@ def test_keep_choices_calibrates_the_same_blind_mode_for_another_model(monkeypat
                 "--out", str(tmp_path / "other.safetensors"))
     assert other.peeling.model == weights_digest(InstructIPT.from_pretrained(models[1])) != first.peeling.model
     assert other.peeling.choices() == first.peeling.choices()
+
+
+def test_recalibrating_a_multilabel_file_keeps_its_primary(monkeypatch, tmp_path, capsys):
+    from PIL import Image
+    from skimage import data
+
+    from instruct_ipt.data.degradations import DEGRADATIONS
+    from instruct_ipt.instruct.blind import DegradationClassifier
+
+    for name, img in (("a.png", data.astronaut()), ("b.png", data.chelsea())):
+        Image.fromarray(img[100:164, 100:164]).save(tmp_path / name)
+    tasks = list(DEGRADATIONS)
+    multi = DegradationClassifier(tasks, width=4, multilabel=True)
+    multi.attach_primary(DegradationClassifier(tasks, width=4))
+    multi.save(tmp_path / "m.safetensors")
+    monkeypatch.setattr("sys.argv", ["train_blind_classifier.py", "--photos", str(tmp_path), "--exclude", "a.png",
+                                     "--exclude", "b.png", "--calibration-seeds", "1", "--multilabel",
+                                     "--recalibrate", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "r.safetensors")])
+    script.main()
+    out = capsys.readouterr().out
+    assert "recalibrated in" in out and "trained on" not in out and "training photos" not in out
+    back = DegradationClassifier.load(tmp_path / "r.safetensors")
+    assert back.primary is not None and "extra thresholds" in out

@@ -290,6 +290,7 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
 
     from .data.images import read_rgb
     from .instruct.blind import BLIND_FILE
+    from .model import default_model_dir, resolve_model_dir
     from .pipeline import RestorationPipeline
 
     if args.seeds < 1:
@@ -300,11 +301,16 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such photo: {', '.join(missing)}")
     if not files:
         raise ValueError("--photos holds no image: give clean photos to calibrate on")
-    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
-    out = Path(args.out) if args.out else Path(args.model) / BLIND_FILE
+    folder = resolve_model_dir(args.model)  # where the model was read from ("default": the shipped one)
+    if args.out is None and folder.resolve() == default_model_dir().resolve():
+        raise ValueError(f"--model {args.model} is the shipped model, inside the installed package: give --out FILE "
+                         "(or copy the model folder and calibrate the copy)")
+    out = Path(args.out) if args.out else folder / BLIND_FILE
+    _check_writable(out, "--out")  # before the calibration's minutes, not after
+    pipe = RestorationPipeline.from_pretrained(folder, device=args.device)
     images = [read_rgb(f) for f in files]
     cases = len(images) * args.seeds * (1 + len(pipe.classifier.tasks) * (len(pipe.classifier.tasks) + 1) // 2)
-    print(f"calibrating blind mode for {args.model} on {len(files)} photo(s) x {args.seeds} seed(s): {cases} images, "
+    print(f"calibrating blind mode for {folder} on {len(files)} photo(s) x {args.seeds} seed(s): {cases} images, "
           "two restorations each", file=sys.stderr)
     t0 = time.time()
     with tqdm(total=cases, desc="calibrate", unit="img", disable=None, file=sys.stderr, leave=False) as bar:
@@ -318,6 +324,20 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
           f"suggest {rounded(peel.suggest)}")
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {out}")
     return 0
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """Refuse an output file that could not be written (a folder, a missing or read-only folder
+    around it) before the work that makes it."""
+    import os
+
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: no folder {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write into {parent}")
 
 
 def _expand_inputs(items: list[str]) -> list[Path]:
@@ -370,6 +390,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     files = _expand_inputs(args.inputs)
     if not files:
         raise ValueError("no input images")
+    outdir = Path(args.output) if args.output else None
+    targets = [(outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png") for f in files]
+    sources: dict[Path, list[Path]] = {}
+    for f, target in zip(files, targets):
+        sources.setdefault(target.resolve(), []).append(f)
+    clashes = [f"{' and '.join(map(str, fs))} -> {t}" for t, fs in sources.items() if len(fs) > 1]
+    if clashes:  # one output would replace the other's
+        raise ValueError("two inputs would be written to one output (the same name but for the suffix, or the same "
+                         f"name from two folders with -o): {'; '.join(clashes)}; restore them in separate runs or -o folders")
     pipe = RestorationPipeline.from_pretrained(args.model, device=args.device, engine=args.engine)
     if args.engine == "onnx":
         try:
@@ -385,7 +414,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
         except InstructionError as e:
             print(f"instruct-ipt restore: {e}", file=sys.stderr)
             return 2
-    outdir = Path(args.output) if args.output else None
     inputs = {f.resolve() for f in files if f.exists()}
     failures = 0
     # one reader thread decodes the next file while the model runs on this one
@@ -393,7 +421,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         pending = reader.submit(load_image, files[0])
         for i, f in enumerate(tqdm(files, desc="restore", unit="img", disable=None if len(files) > 1 else True, file=sys.stderr)):
             loading, pending = pending, (reader.submit(load_image, files[i + 1]) if i + 1 < len(files) else None)
-            target = (outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png")
+            target = targets[i]
             try:
                 if target.resolve() in inputs:
                     raise ValueError(f"{target} is an input; refusing to overwrite it")
@@ -853,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             _show_own_warnings(args.command)
             return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # (FileNotFoundError is an OSError: a full disk, a read-only folder too)
         print(f"instruct-ipt {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -238,9 +238,9 @@ class RestorationPipeline:
         clf = self.classifier
         if not set(clf.tasks) & set(self.model.tasks):
             raise ValueError(f"blind mode knows none of this model's tasks ({', '.join(self.model.tasks)}); name a task")
-        probs = clf.predict(rgb)
-        if not clf.multilabel:  # the most likely of the model's tasks (or clean, if the classifier has that class)
-            probs = {t: p for t, p in probs.items() if t in self.model.tasks or t == CLEAN}
+        # the model's tasks only (and clean, if the classifier has that class): the most likely of them for a
+        # single-label classifier, a multi-label one's primary choosing among them too
+        probs = {t: p for t, p in clf.predict(rgb).items() if t in self.model.tasks or t == CLEAN}
         self._check_calibration(clf)
         seen = clf.examine(rgb, probs, restore=self._restore_one)
         found = [(t, p) for t, p in seen.found if t in self.model.tasks]

@@ -87,6 +87,9 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8)
     if mode == "F":
         grey = np.asarray(im, dtype=np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(grey)))
+        if bad:  # (np.clip keeps NaN: it would run through the model and come out black)
+            raise ImageReadError(f"{path}: {bad} pixel(s) are not numbers (NaN or infinite)")
         return LoadedImage(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2), None, True, 16)
     if mode in ("L", "1", "P", "LA", "PA"):
         if mode in ("P", "PA"):
@@ -171,6 +174,9 @@ def from_array(arr: np.ndarray) -> LoadedImage:
         scaled, depth = arr.astype(np.float32) / 65535.0, 16
     elif arr.dtype.kind == "f":
         scaled, depth = arr.astype(np.float32), 16
+        bad = int(np.count_nonzero(~np.isfinite(scaled)))
+        if bad:  # a NaN passes every comparison blind mode makes, and spreads through the model to every pixel
+            raise ValueError(f"{bad} pixel(s) of the image array are not numbers (NaN or infinite)")
     else:
         raise ValueError(f"expected a uint8, uint16 or float image array, got dtype {arr.dtype}")
     if scaled.ndim == 2:

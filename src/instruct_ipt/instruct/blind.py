@@ -129,6 +129,13 @@ class Peeling:
     on that model's restorations, so another model (one trained by a user, or a new default) needs
     its own calibration; :class:`~instruct_ipt.pipeline.RestorationPipeline` warns
     (:class:`UncalibratedPeelingWarning`) when blind mode peels with another one.
+
+    ``asked``: what the calibration was asked for (:func:`choose_peeling`'s ``further_tasks`` - None
+    for every task -, ``first_tasks``, ``suggest_tasks`` and ``gate``), which :meth:`choices` gives to
+    the next calibration. The thresholds alone do not say it: a task asked for but never seen second
+    in one walk gets no ``further`` threshold, and a calibration asking only what the last one
+    found would lose it for good. Not compared (``==`` compares thresholds); None in files saved
+    before it was recorded.
     """
 
     start: dict[str, float]
@@ -139,6 +146,7 @@ class Peeling:
     first_change: dict[str, float] = field(default_factory=dict)
     suggest: dict[str, float] = field(default_factory=dict)
     model: str | None = None
+    asked: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
@@ -155,10 +163,14 @@ class Peeling:
         """What calibrating these thresholds asked for, as keyword arguments of :func:`choose_peeling`
         and :func:`calibrate_peeling`: the tasks named after the first (those that got a ``further``
         threshold), the first-change and suggested tasks, the gate, the region and ``max_tasks`` - so
-        that a calibration for another restoration model asks the same questions of its walk."""
-        return {"further_tasks": list(self.further), "first_tasks": list(self.first_change),
-                "suggest_tasks": list(self.suggest), "gate": self.clean is not None or bool(self.start),
-                "region": self.region, "max_tasks": self.max_tasks}
+        that a calibration for another restoration model asks the same questions of its walk. These
+        are :attr:`asked` where recorded; for an older file, rebuilt from the thresholds (a task
+        asked for but never given a threshold is then not asked again)."""
+        asked = self.asked or {"further_tasks": list(self.further), "first_tasks": list(self.first_change),
+                               "suggest_tasks": list(self.suggest), "gate": self.clean is not None or bool(self.start)}
+        return {"further_tasks": None if asked["further_tasks"] is None else list(asked["further_tasks"]),
+                "first_tasks": list(asked["first_tasks"]), "suggest_tasks": list(asked["suggest_tasks"]),
+                "gate": bool(asked["gate"]), "region": self.region, "max_tasks": self.max_tasks}
 
     def to_meta(self) -> dict[str, str]:
         """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
@@ -167,6 +179,7 @@ class Peeling:
         meta |= {} if self.clean is None else {"peel_clean": str(self.clean)}
         meta |= {"peel_suggest": json.dumps(self.suggest)} if self.suggest else {}
         meta |= {} if self.model is None else {"peel_model": self.model}
+        meta |= {} if self.asked is None else {"peel_asked": json.dumps(self.asked)}
         return meta | ({"peel_first_change": json.dumps(self.first_change)} if self.first_change else {})
 
     @classmethod
@@ -177,7 +190,8 @@ class Peeling:
         clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
                    int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")),
-                   json.loads(meta.get("peel_suggest", "{}")), meta.get("peel_model"))
+                   json.loads(meta.get("peel_suggest", "{}")), meta.get("peel_model"),
+                   json.loads(meta["peel_asked"]) if "peel_asked" in meta else None)
 
 
 @dataclass
@@ -337,6 +351,8 @@ class DegradationClassifier(nn.Module):
         if min(h, w) < self.smallest_side:
             raise ValueError(f"a {w}x{h} image is too small for blind mode to judge (at least {self.smallest_side} px a "
                              "side): name the task instead")
+        if not np.isfinite(rgb).all():  # NaN fails every threshold test silently: blind mode would act on it
+            raise ValueError("the image holds pixels that are not numbers (NaN or infinite): blind mode cannot judge it")
         crop = min(crop, min(h, w))
         rows, cols = (np.linspace(0, side - crop, self._positions(side, crop)).astype(int) for side in (h, w))
         if self.align_blocks:
@@ -410,8 +426,8 @@ class DegradationClassifier(nn.Module):
         ``restore``: the first task only, or none). With a clean class, "nothing to do" is the
         clean class winning instead (the most likely class; with peeling, at least ``peeling.clean``),
         and a further task must also be more likely than clean on what is left. ``probs``:
-        :meth:`predict`'s, if already known; a single-label classifier chooses among its keys only
-        (a model's tasks, and :data:`CLEAN`: without that key, no clean gate).
+        :meth:`predict`'s, if already known; a classifier chooses among its keys only (a model's
+        tasks, and :data:`CLEAN`: without that key, no clean gate; a multi-label one's primary too).
 
         With :attr:`Peeling.suggest`, the step after the last task named (while fewer than
         ``max_tasks`` are) may also be *suggested* (:attr:`Detection.suggested`: not run) when it
@@ -448,12 +464,12 @@ class DegradationClassifier(nn.Module):
                     suggested.append((step.task, step.prob))
                 break
             return Detection([(t, found[t]) for t in order_tasks(list(found))], suggested)
-        found = {t: probs[t] for t in self.tasks if probs[t] >= self.thresholds[t]}
+        found = {t: probs[t] for t in self.tasks if t in probs and probs[t] >= self.thresholds[t]}
         if found and self.primary is not None:  # something is there: the primary's choice, and extras
             main = self.primary.predict(rgb)
-            best = max(main, key=main.get)
+            best = max((t for t in main if t in probs), key=main.get)  # (among probs' tasks: a model's own)
             found = {best: main[best]} | {t: probs[t] for t in self.tasks
-                                          if t != best and probs[t] >= self.extra_thresholds[t]}
+                                          if t != best and t in probs and probs[t] >= self.extra_thresholds[t]}
         return Detection([(t, found[t]) for t in order_tasks(list(found))])
 
     def peel_steps(self, rgb: np.ndarray, probs: Mapping[str, float], restore: Restore,
@@ -1058,7 +1074,9 @@ def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.nda
     if suggest_tasks:  # what naming them would take; a task never seen second gets no threshold (never suggested)
         naming = choose([*(further_tasks or ()), *suggest_tasks]).further
         peeling = replace(peeling, suggest={t: naming[t] for t in suggest_tasks if t in naming})
-    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks, model=model)
+    asked = {"further_tasks": None if further_tasks is None else list(further_tasks), "first_tasks": list(first_tasks),
+             "suggest_tasks": list(suggest_tasks), "gate": bool(gate)}
+    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks, model=model, asked=asked)
     return classifier.peeling
 
 
