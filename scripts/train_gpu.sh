@@ -3,25 +3,35 @@
 # shipped model; sized to finish in under 10 minutes on one H200 (not yet measured on one):
 #
 #   scripts/train_gpu.sh OUT_DIR [PHOTOS]
+#   TRAIN_GPU_PACK=$OUT bash scripts/train_gpu.sh /tmp/gpu .gpu-photos    # on the lent device machine
 #
 # PHOTOS holds train/ and val/ folders of clean photos (default ../shared/photos). Needs only
 # PyTorch, NumPy, SciPy, Pillow, PyYAML, safetensors and tqdm; the package need not be installed
 # (it runs from src/) and nothing is downloaded. Steps, each stopping the script if it fails:
 #   1. a smoke run: every stage cut to a few steps, with validation (and the grid-span choice if the config has one),
 #      so a broken setup costs seconds, not the lease;
-#   2. training with a time budget (--max-minutes: every stage scaled to fit);
+#   2. training with a time budget (--max-minutes: every stage scaled to fit): TRAIN_GPU_MINUTES, or else
+#      what is left of TRAIN_GPU_DEADLINE seconds (570) after the smoke run, less TRAIN_GPU_RESERVE seconds
+#      (150) for the steps after training - so the whole script ends inside a 600 s command;
 #   3. `eval` of the new and of the shipped model on PHOTOS/val (no classical peers);
 #   4. the comparison (scripts/compare_results.py);
 #   5. blind mode calibrated for the new model (`instruct-ipt calibrate-blind`, into model/), on the
 #      shipped classifier's five calibration photos when PHOTOS/train holds them (else skipped, said):
 #      the model folder comes back ready to ship. Last, so a lease that runs out loses only this
 #      (220 images, two restorations of a 384 px crop each; on 2 CPU cores 399 s for the shipped
-#      model, on a GPU not yet measured: under a 10-minute limit, TRAIN_GPU_MINUTES=7 leaves it room).
+#      model, on a GPU not yet measured; TRAIN_GPU_RESERVE keeps it and the evals room; the classifier runs on the GPU).
+# TRAIN_GPU_PACK=DIR (optional): what a device machine may send back - at most 8 files of 16 MiB - packed
+# into DIR as each step ends, so that a run cut short still returns what it made: model.tar.part-aa, -ab, ...
+# (the model folder right after training, in 15 MiB parts; the model alone is about 19 MB), reports.tar
+# (log.jsonl, the results, compare.txt, calibrate-blind.txt; made again after each step) and
+# degradation_classifier.safetensors (after step 5). Unpack: cat DIR/model.tar.part-* | tar -x -C RUN_DIR,
+# then tar -x -C RUN_DIR -f DIR/reports.tar, and copy the classifier into RUN_DIR/model/.
 # OUT_DIR then holds model/ (the new model, with its degradation_classifier.safetensors after step 5),
 # log.jsonl, results-new.csv, results-shipped.csv, compare.txt, calibrate-blind.txt and the full runs
 # (smoke/, run/, eval-new/, eval-shipped/).
-# Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_MINUTES (8), TRAIN_GPU_SMOKE_STEPS (10),
-# TRAIN_GPU_DEVICE (auto), PYTHON (python3).
+# Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_MINUTES (from the deadline), TRAIN_GPU_DEADLINE
+# (570), TRAIN_GPU_RESERVE (150), TRAIN_GPU_SMOKE_STEPS (10), TRAIN_GPU_DEVICE (auto), TRAIN_GPU_PACK (none),
+# PYTHON (python3).
 set -euo pipefail
 if [ $# -lt 1 ]; then
     echo "usage: $0 OUT_DIR [PHOTOS]" >&2
@@ -31,7 +41,10 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$(mkdir -p "$1" && cd "$1" && pwd)"
 PHOTOS="$(cd "${2:-$ROOT/../shared/photos}" && pwd)"
 CONFIG="${TRAIN_GPU_CONFIG:-$ROOT/configs/gpu.yaml}"
-MINUTES="${TRAIN_GPU_MINUTES:-8}"
+MINUTES="${TRAIN_GPU_MINUTES:-}"
+DEADLINE="${TRAIN_GPU_DEADLINE:-570}"
+RESERVE="${TRAIN_GPU_RESERVE:-150}"
+PACK="${TRAIN_GPU_PACK:-}"
 SMOKE_STEPS="${TRAIN_GPU_SMOKE_STEPS:-10}"
 DEVICE="${TRAIN_GPU_DEVICE:-auto}"
 PY="${PYTHON:-python3}"
@@ -41,6 +54,10 @@ done
 for d in smoke run; do
     [ ! -e "$OUT/$d" ] || { echo "$0: $OUT/$d exists: give a fresh OUT_DIR" >&2; exit 2; }
 done
+if [ -n "$PACK" ]; then
+    PACK="$(mkdir -p "$PACK" && cd "$PACK" && pwd)"
+    [ "$PACK" != "$OUT" ] || { echo "$0: TRAIN_GPU_PACK must be another folder than OUT_DIR" >&2; exit 2; }
+fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 ipt() { "$PY" -m instruct_ipt "$@"; }
 SETS=(--set "data.train=[$PHOTOS/train]" --set "data.val=[$PHOTOS/val]" --set "data.val_cache=$OUT/val-cache")
@@ -49,14 +66,39 @@ if "$PY" -c 'import sys, yaml; sys.exit(0 if (yaml.safe_load(open(sys.argv[1])) 
 fi
 start=$SECONDS
 stamp() { echo "== $1 ($((SECONDS - start)) s)"; }
+# pack (TRAIN_GPU_PACK): each file written under a temporary name, then renamed, so a kill leaves no half file
+pack_reports() {
+    [ -n "$PACK" ] || return 0
+    local names=() f
+    for f in log.jsonl results-new.csv results-shipped.csv compare.txt calibrate-blind.txt; do
+        [ -f "$OUT/$f" ] && names+=("$f")
+    done
+    [ ${#names[@]} -gt 0 ] || return 0
+    tar -C "$OUT" -cf "$PACK/.reports.tar.tmp" "${names[@]}" && mv "$PACK/.reports.tar.tmp" "$PACK/reports.tar"
+}
+pack_model() {
+    [ -n "$PACK" ] || return 0
+    rm -rf "$PACK/.parts" && mkdir "$PACK/.parts"
+    tar -C "$OUT" -cf - model | split -b 15m - "$PACK/.parts/model.tar.part-"
+    rm -f "$PACK"/model.tar.part-* && mv "$PACK"/.parts/model.tar.part-* "$PACK/" && rmdir "$PACK/.parts"
+}
 
 stamp "smoke run: every stage $SMOKE_STEPS steps"
 ipt train "$CONFIG" "${SETS[@]}" --steps "$SMOKE_STEPS" --out "$OUT/smoke" --device "$DEVICE" --no-progress
 
+if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke run and the steps after training
+    MINUTES="$("$PY" -c 'import sys; print(round((float(sys.argv[1]) - float(sys.argv[2]) - float(sys.argv[3])) / 60, 2))' \
+        "$DEADLINE" "$((SECONDS - start))" "$RESERVE")"
+    "$PY" -c 'import sys; sys.exit(float(sys.argv[1]) < 1)' "$MINUTES" || {
+        echo "$0: $((SECONDS - start)) s gone and $RESERVE s kept for after training leave $MINUTES min of the $DEADLINE s deadline: too little to train" >&2
+        exit 3; }
+fi
 stamp "training, --max-minutes $MINUTES"
 ipt train "$CONFIG" "${SETS[@]}" --max-minutes "$MINUTES" --out "$OUT/run" --device "$DEVICE" --no-progress
 cp -r "$OUT/run/model" "$OUT/model"
 cp "$OUT/run/log.jsonl" "$OUT/log.jsonl"
+pack_model
+pack_reports
 
 stamp "eval: the new model"
 ipt eval --model "$OUT/model" --photos "$PHOTOS/val" --sigma 25 --out "$OUT/eval-new" --device "$DEVICE"
@@ -67,6 +109,7 @@ cp "$OUT/eval-shipped/results.csv" "$OUT/results-shipped.csv"
 
 stamp "comparison"
 "$PY" "$ROOT/scripts/compare_results.py" "$OUT/results-new.csv" "$OUT/results-shipped.csv" | tee "$OUT/compare.txt" || true
+pack_reports
 
 # the photos the shipped classifier was calibrated on (left out of its training: docs/instructions.md)
 CALIBRATION=(bridge garden life storm wine)
@@ -77,7 +120,12 @@ done
 if [ ${#cal[@]} -eq $((2 * ${#CALIBRATION[@]})) ]; then
     stamp "blind mode calibrated for the new model"
     ipt calibrate-blind --model "$OUT/model" "${cal[@]}" --device "$DEVICE" 2>&1 | tee "$OUT/calibrate-blind.txt"
+    if [ -n "$PACK" ]; then
+        cp "$OUT/model/degradation_classifier.safetensors" "$PACK/.classifier.tmp"
+        mv "$PACK/.classifier.tmp" "$PACK/degradation_classifier.safetensors"
+    fi
 else
     stamp "blind mode not calibrated: $PHOTOS/train lacks some of ${CALIBRATION[*]} (.png)" | tee "$OUT/calibrate-blind.txt"
 fi
+pack_reports
 stamp "done"

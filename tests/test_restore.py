@@ -456,3 +456,12 @@ def test_named_sequence_runs_in_the_order_given(pipe, model_dir, tmp_path, capsy
     assert main(["restore", str(photos / "a.png"), "--model", str(model_dir), "-t", "derain,sharpen"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown task 'sharpen'" in err[0] and runs == [["derain", "denoise"]]
+
+
+def test_the_classifier_follows_the_model_to_its_device(model_dir):
+    # On a GPU, calibrate-blind judged every image with the classifier on the CPU; "meta" stands in for
+    # a second device here (parameters without storage: only where they live is checked)
+    pipe = RestorationPipeline.from_pretrained(model_dir, device="cpu")
+    assert next(pipe.classifier.parameters()).device.type == "cpu"
+    pipe.model.to("meta")
+    assert next(pipe.classifier.parameters()).device.type == "meta"

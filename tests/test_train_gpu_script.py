@@ -56,20 +56,21 @@ def tiny_gpu_config(path: Path, **over) -> Path:
     return path
 
 
-def run_script(tmp_path: Path, config: Path, out: Path) -> subprocess.CompletedProcess:
+def run_script(tmp_path: Path, config: Path, out: Path, **env_over: str) -> subprocess.CompletedProcess:
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": str(site), "TRAIN_GPU_CONFIG": str(config), "TRAIN_GPU_MINUTES": "0.5",
-           "TRAIN_GPU_SMOKE_STEPS": "2", "TRAIN_GPU_DEVICE": "cpu", "OMP_NUM_THREADS": "2"}
+           "TRAIN_GPU_SMOKE_STEPS": "2", "TRAIN_GPU_DEVICE": "cpu", "OMP_NUM_THREADS": "2", **env_over}
+    env = {k: v for k, v in env.items() if v}  # (an empty value: unset)
     return subprocess.run(["bash", str(ROOT / "scripts/train_gpu.sh"), str(out), str(tmp_path / "photos")],
                           capture_output=True, text=True, env=env, timeout=900, check=False)
 
 
 def test_train_gpu_script_trains_evaluates_and_compares(tmp_path):
     photos(tmp_path / "photos")
-    out = tmp_path / "out"
-    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out)
+    out, pack = tmp_path / "out", tmp_path / "pack"
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_PACK=str(pack))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in ("model/config.json", "model/model.safetensors", "log.jsonl", "results-new.csv", "results-shipped.csv",
                  "compare.txt"):
@@ -91,6 +92,30 @@ def test_train_gpu_script_trains_evaluates_and_compares(tmp_path):
         calibrated_for = f.metadata()["peel_model"]
     assert calibrated_for == weights_digest(InstructIPT.from_pretrained(out / "model"))
     assert "calibrating blind mode" in (out / "calibrate-blind.txt").read_text()
+    # the pack: what a device machine sends back (at most 8 files of 16 MiB), each file whole
+    import tarfile
+
+    packed = sorted(f.name for f in pack.iterdir())
+    assert packed == ["degradation_classifier.safetensors", "model.tar.part-aa", "reports.tar"], packed
+    whole = b"".join(f.read_bytes() for f in sorted(pack.glob("model.tar.part-*")))
+    (tmp_path / "back").mkdir()
+    (tmp_path / "model.tar").write_bytes(whole)
+    with tarfile.open(tmp_path / "model.tar") as t:
+        t.extractall(tmp_path / "back", filter="data")
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "back/model" / name).read_bytes() == (out / "model" / name).read_bytes(), name
+    assert (pack / "degradation_classifier.safetensors").read_bytes() == (out / "model/degradation_classifier.safetensors").read_bytes()
+    with tarfile.open(pack / "reports.tar") as t:
+        assert sorted(t.getnames()) == ["calibrate-blind.txt", "compare.txt", "log.jsonl", "results-new.csv", "results-shipped.csv"]
+
+
+def test_train_gpu_script_trains_for_what_its_deadline_leaves(tmp_path):
+    photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_MINUTES="", TRAIN_GPU_DEADLINE="30",
+                   TRAIN_GPU_RESERVE="29")
+    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "too little to train" in r.stderr and (out / "smoke").is_dir() and not (out / "run").exists()
 
 
 def test_train_gpu_script_says_when_it_cannot_calibrate_blind_mode(tmp_path):

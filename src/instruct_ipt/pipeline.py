@@ -167,8 +167,13 @@ class RestorationPipeline:
 
     @property
     def classifier(self) -> DegradationClassifier:
+        """Blind mode's classifier, on the model's device (moved there when first asked for after
+        the model moved): on a GPU, calibrating blind mode judged each of its images on the CPU."""
         if self._classifier is None:
             self._classifier = DegradationClassifier.default()
+        device = next(self.model.parameters()).device
+        if next(self._classifier.parameters()).device != device:
+            self._classifier.to(device)
         return self._classifier
 
     @property
