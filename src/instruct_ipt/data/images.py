@@ -63,6 +63,12 @@ def _load_png16(path: Path) -> LoadedImage:
     return LoadedImage(np.ascontiguousarray(rgb), alpha, grey, 16)
 
 
+def _not_numbers(values: np.ndarray) -> str:
+    """What is wrong with float pixels that are NaN or infinite (how many), or "" when none are."""
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    return f"{bad} pixel(s) are not numbers (NaN or infinite)" if bad else ""
+
+
 def load_image(path: str | os.PathLike) -> LoadedImage:
     """Read any common image: EXIF orientation applied, grey replicated to RGB, alpha split off,
     16-bit PNGs kept at full precision."""
@@ -87,9 +93,9 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8)
     if mode == "F":
         grey = np.asarray(im, dtype=np.float32)
-        bad = int(np.count_nonzero(~np.isfinite(grey)))
+        bad = _not_numbers(grey)
         if bad:  # (np.clip keeps NaN: it would run through the model and come out black)
-            raise ImageReadError(f"{path}: {bad} pixel(s) are not numbers (NaN or infinite)")
+            raise ImageReadError(f"{path}: {bad}")
         return LoadedImage(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2), None, True, 16)
     if mode in ("L", "1", "P", "LA", "PA"):
         if mode in ("P", "PA"):
@@ -174,9 +180,9 @@ def from_array(arr: np.ndarray) -> LoadedImage:
         scaled, depth = arr.astype(np.float32) / 65535.0, 16
     elif arr.dtype.kind == "f":
         scaled, depth = arr.astype(np.float32), 16
-        bad = int(np.count_nonzero(~np.isfinite(scaled)))
+        bad = _not_numbers(scaled)
         if bad:  # a NaN passes every comparison blind mode makes, and spreads through the model to every pixel
-            raise ValueError(f"{bad} pixel(s) of the image array are not numbers (NaN or infinite)")
+            raise ValueError(f"the image array: {bad}")
     else:
         raise ValueError(f"expected a uint8, uint16 or float image array, got dtype {arr.dtype}")
     if scaled.ndim == 2:

@@ -351,8 +351,6 @@ class DegradationClassifier(nn.Module):
         if min(h, w) < self.smallest_side:
             raise ValueError(f"a {w}x{h} image is too small for blind mode to judge (at least {self.smallest_side} px a "
                              "side): name the task instead")
-        if not np.isfinite(rgb).all():  # NaN fails every threshold test silently: blind mode would act on it
-            raise ValueError("the image holds pixels that are not numbers (NaN or infinite): blind mode cannot judge it")
         crop = min(crop, min(h, w))
         rows, cols = (np.linspace(0, side - crop, self._positions(side, crop)).astype(int) for side in (h, w))
         if self.align_blocks:
@@ -362,6 +360,8 @@ class DegradationClassifier(nn.Module):
         x = torch.from_numpy(np.stack(tiles).transpose(0, 3, 1, 2).copy()).to(p.device, p.dtype)
         logits = self(x)
         probs = (logits.sigmoid() if self.multilabel else logits.softmax(-1)).mean(0)
+        if not torch.isfinite(probs).all():  # NaN pixels in the crops: NaN fails every threshold test silently
+            raise ValueError("the image holds pixels that are not numbers (NaN or infinite): blind mode cannot judge it")
         return {t: float(v) for t, v in zip(self.classes, probs)}
 
     @property
