@@ -10,7 +10,10 @@ rounds (background load then hits them alike), and prints per variant:
 - end-to-end samples/s: training steps as the trainer runs them (median over windows of 10 steps
   after the first, best round);
 - peak memory (CUDA: max allocated; CPU: the process's peak resident set);
-- GPU busy share (CUDA, when NVML answers): mean utilisation sampled during the timed steps.
+- GPU busy share (CUDA, when NVML answers): mean utilisation sampled during the timed steps;
+- ops/step: the aten ops other than views in one forward and backward of the stage's model on a
+  mixed batch - about the kernels a GPU launches per step, which can bound the step of a model this
+  small (on CUDA counted under the trainer's bfloat16 autocast, whose casts are ops too).
 
 ``--compare KEY=VALUE`` adds a variant of this tree with that config override (repeatable; several
 overrides in one variant separated by commas), ``--against REV`` the same measurement of another
@@ -107,6 +110,53 @@ def _data_only(cfg_dict: dict, device: str, steps: int) -> float | None:
     return n / (time.perf_counter() - t0) if n else None
 
 
+#: aten ops that only make another view of a tensor's storage (no kernel on a GPU)
+VIEW_OPS = frozenset({"_reshape_alias", "_unsafe_view", "alias", "as_strided", "detach", "expand", "narrow", "permute",
+                      "reshape", "select", "slice", "split", "squeeze", "t", "transpose", "unbind", "unflatten",
+                      "unsqueeze", "view"})
+
+
+def _ops_per_step(cfg_dict: dict, device: str) -> int | None:
+    """Aten ops other than views in one forward and backward of the stage's model on a mixed batch
+    of its tasks - about the kernels a GPU launches per step, which bound a small model's step when
+    each takes less time to run than to launch (None for code this cannot build)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    try:
+        from instruct_ipt.train import config_from_dict
+        from instruct_ipt.train.trainer import plan_stages, prepare_model
+    except ImportError:
+        return None
+    cfg = config_from_dict(cfg_dict)
+    stage = plan_stages(cfg)[0]
+    if stage.mode not in ("sync", "plain"):
+        return None
+    model, tasks = prepare_model(cfg, stage, None)
+    dev, b, p = torch.device(device), cfg.data.batch_size, cfg.data.patch_size
+    model = model.to(dev).train()
+    x = torch.rand(b, 3, p, p, device=dev)
+    if getattr(cfg, "channels_last", False):
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    ids = [tasks[i % len(tasks)] for i in range(b)]
+    count = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            count[0] += func.overloadpacket.__name__ not in VIEW_OPS
+            return func(*args, **(kwargs or {}))
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and cfg.amp):
+            out = model(x, ids)
+        (out.float() - x).abs().mean().backward()
+
+    step()  # (first-call work - lazy inits, caches - is not a step's)
+    with Count():
+        step()
+    return count[0]
+
+
 def _worker(spec: dict) -> dict:
     """Measure one variant in this process (imports whatever ``instruct_ipt`` is on the path)."""
     import torch
@@ -117,6 +167,7 @@ def _worker(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _stage_config(spec["config_text"], spec["stage"], spec["steps"], spec["overrides"], str(Path(tmp) / "run"))
         data = _data_only(dict(cfg, out=str(Path(tmp) / "data")), device, min(spec["steps"], 40))
+        ops = _ops_per_step(dict(cfg, out=str(Path(tmp) / "ops")), device)
         busy: list[float] = []
         stop = threading.Event()
 
@@ -137,7 +188,7 @@ def _worker(spec: dict) -> dict:
     skip = 1 if len(rates) > 1 else 0  # the first window: start-up, compilation
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"data": data, "end_to_end": statistics.median(rates[skip:]), "peak_bytes": peak,
+    return {"data": data, "end_to_end": statistics.median(rates[skip:]), "peak_bytes": peak, "ops": ops,
             "busy": statistics.fmean(busy[len(busy) // 5 :]) if len(busy) > 4 else None,
             "batch": cfg["data"]["batch_size"], "patch": cfg["data"]["patch_size"], "workers": cfg["data"]["workers"],
             "size": cfg["model"]["size"]}
@@ -196,12 +247,13 @@ def main() -> None:
     first = best[variants[0][0]["name"]]
     print(f"{args.config} stage {args.stage}: {first['size']}, patch {first['patch']}, batch {first['batch']}, "
           f"workers {first['workers']}, device {args.device}, {args.steps} steps, best of {args.repeats}")
-    print(f"{'variant':32s} {'data-only/s':>12s} {'end-to-end/s':>13s} {'peak memory':>12s} {'GPU busy':>9s}")
+    print(f"{'variant':32s} {'data-only/s':>12s} {'end-to-end/s':>13s} {'peak memory':>12s} {'GPU busy':>9s} {'ops/step':>9s}")
     for spec, _ in variants:
         r = best[spec["name"]]
         data = "n/a" if r["data"] is None else f"{r['data']:.1f}"
         busy = "n/a" if r["busy"] is None else f"{r['busy']:.0f} %"
-        print(f"{spec['name']:32s} {data:>12s} {r['end_to_end']:13.2f} {r['peak_bytes'] / 2**30:10.2f} GiB {busy:>9s}")
+        ops = "n/a" if r.get("ops") is None else str(r["ops"])
+        print(f"{spec['name']:32s} {data:>12s} {r['end_to_end']:13.2f} {r['peak_bytes'] / 2**30:10.2f} GiB {busy:>9s} {ops:>9s}")
     for spec, _ in variants[1:]:
         print(f"ratio this tree / {spec['name']}: {first['end_to_end'] / best[spec['name']]['end_to_end']:.3f}")
 

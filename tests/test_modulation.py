@@ -69,6 +69,20 @@ def per_sample_reference(model_fn, x, tasks):
     return torch.cat([model_fn(x[i : i + 1], t) for i, t in enumerate(tasks)])
 
 
+def merged_forward(net, mod):
+    """``(x, task) -> net(x)`` with the task's weights merged (no mixed-batch path involved)."""
+
+    def run(xi, t):
+        mod.merge(t)
+        try:
+            with mod.select(None):
+                return net(xi)
+        finally:
+            mod.unmerge()
+
+    return run
+
+
 @pytest.mark.parametrize("strategy", ["constant", "proportional"])
 def test_mixed_batch_equals_per_sample_merged_weights(strategy):
     net, mod = modulated_convnet(strategy=strategy, proportion=0.5)
@@ -78,17 +92,28 @@ def test_mixed_batch_equals_per_sample_merged_weights(strategy):
     with torch.no_grad(), mod.select(tasks):
         mixed = net(x)
 
-    def merged(xi, t):
-        mod.merge(t)
-        try:
-            with mod.select(None):
-                return net(xi)
-        finally:
-            mod.unmerge()
+    with torch.no_grad():
+        expected = per_sample_reference(merged_forward(net, mod), x, tasks)
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_batches_build_the_task_one_hot_once_per_forward_and_never_reuse_it(monkeypatch):
+    # the (batch, tasks) one-hot is shared by every layer of one forward; the next batch's tasks get their own
+    from instruct_ipt.modulation import layers
+
+    net, mod = modulated_convnet()
+    randomize_task_biases(mod, 0.2)
+    built = []
+    real = layers.one_hot
+    monkeypatch.setattr(layers, "one_hot", lambda *a: built.append(a) or real(*a))
+    x = torch.randn(3, 3, 8, 8)
 
     with torch.no_grad():
-        expected = per_sample_reference(merged, x, tasks)
-    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+        for tasks in (["derain", "denoise", "deblur"], ["deblur", "derain", "denoise"]):
+            with mod.select(tasks):
+                mixed = net(x)
+            torch.testing.assert_close(mixed, per_sample_reference(merged_forward(net, mod), x, tasks), rtol=1e-5, atol=1e-5)
+    assert len(built) == 2 and len(list(mod.layers())) > 2
 
 
 def test_mixed_batch_full_model_matches_exported_single_task_models():

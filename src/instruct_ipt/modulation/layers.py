@@ -31,22 +31,34 @@ class TaskSelection:
     a 1-D long tensor whose length is the batch size).
     """
 
-    __slots__ = ("_ids_by_device", "ids", "index")
+    __slots__ = ("_ids_by_device", "_onehot", "ids", "index")
 
     def __init__(self) -> None:
         self.index: int | None = None
         self.ids: torch.Tensor | None = None
         self._ids_by_device: dict[torch.device, torch.Tensor] = {}
+        self._onehot: dict[tuple[torch.device, int, torch.dtype], torch.Tensor] = {}
 
     def set(self, index: int | None = None, ids: torch.Tensor | None = None) -> None:
         self.index, self.ids = index, ids
         self._ids_by_device = {} if ids is None else {ids.device: ids}
+        self._onehot = {}
 
     def ids_on(self, device: torch.device) -> torch.Tensor:
         assert self.ids is not None
         if device not in self._ids_by_device:
             self._ids_by_device[device] = self.ids.to(device, non_blocking=True)
         return self._ids_by_device[device]
+
+    def onehot_on(self, device: torch.device, num_tasks: int, dtype: torch.dtype) -> torch.Tensor:
+        """The ids as a ``(batch, num_tasks)`` one-hot matrix for :func:`pick`, built once per
+        forward and shared by every layer: built per layer, it was three of the seven kernels a
+        modulated layer launched in a mixed batch's forward (``small``: 303 of 1139), and on a GPU a
+        step of a small model is bound by launches, not arithmetic."""
+        key = (device, num_tasks, dtype)
+        if key not in self._onehot:
+            self._onehot[key] = one_hot(self.ids_on(device), num_tasks, dtype)
+        return self._onehot[key]
 
     def __deepcopy__(self, memo: dict) -> TaskSelection:
         # A copied model gets its own selection, shared by the copied layers (memo keeps that).
@@ -55,15 +67,20 @@ class TaskSelection:
         return new
 
 
-def pick(stacked: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``stacked[ids]`` for a few stacked task rows, as a one-hot matmul.
+def one_hot(ids: torch.Tensor, num_tasks: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(len(ids), num_tasks)``: row ``i`` is 1 at column ``ids[i]``; an id out of range gives a zero row."""
+    return (ids[:, None] == torch.arange(num_tasks, device=ids.device)).to(dtype)
+
+
+def pick(stacked: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """``stacked[ids]`` for a few stacked task rows, as a one-hot matmul (``onehot``: :func:`one_hot`
+    of the ids, :meth:`TaskSelection.onehot_on` in a forward).
 
     The same values as indexing, but the backward is a matmul too, where indexing's backward is
     an accumulating scatter (``index_put_``) that cost about a sixth of a CPU training step of
     ``small``. Ids out of range give zero rows here; :meth:`TaskModulation.select` refuses them.
     """
-    onehot = (ids[:, None] == torch.arange(stacked.shape[0], device=ids.device)).to(stacked.dtype)
-    return (onehot @ stacked.flatten(1)).view(ids.shape[0], *stacked.shape[1:])
+    return (onehot.to(stacked.dtype) @ stacked.flatten(1)).view(onehot.shape[0], *stacked.shape[1:])
 
 
 class ModulatedLayer(nn.Module):
@@ -186,18 +203,20 @@ class ModulatedLayer(nn.Module):
             raise RuntimeError(
                 f"{ids.shape[0]} task ids for a batch of {x.shape[0]}: modulated layers need dim 0 to index samples"
             )
-        return self._forward_mixed(x, ids)
+        stack = getattr(self, self.task_parameter_names[0])  # (a replaced layer has no shared weight)
+        return self._forward_mixed(x, sel.onehot_on(x.device, self.num_tasks, stack.dtype))
 
-    def _sample_weights(self, ids: torch.Tensor) -> torch.Tensor:
+    def _sample_weights(self, onehot: torch.Tensor) -> torch.Tensor:
         """Each sample's full weight, ``(B, *W.shape)``: every task's weight is built once (a
         batched matmul over tasks, not samples) and then picked per sample."""
-        per_task = self.weight.unsqueeze(0) + torch.bmm(self.task_B1, self.task_B2).view(-1, *self.weight.shape)
-        return pick(per_task, ids)
+        w = self.weight
+        per_task = torch.baddbmm(w.reshape(1, w.shape[0], -1).expand(self.num_tasks, -1, -1), self.task_B1, self.task_B2)
+        return pick(per_task, onehot).view(onehot.shape[0], *w.shape)
 
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_mixed(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -210,9 +229,9 @@ class ModulatedLinear(ModulatedLayer):
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, self.base_layer.bias)
 
-    def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_mixed(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        w = self._sample_weights(ids)  # (B, out, in)
+        w = self._sample_weights(onehot)  # (B, out, in)
         y = torch.bmm(x.reshape(b, -1, x.shape[-1]), w.transpose(1, 2))
         if self.base_layer.bias is not None:
             y = y + self.base_layer.bias
@@ -231,14 +250,14 @@ class ModulatedConv2d(ModulatedLayer):
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.base_layer._conv_forward(x, weight, self.base_layer.bias)
 
-    def _forward_mixed(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_mixed(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         conv: nn.Conv2d = self.base_layer
         b = x.shape[0]
         pointwise = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid", "same")
         if conv.groups == 1 and not pointwise and self.low_rank_path:
-            return self._forward_mixed_low_rank(x, ids)
+            return self._forward_mixed_low_rank(x, onehot)
         # each sample's full weight W + B1[t] @ B2[t]; the same FLOPs as the base layer
-        w = self._sample_weights(ids)
+        w = self._sample_weights(onehot)
         if conv.groups == 1 and pointwise:  # a batched matmul, in the input's memory layout
             if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
                 h, wd = x.shape[2:]
@@ -263,7 +282,7 @@ class ModulatedConv2d(ModulatedLayer):
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
-    def _forward_mixed_low_rank(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_mixed_low_rank(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """Dense kxk conv: shared base conv, plus each sample's ``B2`` as a grouped conv to ``r``
         channels and its ``B1`` as a batched matmul (cheaper than per-sample full kxk weights)."""
         conv: nn.Conv2d = self.base_layer
@@ -272,13 +291,13 @@ class ModulatedConv2d(ModulatedLayer):
         xp, padding = self._pad(x)
         h = F.conv2d(
             xp.reshape(1, -1, *xp.shape[2:]),
-            pick(self.task_B2, ids).reshape(b * self.rank, *self.weight.shape[1:]),
+            pick(self.task_B2, onehot).reshape(b * self.rank, *self.weight.shape[1:]),
             stride=conv.stride,
             padding=padding,
             dilation=conv.dilation,
             groups=b,
         )
-        low_rank = torch.bmm(pick(self.task_B1, ids), h.view(b, self.rank, -1)).view(base.shape)
+        low_rank = torch.bmm(pick(self.task_B1, onehot), h.view(b, self.rank, -1)).view(base.shape)
         if base.is_contiguous(memory_format=torch.channels_last):  # a channels-last model stays channels-last
             low_rank = low_rank.contiguous(memory_format=torch.channels_last)
         return base + low_rank
@@ -356,8 +375,8 @@ class ReplacedLayer(ModulatedLayer):
         plain.weight = nn.Parameter(self.task_weight(task).detach().clone())
         return plain
 
-    def _sample_weights(self, ids: torch.Tensor) -> torch.Tensor:
-        return pick(self.task_weight_stack, ids).view(ids.shape[0], *self._weight_shape)
+    def _sample_weights(self, onehot: torch.Tensor) -> torch.Tensor:
+        return pick(self.task_weight_stack, onehot).view(onehot.shape[0], *self._weight_shape)
 
     def extra_repr(self) -> str:
         return f"tasks={self.num_tasks}, replaced weight {tuple(self._weight_shape)}"
