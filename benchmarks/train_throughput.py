@@ -152,6 +152,7 @@ def _ops_per_step(cfg_dict: dict, device: str) -> int | None:
         (out.float() - x).abs().mean().backward()
 
     step()  # (first-call work - lazy inits, caches - is not a step's)
+    model.zero_grad(set_to_none=True)  # as the trainer does: a step's gradients are assigned, not added
     with Count():
         step()
     return count[0]

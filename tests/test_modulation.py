@@ -116,6 +116,19 @@ def test_mixed_batches_build_the_task_one_hot_once_per_forward_and_never_reuse_i
     assert len(built) == 2 and len(list(mod.layers())) > 2
 
 
+def test_a_mixed_batch_trains_after_an_inference_mode_forward_on_the_same_selection():
+    # a one-hot made under inference_mode cannot be saved for backward: a training forward makes its own
+    net, mod = modulated_convnet()
+    x = torch.randn(3, 3, 8, 8)
+    mod.select(["derain", "denoise", "deblur"])  # (takes effect at once, no context manager)
+    with torch.inference_mode():
+        evaluated = net(x)
+    trained = net(x)
+    trained.sum().backward()
+    torch.testing.assert_close(trained.detach(), evaluated.clone(), rtol=0, atol=0)
+    assert all(p.grad is not None for _, layer in mod.layers() for _, p in layer.task_parameters())
+
+
 def test_mixed_batch_full_model_matches_exported_single_task_models():
     model = InstructIPT("tiny", tasks=TASKS)
     randomize_task_biases(model.modulation)

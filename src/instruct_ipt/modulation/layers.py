@@ -37,7 +37,7 @@ class TaskSelection:
         self.index: int | None = None
         self.ids: torch.Tensor | None = None
         self._ids_by_device: dict[torch.device, torch.Tensor] = {}
-        self._onehot: dict[tuple[torch.device, int, torch.dtype], torch.Tensor] = {}
+        self._onehot: dict[tuple[torch.device, int, torch.dtype, bool], torch.Tensor] = {}
 
     def set(self, index: int | None = None, ids: torch.Tensor | None = None) -> None:
         self.index, self.ids = index, ids
@@ -55,7 +55,8 @@ class TaskSelection:
         forward and shared by every layer: built per layer, it was three of the seven kernels a
         modulated layer launched in a mixed batch's forward (``small``: 303 of 1139), and on a GPU a
         step of a small model is bound by launches, not arithmetic."""
-        key = (device, num_tasks, dtype)
+        # (one built under inference_mode cannot be saved for a later training forward's backward)
+        key = (device, num_tasks, dtype, torch.is_inference_mode_enabled())
         if key not in self._onehot:
             self._onehot[key] = one_hot(self.ids_on(device), num_tasks, dtype)
         return self._onehot[key]
@@ -209,9 +210,10 @@ class ModulatedLayer(nn.Module):
     def _sample_weights(self, onehot: torch.Tensor) -> torch.Tensor:
         """Each sample's full weight, ``(B, *W.shape)``: every task's weight is built once (a
         batched matmul over tasks, not samples) and then picked per sample."""
-        w = self.weight
-        per_task = torch.baddbmm(w.reshape(1, w.shape[0], -1).expand(self.num_tasks, -1, -1), self.task_B1, self.task_B2)
-        return pick(per_task, onehot).view(onehot.shape[0], *w.shape)
+        # (W plus a separate bmm, not one baddbmm: under bfloat16 autocast baddbmm would round W to
+        # bfloat16 before adding, and sum W's gradient over the tasks in bfloat16)
+        per_task = self.weight.unsqueeze(0) + torch.bmm(self.task_B1, self.task_B2).view(-1, *self.weight.shape)
+        return pick(per_task, onehot)
 
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
