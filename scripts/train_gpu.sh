@@ -21,7 +21,8 @@
 #      (220 images, two restorations of a 384 px crop each; on 2 CPU cores 399 s for the shipped
 #      model, on a GPU not yet measured; TRAIN_GPU_RESERVE keeps it and the evals room; the classifier runs on the GPU).
 # TRAIN_GPU_PACK=DIR (optional): what a device machine may send back - at most 8 files of 16 MiB - packed
-# into DIR as each step ends, so that a run cut short still returns what it made: model.tar.part-aa, -ab, ...
+# into DIR as each step ends, so that a run cut short still returns what it made (and a step that fails, the
+# newest log in reports.tar): model.tar.part-aa, -ab, ...
 # (the model folder right after training, in 15 MiB parts; the model alone is about 19 MB), reports.tar
 # (log.jsonl, the results, compare.txt, calibrate-blind.txt; made again after each step) and
 # degradation_classifier.safetensors (after step 5). Unpack: cat DIR/model.tar.part-* | tar -x -C RUN_DIR,
@@ -82,6 +83,20 @@ pack_model() {
     tar -C "$OUT" -cf - model | split -b 15m - "$PACK/.parts/model.tar.part-"
     rm -f "$PACK"/model.tar.part-* && mv "$PACK"/.parts/model.tar.part-* "$PACK/" && rmdir "$PACK/.parts"
 }
+
+# a step that fails (set -e) ends the script: the pack still gets the newest log - the smoke run's or the
+# training's, with its budget measurements and losses - so that a lease that went wrong says why
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ -n "$PACK" ] && [ ! -f "$OUT/log.jsonl" ]; then
+        for f in "$OUT/run/log.jsonl" "$OUT/smoke/log.jsonl"; do
+            [ -f "$f" ] && { cp -f "$f" "$OUT/log.jsonl"; break; }
+        done
+        pack_reports || true
+    fi
+    return "$rc"
+}
+trap on_exit EXIT
 
 stamp "smoke run: every stage $SMOKE_STEPS steps"
 ipt train "$CONFIG" "${SETS[@]}" --steps "$SMOKE_STEPS" --out "$OUT/smoke" --device "$DEVICE" --no-progress

@@ -320,6 +320,25 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(folders, tmp_path, m
     assert ckpt["step"] == 2
 
 
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_a_non_finite_gradient_under_a_finite_loss_stops_before_its_weights_are_saved(folders, tmp_path, monkeypatch,
+                                                                                     grad_clip):
+    # 0 * sqrt(0 * sum): the loss stays finite, its gradient is 0 * inf = NaN in every weight the step updates
+    real = trainer_module.compute_loss
+    calls = {"n": 0}
+
+    def bad_gradient(out, target, kind):
+        calls["n"] += 1
+        loss = real(out, target, kind)
+        return loss + 0 * torch.sqrt(0 * out.sum()) if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(trainer_module, "compute_loss", bad_gradient)
+    with pytest.raises(TrainingError, match=r"the gradient became non-finite \(loss [0-9.e-]+\) at step 4 of stage 0 .*last.pt"):
+        run(make_cfg(folders, tmp_path, ckpt_every=2, optim={"grad_clip": grad_clip}))
+    ckpt = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
 def test_nan_between_checks_is_caught_before_the_next_checkpoint(folders, tmp_path, monkeypatch):
     """The loss is checked only when a log line, validation or checkpoint is due (no per-step sync):
     a NaN at step 6 is reported as step 6 at the step-8 checkpoint, which is not written."""
@@ -459,6 +478,17 @@ def budget_cfg(folders, out, ckpt_every=40):
     return make_cfg(folders, out, stages=BUDGET_STAGES, log_every=10, val_every=10**6, ckpt_every=ckpt_every, ema=0.9)
 
 
+def test_the_budget_times_checkpoints_as_a_stage_writes_them(folders, tmp_path, monkeypatch):
+    # with the optimiser and the average (a model alone is a quarter of the file), once per kind of stage
+    saved = []
+    real = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint", lambda path, state: saved.append(state) or real(path, state))
+    with pytest.raises(ConfigError, match="too small for this run"):  # (refused after measuring: no training)
+        Trainer(budget_cfg(folders, tmp_path / "b"), progress=False, max_minutes=0.001).run()
+    assert [s["stage"] for s in saved] == [0, 1]
+    assert all(s["optimizer"]["state"] and s["ema"] is not None for s in saved)
+
+
 def test_time_budget_scales_every_stage_and_resume_continues_its_schedule(folders, tmp_path):
     import time
 
@@ -553,6 +583,25 @@ def test_ctrl_c_saves_nothing_new_and_says_how_to_resume(folders, tmp_path, caps
     assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["step"] == 4
     monkeypatch.setattr(trainer_module, "compute_loss", real)
     assert main(["train", str(path), "--no-progress", "--set", "seed=3", "--resume"]) == 0  # the hint works
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_how_to_start_again(folders, tmp_path, capsys, monkeypatch):
+    # the hint is the same command (a budget included), not a --resume that has nothing to resume
+    real = trainer_module.compute_loss
+
+    def interrupted(out, target, kind):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "compute_loss", interrupted)
+    cfg = make_cfg(folders, tmp_path / "run", iterations=8, ckpt_every=100)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    for extra in (["--steps", "2"], ["--max-minutes", "0.5"]):
+        assert main(["train", str(path), "--no-progress", "--set", "seed=3", *extra]) == 130
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"Start again with: instruct-ipt train {path} --set seed=3 {' '.join(extra)}"), err
+    monkeypatch.setattr(trainer_module, "compute_loss", real)
+    assert main(["train", str(path), "--no-progress", "--set", "seed=3", "--steps", "2"]) == 0  # the hint works
 
 
 def test_cli_steps_and_set(folders, tmp_path, capsys):

@@ -134,3 +134,19 @@ def test_train_gpu_script_stops_at_a_failing_smoke_run(tmp_path):
     assert r.returncode != 0
     assert "unknown config key 'lossy'" in r.stderr
     assert not (out / "run").exists()  # the real run never started
+
+
+def test_train_gpu_script_packs_the_newest_log_when_a_step_fails(tmp_path):
+    # a budget too small for the stages is refused before training writes anything: the pack holds the smoke
+    # run's log (a training that fails later, its own run/log.jsonl)
+    import tarfile
+
+    photos(tmp_path / "photos")
+    out, pack = tmp_path / "out", tmp_path / "pack"
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_MINUTES="0.01", TRAIN_GPU_PACK=str(pack))
+    assert r.returncode == 2 and "is too small for this run" in r.stderr and not (out / "model").exists(), r.stderr[-3000:]
+    assert sorted(f.name for f in pack.iterdir()) == ["reports.tar"]
+    with tarfile.open(pack / "reports.tar") as t:
+        assert t.getnames() == ["log.jsonl"]
+        log = t.extractfile("log.jsonl").read().decode()
+    assert log == (out / "smoke/log.jsonl").read_text() and '"val_psnr"' in log

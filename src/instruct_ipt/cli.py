@@ -164,21 +164,23 @@ def _resume_hint(args: argparse.Namespace, out: Path) -> str:
 
     from .train.checkpoint import load_checkpoint
 
-    cmd = ["instruct-ipt", "train", args.config, "--resume"]
+    opts = []
     for item in args.set:
-        cmd += ["--set", item]
+        opts += ["--set", item]
     if args.out:
-        cmd += ["--out", args.out]
+        opts += ["--out", args.out]
     if args.steps is not None:
-        cmd += ["--steps", str(args.steps)]
+        opts += ["--steps", str(args.steps)]
     if args.device != "auto":
-        cmd += ["--device", args.device]
+        opts += ["--device", args.device]
     ckpt = out / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        return f"interrupted before the first checkpoint; nothing was saved. Start again with: {shlex.join(cmd[:-1])}"
+    if not ckpt.is_file():  # the same command again; a budget is measured again (a checkpoint would keep it)
+        again = opts + (["--max-minutes", f"{args.max_minutes:g}"] if args.max_minutes is not None else [])
+        return ("interrupted before the first checkpoint; nothing was saved. Start again with: "
+                f"{shlex.join(['instruct-ipt', 'train', args.config, *again])}")
     state = load_checkpoint(ckpt)
     return (f"interrupted; nothing new was saved. Last checkpoint: {ckpt} (stage {state['stage']}, step {state['step']}). "
-            f"Continue with: {shlex.join(cmd)}")
+            f"Continue with: {shlex.join(['instruct-ipt', 'train', args.config, '--resume', *opts])}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

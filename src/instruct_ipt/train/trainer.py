@@ -343,21 +343,24 @@ class StageRunner:
             self._compile_checked = True
         else:
             loss = self._forward_backward(self.net, x, y, ids)
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip, foreach=True)
+        # the gradients' norm, clipped or not (no clipping: an infinite bound multiplies them by 1): a
+        # finite loss can still carry a non-finite gradient, whose update spoils every weight it reaches
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
         self.opt.step()
         self.sched.step()
         if self.ema is not None:
             self.ema.update()
         loss = loss.detach()
         self.counter += 1
-        first_bad = ~torch.isfinite(loss) & (self.bad_step < 0)
+        first_bad = ~(torch.isfinite(loss) & torch.isfinite(norm)) & (self.bad_step < 0)
         self.bad_step = torch.where(first_bad, self.counter, self.bad_step)
         self.bad_loss = torch.where(first_bad, loss, self.bad_loss)
         self.loss_sum += torch.nan_to_num(loss)
 
     def failure(self) -> tuple[int, float] | None:
-        """(step, loss) of the first non-finite loss on any process since the stage began, or None (a sync point)."""
+        """(step, loss) of the first non-finite loss or gradient on any process since the stage began, or None
+        (a sync point)."""
         own = int(self.bad_step.item())
         first = D.all_min(self.info, float(own) if own >= 0 else math.inf)
         if first == math.inf:
@@ -604,8 +607,10 @@ class Trainer:
         failure = runner.failure()
         if failure is not None:
             last = self.ckpt_path if self.ckpt_path.exists() else None
+            step, loss = failure
+            what = f"loss became {loss}" if not math.isfinite(loss) else f"the gradient became non-finite (loss {loss:.4g})"
             raise TrainingError(
-                f"loss became {failure[1]} at step {failure[0]} of stage {stage.index} ({stage.name}); "
+                f"{what} at step {step} of stage {stage.index} ({stage.name}); "
                 f"stopped. Last good checkpoint: {last or 'none yet'}"
             )
 
@@ -698,7 +703,7 @@ class Trainer:
     def _measure(self, stages: list[Stage], val: ValidationSet | None) -> tuple[list[StageCost], Overheads]:
         """Time a few real steps of each kind of stage on throw-away copies of the model."""
         cfg, info = self.cfg, self.info
-        by_kind: dict[tuple, StageCost] = {}
+        by_kind: dict[tuple, tuple[StageCost, float]] = {}
         costs: list[StageCost] = []
         model: InstructIPT | None = None
         with torch.random.fork_rng(devices=[info.device.index or 0] if info.device.type == "cuda" else []):
@@ -711,11 +716,13 @@ class Trainer:
                 kind = (stage.mode, tuple(tasks), len(model.tasks))
                 if kind not in by_kind:
                     by_kind[kind] = self._time_steps(copy.deepcopy(model), probe, tasks)
-                costs.append(by_kind[kind])
+                costs.append(by_kind[kind][0])
             assert model is not None
             validation = self._time(lambda: validate(model, val, info)) if val is not None else 0.0
             with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
-                checkpoint = self._time(lambda: save_checkpoint(Path(tmp) / "probe.pt", self._state(model, 0, 0, None, None)))
+                # a checkpoint as a stage writes it - with its optimiser and average: the probes' (a model alone
+                # is a quarter of that)
+                checkpoint = max(c for _, c in by_kind.values())
                 saving = self._time(lambda: model.save_pretrained(Path(tmp) / "model"))
                 final = checkpoint + saving
             costs = [replace(c, start=c.start + saving) for c in costs]  # each stage saves its model at its end
@@ -732,9 +739,10 @@ class Trainer:
         _synchronize(self.info.device)
         return time.perf_counter() - t
 
-    def _time_steps(self, model: InstructIPT, stage: Stage, tasks: list[str]) -> StageCost:
+    def _time_steps(self, model: InstructIPT, stage: Stage, tasks: list[str]) -> tuple[StageCost, float]:
         """Seconds per step once running, and the extra seconds of a stage's start (set-up,
-        DataLoader workers, compilation), from the first steps of ``stage`` on ``model``."""
+        DataLoader workers, compilation), from the first steps of ``stage`` on ``model``; and the
+        seconds of a checkpoint of that stage (model, optimiser, average and data state)."""
         _synchronize(self.info.device)
         t0 = time.perf_counter()
         runner = StageRunner(self, model, stage, tasks, 0)
@@ -749,7 +757,10 @@ class Trainer:
             self._time(lambda: steps(warm))
             timed = self._time(lambda: steps(CALIBRATION_STEPS)) / CALIBRATION_STEPS
             start = time.perf_counter() - t0 - (warm + CALIBRATION_STEPS) * timed
-            return StageCost(timed, max(0.0, start))
+            with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
+                checkpoint = self._time(lambda: save_checkpoint(  # (gathered from the device inside the timing, as a stage does)
+                    Path(tmp) / "probe.pt", self._state(model, stage.index, warm + CALIBRATION_STEPS, tasks, runner)))
+            return StageCost(timed, max(0.0, start)), checkpoint
         finally:
             runner.close()
 
