@@ -8,7 +8,8 @@
 # PHOTOS holds train/ and val/ folders of clean photos (default ../shared/photos). Needs only
 # PyTorch, NumPy, SciPy, Pillow, PyYAML, safetensors and tqdm; the package need not be installed
 # (it runs from src/) and nothing is downloaded. Steps, each stopping the script if it fails:
-#   1. a smoke run: every stage cut to a few steps, with validation (and the grid-span choice if the config has one),
+#   1. a smoke run: every stage cut to a few steps, with a checkpoint halfway and validation (and the grid-span
+#      choice if the config has one),
 #      so a broken setup costs seconds, not the lease;
 #   2. training with a time budget (--max-minutes: every stage scaled to fit): TRAIN_GPU_MINUTES, or else
 #      what is left of TRAIN_GPU_DEADLINE seconds (570) after the smoke run, less TRAIN_GPU_RESERVE seconds
@@ -99,7 +100,9 @@ on_exit() {
 trap on_exit EXIT
 
 stamp "smoke run: every stage $SMOKE_STEPS steps"
-ipt train "$CONFIG" "${SETS[@]}" --steps "$SMOKE_STEPS" --out "$OUT/smoke" --device "$DEVICE" --no-progress
+# (a checkpoint halfway through each stage: the real run's first one is minutes in)
+ipt train "$CONFIG" "${SETS[@]}" --steps "$SMOKE_STEPS" --set "ckpt_every=$(( SMOKE_STEPS > 1 ? SMOKE_STEPS / 2 : 1 ))" \
+    --out "$OUT/smoke" --device "$DEVICE" --no-progress
 
 if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke run and the steps after training
     MINUTES="$("$PY" -c 'import sys; print(round((float(sys.argv[1]) - float(sys.argv[2]) - float(sys.argv[3])) / 60, 2))' \

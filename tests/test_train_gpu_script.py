@@ -75,6 +75,8 @@ def test_train_gpu_script_trains_evaluates_and_compares(tmp_path):
     for name in ("model/config.json", "model/model.safetensors", "log.jsonl", "results-new.csv", "results-shipped.csv",
                  "compare.txt"):
         assert (out / name).is_file(), name
+    # the smoke run (2 steps a stage here) writes a checkpoint halfway through each stage
+    assert yaml.safe_load((out / "smoke/config.yaml").read_text())["ckpt_every"] == 1
     log = (out / "log.jsonl").read_text()
     assert '"event": "budget"' in log and '"event": "grid_spans"' in log
     compare = (out / "compare.txt").read_text()
