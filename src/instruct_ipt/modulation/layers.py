@@ -54,7 +54,8 @@ class TaskSelection:
         """The ids as a ``(batch, num_tasks)`` one-hot matrix for :func:`pick`, built once per
         forward and shared by every layer: built per layer, it was three of the seven kernels a
         modulated layer launched in a mixed batch's forward (``small``: 303 of 1139), and on a GPU a
-        step of a small model is bound by launches, not arithmetic."""
+        small model's step is expected to wait on launches more than on arithmetic (docs/training.md,
+        "Kernel launches": an estimate, not yet measured on one)."""
         # (one built under inference_mode cannot be saved for a later training forward's backward)
         key = (device, num_tasks, dtype, torch.is_inference_mode_enabled())
         if key not in self._onehot:

@@ -719,10 +719,10 @@ class Trainer:
                 costs.append(by_kind[kind][0])
             assert model is not None
             validation = self._time(lambda: validate(model, val, info)) if val is not None else 0.0
+            # a checkpoint as a stage writes it, with its optimiser and average, timed by the probes (a model
+            # alone is a quarter of that)
+            checkpoint = max(c for _, c in by_kind.values())
             with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
-                # a checkpoint as a stage writes it - with its optimiser and average: the probes' (a model alone
-                # is a quarter of that)
-                checkpoint = max(c for _, c in by_kind.values())
                 saving = self._time(lambda: model.save_pretrained(Path(tmp) / "model"))
                 final = checkpoint + saving
             costs = [replace(c, start=c.start + saving) for c in costs]  # each stage saves its model at its end
