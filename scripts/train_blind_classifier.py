@@ -19,6 +19,8 @@ task scores. ``--tone S`` renders that share of the photos otherwise (exposure, 
 balance, saturation) before degrading them (``BlindDataset``'s ``tone``; tried, not shipped).
 ``--downsamplings N`` gives a new classifier N stride-2 convolutions (3, the shipped; 4 and 5 see
 35 and 67 px instead of 19: ``DegradationClassifier``'s ``downsamplings``; tried, not shipped).
+``--width W`` gives a new classifier W channels at full resolution (default 32), twice and four times
+that after its stride-2 convolutions (``DegradationClassifier``'s ``width``).
 
 ``--peel FILE`` (a single-label classifier, or ``packaged``) trains nothing: it calibrates that
 classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the restoration model
@@ -94,6 +96,8 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=96, help="square degraded as a whole (>= the 96 px patch)")
     ap.add_argument("--downsamplings", type=int, choices=range(1, 6), metavar="N", help="stride-2 convolutions of a "
                     "new classifier, 1-5 (default: 3, the shipped one's; with --init, the init's)")
+    ap.add_argument("--width", type=int, metavar="W", help="channels at full resolution of a new classifier "
+                    "(default 32; with --init, the init's)")
     ap.add_argument("--multilabel", action="store_true", help="one score per task, thresholds calibrated on the left-out photos")
     ap.add_argument("--clean-class", action="store_true", help="single-label with one more class, clean "
                     "('nothing to do'), learnt from --clean-share clean crops")
@@ -148,12 +152,13 @@ def main() -> None:
         raise SystemExit("--singles-first calibrates a multi-label classifier's thresholds: add --multilabel")
     if (args.multilabel or args.peel) and not args.exclude:
         raise SystemExit("--multilabel and --peel calibrate thresholds on left-out photos: give them with --exclude")
-    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone or args.downsamplings):
+    if args.peel and (args.multilabel or args.init or args.recalibrate or args.clean_class or args.tone or args.downsamplings
+                      or args.width):
         raise SystemExit("--peel calibrates a single-label classifier without training: not with --multilabel, --init, "
-                         "--recalibrate, --clean-class, --tone or --downsamplings")
-    if args.recalibrate and (args.downsamplings or args.init or args.tone or args.clean_class
+                         "--recalibrate, --clean-class, --tone, --downsamplings or --width")
+    if args.recalibrate and (args.downsamplings or args.width or args.init or args.tone or args.clean_class
                              or args.clean_share is not None or args.composite_share is not None):
-        raise SystemExit("--recalibrate trains nothing: not with --downsamplings, --init, --tone, --clean-class, "
+        raise SystemExit("--recalibrate trains nothing: not with --downsamplings, --width, --init, --tone, --clean-class, "
                          "--clean-share or --composite-share")
     if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks
                           or args.keep_choices or args.region):
@@ -189,12 +194,15 @@ def main() -> None:
         init = DegradationClassifier.load(args.init) if args.init else None
         if init is not None and args.downsamplings and args.downsamplings != init.downsamplings:
             raise SystemExit(f"--init {args.init} has {init.downsamplings} downsamplings: not --downsamplings {args.downsamplings}")
+        if init is not None and args.width and args.width != init.width:
+            raise SystemExit(f"--init {args.init} has width {init.width}: not --width {args.width}")
         shares = ({"clean_share": clean_share, "composite_share": composite_share} if args.multilabel
                   else {"clean_share": clean_share, "clean_class": True} if args.clean_class else {})
         model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, tone=args.tone,
-                                 downsamplings=args.downsamplings or (init.downsamplings if init else 3), **shares)
+                                 downsamplings=args.downsamplings or (init.downsamplings if init else 3),
+                                 width=args.width or (init.width if init else 32), **shares)
     model.align_blocks = model.align_blocks or args.align_blocks
     model.min_positions = args.min_positions or model.min_positions
     if args.multilabel:

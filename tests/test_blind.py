@@ -1160,6 +1160,22 @@ def test_downsamplings_set_how_far_each_feature_sees_and_travel_with_the_file(tm
         train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, downsamplings=4)
 
 
+def test_a_classifier_trains_at_the_width_asked_and_keeps_it_in_its_file(tmp_path):
+    tasks = ["denoise", "deblur"]
+    ops = {t: make_degradation(t) for t in tasks}
+    photo = data.astronaut()[:48, :48]
+    clf = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, width=6)
+    convs = [m for m in clf.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [6, 6, 12, 12, 24] and clf.classifier.in_features == 48
+    back = DegradationClassifier.load(clf.save(tmp_path / "w6.safetensors"))
+    x = torch.rand(1, 3, 32, 32)
+    assert back.width == 6 and torch.equal(back(x), clf(x))
+    with pytest.raises(ValueError, match="width 6, training 32"):  # an init's features cannot change size
+        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=back)
+    more = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=back, width=6)
+    assert more.width == 6
+
+
 @pytest.mark.filterwarnings("error")  # (torch warns when a standard deviation has no degrees of freedom)
 def test_an_image_too_small_to_judge_is_refused_not_given_nan_probabilities():
     clf = DegradationClassifier.default()

@@ -669,6 +669,7 @@ def train_classifier(
     clean_class: bool = False,
     tone: float = 0.0,
     downsamplings: int = 3,
+    width: int = 32,
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
@@ -678,8 +679,9 @@ def train_classifier(
     (``clean_share``), one or two (``composite_share``) degradations; thresholds stay at 0.5 until
     :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
     a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean. ``tone``: the share
-    of photos rendered otherwise first (:func:`vary_tone`). ``downsamplings``: the classifier's
-    stride-2 convolutions (:class:`DegradationClassifier`; an ``init``'s own)."""
+    of photos rendered otherwise first (:func:`vary_tone`). ``downsamplings`` and ``width``: the
+    classifier's stride-2 convolutions and its channels at full resolution (:class:`DegradationClassifier`;
+    an ``init``'s own)."""
     tasks = list(degradations)
     if not multilabel and composite_share:
         raise ValueError("composite samples need a multi-label classifier (multilabel=True)")
@@ -689,7 +691,8 @@ def train_classifier(
         raise ValueError("a clean class is learnt from clean samples: give a clean_share")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DegradationClassifier(tasks, multilabel=multilabel, clean_class=clean_class, downsamplings=downsamplings)
+        model = DegradationClassifier(tasks, width=width, multilabel=multilabel, clean_class=clean_class,
+                                      downsamplings=downsamplings)
     if patch_size < model.smallest_side:
         raise ValueError(f"{patch_size} px training squares are too small for {downsamplings} downsamplings "
                          f"(at least {model.smallest_side} px)")
@@ -701,6 +704,8 @@ def train_classifier(
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
         if init.downsamplings != downsamplings:
             raise ValueError(f"init classifier has {init.downsamplings} downsamplings, training {downsamplings}")
+        if init.width != width:
+            raise ValueError(f"init classifier has width {init.width}, training {width}")
         state = init.state_dict()
         for name in ("classifier.weight", "classifier.bias"):  # the task rows; a new clean class keeps its fresh row
             rows = state[name][: len(tasks)]  # (an init's clean row is dropped when training without one)
