@@ -339,6 +339,26 @@ def test_peeling_calibration_puts_single_degradations_first():
     assert set(three.further) == {"a", "b"} and three.start["c"] == 0.5
 
 
+def test_peeling_calibration_breaks_ties_with_the_further_tests_own_answers():
+    """Images named wrongly whatever a further threshold is still say where that threshold belongs:
+    among thresholds equal on exact sets, the calibration takes those that answer "is it left?"
+    right most often there too - not the middle candidate, which here would name `a` on them."""
+    from instruct_ipt.instruct.blind import choose_peeling_thresholds, peeled_sets
+
+    tasks = ["a", "b", "c"]
+    # b found first every time; then a's change: none on the four b-only images (0.005-0.012), a
+    # left on the two pairs (0.03, 0.04); the two c-only images are taken for b (wrong either way),
+    # and a's change there (0.018, 0.024) carries no a
+    first = np.array([1, 1, 1, 1, 1, 1, 1, 1])
+    first_p = np.full(8, 0.9)
+    second = np.zeros(8, int)
+    change = np.array([0.005, 0.008, 0.010, 0.012, 0.03, 0.04, 0.018, 0.024])
+    present = np.array([[0, 1, 0]] * 4 + [[1, 1, 0]] * 2 + [[0, 0, 1]] * 2, bool)
+    peeling = choose_peeling_thresholds(tasks, first, first_p, second, change, present, gate=False)
+    found = peeled_sets(first, first_p, second, change, np.zeros(3), np.array([peeling.further["a"], 2.0, 2.0]))
+    assert (found == present).all(1).tolist() == [True] * 6 + [False] * 2  # the best exact-set count, 6 of 8
+    assert 0.024 < peeling.further["a"] < 0.03  # (the middle of the equal candidates, 0.021, says "a" at 0.024)
+
 def test_calibrate_peeling_walks_each_case_twice_and_sets_the_thresholds():
     from instruct_ipt.instruct.blind import calibrate_peeling
 

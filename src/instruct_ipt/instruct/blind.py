@@ -775,15 +775,19 @@ def detected_sets(probs: np.ndarray, thresholds: np.ndarray, main: np.ndarray | 
 
 
 def _ascend(vectors: list[tuple[np.ndarray, np.ndarray]], score: Callable[[], float], rounds: int,
-            prefer: Sequence[float | None] | None = None) -> None:
+            prefer: Sequence[float | None] | None = None,
+            own: Sequence[Callable[[int], float] | None] | None = None) -> None:
     """Coordinate ascent in place: each entry ``j`` of each threshold vector in turn set to the
     midpoint between observed values ``values[:, j]`` (NaN: none for that image) of its pair that
-    maximises ``score()``; an entry with no observed value is kept. Among equals, the one nearest
-    the vector's ``prefer`` value (default 0.5: probabilities), or with None the middle one (a
-    scale with no natural centre, such as a pixel change)."""
+    maximises ``score()``; an entry with no observed value is kept. Among equals, those that
+    maximise the vector's ``own(j)`` (if given: how many of that threshold's own decisions are
+    right - evidence the whole-set score ignores on images it gets wrong for another reason), then
+    the one nearest the vector's ``prefer`` value (default 0.5: probabilities), or with None the
+    middle one (a scale with no natural centre, such as a pixel change)."""
     prefer = [0.5] * len(vectors) if prefer is None else prefer
+    own = [None] * len(vectors) if own is None else own
     for _ in range(rounds):
-        for (th, observed), centre in zip(vectors, prefer, strict=True):
+        for (th, observed), centre, tie in zip(vectors, prefer, own, strict=True):
             for j in range(len(th)):
                 column = observed[:, j]
                 values = np.unique(column[~np.isnan(column)])
@@ -791,10 +795,14 @@ def _ascend(vectors: list[tuple[np.ndarray, np.ndarray]], score: Callable[[], fl
                     continue
                 candidates = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
                 results = np.empty(len(candidates))
+                second = np.zeros(len(candidates))
                 for k, c in enumerate(candidates):  # a few hundred images x candidates: cheap
                     th[j] = c
                     results[k] = score()
-                best = candidates[results == results.max()]
+                    if tie is not None:
+                        second[k] = tie(j)
+                top = results == results.max()
+                best = candidates[top & (second == second[top].max())]
                 th[j] = best[len(best) // 2] if centre is None else best[np.argmin(np.abs(best - centre))]
 
 
@@ -897,7 +905,11 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     """Peeling's thresholds (:class:`Peeling`: ``start`` per task of the first step, ``further`` per
     task of the second) that name exactly ``present`` (images x tasks, bool) for as many images as
     possible (:func:`peeled_sets`; coordinate ascent as :func:`choose_thresholds`, ``first_images``
-    as its ``first``, but among equals the middle threshold: the widest margin both ways).
+    as its ``first``, but among equals the middle threshold: the widest margin both ways; for
+    ``further``, before that, those that answer "is this task left?" right on the most images where
+    peeling asks it - including images named wrongly whatever that threshold is, whose evidence the
+    exact-set score cannot see: with few calibration photos a further threshold otherwise floats
+    anywhere in a wide tie, wherever its candidates happen to cluster).
     ``further_tasks``: the only tasks that may be named after the first (default: all);
     ``gate=False``: no calibrated "nothing to do" (the first is always named; with a clean class,
     unless clean is the most likely class). A task never seen first keeps a ``start`` of 0.5; one
@@ -947,10 +959,21 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
         vectors.append((start, at_first))
         prefer.append(None)
     score = _exact_score(present, first_images)
-    _ascend(vectors, lambda: score(peeled_sets(first, first_prob, second, second_change, start, further, first_clean,
-                                               float(clean[0]) if clean_gate else None, second_beats,
-                                               first_change, first_min)),
-            rounds, prefer=prefer)
+
+    def found() -> np.ndarray:
+        return peeled_sets(first, first_prob, second, second_change, start, further, first_clean,
+                           float(clean[0]) if clean_gate else None, second_beats, first_change, first_min)
+
+    def own_further(j: int) -> float:
+        """Right answers of the test "is task j left?" wherever peeling asks it: the first step
+        went ahead, j came second (and beat clean). Its label is whether the image carries j."""
+        asked = found()[np.arange(n), first] & (second == j)
+        if second_beats is not None:
+            asked &= second_beats
+        return float(((second_change[asked] >= further[j]) == present[asked, j]).sum())
+
+    _ascend(vectors, lambda: score(found()), rounds, prefer=prefer,
+            own=[own_further] + [None] * (len(vectors) - 1))
     return Peeling({t: float(v) for t, v in zip(tasks, start)} if start_gate else {},
                    {t: float(v) for t, v, seen in zip(tasks, further, seen_second) if seen},
                    clean=float(clean[0]) if clean_gate else None,
