@@ -201,8 +201,7 @@ def main() -> None:
         model = train_classifier(images, ops, steps=args.steps, batch_size=args.batch, workers=args.workers,
                                  log=lambda m: print(m, flush=True), init=init, seed=args.seed, lr=args.lr,
                                  soften=args.soften, context=args.context, multilabel=args.multilabel, tone=args.tone,
-                                 downsamplings=args.downsamplings or (init.downsamplings if init else 3),
-                                 width=args.width or (init.width if init else 32), **shares)
+                                 downsamplings=args.downsamplings, width=args.width, **shares)
     model.align_blocks = model.align_blocks or args.align_blocks
     model.min_positions = args.min_positions or model.min_positions
     if args.multilabel:

@@ -1175,7 +1175,8 @@ def test_downsamplings_set_how_far_each_feature_sees_and_travel_with_the_file(tm
     init = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, downsamplings=4)
     assert init.downsamplings == 4 and init.smallest_side == 17
     with pytest.raises(ValueError, match="4 downsamplings, training 3"):
-        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, init=init)
+        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, init=init, downsamplings=3)
+    assert train_classifier([photo], ops, steps=1, batch_size=2, patch_size=17, context=17, init=init).downsamplings == 4
     with pytest.raises(ValueError, match="too small for 4 downsamplings"):  # 16 px: one last feature, no spread
         train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, downsamplings=4)
 
@@ -1191,9 +1192,12 @@ def test_a_classifier_trains_at_the_width_asked_and_keeps_it_in_its_file(tmp_pat
     x = torch.rand(1, 3, 32, 32)
     assert back.width == 6 and torch.equal(back(x), clf(x))
     with pytest.raises(ValueError, match="width 6, training 32"):  # an init's features cannot change size
-        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=back)
+        train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=back, width=32)
     more = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=back, width=6)
-    assert more.width == 6
+    same = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16, init=back)  # its own
+    assert more.width == same.width == 6
+    fresh = train_classifier([photo], ops, steps=1, batch_size=2, patch_size=16, context=16)
+    assert (fresh.width, fresh.downsamplings) == (32, 3)  # the shipped design's, DegradationClassifier's defaults
 
 
 @pytest.mark.filterwarnings("error")  # (torch warns when a standard deviation has no degrees of freedom)

@@ -668,8 +668,8 @@ def train_classifier(
     composite_share: float = 0.0,
     clean_class: bool = False,
     tone: float = 0.0,
-    downsamplings: int = 3,
-    width: int = 32,
+    downsamplings: int | None = None,
+    width: int | None = None,
 ) -> DegradationClassifier:
     """Train on synthetic degradations of clean photos (see :class:`BlindDataset`); ``init``
     continues from an existing classifier of the same tasks (a single-label one may start a
@@ -680,8 +680,8 @@ def train_classifier(
     :func:`calibrate_thresholds`. ``clean_class``: a single-label classifier with
     a :data:`CLEAN` class, learnt from the ``clean_share`` of samples left clean. ``tone``: the share
     of photos rendered otherwise first (:func:`vary_tone`). ``downsamplings`` and ``width``: the
-    classifier's stride-2 convolutions and its channels at full resolution (:class:`DegradationClassifier`;
-    an ``init``'s own)."""
+    classifier's stride-2 convolutions and its channels at full resolution (None: an ``init``'s own,
+    else :class:`DegradationClassifier`'s defaults - the shipped design's, written down once there)."""
     tasks = list(degradations)
     if not multilabel and composite_share:
         raise ValueError("composite samples need a multi-label classifier (multilabel=True)")
@@ -689,12 +689,15 @@ def train_classifier(
         raise ValueError("clean samples need a multi-label classifier or a clean class (clean_class=True)")
     if clean_class and not clean_share:
         raise ValueError("a clean class is learnt from clean samples: give a clean_share")
+    if init is not None:
+        width = init.width if width is None else width
+        downsamplings = init.downsamplings if downsamplings is None else downsamplings
+    shape = {k: v for k, v in (("width", width), ("downsamplings", downsamplings)) if v is not None}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DegradationClassifier(tasks, width=width, multilabel=multilabel, clean_class=clean_class,
-                                      downsamplings=downsamplings)
+        model = DegradationClassifier(tasks, multilabel=multilabel, clean_class=clean_class, **shape)
     if patch_size < model.smallest_side:
-        raise ValueError(f"{patch_size} px training squares are too small for {downsamplings} downsamplings "
+        raise ValueError(f"{patch_size} px training squares are too small for {model.downsamplings} downsamplings "
                          f"(at least {model.smallest_side} px)")
     ds = BlindDataset(images, degradations, steps * batch_size, patch=patch_size, context=context, soften=soften,
                       seed=seed, clean_share=clean_share, composite_share=composite_share, tone=tone)
@@ -702,10 +705,10 @@ def train_classifier(
     if init is not None:
         if init.tasks != tasks:
             raise ValueError(f"init classifier knows {init.tasks}, training for {tasks}")
-        if init.downsamplings != downsamplings:
-            raise ValueError(f"init classifier has {init.downsamplings} downsamplings, training {downsamplings}")
-        if init.width != width:
-            raise ValueError(f"init classifier has width {init.width}, training {width}")
+        if init.downsamplings != model.downsamplings:
+            raise ValueError(f"init classifier has {init.downsamplings} downsamplings, training {model.downsamplings}")
+        if init.width != model.width:
+            raise ValueError(f"init classifier has width {init.width}, training {model.width}")
         state = init.state_dict()
         for name in ("classifier.weight", "classifier.bias"):  # the task rows; a new clean class keeps its fresh row
             rows = state[name][: len(tasks)]  # (an init's clean row is dropped when training without one)
