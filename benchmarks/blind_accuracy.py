@@ -14,9 +14,14 @@ across, 0-7 down), as a photo cropped after it was saved is: its 8 px block grid
 at the corner (not counted in ``all single``, so that row stays comparable with earlier runs).
 ``--crop WxH`` centre-crops each photo before degrading it (blind mode's grid of crops sees less of a
 smaller image: issue 23 measured on 512x384 crops). Target (issue 5): >= 95% on single degradations.
+``--pixels`` also restores every image as each classifier's blind mode would (its tasks, in its
+order, on the whole image; nothing when it sees nothing) and as naming the right tasks would (in
+the restoration order: ``named``), and prints a second table of mean PSNR (RGB, outputs rounded to
+8 bits) against the clean photo: what a wrong set costs in dB, beside the counts (a blurred crop
+taken for a clean one costs little when deblurring it would gain little).
 
     python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 3] \\
-        [--classifier FILE ...] [--composite rain+noise ...] [--tile 256] [--crop 512x384]
+        [--classifier FILE ...] [--composite rain+noise ...] [--tile 256] [--crop 512x384] [--pixels]
 
 Without ``--classifier``: the packaged one. A classifier with peeling (``--peel`` in
 scripts/train_blind_classifier.py) restores with ``--model`` (default: the shipped model) as blind
@@ -39,6 +44,8 @@ import numpy as np
 from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_composite, make_degradation
 from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.validation import center_crop
+from instruct_ipt.eval.metrics import psnr
+from instruct_ipt.instruct import order_tasks
 from instruct_ipt.instruct.blind import DegradationClassifier
 from instruct_ipt.pipeline import RestorationPipeline
 
@@ -54,10 +61,16 @@ def benchmark_cases(tasks: list[str], composites: list[str] | None) -> list[tupl
 def degraded(photos: list[np.ndarray], label: str, spec: str | None, seeds: int) -> Iterator[np.ndarray]:
     """Each photo degraded by ``spec`` once per seed (the photo itself for the clean case), seeded by
     (seed, case label, the photo's position): the same images for every classifier and every run."""
+    for image, _ in degraded_pairs(photos, label, spec, seeds):
+        yield image
+
+
+def degraded_pairs(photos: list[np.ndarray], label: str, spec: str | None, seeds: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`degraded`'s images, each with its clean photo."""
     for seed in range(seeds):
         for i, clean in enumerate(photos):
             rng = np.random.default_rng((seed, zlib.crc32(label.encode()), i))
-            yield clean if spec is None else make_degradation(spec)(clean, rng).image
+            yield (clean if spec is None else make_degradation(spec)(clean, rng).image), clean
 
 
 def shifted(image: np.ndarray, index: int) -> np.ndarray:
@@ -78,6 +91,36 @@ def _counts(right: int, n: int, wrong: Counter[str]) -> str:
     """``right/n``, then what the wrong images were seen as, most frequent first."""
     mistakes = ", ".join(f"{key} x{m}" for key, m in wrong.most_common())
     return f"{right}/{n}" + (f" (saw {mistakes})" if mistakes else "")
+
+
+class Restorations:
+    """Each image restored with a set of tasks at most once (two classifiers that agree, or agree with
+    the named tasks, cost one restoration), scored against the clean photo."""
+
+    def __init__(self, run, clean: np.ndarray, image: np.ndarray):
+        self.run, self.clean, self.image = run, clean, image
+        self.done: dict[tuple[str, ...], float] = {}
+
+    def psnr(self, tasks: list[str]) -> float:
+        """PSNR (RGB, dB) of ``image`` restored with ``tasks`` in that order (none: the image itself),
+        rounded to 8 bits as ``eval`` measures; ``inf`` when it equals the clean photo."""
+        key = tuple(tasks)
+        if key not in self.done:
+            out = self.run(self.image, list(tasks)) if tasks else self.image
+            out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
+            self.done[key] = psnr(out, self.clean)
+        return self.done[key]
+
+
+def db_cell(values: list[float]) -> str:
+    """Mean PSNR of ``values``; images left identical to the clean photo (``inf``: a clean photo left
+    alone) are counted, not averaged."""
+    finite = [v for v in values if np.isfinite(v)]
+    same = len(values) - len(finite)
+    if not finite:
+        return f"unchanged {same}/{len(values)}"
+    mean = f"{np.mean(finite):.2f}"
+    return f"{mean} (unchanged {same}/{len(values)}, the others)" if same else mean
 
 
 def crop_size(text: str) -> tuple[int, int]:
@@ -111,18 +154,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_image_arguments(ap)
     ap.add_argument("--tile", type=int, default=256, help="side of the tiles classified alone (0: none - each tile peels, the slow part)")
-    ap.add_argument("--model", help="restoration model folder for classifiers that peel (default: the shipped model)")
+    ap.add_argument("--model", help="restoration model folder for classifiers that peel and for --pixels (default: the shipped model)")
+    ap.add_argument("--pixels", action="store_true",
+                    help="also restore each image with each classifier's tasks and with the right ones: mean PSNR per case")
     args = ap.parse_args()
     if args.tile < 0:
         raise SystemExit(f"--tile {args.tile}: a side in pixels, or 0 for no tiles")
     names = args.classifier or ["packaged"]
     clfs = [DegradationClassifier.default() if n == "packaged" else DegradationClassifier.load(n) for n in names]
-    restore = None
-    if any(c.peeling for c in clfs):
+    restore = pipe = None
+    if args.pixels or any(c.peeling for c in clfs):
         pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
-        missing = sorted({t for c in clfs if c.peeling for t in c.tasks} - set(pipe.tasks))
+        missing = sorted({t for c in clfs if c.peeling or args.pixels for t in c.tasks} - set(pipe.tasks))
         if missing:
-            raise SystemExit(f"the restoration model lacks {', '.join(missing)}: a peeling classifier restores with each of its tasks")
+            raise SystemExit(f"the restoration model lacks {', '.join(missing)}: blind mode restores with each of the classifiers' tasks")
         restore = lambda x, t: pipe.run(x, [t])
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
@@ -150,6 +195,8 @@ def main() -> None:
     totals = {"single": np.zeros((len(clfs), 2), int), "composite": np.zeros((len(clfs), 2), int)}
     tiles = np.zeros((len(clfs), 2), int)
     tile_rows: list[str] = []  # per single degradation: tiles right, and what the wrong ones were seen as
+    db_rows: list[str] = []  # --pixels: per case, mean PSNR of the input, the named tasks and each classifier's
+    db_groups: dict[str, list[list[float]]] = {g: [[] for _ in range(len(clfs) + 2)] for g in ("single", "composite")}
     seconds = np.zeros(len(clfs))
     images = 0
     for label, spec in cases:
@@ -159,8 +206,13 @@ def main() -> None:
         wrong: list[Counter[str]] = [Counter() for _ in clfs]
         tile_ok, tile_n = np.zeros(len(clfs), int), 0
         tile_wrong: list[Counter[str]] = [Counter() for _ in clfs]
-        for image in degraded(photos, label, spec, args.seeds):
+        dbs: list[list[float]] = [[] for _ in range(len(clfs) + 2)]  # input, named, each classifier
+        for image, clean in degraded_pairs(photos, label, spec, args.seeds):
             n += 1
+            scored = Restorations(pipe.run, clean, image) if args.pixels else None
+            if scored:
+                dbs[0].append(scored.psnr([]))
+                dbs[1].append(scored.psnr(order_tasks(sorted(expected))))
             images += 1
             h, w = image.shape[:2]
             side = args.tile if spec in tasks else 0  # single degradations: each tile alone too
@@ -171,6 +223,8 @@ def main() -> None:
                 seen = [t for t, _ in clf.detect(image, restore=restore)]
                 seconds[k] += time.perf_counter() - t0
                 ok[k] += _tally(seen, expected, wrong[k])
+                if scored:
+                    dbs[2 + k].append(scored.psnr(seen))
                 for r, c in corners:
                     tile_seen = [t for t, _ in clf.detect(image[r : r + side, c : c + side], None, restore)]
                     tile_ok[k] += _tally(tile_seen, expected, tile_wrong[k])
@@ -183,6 +237,11 @@ def main() -> None:
         if group:
             totals[group][:, 0] += ok
             totals[group][:, 1] += n
+        if args.pixels:
+            db_rows.append(f"| {label} | {' | '.join(db_cell(v) for v in dbs)} |")
+            if group:
+                for acc, v in zip(db_groups[group], dbs):
+                    acc.extend(v)
     if "jpeg" in tasks:  # the same JPEG images, cropped: the block grid shifted
         ok, wrong = np.zeros(len(clfs), int), [Counter() for _ in clfs]
         images_shifted = [shifted(image, i) for i, image in enumerate(degraded(photos, "jpeg", "jpeg", args.seeds))]
@@ -197,6 +256,15 @@ def main() -> None:
     if args.tile:
         print(f"| single, {args.tile} px tiles alone | {' | '.join(f'{a}/{b} = {100 * a / max(1, b):.1f}%' for a, b in tiles)} |")
     print(f"| s/image (whole photo) | {' | '.join(f'{t / max(1, images):.2f}' for t in seconds)} |")
+    if args.pixels:
+        print("\nmean PSNR (RGB, dB) against the clean photo: the degraded input, the right tasks named, each classifier's blind mode")
+        print(f"| case | input | named | {' | '.join(names)} |")
+        print(f"| --- |{' --- |' * (len(names) + 2)}")
+        for row in db_rows:
+            print(row)
+        for group, values in db_groups.items():
+            if values[0]:
+                print(f"| all {group} | {' | '.join(db_cell(v) for v in values)} |")
 
 
 if __name__ == "__main__":

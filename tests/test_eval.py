@@ -245,3 +245,47 @@ def test_plan_composites_refuse_bad_names_and_need_photos(setup):
     rng = np.random.default_rng((0, zlib.crc32(b"haze+noise"), 0))
     assert np.array_equal(case.input, make_degradation("noise+haze", denoise={"sigma": 15})(clean, rng).image)
     assert case.info["denoise.sigma"] == 15 and case.dataset == "photos-haze+noise"
+
+
+def test_eval_blind_row_beside_each_task_runs_what_blind_mode_names(setup, capsys, monkeypatch):
+    from instruct_ipt.data.images import read_rgb
+    from instruct_ipt.eval.plan import EvalRequest, plan_eval
+    from instruct_ipt.pipeline import RestorationPipeline, TaskChoice
+
+    # blind mode's choice by the image's width: the 48 px wide crop of astronaut is taken for a hazy
+    # photo, coffee (40 px wide: a side longer than the photo's keeps the photo's) for a clean one
+    def choose(self, rgb=None, task=None, instruction=None):
+        return TaskChoice(["dehaze"] if rgb.shape[1] == 48 else [], [1.0] if rgb.shape[1] == 48 else [], "blind")
+
+    monkeypatch.setattr(RestorationPipeline, "choose", choose)
+    out = setup / "out"
+    assert main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--blind", "--crop", "48x32",
+                 "--sigma", "25", "--seam-period", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "denoise | photos: centre crops of 48x32 px, sigma 25 | protocol" in printed
+    assert printed.count("blind mode named: dehaze x1, nothing x1 (of 2 images)") == 2  # after each task's table
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["crop"] == [48, 32] and doc["blind_named"] == {t: {"dehaze": 1, "nothing": 1} for t in ("denoise", "dehaze")}
+    assert {(r["task"], r["method"]) for r in doc["summary"]} == {
+        (t, m) for t in ("denoise", "dehaze") for m in ("instruct-ipt", "blind")}
+    # the blind row is dehaze run on the astronaut crop (while eval holds the model merged for the task of the
+    # table: for denoise, another task) and the degraded coffee crop itself
+    pipe = RestorationPipeline.from_pretrained(setup / "model")
+    plan = plan_eval(EvalRequest(photos=setup / "photos", sigma=25, crop=(48, 32)), ["denoise", "dehaze"])
+    for job in plan.jobs:
+        for case in job.make_cases():
+            assert case.input.shape == ((32, 48, 3) if case.name == "astronaut" else (32, 40, 3))
+            restored = pipe.run(case.input, ["dehaze"]) if case.name == "astronaut" else case.input
+            expected = psnr(np.round(np.clip(restored, 0, 1) * 255) / 255, case.target)
+            got = next(r for r in doc["images"] if (r["task"], r["method"], r["image"]) == (job.task, "blind", case.name))
+            assert got["metrics"]["psnr_rgb"] == pytest.approx(expected, abs=1e-6)
+    assert read_rgb(setup / "photos" / "coffee.png").shape == (40, 40, 3)  # the photos are untouched
+
+
+def test_eval_blind_needs_a_model_and_crop_sizes_are_checked(setup, capsys):
+    assert main(["eval", "--photos", str(setup / "photos"), "--peers", "--blind"]) == 2
+    assert "--blind restores with a model's blind mode: give --model DIR" in capsys.readouterr().err
+    for bad in ("512x", "0x384", "-3", "wide"):
+        with pytest.raises(SystemExit):
+            main(["eval", "--photos", str(setup / "photos"), "--peers", "--crop", bad])
+        assert "one side in pixels (384; 0 for the whole image) or WxH (512x384)" in capsys.readouterr().err

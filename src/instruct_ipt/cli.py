@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -82,6 +83,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crop(text: str) -> int | tuple[int, int]:
+    """``--crop``: one side (``384``: a square; 0: the whole image) or ``WxH`` (``512x384``, the
+    size of a phone photo's crop), as ``eval`` takes it."""
+    try:
+        sides = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) == 1 and sides[0] >= 0:
+        return sides[0]
+    if len(sides) == 2 and min(sides) >= 1:
+        return sides[0], sides[1]
+    raise argparse.ArgumentTypeError(f"{text!r}: one side in pixels (384; 0 for the whole image) or WxH (512x384)")
+
+
 def _protocol_changes(args: argparse.Namespace) -> dict:
     """The protocol fields ``eval``'s flags change in every task's default protocol."""
     changes = {}
@@ -102,7 +117,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .eval.plan import EvalRequest, plan_eval, results_meta
-    from .eval.runner import Skip, composite_methods, evaluate, format_table, summarise, write_results
+    from .eval.runner import (
+        Skip,
+        blind_method,
+        composite_methods,
+        describe_named,
+        evaluate,
+        format_table,
+        summarise,
+        write_results,
+    )
     from .inference import pick_device, restore_array
     from .pipeline import RestorationPipeline
 
@@ -110,6 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("give a benchmark folder (--data) or a folder of clean photos (--photos)")
     if args.model is None and not args.peers:
         raise ValueError("nothing to evaluate: give --model DIR and/or --peers")
+    if args.blind and args.model is None:
+        raise ValueError("--blind restores with a model's blind mode: give --model DIR")
     request = EvalRequest(
         data=tuple(args.data or ()), task=args.task, photos=args.photos, tasks=args.tasks.split(",") if args.tasks else None,
         sigma=args.sigma, seed=args.seed, crop=args.crop, grey=args.grey, protocol=_protocol_changes(args),
@@ -129,26 +155,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for s in plan.skipped:
         on_skip(s)
     records, skipped = [], list(plan.skipped)
+    blind_named: dict[str, dict[str, int]] = {}  # per table with a blind row: what blind mode named, how often
     for job in plan.jobs:  # each table printed as soon as its task is measured
         single = model is not None and not job.sequence  # a composite's rows merge each of its tasks in turn
         merged = model.merged(job.task) if single else contextlib.nullcontext()
+        named: Counter[str] = Counter()
+        if job.sequence:
+            methods = composite_methods(pipe, job.sequence, named)
+        else:  # blind mode beside the named task (it merges each task it runs, then merges this one again)
+            methods = {"blind": blind_method(pipe, named)} if args.blind and pipe is not None else None
         with tqdm(total=job.images, desc=f"eval {job.task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar, merged:
             done, skips = evaluate(
                 job.make_cases(), restore if single else None, method=args.method, protocols=protocols,
                 peers=args.peers and not job.sequence, save_dir=Path(args.out) / "images" if args.save else None,
                 on_skip=on_skip, progress=lambda c: bar.update(1), seam_period=args.seam_period or None,
-                methods=composite_methods(pipe, job.sequence) if job.sequence else None,
+                methods=methods,
             )
         records += done
         skipped += skips
         if done:
             print(format_table(summarise(done), protocols, setting=job.setting), end="", flush=True)
+        if named:
+            print(describe_named(named), flush=True)
+            blind_named[job.task] = dict(named.most_common())
     rows = summarise(records)
     if not rows:
         print("instruct-ipt eval: error: no image could be evaluated", file=sys.stderr)
         return 2
     print()
     meta = results_meta(request, args.model, str(pick_device(args.device)), args.seam_period)
+    if blind_named:
+        meta["blind_named"] = blind_named
     json_path, csv_path = write_results(args.out, rows, records, skipped, protocols, meta)
     print(f"wrote {json_path} and {csv_path}" + (f"; restored images under {Path(args.out) / 'images'}" if args.save else ""))
     failed = [s for s in skipped if s.fatal]
@@ -654,7 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, help="noise level (0-255) for denoise: clean-only benchmarks, --photos "
                    "and the noise of a --composite")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradations (default 0)")
-    p.add_argument("--crop", type=int, default=0, help="centre-crop --photos to this size (0: whole image)")
+    p.add_argument("--crop", type=_crop, default=0, metavar="SIZE",
+                   help="centre-crop --photos to a square of this side, or to WxH (512x384) (0: whole image)")
     p.add_argument("--grey", action="store_true",
                    help="--photos as grey photos (luma in every channel, the same degradation in each); peers run grey")
     p.add_argument("--seam-period", type=int, default=64, metavar="PX",
@@ -667,6 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-quantize", action="store_true", help="measure float outputs (not rounded to 8 bits)")
     g.add_argument("--test-noise", choices=("float", "uint8"), help="synthetic noisy inputs as float or rounded to 8 bits")
     p.add_argument("--peers", action="store_true", help="also run classical baselines (input, BM3D, NLM, dark channel)")
+    p.add_argument("--blind", action="store_true",
+                   help="also a blind row for each task: the model's blind mode on each degraded image, told nothing "
+                   "(a composite's table always has one), and what it named")
     p.add_argument("--save", action="store_true", help="write restored images under OUT/images/")
     p.add_argument("--out", default="eval-results", metavar="DIR", help="folder for results.json/.csv (default eval-results)")
     p.add_argument("--method", default="instruct-ipt", help="name of the model's rows in the table")

@@ -38,8 +38,8 @@ class EvalRequest:
     #: noise level (0-255) for denoise: clean-only benchmarks and synthetic photos
     sigma: float | None = None
     seed: int = 0
-    #: centre-crop the photos to this size (0: whole images)
-    crop: int = 0
+    #: centre-crop the photos to a square of this side, or to this (width, height) (0: whole images)
+    crop: int | tuple[int, int] = 0
     grey: bool = False
     protocol: Mapping[str, Any] = field(default_factory=dict)
     composites: Sequence[str] = ()
@@ -64,6 +64,11 @@ class EvalPlan:
     skipped: list[Skip]
     #: the protocol of every requested task (including skipped ones the model lacks)
     protocols: dict[str, Protocol]
+
+
+def crop_text(crop: int | tuple[int, int]) -> str:
+    """``384`` for a square side, ``512x384`` for (width, height)."""
+    return str(crop) if isinstance(crop, int) else f"{crop[0]}x{crop[1]}"
 
 
 def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) -> EvalPlan:
@@ -130,7 +135,7 @@ def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) ->
         folder = request.photos
         params = {"denoise": {"sigma": request.sigma}} if request.sigma is not None else {}
         setting = (f"{Path(folder).name}: " + ("grey versions, " if request.grey else "")
-                   + (f"centre crops of {request.crop} px" if request.crop else "whole images"))
+                   + (f"centre crops of {crop_text(request.crop)} px" if request.crop else "whole images"))
         for t in photo_tasks:
             if t in runnable:
                 sigma = f", sigma {request.sigma:g}" if t == "denoise" and request.sigma is not None else ""

@@ -9,6 +9,7 @@ import os
 import statistics
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def synthetic_cases(
     tasks: Sequence[str],
     params: Mapping[str, Mapping] | None = None,
     seed: int = 0,
-    crop: int = 0,
+    crop: int | tuple[int, int] = 0,
     protocols: Mapping[str, Protocol] | None = None,
     limit: int = 0,
     grey: bool = False,
@@ -107,9 +108,11 @@ def synthetic_cases(
     ``limit``: only that many photos, evenly spaced in name order (indices stay those of the folder).
     ``grey``: the grey version of each photo (:func:`~instruct_ipt.data.degradations.as_grey`), degraded
     the same in every channel, as a grey file is (a ``-grey`` dataset; peers then work on one channel).
+    ``crop``: the centre square of that side, or the centre (width, height) rectangle; 0: whole photos.
     """
     from ..data.validation import center_crop
 
+    crop_hw = crop if isinstance(crop, int) else (crop[1], crop[0])
     files = list(enumerate(list_images(folder)))
     if 0 < limit < len(files):
         files = [files[round(i * (len(files) - 1) / max(1, limit - 1))] for i in range(limit)]
@@ -124,7 +127,7 @@ def synthetic_cases(
         protocol = (protocols or {}).get(task) or default_protocol(task)
         for i, f in files:
             try:
-                clean = center_crop(read_rgb(f), crop)
+                clean = center_crop(read_rgb(f), crop_hw)
             except ImageReadError as e:
                 yield Skip(str(f), str(e))
                 continue
@@ -199,12 +202,34 @@ def evaluate(
     return records, skipped
 
 
-def composite_methods(pipe, sequence: Sequence[str]) -> dict[str, Callable[[Case], np.ndarray]]:
+def blind_method(pipe, named: Counter[str] | None = None) -> Callable[[Case], np.ndarray]:
+    """Blind mode as a row: the tasks the pipeline sees in the degraded image (it is told nothing
+    else), run in its order; the image itself when it sees nothing to do. Its time includes the
+    look. ``named``: counts what it named per image (``"derain+denoise"``, ``"nothing"``), so that a
+    table's blind row can say where its decibels come from.
+
+    ``pipe``: a :class:`~instruct_ipt.pipeline.RestorationPipeline` (its ``run`` and ``choose``)."""
+
+    def run(c: Case) -> np.ndarray:
+        tasks = pipe.choose(c.input).tasks
+        if named is not None:
+            named["+".join(tasks) or "nothing"] += 1
+        return pipe.run(c.input, tasks) if tasks else c.input
+
+    return run
+
+
+def describe_named(named: Counter[str]) -> str:
+    """``blind mode named: dehaze x3, nothing x1 (of 4 images)``: a :func:`blind_method` row's choices."""
+    return (f"blind mode named: {', '.join(f'{k} x{n}' for k, n in named.most_common())} "
+            f"(of {sum(named.values())} images)")
+
+
+def composite_methods(pipe, sequence: Sequence[str], named: Counter[str] | None = None) -> dict[str, Callable[[Case], np.ndarray]]:
     """The rows of a composite's table, in order: ``input`` (the degraded image itself), each task
     of ``sequence`` alone (``"<task> only"``), all of them one after another in ``sequence``'s order
     (``sequence``), the same in the opposite order (``reverse order``: the figure that says whether
-    the order matters), and blind mode (``blind``: the pipeline's choice for the image, then those
-    tasks; the image itself when it sees nothing to do).
+    the order matters), and blind mode (``blind``: :func:`blind_method`, counting in ``named``).
 
     ``pipe``: a :class:`~instruct_ipt.pipeline.RestorationPipeline` (its ``run`` and ``choose``)."""
     methods: dict[str, Callable[[Case], np.ndarray]] = {"input": lambda c: c.input}
@@ -212,7 +237,7 @@ def composite_methods(pipe, sequence: Sequence[str]) -> dict[str, Callable[[Case
         methods[f"{t} only"] = lambda c, t=t: pipe.run(c.input, [t])
     methods["sequence"] = lambda c: pipe.run(c.input, list(sequence))
     methods["reverse order"] = lambda c: pipe.run(c.input, list(reversed(sequence)))
-    methods["blind"] = lambda c: pipe.run(c.input, pipe.choose(c.input).tasks)
+    methods["blind"] = blind_method(pipe, named)
     return methods
 
 
