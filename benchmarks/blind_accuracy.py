@@ -17,8 +17,7 @@ smaller image: issue 23 measured on 512x384 crops). Target (issue 5): >= 95% on 
 ``--pixels`` also restores every image as each classifier's blind mode would (its tasks, in its
 order, on the whole image; nothing when it sees nothing) and as naming the right tasks would (in
 the restoration order: ``named``), and prints a second table of mean PSNR (RGB, outputs rounded to
-8 bits) against the clean photo: what a wrong set costs in dB, beside the counts (a blurred crop
-taken for a clean one costs little when deblurring it would gain little).
+8 bits) against the clean photo: what a wrong set costs in dB, beside the counts.
 
     python benchmarks/blind_accuracy.py --val ../shared/photos/val [--val PHOTO ...] [--seeds 3] \\
         [--classifier FILE ...] [--composite rain+noise ...] [--tile 256] [--crop 512x384] [--pixels]
@@ -45,6 +44,7 @@ from instruct_ipt.data.degradations import DEGRADATIONS, composite_tasks, is_com
 from instruct_ipt.data.images import list_images, read_rgb
 from instruct_ipt.data.validation import center_crop
 from instruct_ipt.eval.metrics import psnr
+from instruct_ipt.eval.protocol import Protocol
 from instruct_ipt.instruct import order_tasks
 from instruct_ipt.instruct.blind import DegradationClassifier
 from instruct_ipt.pipeline import RestorationPipeline
@@ -103,12 +103,12 @@ class Restorations:
 
     def psnr(self, tasks: list[str]) -> float:
         """PSNR (RGB, dB) of ``image`` restored with ``tasks`` in that order (none: the image itself),
-        rounded to 8 bits as ``eval`` measures; ``inf`` when it equals the clean photo."""
+        measured as ``eval`` does by default (:class:`Protocol`: clamped, 8-bit); ``inf`` when it equals
+        the clean photo."""
         key = tuple(tasks)
         if key not in self.done:
             out = self.run(self.image, list(tasks)) if tasks else self.image
-            out = np.round(np.clip(out, 0.0, 1.0) * 255.0) / 255.0
-            self.done[key] = psnr(out, self.clean)
+            self.done[key] = psnr(Protocol().prepare_output(out), self.clean)  # (no SSIM: not printed)
         return self.done[key]
 
 

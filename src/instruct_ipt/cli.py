@@ -163,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if job.sequence:
             methods = composite_methods(pipe, job.sequence, named)
         else:  # blind mode beside the named task (it merges each task it runs, then merges this one again)
-            methods = {"blind": blind_method(pipe, named)} if args.blind and pipe is not None else None
+            methods = {"blind": blind_method(pipe, named)} if args.blind else None
         with tqdm(total=job.images, desc=f"eval {job.task}", unit="img", disable=None, file=sys.stderr, leave=False) as bar, merged:
             done, skips = evaluate(
                 job.make_cases(), restore if single else None, method=args.method, protocols=protocols,
