@@ -29,7 +29,8 @@ classifier's :class:`~instruct_ipt.instruct.blind.Peeling` thresholds with the r
 to change the crop by a calibrated amount (``Peeling.first_change``), ``--no-gate`` always names the first
 (with a clean class: unless clean is the most likely class); ``--suggest TASK`` (not a ``--further``
 one) is not run after the first but suggested to the user when the calibration, allowed to name it,
-would (``Peeling.suggest``). A classifier with a clean class is
+would (``Peeling.suggest``); ``--jpeg-blocks`` names JPEG only where the image shows its 8 x 8
+block grid, at a strength calibrated on the same images (``Peeling.blocks``). A classifier with a clean class is
 gated by its clean probability (one calibrated threshold) instead of per-task start thresholds.
 ``--align-blocks`` makes the written classifier start its crops on the image's JPEG block grid
 (``DegradationClassifier.align_blocks``); with ``--peel``, the calibration is walked that way. A
@@ -38,7 +39,7 @@ docs/instructions.md still make the files they measured): give it again. ``--min
 likewise: at least N crops along each side of an image larger than one crop
 (``DegradationClassifier.min_positions``; default: the file's own with ``--peel``, else 1).
 ``--keep-choices`` asks what the ``--peel`` file's own peeling asked (its further, first-change
-and suggested tasks, its gate and region): with ``--model``, the same blind mode calibrated for
+and suggested tasks, its gate, block-grid test and region): with ``--model``, the same blind mode calibrated for
 another restoration model. The file written records the model it was calibrated with
 (``Peeling.model``); blind mode warns when it peels with another one.
 ``--walks FILE`` keeps the calibration walks (the restorations: most of the time) in FILE, and a
@@ -129,6 +130,8 @@ def main() -> None:
                     "least N crops (1-4) along each side of an image larger than one crop (default: the --peel file's own, else 1)")
     ap.add_argument("--no-gate", action="store_true", help="with --peel: no calibrated 'nothing to do' (the main task "
                     "is always named; with a clean class, unless clean is the most likely class)")
+    ap.add_argument("--jpeg-blocks", action="store_true", help="with --peel: name JPEG only where the image shows "
+                    "its 8 x 8 block grid, at a calibrated strength")
     ap.add_argument("--keep-choices", action="store_true", help="with --peel: ask the calibration what the --peel "
                     "file's own peeling asked (its further, first-change and suggested tasks, gate, region): the same "
                     "blind mode, calibrated for another restoration model (--model)")
@@ -160,12 +163,13 @@ def main() -> None:
                              or args.clean_share is not None or args.composite_share is not None):
         raise SystemExit("--recalibrate trains nothing: not with --downsamplings, --width, --init, --tone, --clean-class, "
                          "--clean-share or --composite-share")
-    if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.model or args.walks
+    if not args.peel and (args.further or args.first or args.suggest or args.no_gate or args.jpeg_blocks or args.model or args.walks
                           or args.keep_choices or args.region):
-        raise SystemExit("--further, --first, --suggest, --no-gate, --keep-choices, --region, --model and --walks go with --peel")
-    if args.keep_choices and (args.further or args.first or args.suggest or args.no_gate or args.region):
-        raise SystemExit("--keep-choices takes the --peel file's further, first-change and suggested tasks, gate and "
-                         "region: not with --further, --first, --suggest, --no-gate or --region")
+        raise SystemExit("--further, --first, --suggest, --no-gate, --jpeg-blocks, --keep-choices, --region, --model "
+                         "and --walks go with --peel")
+    if args.keep_choices and (args.further or args.first or args.suggest or args.no_gate or args.jpeg_blocks or args.region):
+        raise SystemExit("--keep-choices takes the --peel file's further, first-change and suggested tasks, gate, "
+                         "block-grid test and region: not with --further, --first, --suggest, --no-gate, --jpeg-blocks or --region")
     for flag, named in (("--further", args.further or []), ("--first", args.first), ("--suggest", args.suggest)):
         unknown_tasks = sorted(set(named) - set(DEGRADATIONS))
         if unknown_tasks:
@@ -235,7 +239,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
         print("choices kept from the --peel file:", json.dumps(choices))
     else:
         choices = {"further_tasks": args.further, "first_tasks": args.first, "suggest_tasks": args.suggest,
-                   "gate": not args.no_gate, "region": args.region or PEEL_REGION}
+                   "gate": not args.no_gate, "jpeg_blocks": args.jpeg_blocks, "region": args.region or PEEL_REGION}
     args.region = choices["region"]  # (the walks' key)
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     missing = sorted(set(model.tasks) - set(pipe.tasks))
@@ -243,7 +247,7 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
         raise SystemExit(f"the restoration model lacks {', '.join(missing)}: peeling restores with every task the classifier knows")
     try:
         check_peeling_settings(model, args.region, choices.get("max_tasks", 2), choices["further_tasks"],
-                               choices["first_tasks"], choices["suggest_tasks"])
+                               choices["first_tasks"], choices["suggest_tasks"], choices["jpeg_blocks"])
     except ValueError as e:
         raise SystemExit(f"--peel {args.peel}: {e}") from None
     held_out = [read_rgb(f) for f in left_out]
@@ -267,6 +271,8 @@ def calibrate_peel(args: argparse.Namespace, left_out: list[Path]) -> None:
     else:
         print("start thresholds (probability):", {t: round(v, 4) for t, v in peeling.start.items()} or "none, always acts")
     print("further thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.further.items()})
+    if peeling.blocks is not None:
+        print(f"block-grid threshold for jpeg (strength): {peeling.blocks:.4f}")
     if choices["first_tasks"]:
         print("first-change thresholds (change, RMS):", {t: round(v, 4) for t, v in peeling.first_change.items()} or "none")
     named = walked_sets(model, walks)

@@ -1,6 +1,7 @@
 """Blind mode's multi-label classifier: samples with none, one or two degradations, detection in
 restoration order, calibrated thresholds, and "nothing to do" for a clean photo."""
 
+import io
 import typing
 from dataclasses import replace
 
@@ -465,7 +466,7 @@ def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
     rng = np.random.default_rng(0)
     walks = {"first": np.array([0, 2, 1]), "first_prob": rng.random(3), "first_change": rng.random(3), "second": np.array([1, 0, 2]),
              "second_change": rng.random(3), "first_clean": np.full(3, np.nan), "second_beats": np.array([True, False, True]),
-             "present": rng.random((3, 3)) > 0.5}
+             "present": rng.random((3, 3)) > 0.5, "blocks": 1 + rng.random(3)}
     path = tmp_path / "walks.npz"
     save_walks(path, walks, key='{"seeds": 2}')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["walks.npz"]  # written whole, no temporary left
@@ -487,6 +488,9 @@ def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
             load_walks(tmp_path / other, '{"seeds": 2}')
     with pytest.raises(ValueError, match="older version .*first_prob"):
         load_walks(tmp_path / "other.npz", '{"seeds": 2}')
+    save_walks(tmp_path / "before-blocks.npz", {k: v for k, v in walks.items() if k != "blocks"}, '{"seeds": 2}')
+    with pytest.raises(ValueError, match="older version [(]no blocks[)]"):  # walked before the block grid was recorded
+        load_walks(tmp_path / "before-blocks.npz", '{"seeds": 2}')
     np.savez(tmp_path / "nokey.npz", **walks)  # the arrays without their key
     with pytest.raises(ValueError, match="not a walks file"):
         load_walks(tmp_path / "nokey.npz", '{"seeds": 2}')
@@ -516,7 +520,7 @@ def test_peeling_records_its_model_and_its_choices_calibrate_the_same_again(tmp_
     assert chosen.model == "a" * 64 and chosen.further and chosen.first_change and chosen.suggest
     assert DegradationClassifier.load(clf.save(tmp_path / "c.safetensors")).peeling == chosen
     assert chosen.choices() == {"further_tasks": ["denoise"], "first_tasks": ["denoise"], "suggest_tasks": list(chosen.suggest),
-                                "gate": True, "region": 32, "max_tasks": 3}
+                                "gate": True, "jpeg_blocks": False, "region": 32, "max_tasks": 3}
     again = scene.classifier()
     assert choose_peeling(again, walks, **chosen.choices(), model="b" * 64) == replace(chosen, model="b" * 64)
     ungated = choose_peeling(scene.classifier(), walks, gate=False)
@@ -1209,3 +1213,102 @@ def test_an_image_too_small_to_judge_is_refused_not_given_nan_probabilities():
     for shape in ((8, 30), (30, 8), (4, 4)):
         with pytest.raises(ValueError, match="too small for blind mode to judge .at least 9 px a side"):
             clf.predict(np.zeros((*shape, 3)))
+
+
+# the JPEG block grid: JPEG named only where the image shows it -------------------------------------------
+
+def _texture(seed: int = 0, shape: tuple[int, int] = (96, 104)) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    x = gaussian_filter(np.random.default_rng(seed).random((*shape, 3)), (1.5, 1.5, 0))
+    return ((x - x.min()) / np.ptp(x)).astype(np.float32)
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf)).astype(np.float32) / 255
+
+
+def test_the_block_grid_strength_sees_a_saved_jpeg_wherever_it_was_cropped_and_not_a_photo_never_saved():
+    from instruct_ipt.instruct.blind import jpeg_block_strength
+
+    clean = _texture()
+    never = jpeg_block_strength(clean)
+    strengths = [jpeg_block_strength(_jpeg(clean, q)) for q in (30, 50, 75)]
+    assert never < 1.05 and strengths == sorted(strengths, reverse=True) and strengths[-1] > 1.1  # coarser, plainer
+    assert jpeg_block_strength(_jpeg(clean, 30)[3:, 5:]) > 1.3  # a crop after saving: the grid moved, still there
+    assert jpeg_block_strength(_jpeg(clean, 30).mean(-1)) > 1.3  # grey images too
+    lines = clean.copy()
+    lines[:, 7::8] += 0.2  # a grid along one axis only is no JPEG block grid
+    assert jpeg_block_strength(np.clip(lines, 0, 1)) < 1.05
+    assert jpeg_block_strength(np.zeros((40, 40, 3))) == 1.0 and jpeg_block_strength(_jpeg(clean, 30)[:12]) == 1.0  # no evidence
+
+
+def test_block_threshold_separates_held_out_images_with_jpeg_from_those_without():
+    from instruct_ipt.instruct.blind import block_threshold
+
+    strengths = np.array([1.01, 1.05, 1.02, 1.40, 1.20, 1.30])
+    has = np.array([False, False, False, True, True, True])
+    assert block_threshold(strengths, has) == pytest.approx(1.125)  # midway between 1.05 and 1.20
+    overlap = np.array([1.01, 1.25, 1.02, 1.40, 1.20, 1.30])  # one without blocks above one with: one wrong at best
+    t = block_threshold(overlap, has)
+    assert ((overlap >= t) != has).sum() == 1
+    for one_kind in (np.ones(6, bool), np.zeros(6, bool)):
+        with pytest.raises(ValueError, match="with JPEG blocks and without"):
+            block_threshold(strengths, one_kind)
+
+
+def test_blind_mode_names_jpeg_after_the_first_task_or_suggests_it_only_where_the_block_grid_shows(tmp_path):
+    clean, saved = _texture(1), _jpeg(_texture(1), 30)
+
+    def rigged(probs: dict[str, float], peeling: Peeling) -> DegradationClassifier:
+        clf = DegradationClassifier(["derain", "jpeg"], width=4, peeling=peeling)
+        clf.predict = lambda rgb, **k: dict(probs)
+        return clf
+
+    def restore(x: np.ndarray, task: str) -> np.ndarray:
+        return x * 0.9  # every removal changes the crop
+
+    gated = Peeling({}, {"derain": 0.0, "jpeg": 0.0}, region=64, blocks=1.2)
+    jpeg_first, derain_first = {"derain": 0.2, "jpeg": 0.8}, {"derain": 0.8, "jpeg": 0.2}
+    # the first look is the classifier's alone: JPEG named first even without a grid
+    assert rigged(jpeg_first, gated).detect(clean, restore=restore) == [("derain", 0.2), ("jpeg", 0.8)]
+    assert rigged(jpeg_first, gated).detect(saved, restore=restore) == [("derain", 0.2), ("jpeg", 0.8)]  # (measured order)
+    assert rigged(derain_first, gated).detect(clean, restore=restore) == [("derain", 0.8)]
+    assert rigged(derain_first, gated).detect(saved, restore=restore) == [("derain", 0.8), ("jpeg", 0.2)]
+    ungated = Peeling({}, {"derain": 0.0, "jpeg": 0.0}, region=64)
+    assert rigged(derain_first, ungated).detect(clean, restore=restore) == [("derain", 0.8), ("jpeg", 0.2)]  # as before
+    suggesting = Peeling({}, {"derain": 0.0}, region=64, suggest={"jpeg": 0.0}, blocks=1.2)
+    assert rigged(derain_first, suggesting).examine(clean, restore=restore).suggested == []
+    assert rigged(derain_first, suggesting).examine(saved, restore=restore).suggested == [("jpeg", 0.2)]
+    back = DegradationClassifier.load(rigged(jpeg_first, gated).save(tmp_path / "g.safetensors"))
+    assert back.peeling == gated and back.peeling.blocks == 1.2 and back.peeling.choices()["jpeg_blocks"]
+    assert Peeling.from_meta(replace(gated, blocks=np.float64(1.25)).to_meta()).blocks == 1.25  # a NumPy number too
+    assert not DegradationClassifier.load(rigged(jpeg_first, ungated).save(tmp_path / "u.safetensors")).peeling.choices()["jpeg_blocks"]
+    with pytest.raises(ValueError, match="unknown tasks: jpeg"):  # a block-grid test belongs to a classifier with JPEG
+        DegradationClassifier(["derain", "denoise"], width=4, peeling=Peeling({}, {}, blocks=1.2))
+    with pytest.raises(ValueError, match="finite ratio"):
+        Peeling({}, {}, blocks=float("nan"))
+
+
+def test_a_calibration_with_the_block_grid_test_bars_jpeg_where_the_walked_image_shows_none():
+    from instruct_ipt.instruct.blind import check_peeling_settings, choose_peeling, walked_sets
+
+    clf = DegradationClassifier(["derain", "jpeg"], width=4)
+    # six images: clean, rain, jpeg, rain + jpeg, and two rainy ones where the classifier saw JPEG after the rain
+    present = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [1, 0], [1, 0]], bool)
+    walks = {"first": np.array([0, 0, 1, 0, 0, 0]), "first_prob": np.array([0.3, 0.9, 0.9, 0.8, 0.9, 0.9]),
+             "first_change": np.full(6, 0.1), "second": np.array([1, 1, 0, 1, 1, 1]),
+             "second_change": np.array([0.001, 0.002, 0.001, 0.03, 0.04, 0.05]), "first_clean": np.full(6, np.nan),
+             "second_beats": np.ones(6, bool), "present": present, "blocks": np.array([1.0, 1.02, 1.5, 1.4, 1.03, 1.01])}
+    plain = choose_peeling(clf, walks, further_tasks=["jpeg"])
+    # without the test, no further threshold names both the rain + JPEG image and the two rainy ones right
+    assert plain.blocks is None and not (walked_sets(clf, walks) == present).all()
+    gated = choose_peeling(clf, walks, further_tasks=["jpeg"], jpeg_blocks=True)
+    assert 1.03 < gated.blocks < 1.4 and gated.asked["jpeg_blocks"] and gated.choices()["jpeg_blocks"]
+    assert (walked_sets(clf, walks) == present).all()  # barred where no grid shows: every image named exactly
+    with pytest.raises(ValueError, match="no 'jpeg' task"):
+        choose_peeling(DegradationClassifier(["derain", "denoise"], width=4), walks, jpeg_blocks=True)
+    with pytest.raises(ValueError, match="no 'jpeg' task"):
+        check_peeling_settings(DegradationClassifier(["derain", "denoise"], width=4), jpeg_blocks=True)

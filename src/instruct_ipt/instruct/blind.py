@@ -44,12 +44,23 @@ PEEL_REGION = 384
 CLEAN = "clean"
 #: side of a JPEG block (luma DCT block): the grid :func:`jpeg_grid_phase` finds
 JPEG_BLOCK = 8
+#: the task that removes JPEG blocks: the one :attr:`Peeling.blocks` tests with the block grid
+JPEG_TASK = "jpeg"
 
 
 class UncalibratedPeelingWarning(UserWarning):
     """Blind mode peels with a restoration model other than the one its thresholds were calibrated
     with (:attr:`Peeling.model`): what it names after the first task, and its check that the first
     task changes the photo, rest on another model's restorations."""
+
+
+def _block_steps(gray: np.ndarray, axis: int) -> np.ndarray | None:
+    """The mean absolute step between neighbouring lines of ``gray`` along ``axis``, pooled by the
+    line's position in its 8 px block (entry ``k``: between lines ``8i + k`` and ``8i + k + 1``);
+    None for an axis shorter than two blocks."""
+    steps = np.abs(np.diff(gray, axis=axis)).mean(axis=1 - axis)  # steps[k]: between lines k and k + 1
+    n = len(steps) // JPEG_BLOCK * JPEG_BLOCK
+    return None if n < 2 * JPEG_BLOCK else steps[:n].reshape(-1, JPEG_BLOCK).mean(0)
 
 
 def jpeg_grid_phase(rgb: np.ndarray) -> tuple[int, int]:
@@ -66,14 +77,31 @@ def jpeg_grid_phase(rgb: np.ndarray) -> tuple[int, int]:
     gray = rgb.mean(-1) if rgb.ndim == 3 else rgb
     phases = []
     for axis in (0, 1):
-        steps = np.abs(np.diff(gray, axis=axis)).mean(axis=1 - axis)  # steps[k]: between lines k and k + 1
-        n = len(steps) // JPEG_BLOCK * JPEG_BLOCK
-        if n < 2 * JPEG_BLOCK:
-            phases.append(0)
-            continue
-        border = int(np.argmax(steps[:n].reshape(-1, JPEG_BLOCK).mean(0)))  # the last line of a block
-        phases.append((border + 1) % JPEG_BLOCK)
+        pooled = _block_steps(gray, axis)
+        phases.append(0 if pooled is None else (int(np.argmax(pooled)) + 1) % JPEG_BLOCK)  # after a block's last line
     return phases[0], phases[1]
+
+
+def jpeg_block_strength(rgb: np.ndarray) -> float:
+    """How plainly ``rgb`` (float (H, W, 3) or (H, W)) shows a JPEG block grid: per axis, the pooled
+    step of :func:`jpeg_grid_phase` at the border over the median of the other seven positions; the
+    weaker axis's (JPEG quantises blocks both ways, so both show it). Near 1 where no position stands
+    out: an image never compressed, or one resized after it was (its grid is gone with the blocks'
+    edges). 1 for an axis shorter than two blocks or an image without steps (no evidence).
+
+    Why: it is a measurement, not a guess. A classifier can take the fine structure a restoration
+    leaves for JPEG artefacts and a restoration model changes any image a little, so blind mode's
+    test for JPEG blocks left after another task (:class:`Peeling`) cannot tell; the grid can."""
+    gray = rgb.mean(-1) if rgb.ndim == 3 else rgb
+    ratios = []
+    for axis in (0, 1):
+        pooled = _block_steps(gray, axis)
+        if pooled is None:
+            return 1.0
+        k = int(np.argmax(pooled))
+        rest = float(np.median(np.delete(pooled, k)))
+        ratios.append(float(pooled[k]) / rest if rest > 0 else 1.0)
+    return min(ratios)
 
 
 def _on_grid(offsets: np.ndarray, phase: int, last: int) -> list[int]:
@@ -130,8 +158,17 @@ class Peeling:
     its own calibration; :class:`~instruct_ipt.pipeline.RestorationPipeline` warns
     (:class:`UncalibratedPeelingWarning`) when blind mode peels with another one.
 
+    ``blocks``: JPEG (:data:`JPEG_TASK`) is named after the first task, or suggested, only when the
+    central crop of the image shows a block grid at least this plainly (:func:`jpeg_block_strength`;
+    None: no such test). Whether blocks are left is measured on the image itself, not asked of the
+    classifier or the restoration model: on a restored crop the classifier may take what the
+    restoration leaves for JPEG artefacts, and removing "JPEG" changes any image a little
+    (docs/instructions.md has the figures). Not asked of the first task: the classifier's first
+    look names JPEG where it is (a faint grid from a high JPEG quality would then be missed).
+    Calibrated on the same held-out images as the rest (:func:`block_threshold`).
+
     ``asked``: what the calibration was asked for (:func:`choose_peeling`'s ``further_tasks`` - None
-    for every task -, ``first_tasks``, ``suggest_tasks`` and ``gate``), which :meth:`choices` gives to
+    for every task -, ``first_tasks``, ``suggest_tasks``, ``gate`` and ``jpeg_blocks``), which :meth:`choices` gives to
     the next calibration. The thresholds alone do not say it: a task asked for but never seen second
     in one walk gets no ``further`` threshold, and a calibration asking only what the last one
     found would lose it for good. Not compared (``==`` compares thresholds); None in files saved
@@ -147,22 +184,31 @@ class Peeling:
     suggest: dict[str, float] = field(default_factory=dict)
     model: str | None = None
     asked: dict[str, Any] | None = field(default=None, compare=False)
+    blocks: float | None = None
 
     def __post_init__(self) -> None:
         if self.region < 32 or self.max_tasks < 1:
             raise ValueError(f"peeling region {self.region} (at least 32 px) and max_tasks {self.max_tasks} (at least 1)")
         if self.clean is not None and not 0.0 <= self.clean <= 1.0:
             raise ValueError(f"peeling clean threshold {self.clean}: a probability, in [0, 1]")
+        if self.blocks is not None and not np.isfinite(self.blocks):
+            raise ValueError(f"peeling block-grid threshold {self.blocks}: a finite ratio")
         _check_apart(self.further, self.suggest)
 
     def tasks(self) -> set[str]:
         """Every task a threshold names (each must be one of the classifier's)."""
-        return set(self.start) | set(self.further) | set(self.first_change) | set(self.suggest)
+        return (set(self.start) | set(self.further) | set(self.first_change) | set(self.suggest)
+                | ({JPEG_TASK} if self.blocks is not None else set()))
+
+    def blocks_seen(self, rgb: np.ndarray) -> bool:
+        """Whether JPEG may be named on ``rgb`` (the whole image): its central :attr:`region` crop
+        shows the block grid at least as plainly as :attr:`blocks` (always, without that test)."""
+        return self.blocks is None or jpeg_block_strength(center_crop(rgb, self.region)) >= self.blocks
 
     def choices(self) -> dict[str, Any]:
         """What calibrating these thresholds asked for, as keyword arguments of :func:`choose_peeling`
         and :func:`calibrate_peeling`: the tasks named after the first (those that got a ``further``
-        threshold), the first-change and suggested tasks, the gate, the region and ``max_tasks`` - so
+        threshold), the first-change and suggested tasks, the gate, the block-grid test, the region and ``max_tasks`` - so
         that a calibration for another restoration model asks the same questions of its walk. These
         are :attr:`asked` where recorded; for an older file, rebuilt from the thresholds (a task
         asked for but never given a threshold is then not asked again)."""
@@ -170,7 +216,8 @@ class Peeling:
                                "suggest_tasks": list(self.suggest), "gate": self.clean is not None or bool(self.start)}
         return {"further_tasks": None if asked["further_tasks"] is None else list(asked["further_tasks"]),
                 "first_tasks": list(asked["first_tasks"]), "suggest_tasks": list(asked["suggest_tasks"]),
-                "gate": bool(asked["gate"]), "region": self.region, "max_tasks": self.max_tasks}
+                "gate": bool(asked["gate"]), "jpeg_blocks": bool(asked.get("jpeg_blocks", self.blocks is not None)),
+                "region": self.region, "max_tasks": self.max_tasks}
 
     def to_meta(self) -> dict[str, str]:
         """As strings for the classifier file's safetensors metadata (no pickled objects in a file)."""
@@ -180,6 +227,7 @@ class Peeling:
         meta |= {"peel_suggest": json.dumps(self.suggest)} if self.suggest else {}
         meta |= {} if self.model is None else {"peel_model": self.model}
         meta |= {} if self.asked is None else {"peel_asked": json.dumps(self.asked)}
+        meta |= {} if self.blocks is None else {"peel_blocks": str(float(self.blocks))}
         return meta | ({"peel_first_change": json.dumps(self.first_change)} if self.first_change else {})
 
     @classmethod
@@ -191,7 +239,8 @@ class Peeling:
         return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
                    int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")),
                    json.loads(meta.get("peel_suggest", "{}")), meta.get("peel_model"),
-                   json.loads(meta["peel_asked"]) if "peel_asked" in meta else None)
+                   json.loads(meta["peel_asked"]) if "peel_asked" in meta else None,
+                   float(meta["peel_blocks"]) if "peel_blocks" in meta else None)
 
 
 @dataclass
@@ -422,7 +471,8 @@ class DegradationClassifier(nn.Module):
         one task at a time): none when the most likely task is under its start threshold, or when
         removing it changes the central crop by less than its ``first_change`` threshold; else
         that task, then, after ``restore`` removed it from the central crop, the most likely other
-        one on what is left, as long as it passes :class:`Peeling`'s further test (without
+        one on what is left, as long as it passes :class:`Peeling`'s further test (and, for JPEG,
+        its block-grid test, :attr:`Peeling.blocks`; without
         ``restore``: the first task only, or none). With a clean class, "nothing to do" is the
         clean class winning instead (the most likely class; with peeling, at least ``peeling.clean``),
         and a further task must also be more likely than clean on what is left. ``probs``:
@@ -455,6 +505,8 @@ class DegradationClassifier(nn.Module):
             suggested: list[tuple[str, float]] = []
             for step in steps if peel.max_tasks > 1 else ():  # lazy: no step is computed past the last one needed
                 likely = step.clean is None or step.prob > step.clean
+                if step.task == JPEG_TASK and not peel.blocks_seen(rgb):
+                    break  # neither named nor suggested: no block grid in the image
                 # (the restoration last, in each test: only when needed)
                 if step.task in peel.further and likely and step.change >= peel.further[step.task]:
                     found[step.task] = step.prob
@@ -873,7 +925,8 @@ def _check_peeling_counts(counts: np.ndarray) -> None:
 def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, second_change: np.ndarray,
                 start: np.ndarray, further: np.ndarray, first_clean: np.ndarray | None = None,
                 clean: float | None = None, second_beats: np.ndarray | None = None,
-                first_change: np.ndarray | None = None, first_min: np.ndarray | None = None) -> np.ndarray:
+                first_change: np.ndarray | None = None, first_min: np.ndarray | None = None,
+                barred: np.ndarray | None = None) -> np.ndarray:
     """What peeling names (two steps at most), as images x tasks booleans, from each image's first
     two :meth:`~DegradationClassifier.peel_steps` (task indices, the first's probability, the
     second's change): nothing when the first is under its ``start`` threshold, else the first, and
@@ -882,7 +935,8 @@ def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, s
     the second task was more likely than clean), also nothing when the clean probability reaches
     ``clean`` (None: the first task's probability), and the second only when it beats clean. With
     ``first_min`` (per task), also nothing when the first step's change (``first_change``) is under
-    the first task's entry (0: always acts)."""
+    the first task's entry (0: always acts). ``barred`` (images x tasks, bool): a task never named
+    second on that image (JPEG where the image shows no block grid: :attr:`Peeling.blocks`)."""
     n, k = len(first), len(start)
     go = first_prob >= start[first]
     if first_min is not None:
@@ -894,6 +948,8 @@ def peeled_sets(first: np.ndarray, first_prob: np.ndarray, second: np.ndarray, s
     more = go & (second_change >= further[second])
     if second_beats is not None:
         more &= second_beats
+    if barred is not None:
+        more &= ~barred[np.arange(n), second]
     found = np.zeros((n, k), bool)
     found[np.arange(n), first] = go
     found[np.arange(n)[more], second[more]] = True
@@ -904,7 +960,8 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
                               second_change: np.ndarray, present: np.ndarray, further_tasks: Sequence[str] | None = None,
                               gate: bool = True, rounds: int = 3, first_images: np.ndarray | None = None,
                               first_clean: np.ndarray | None = None, second_beats: np.ndarray | None = None,
-                              first_tasks: Sequence[str] = (), first_change: np.ndarray | None = None) -> Peeling:
+                              first_tasks: Sequence[str] = (), first_change: np.ndarray | None = None,
+                              barred: np.ndarray | None = None) -> Peeling:
     """Peeling's thresholds (:class:`Peeling`: ``start`` per task of the first step, ``further`` per
     task of the second) that name exactly ``present`` (images x tasks, bool) for as many images as
     possible (:func:`peeled_sets`; coordinate ascent as :func:`choose_thresholds`, ``first_images``
@@ -924,7 +981,8 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
     (:attr:`Peeling.first_change`; one never seen first is left out), among equals the lowest: just
     above the changes seen on images without that degradation. Denoising a clean photo leaves it at
     about 42 dB, while noise left in costs far more, and a handful of calibration photos says little
-    about how far up the gap between the two the next photo's changes reach."""
+    about how far up the gap between the two the next photo's changes reach. ``barred``: tasks never
+    named second on an image (see :func:`peeled_sets`), fixed before the thresholds are chosen."""
     first, second = np.asarray(first, int), np.asarray(second, int)
     first_prob, second_change = np.asarray(first_prob, float), np.asarray(second_change, float)
     present = np.asarray(present, bool)
@@ -965,7 +1023,7 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
 
     def found() -> np.ndarray:
         return peeled_sets(first, first_prob, second, second_change, start, further, first_clean,
-                           float(clean[0]) if clean_gate else None, second_beats, first_change, first_min)
+                           float(clean[0]) if clean_gate else None, second_beats, first_change, first_min, barred)
 
     def own_further(j: int) -> float:
         """Right answers of the test "is task j left?" wherever peeling asks it: the first step
@@ -973,6 +1031,8 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
         asked = found()[np.arange(n), first] & (second == j)
         if second_beats is not None:
             asked &= second_beats
+        if barred is not None:
+            asked &= ~barred[:, j]
         return float(((second_change[asked] >= further[j]) == present[asked, j]).sum())
 
     _ascend(vectors, lambda: score(found()), rounds, prefer=prefer,
@@ -986,11 +1046,11 @@ def choose_peeling_thresholds(tasks: Sequence[str], first: np.ndarray, first_pro
 
 def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL_REGION, max_tasks: int = 2,
                            further_tasks: Sequence[str] | None = None, first_tasks: Sequence[str] = (),
-                           suggest_tasks: Sequence[str] = ()) -> None:
+                           suggest_tasks: Sequence[str] = (), jpeg_blocks: bool = False) -> None:
     """Refuse what a peeling calibration of ``classifier`` cannot use - before its walk (minutes of
     restorations), not after: a multi-label classifier, fewer than two tasks, a bad region or
     ``max_tasks`` (:class:`Peeling`'s checks), a further, first-change or suggested task it does
-    not know, a task both run after the first and suggested."""
+    not know, a task both run after the first and suggested, a block-grid test without JPEG."""
     if classifier.multilabel:
         raise ValueError("peeling belongs to a single-label classifier")
     Peeling({}, {}, region, max_tasks)
@@ -1001,10 +1061,36 @@ def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL
     _check_tasks_known(classifier.tasks, further_tasks)
     _check_tasks_known(classifier.tasks, first_tasks, "first")
     _check_suggest(classifier.tasks, further_tasks, suggest_tasks)
+    if jpeg_blocks and JPEG_TASK not in classifier.tasks:
+        raise ValueError(f"a block-grid test for JPEG: the classifier has no {JPEG_TASK!r} task")
+
+
+def block_threshold(strengths: np.ndarray, has_jpeg: np.ndarray) -> float:
+    """:attr:`Peeling.blocks`: the :func:`jpeg_block_strength` that best tells the held-out images
+    with JPEG blocks (``has_jpeg``) from those without - the fewest images on the wrong side (a
+    midpoint between observed strengths), among equals the middle one."""
+    strengths, has_jpeg = np.asarray(strengths, float), np.asarray(has_jpeg, bool)
+    if has_jpeg.all() or not has_jpeg.any():
+        raise ValueError("a block-grid threshold needs held-out images with JPEG blocks and without")
+    values = np.unique(strengths)
+    candidates = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
+    wrong = np.array([(has_jpeg & (strengths < c)).sum() + (~has_jpeg & (strengths >= c)).sum() for c in candidates])
+    best = candidates[wrong == wrong.min()]
+    return float(best[len(best) // 2])
+
+
+def _walk_barred(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], blocks: float | None) -> np.ndarray | None:
+    """Images x tasks: JPEG on each walked image whose block grid is fainter than ``blocks`` (None: no test)."""
+    if blocks is None:
+        return None
+    barred = np.zeros((len(walks["first"]), len(classifier.tasks)), bool)
+    barred[:, list(classifier.tasks).index(JPEG_TASK)] = np.asarray(walks["blocks"], float) < blocks
+    return barred
 
 
 #: the arrays of :func:`peel_walks`, one entry per calibration image
-WALK_KEYS = ("first", "first_prob", "first_change", "second", "second_change", "first_clean", "second_beats", "present")
+WALK_KEYS = ("first", "first_prob", "first_change", "second", "second_change", "first_clean", "second_beats", "present",
+             "blocks")
 
 
 def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
@@ -1013,8 +1099,8 @@ def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarr
     """Each case's first two :meth:`~DegradationClassifier.peel_steps` (two restorations of its
     crop: the slow part of :func:`calibrate_peeling`), as arrays keyed by :data:`WALK_KEYS`: task
     indices, the first's probability and change, the second's change, the first's clean probability (NaN
-    without a clean class), whether the second beat clean, and ``present`` (cases x tasks, the
-    degradations each image carries). They do not depend on the thresholds chosen from them, so
+    without a clean class), whether the second beat clean, ``present`` (cases x tasks, the
+    degradations each image carries) and ``blocks``, the :func:`jpeg_block_strength` of its central crop. They do not depend on the thresholds chosen from them, so
     :func:`choose_peeling` can try several choices (``further_tasks``, ``gate``, ``first_tasks``) on one walk.
     ``progress(done, total)`` is called after each case (minutes in all: worth showing)."""
     if classifier.multilabel:
@@ -1029,15 +1115,17 @@ def peel_walks(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarr
         steps = classifier.peel_steps(rgb, classifier.predict(rgb), restore, region)
         one, two = next(steps), next(steps)
         clean = (one.clean, two.prob > two.clean) if classifier.clean_class else (np.nan, True)
-        walks.append((index[one.task], one.prob, one.change, index[two.task], two.change, *clean))
+        walks.append((index[one.task], one.prob, one.change, index[two.task], two.change, *clean,
+                      jpeg_block_strength(one.before)))
         if progress is not None:
             progress(len(walks), len(cases))
-    first, first_prob, first_change, second, second_change, first_clean, second_beats = (np.array(v) for v in zip(*walks))
+    first, first_prob, first_change, second, second_change, first_clean, second_beats, blocks = (
+        np.array(v) for v in zip(*walks))
     present = np.array([[t in tasks for t in classifier.tasks] for tasks in carried], bool)
     return {"first": first.astype(np.int64), "first_prob": first_prob.astype(float),
             "first_change": first_change.astype(float), "second": second.astype(np.int64),
             "second_change": second_change.astype(float), "first_clean": first_clean.astype(float),
-            "second_beats": second_beats.astype(bool), "present": present}
+            "second_beats": second_beats.astype(bool), "present": present, "blocks": blocks.astype(float)}
 
 
 def save_walks(path: str | Path, walks: Mapping[str, np.ndarray], key: str) -> Path:
@@ -1076,14 +1164,17 @@ def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[st
 def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,
                    max_tasks: int = 2, further_tasks: Sequence[str] | None = None, gate: bool = True,
                    rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
-                   suggest_tasks: Sequence[str] = (), model: str | None = None) -> Peeling:
+                   suggest_tasks: Sequence[str] = (), model: str | None = None, jpeg_blocks: bool = False) -> Peeling:
     """``classifier``'s :class:`Peeling` from recorded :func:`peel_walks` (see
     :func:`calibrate_peeling`, which walks and then calls this). Sets and returns
     ``classifier.peeling``; ``model`` (:attr:`Peeling.model`): the restoration model the walks were
     taken with, recorded in it. ``suggest_tasks`` (not in ``further_tasks``, which must then be given):
     tasks to mention, not run, after the first (:attr:`Peeling.suggest`); each one's threshold is
     the further threshold the same calibration chooses when it may *name* them too - what it would
-    take to run them - while every other threshold is the one chosen without them."""
+    take to run them - while every other threshold is the one chosen without them. ``jpeg_blocks``:
+    JPEG is named after the first task only where the image shows a block grid (:attr:`Peeling.blocks`, chosen first by
+    :func:`block_threshold` on the walked images' ``blocks``; the other thresholds then see JPEG barred
+    where it is fainter)."""
     missing = [k for k in WALK_KEYS if k not in walks]
     if missing:
         raise ValueError(f"peeling walks lack {', '.join(missing)}")
@@ -1091,6 +1182,11 @@ def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.nda
     if present.ndim != 2 or present.shape[1] != len(classifier.tasks):
         raise ValueError(f"peeling walks for {present.shape[-1]} tasks; the classifier has {len(classifier.tasks)}")
     _check_suggest(classifier.tasks, further_tasks, suggest_tasks)
+    if jpeg_blocks and JPEG_TASK not in classifier.tasks:
+        raise ValueError(f"a block-grid test for JPEG: the classifier has no {JPEG_TASK!r} task")
+    blocks = (block_threshold(walks["blocks"], present[:, list(classifier.tasks).index(JPEG_TASK)])
+              if jpeg_blocks else None)
+    barred = _walk_barred(classifier, walks, blocks)
     by_clean = ({"first_clean": walks["first_clean"], "second_beats": walks["second_beats"]}
                 if classifier.clean_class else {})
     first_images = present.sum(1) <= 1 if classifier.clean_class else present.sum(1) == 1
@@ -1099,15 +1195,15 @@ def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.nda
         return choose_peeling_thresholds(classifier.tasks, walks["first"], walks["first_prob"], walks["second"],
                                          walks["second_change"], present, further, gate, rounds,
                                          first_images if singles_first else None, **by_clean,
-                                         first_tasks=first_tasks, first_change=walks["first_change"])
+                                         first_tasks=first_tasks, first_change=walks["first_change"], barred=barred)
 
     peeling = choose(further_tasks)
     if suggest_tasks:  # what naming them would take; a task never seen second gets no threshold (never suggested)
         naming = choose([*(further_tasks or ()), *suggest_tasks]).further
         peeling = replace(peeling, suggest={t: naming[t] for t in suggest_tasks if t in naming})
     asked = {"further_tasks": None if further_tasks is None else list(further_tasks), "first_tasks": list(first_tasks),
-             "suggest_tasks": list(suggest_tasks), "gate": bool(gate)}
-    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks, model=model, asked=asked)
+             "suggest_tasks": list(suggest_tasks), "gate": bool(gate)} | ({"jpeg_blocks": True} if jpeg_blocks else {})
+    classifier.peeling = replace(peeling, region=region, max_tasks=max_tasks, model=model, asked=asked, blocks=blocks)
     return classifier.peeling
 
 
@@ -1139,6 +1235,9 @@ def walked_suggestions(classifier: DegradationClassifier, walks: Mapping[str, np
     likely = np.asarray(walks["second_beats"], bool) if classifier.clean_class else np.ones(n, bool)
     hit = (named.any(1) & ~named[np.arange(n), second]  # (a task named second is not one to suggest: kept apart)
            & likely & (np.asarray(walks["second_change"]) >= limit[second]))
+    barred = _walk_barred(classifier, walks, peel.blocks)
+    if barred is not None:
+        hit &= ~barred[np.arange(n), second]
     out = np.zeros_like(named)
     out[np.arange(n)[hit], second[hit]] = True
     return out
@@ -1160,7 +1259,7 @@ def walked_sets(classifier: DegradationClassifier, walks: Mapping[str, np.ndarra
     by_change = ({"first_change": walks["first_change"], "first_min": np.array([peel.first_change.get(t, 0.0) for t in tasks])}
                  if peel.first_change else {})
     return peeled_sets(walks["first"], walks["first_prob"], walks["second"], walks["second_change"], start, further,
-                       **by_clean, **by_change)
+                       **by_clean, **by_change, barred=_walk_barred(classifier, walks, peel.blocks))
 
 
 def suggestion_outcomes(suggested: np.ndarray, named: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1219,13 +1318,13 @@ def _case_tasks(cases: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[Seque
 def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[np.ndarray, Sequence[str]]],
                       restore: Restore, region: int = PEEL_REGION, max_tasks: int = 2, further_tasks: Sequence[str] | None = None,
                       gate: bool = True, rounds: int = 3, singles_first: bool = True, first_tasks: Sequence[str] = (),
-                      suggest_tasks: Sequence[str] = (), model: str | None = None,
+                      suggest_tasks: Sequence[str] = (), model: str | None = None, jpeg_blocks: bool = False,
                       progress: Callable[[int, int], None] | None = None) -> Peeling:
     """Give a single-label ``classifier`` its :class:`Peeling`, calibrated on held-out ``cases``
     ((image, the tasks it carries): clean, one and two degradations) with the restoration model's
     ``restore``: each image's first two peeling steps are taken once (:func:`peel_walks`: two
     restorations of its crop), then :func:`choose_peeling_thresholds` picks the thresholds
-    (``further_tasks``, ``gate``, ``first_tasks``: see there; ``suggest_tasks``: see
+    (``further_tasks``, ``gate``, ``first_tasks``: see there; ``suggest_tasks``, ``jpeg_blocks``: see
     :func:`choose_peeling`). ``singles_first``: images with one degradation count
     before all others (see :func:`calibrate_thresholds`) - blind mode must not get worse where it
     is already good; with a clean class, clean images too: "nothing to do" is then an answer the
@@ -1234,8 +1333,8 @@ def calibrate_peeling(classifier: DegradationClassifier, cases: Sequence[tuple[n
     of the five clean calibration photos). ``model``: the restoration model behind ``restore``
     (:attr:`Peeling.model`: its :func:`~instruct_ipt.io.weights_digest`), recorded; ``progress``:
     see :func:`peel_walks`. Sets and returns ``classifier.peeling``."""
-    check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks, suggest_tasks)
+    check_peeling_settings(classifier, region, max_tasks, further_tasks, first_tasks, suggest_tasks, jpeg_blocks)
     _check_peeling_counts(np.array([len(tasks) for tasks in _case_tasks(cases)]))
     walks = peel_walks(classifier, cases, restore, region, progress)
     return choose_peeling(classifier, walks, region, max_tasks, further_tasks, gate, rounds, singles_first, first_tasks,
-                          suggest_tasks, model)
+                          suggest_tasks, model, jpeg_blocks)
