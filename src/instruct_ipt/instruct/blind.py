@@ -86,8 +86,8 @@ def jpeg_block_strength(rgb: np.ndarray) -> float:
     """How plainly ``rgb`` (float (H, W, 3) or (H, W)) shows a JPEG block grid: per axis, the pooled
     step of :func:`jpeg_grid_phase` at the border over the median of the other seven positions; the
     weaker axis's (JPEG quantises blocks both ways, so both show it). Near 1 where no position stands
-    out: an image never compressed, or one resized after it was (its grid is gone with the blocks'
-    edges). 1 for an axis shorter than two blocks or an image without steps (no evidence).
+    out, as in an image never compressed. 1 for an axis shorter than two blocks or an image without
+    steps (no evidence).
 
     Why: it is a measurement, not a guess. A classifier can take the fine structure a restoration
     leaves for JPEG artefacts and a restoration model changes any image a little, so blind mode's
@@ -1061,7 +1061,12 @@ def check_peeling_settings(classifier: DegradationClassifier, region: int = PEEL
     _check_tasks_known(classifier.tasks, further_tasks)
     _check_tasks_known(classifier.tasks, first_tasks, "first")
     _check_suggest(classifier.tasks, further_tasks, suggest_tasks)
-    if jpeg_blocks and JPEG_TASK not in classifier.tasks:
+    _check_jpeg_blocks(classifier.tasks, jpeg_blocks)
+
+
+def _check_jpeg_blocks(tasks: Sequence[str], jpeg_blocks: bool) -> None:
+    """A block-grid test is for JPEG: refused for a classifier without that task."""
+    if jpeg_blocks and JPEG_TASK not in tasks:
         raise ValueError(f"a block-grid test for JPEG: the classifier has no {JPEG_TASK!r} task")
 
 
@@ -1182,8 +1187,7 @@ def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.nda
     if present.ndim != 2 or present.shape[1] != len(classifier.tasks):
         raise ValueError(f"peeling walks for {present.shape[-1]} tasks; the classifier has {len(classifier.tasks)}")
     _check_suggest(classifier.tasks, further_tasks, suggest_tasks)
-    if jpeg_blocks and JPEG_TASK not in classifier.tasks:
-        raise ValueError(f"a block-grid test for JPEG: the classifier has no {JPEG_TASK!r} task")
+    _check_jpeg_blocks(classifier.tasks, jpeg_blocks)
     blocks = (block_threshold(walks["blocks"], present[:, list(classifier.tasks).index(JPEG_TASK)])
               if jpeg_blocks else None)
     barred = _walk_barred(classifier, walks, blocks)
