@@ -204,6 +204,19 @@ def _measure(spec: dict, src: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _check_variant(spec: dict) -> None:
+    """Refuse a variant of this tree whose config does not load (an unknown key, a stage that is not there)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from instruct_ipt.train import ConfigError, config_from_dict
+
+    try:
+        config_from_dict(_stage_config(spec["config_text"], spec["stage"], spec["steps"], spec["overrides"], "unused"))
+    except IndexError:
+        raise SystemExit(f"variant {spec['name']}: the config has no stage {spec['stage']}") from None
+    except ConfigError as e:
+        raise SystemExit(f"variant {spec['name']}: {e}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -226,6 +239,8 @@ def main() -> None:
     variants = [({**base, "name": "this tree", "config_text": text, "overrides": args.set}, ROOT / "src")]
     for c in args.compare:
         variants.append(({**base, "name": c, "config_text": text, "overrides": args.set + c.split(",")}, ROOT / "src"))
+    for spec, _ in variants:  # a bad override or stage: one line now, not a worker's traceback later
+        _check_variant(spec)
     tmp = None
     if args.against:
         tmp = tempfile.mkdtemp()

@@ -152,6 +152,30 @@ def test_snow_makes_the_ops_image_given_its_seed_maps(img):
     np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("op", [Rain(), Rain.heavy(), Snow()], ids=["rain", "heavy-rain", "snow"])
+def test_seed_maps_have_the_ops_density_and_strengths(op):
+    """The one random part of rain and snow on the device: how many pixels seed a streak or flake
+    (density; snow: per scale) and how strong (uniform in [0.6, 1) rain, [0.5, 1) snow). Counted
+    over ~10^4 seeds, so a density off by 5 % is ~5 standard errors out (the PSNR parity above only
+    catches ~30 %)."""
+    bop, n, side = batched(op), 40, 256
+    blank = np.zeros((side, side, 3), np.float32)
+    draws = stack([bop.draw(blank, np.random.default_rng(s)) for s in range(n)])
+    maps = bop.seed_maps(draws, seeds(n), side, side, torch.device("cpu")).double()
+    if isinstance(op, Rain):
+        p, low = draws["density"].double()[..., None, None].expand_as(maps), 0.6  # (padded layers: density 0)
+    else:
+        per_px = torch.tensor([q for _, q in op.scales], dtype=torch.float64)
+        p, low = (per_px[:, None, None] * draws["density"].double()[:, None, None, None]).expand_as(maps), 0.5
+    seeded = maps > 0
+    expected, sd = p.sum().item(), (p * (1 - p)).sum().sqrt().item()
+    assert expected > 5000 and abs(seeded.sum().item() - expected) <= 4 * sd, (seeded.sum().item(), expected, sd)
+    values = maps[seeded]
+    assert values.min() >= low and values.max() < 1
+    spread = (1 - low) / math.sqrt(12)  # uniform on [low, 1)
+    assert abs(values.mean().item() - (1 + low) / 2) <= 4 * spread / math.sqrt(values.numel())
+
+
 def test_poisson_noise_grows_with_brightness():
     x = torch.cat([torch.full((1, 3, 64, 64), 0.1), torch.full((1, 3, 64, 64), 0.9)], dim=3)
     bop = batched(Noise(sigma=0, poisson_peak=30))
@@ -210,8 +234,9 @@ def test_distribution_parity_with_the_worker_path(task):
         old, new = stat(r["old_input"], r["old_target"]).double(), stat(r["input"], r["target"]).double()
         # Both paths see the same crops, so the test is paired: |mean difference| within 4 standard
         # errors of that mean (a false alarm ~6e-5 of the time) plus 1e-4 for float32 rounding where
-        # the paths coincide (blur, haze, jpeg: same draws, deterministic). A real defect (a wrong
-        # density, brightness, width, gain, sigma scale) moves a mean by many standard errors.
+        # the paths coincide (blur, haze, jpeg: same draws, deterministic). A gross defect (a wrong
+        # brightness, width, gain, sigma scale) moves a mean by many standard errors; a density off by
+        # 10 % moves rain's and snow's by less than that, so their seed maps are counted exactly above.
         diff = old - new
         tol = 4 * diff.std().item() / math.sqrt(N) + 1e-4
         assert abs(diff.mean().item()) <= tol, f"{task}: old {old.mean():.4f}, new {new.mean():.4f}, tol {tol:.4f}"

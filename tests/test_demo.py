@@ -67,12 +67,12 @@ def test_each_mode_restores_at_full_size(pipe, noisy, tmp_path, mode, task, inst
 def test_16_bit_in_16_bit_out_and_progress(pipe, noisy, tmp_path):
     deep = save_image(tmp_path / "deep.png", load_image(noisy).rgb, bit_depth=16)
     calls = []
-    _previews, path, status = restore_for_demo(pipe, deep, "task", "derain,denoise", out_dir=tmp_path / "out",
+    _previews, path, status = restore_for_demo(pipe, deep, "task", "denoise,derain", out_dir=tmp_path / "out",
                                                progress=lambda f, d: calls.append((f, d)))
     out = load_image(path)
     assert out.bit_depth == 16 and "16-bit" in status
     _differs_at_full_size(path, deep)
-    assert calls and calls[0][0] == 0.0 and "derain, then denoise" in calls[0][1]
+    assert calls and calls[0][0] == 0.0 and "denoise, then derain" in calls[0][1]
 
 
 def test_refusals_and_bad_files_give_a_message_not_an_exception(pipe, noisy, tmp_path):

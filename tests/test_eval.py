@@ -218,6 +218,30 @@ def test_eval_composite_rows_input_each_task_sequence_blind(setup, capsys, monke
     assert doc["composites"] == ["noise+haze", "rain+noise"] and "haze+noise" in doc["protocols"]
 
 
+def test_composite_rows_run_what_their_names_say():
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from instruct_ipt.eval.runner import composite_methods
+
+    class Pipe:  # each run returns the tasks it was given, in the order given
+        def run(self, rgb, tasks):
+            return ("ran", *tasks)
+
+        def choose(self, rgb):
+            return SimpleNamespace(tasks=["dehaze"])
+
+    named = Counter()
+    methods = composite_methods(Pipe(), ("derain", "denoise"), named)
+    case = SimpleNamespace(input="degraded")
+    assert {m: f(case) for m, f in methods.items()} == {
+        "input": "degraded", "derain only": ("ran", "derain"), "denoise only": ("ran", "denoise"),
+        "sequence": ("ran", "derain", "denoise"), "reverse order": ("ran", "denoise", "derain"),
+        "blind": ("ran", "dehaze")}
+    assert list(methods) == ["input", "derain only", "denoise only", "sequence", "reverse order", "blind"]
+    assert named == Counter({"dehaze": 1})
+
+
 def test_plan_composites_refuse_bad_names_and_need_photos(setup):
     import zlib
 
@@ -230,6 +254,9 @@ def test_plan_composites_refuse_bad_names_and_need_photos(setup):
         plan_eval(EvalRequest(photos=photos, composites=["noise+denoise"]), ["denoise"])
     with pytest.raises(ValueError, match="unknown degradation 'fog'"):
         plan_eval(EvalRequest(photos=photos, composites=["fog+noise"]), ["denoise"])
+    for one in ("rain", "derain", "jpeg"):  # one degradation is a task's table, not a composite's
+        with pytest.raises(ValueError, match=r"names one degradation: join two or more .* --tasks (derain|jpeg)"):
+            plan_eval(EvalRequest(photos=photos, composites=[one]), ["derain", "jpeg"])
     with pytest.raises(ValueError, match="give them with --photos"):
         plan_eval(EvalRequest(data=[photos], task="denoise", composites=["haze+noise"]), ["denoise", "dehaze"])
     # composites alone: no single-task tables; --tasks adds them

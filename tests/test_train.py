@@ -67,6 +67,12 @@ def test_config_errors(folders, tmp_path):
         make_cfg(folders, tmp_path, optim={"lrr": 1})
     with pytest.raises(ConfigError, match="bias-only needs model.init"):
         make_cfg(folders, tmp_path, mode="bias-only")
+    # a degradation parameter its operator does not have: named as a config key, not a TypeError mid-run
+    with pytest.raises(ConfigError, match=r"unknown config key 'tasks.denoise.degradation.sigmaa' \(known here: clip, "
+                                          r"poisson_peak, sigma\)"):
+        make_cfg(folders, tmp_path, tasks={"denoise": {"degradation": {"sigmaa": 5}}, "deblur": {}})
+    with pytest.raises(ConfigError, match="tasks.deblur.degradation: kernel_size must be an odd number"):
+        make_cfg(folders, tmp_path, tasks={"denoise": {}, "deblur": {"degradation": {"kernel_size": 4}}})
     with pytest.raises(ConfigError, match="train_tasks: 'derain' is not in tasks"):
         make_cfg(folders, tmp_path, train_tasks=["derain"])
     with pytest.raises(ConfigError, match="mode: 'fast' is not one of"):
@@ -75,6 +81,9 @@ def test_config_errors(folders, tmp_path):
         run(make_cfg(folders, tmp_path, data={"batch_size": 4, "patch_size": 64}))
     with pytest.raises(FileNotFoundError, match="data.train: .*nowhere: no such folder"):
         run(make_cfg(folders, tmp_path, data={"train": [str(folders / "nowhere")]}))
+    with pytest.raises(FileNotFoundError, match="data.val: .*nowhere: no such folder"):  # before any step: no log of one
+        run(make_cfg(folders, tmp_path / "v", data={"val": [str(folders / "nowhere")]}))
+    assert not (tmp_path / "v" / "checkpoints").exists()
     path = tmp_path / "c.yaml"
     path.write_text("tasks: {denoise: {}}\noptim: {lr: 1e-3}\n")
     assert load_config(path).optim.lr == 1e-3
@@ -443,7 +452,14 @@ def test_default_config_is_the_shipped_models_whole_recipe():
     stages = plan_stages(cfg)
     assert sum(s.iterations for s in stages if s.mode == "sync") == 17200
     assert sum(s.iterations for s in stages if s.mode == "bias-only") == 7800
-    assert [(s.lr, s.warmup) for s in stages[:2]] == [(5e-4, 200), (3e-4, 100)]
+    # MODEL.md's history table, part by part: (mode, steps, lr, warm-up, grey share), in order
+    sync, down = ("sync", ["denoise", "deblur"]), ("bias-only", ["derain", "dehaze", "desnow", "jpeg"])
+    parts = [(sync, 3000, 5e-4, 200, 0.0), (sync, 3000, 3e-4, 100, 0.0),  # parts 1, 2
+             (sync, 2500, 3e-4, 100, 0.0), (down, 1000, 1e-3, 100, 0.0),  # part 3
+             (down, 2000, 1e-3, 100, 0.0), (down, 1200, 1e-3, 100, 0.0),  # parts 4, 5
+             *[(kind, n, lr, 100, 0.0) for _ in range(3) for kind, n, lr in ((sync, 2400, 3e-4), (down, 900, 1e-3))],
+             (sync, 1500, 3e-4, 100, 0.3), (down, 900, 1e-3, 100, 0.3)]  # part 9: grey samples
+    assert [((s.mode, s.tasks), s.iterations, s.lr, s.warmup, s.grey_share) for s in stages] == parts
     assert cfg.grid_spans is None and cfg.model.init is None  # image-wide grid attention: no block seams
 
 
@@ -525,8 +541,8 @@ def test_time_budget_scales_every_stage_and_resume_continues_its_schedule(folder
 
 
 def test_time_budget_too_small_or_added_on_resume_is_refused_before_any_step(folders, tmp_path):
-    with pytest.raises(ConfigError, match="too small for this run"):
-        Trainer(budget_cfg(folders, tmp_path / "small"), progress=False, max_minutes=0.001).run()
+    with pytest.raises(ConfigError, match=r"a budget of 0\.00 min is too small for this run: .* min of it to measure"):
+        Trainer(budget_cfg(folders, tmp_path / "small"), progress=False, max_minutes=0.001).run()  # (the budget given)
     log = tmp_path / "small/log.jsonl"
     assert not (tmp_path / "small/checkpoints/last.pt").exists()
     assert not log.exists() or '"loss"' not in log.read_text()

@@ -95,6 +95,9 @@ def plan_eval(request: EvalRequest, model_tasks: Sequence[str] | None = None) ->
     composites: dict[str, tuple[str, ...]] = {}  # canonical name -> tasks in the physical order
     for c in request.composites:
         tasks = composite_tasks(c)  # an unknown or repeated component: a ValueError that says which
+        if len(tasks) < 2:  # (one degradation is a task's own table: --tasks, which names it and seeds it so)
+            raise ValueError(f"composite {c!r} names one degradation: join two or more with '+' (e.g. rain+noise); "
+                             f"for {tasks[0]} alone give --tasks {tasks[0]}")
         composites.setdefault(composite_name(tasks), tasks)
     if composites and not request.photos:
         raise ValueError("a composite degrades clean photos: give them with --photos")

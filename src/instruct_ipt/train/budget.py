@@ -56,9 +56,12 @@ def fit_schedule(
     seconds: float,
     val_every: int | None,
     ckpt_every: int,
+    spent: float = 0.0,
 ) -> tuple[float, list[int]]:
     """The largest factor ``s`` (and the stage lengths ``max(MIN_STAGE_STEPS, round(s * n))``) whose
-    predicted time fits ``PLAN_SHARE * seconds``; :class:`BudgetError` if even the shortest does not."""
+    predicted time fits ``PLAN_SHARE * seconds``; :class:`BudgetError` if even the shortest does not.
+    ``spent``: seconds of the user's budget already gone (measuring this machine), before ``seconds``
+    left - so that the refusal speaks of the budget the user gave and what to give instead."""
     if len(iterations) != len(costs):
         raise ValueError("one cost per stage")
     avail = PLAN_SHARE * seconds - over.final
@@ -70,10 +73,11 @@ def fit_schedule(
         return sum(stage_seconds(n, c, over, val_every, ckpt_every) for n, c in zip(lengths(s), costs))
 
     if total(0.0) > avail:
-        need = (total(0.0) + over.final) / PLAN_SHARE
+        need = (total(0.0) + over.final) / PLAN_SHARE + spent
+        measuring = f" ({spent / 60:.2f} min of it to measure this machine first)" if spent > 0 else ""
         raise BudgetError(
-            f"a budget of {seconds / 60:.2f} min is too small for this run: its {len(iterations)} stage(s) need at least "
-            f"{need / 60:.2f} min for {MIN_STAGE_STEPS} steps each (measured here: "
+            f"a budget of {(seconds + spent) / 60:.2f} min is too small for this run: its {len(iterations)} stage(s) need "
+            f"at least {need / 60:.2f} min{measuring} for {MIN_STAGE_STEPS} steps each (measured here: "
             + ", ".join(f"{c.step:.3g} s/step" for c in costs)
             + f"; validation {over.validation:.3g} s, checkpoint {over.checkpoint:.3g} s, final step {over.final:.3g} s)"
         )

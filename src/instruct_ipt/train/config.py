@@ -284,6 +284,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     return config_from_dict(apply_overrides(data or {}, overrides or []))
 
 
+def _check_degradation(task: str, params: dict[str, Any]) -> None:
+    """A task's degradation parameters: each a field of its operator, with a value it accepts - a
+    ConfigError naming the key now, not an operator's TypeError from inside the trainer later."""
+    op = DEGRADATIONS[task]
+    known = [f.name for f in dataclasses.fields(op) if f.init and f.name != "task"]  # (the task is the key itself)
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown config key 'tasks.{task}.degradation.{unknown[0]}' "
+                          f"(known here: {', '.join(sorted(known))})")
+    try:
+        op(**params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"tasks.{task}.degradation: {e}") from None
+
+
 def validate(cfg: TrainConfig) -> None:
     if not cfg.tasks:
         raise ConfigError("tasks: list at least one task")
@@ -342,6 +357,8 @@ def validate(cfg: TrainConfig) -> None:
                               f"(known: {', '.join(DEGRADATIONS)}); give its pairs in data.paired.{task}")
         if task not in DEGRADATIONS and tc.degradation:
             raise ConfigError(f"tasks.{task}.degradation: {task!r} has no synthetic degradation to configure")
+        if task in DEGRADATIONS:
+            _check_degradation(task, tc.degradation)
     shares = d.paired_share if isinstance(d.paired_share, dict) else {"": d.paired_share}
     for task, share in shares.items():
         if task and task not in d.paired:

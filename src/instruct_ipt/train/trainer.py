@@ -685,7 +685,8 @@ class Trainer:
         left = D.all_min(info, self.max_minutes * 60 - (time.perf_counter() - self.t_start))
         try:
             scale, lengths = fit_schedule([s.iterations for s in stages], costs, over, left,
-                                          cfg.val_every if val is not None else None, cfg.ckpt_every)
+                                          cfg.val_every if val is not None else None, cfg.ckpt_every,
+                                          spent=self.max_minutes * 60 - left)
         except BudgetError as e:
             raise ConfigError(str(e)) from e
         schedule = [(n, scaled_warmup(s.warmup, s.iterations, n)) for s, n in zip(stages, lengths)]

@@ -66,8 +66,13 @@ class BatchedRain(Wrapper):
         rain = 1 - torch.prod(1 - layers, dim=1, keepdim=True)  # = layers combined one by one, like light
         return (clean + rain).clamp(0, 1)
 
+    def seed_maps(self, draws: dict[str, torch.Tensor], seeds: torch.Tensor, h: int, w: int,
+                  device: torch.device) -> torch.Tensor:
+        """Each layer's streak seeds (n, layers, h, w), as the op draws them: a pixel seeds a streak
+        with probability ``density``, at a strength uniform in [0.6, 1) (0 elsewhere)."""
+        u = torch.stack([torch.rand((2, self.max_layers, h, w), generator=g, device=device)
+                         for g in reseeded(seeds, device)])
+        return (u[:, 0] < draws["density"][..., None, None]) * (0.6 + 0.4 * u[:, 1])
+
     def apply(self, clean: torch.Tensor, draws: dict[str, torch.Tensor], seeds: torch.Tensor) -> torch.Tensor:
-        h, w, dev = clean.shape[-2], clean.shape[-1], clean.device
-        u = torch.stack([torch.rand((2, self.max_layers, h, w), generator=g, device=dev) for g in reseeded(seeds, dev)])
-        seed_maps = (u[:, 0] < draws["density"][..., None, None]) * (0.6 + 0.4 * u[:, 1])
-        return self.render(clean, draws, seed_maps)
+        return self.render(clean, draws, self.seed_maps(draws, seeds, clean.shape[-2], clean.shape[-1], clean.device))

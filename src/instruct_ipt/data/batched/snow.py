@@ -69,10 +69,14 @@ class BatchedSnow(Wrapper):
         m = per_sample(draws["opacity"]) * mask
         return ((clean * (1 - veil) + veil) * (1 - m) + per_sample(draws["colour"]) * m).clamp(0, 1)
 
-    def apply(self, clean: torch.Tensor, draws: dict[str, torch.Tensor], seeds: torch.Tensor) -> torch.Tensor:
-        h, w, dev = clean.shape[-2], clean.shape[-1], clean.device
+    def seed_maps(self, draws: dict[str, torch.Tensor], seeds: torch.Tensor, h: int, w: int,
+                  device: torch.device) -> torch.Tensor:
+        """Each scale's flake seeds (n, scales, h, w), as the op draws them: a pixel seeds a flake with
+        probability (the scale's seeds per pixel) x ``density``, at a strength uniform in [0.5, 1)."""
         c = len(self.op.scales)
-        u = torch.stack([torch.rand((2, c, h, w), generator=g, device=dev) for g in reseeded(seeds, dev)])
-        per_px = torch.tensor([p for _, p in self.op.scales]).to(dev, non_blocking=True)[:, None, None]
-        seed_maps = (u[:, 0] < per_px * draws["density"][:, None, None, None]) * (0.5 + 0.5 * u[:, 1])
-        return self.render(clean, draws, seed_maps)
+        u = torch.stack([torch.rand((2, c, h, w), generator=g, device=device) for g in reseeded(seeds, device)])
+        per_px = torch.tensor([p for _, p in self.op.scales]).to(device, non_blocking=True)[:, None, None]
+        return (u[:, 0] < per_px * draws["density"][:, None, None, None]) * (0.5 + 0.5 * u[:, 1])
+
+    def apply(self, clean: torch.Tensor, draws: dict[str, torch.Tensor], seeds: torch.Tensor) -> torch.Tensor:
+        return self.render(clean, draws, self.seed_maps(draws, seeds, clean.shape[-2], clean.shape[-1], clean.device))

@@ -1,0 +1,59 @@
+"""benchmarks/train_throughput.py runs and prints its figures (a benchmark, not a timed test: the
+figures themselves are not checked against any target here, only that they are measured)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--set", "model.size=tiny", "--set", "data.patch_size=32", "--set", "data.batch_size=2",
+        "--set", "data.workers=0", "--set", "data.skimage_photos=false"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks/train_throughput.py"), "--device", "cpu", *args],
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()[:96, :96]).save(folder / f"{name}.png")
+    return folder
+
+
+def test_prints_data_only_and_end_to_end_rates_per_variant(photos):
+    r = bench("--steps", "12", "--repeats", "1", *TINY, "--set", f"data.train=[{photos}]",
+              "--compare", "data.synthesis=device")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("configs/default.yaml stage 0: tiny, patch 32, batch 2, workers 0, device cpu, 12 steps")
+    rows = {}
+    for line in lines:
+        m = re.match(r"(this tree|data\.synthesis=device)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+) GiB\s+n/a\s+(\d+)$", line)
+        if m:
+            rows[m[1]] = [float(x) for x in m.groups()[1:]]
+    assert set(rows) == {"this tree", "data.synthesis=device"}, r.stdout
+    for data_only, end_to_end, peak_gib, ops in rows.values():
+        # the data alone outruns training on it; every figure is a measurement, not a placeholder
+        assert data_only > end_to_end > 0 and peak_gib > 0 and ops > 100
+    ratio = float(re.search(r"ratio this tree / data\.synthesis=device: ([\d.]+)", r.stdout)[1])
+    assert ratio == pytest.approx(rows["this tree"][1] / rows["data.synthesis=device"][1], abs=2e-3)
+
+
+def test_a_bad_override_or_stage_is_one_line_before_any_run(photos):
+    r = bench("--steps", "12", "--repeats", "1", *TINY, "--compare", "data.bogus=1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("variant data.bogus=1: unknown config key 'data.bogus' (known here: batch_size, composite, "
+                                "grey_share, identity, paired, paired_share, patch_size, skimage_photos, synthesis, train, "
+                                "val, val_cache, val_crop, val_seed, workers)")
+    r = bench("--stage", "20")
+    assert r.returncode == 1 and r.stderr.strip() == "variant this tree: the config has no stage 20"
