@@ -57,6 +57,14 @@ def main() -> None:
         raise SystemExit("the classifiers' weights differ: one walk serves threshold choices of one classifier")
     if len({json.dumps(c.grid_key(), sort_keys=True) for c in clfs}) > 1:
         raise SystemExit("the classifiers place their crops differently (JPEG grid, crops per side): their walks differ")
+    regions = {c.peeling.region for c in clfs}
+    if len(regions) > 1:  # the walk restores one crop size: another's thresholds would be scored on what they never see
+        raise SystemExit(f"the classifiers' peelings judge crops of different sizes ({', '.join(map(str, sorted(regions)))} px): "
+                         "one walk serves one region")
+    more = [n for n, c in zip(names, clfs) if c.peeling.max_tasks > 2]
+    if more:  # a third task named would go unseen: the walk has two steps
+        raise SystemExit(f"{', '.join(more)}: peels up to {max(c.peeling.max_tasks for c in clfs)} tasks, and a walk "
+                         "records two steps: it cannot score a third")
     pipe = RestorationPipeline.from_pretrained(args.model) if args.model else RestorationPipeline.from_pretrained()
     files = [f for v in map(Path, args.val) for f in (list_images(v) if v.is_dir() else [v])]
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]

@@ -207,12 +207,17 @@ def _measure(spec: dict, src: Path) -> dict:
 def _check_variant(spec: dict) -> None:
     """Refuse a variant of this tree whose config does not load (an unknown key, a stage that is not there)."""
     sys.path.insert(0, str(ROOT / "src"))
+    import yaml
+
     from instruct_ipt.train import ConfigError, config_from_dict
 
+    stages = yaml.safe_load(spec["config_text"]).get("stages") or []
+    stage = spec["stage"]
+    if not (0 <= stage < len(stages) or (not stages and stage == 0)):
+        have = f"stages 0-{len(stages) - 1}" if stages else "no stages (give --stage 0)"
+        raise SystemExit(f"variant {spec['name']}: the config has no stage {stage}: it has {have}")
     try:
-        config_from_dict(_stage_config(spec["config_text"], spec["stage"], spec["steps"], spec["overrides"], "unused"))
-    except IndexError:
-        raise SystemExit(f"variant {spec['name']}: the config has no stage {spec['stage']}") from None
+        config_from_dict(_stage_config(spec["config_text"], stage, spec["steps"], spec["overrides"], "unused"))
     except ConfigError as e:
         raise SystemExit(f"variant {spec['name']}: {e}") from None
 

@@ -194,3 +194,22 @@ def test_weight_analyses_share_their_arms(photos, tmp_path, capsys):
     assert len(energy) == 1 and 0 < energy[0] <= 1
     report = (out / "report.md").read_text()
     assert "## Fig. 2" in report and "| encoder 1 |" in report and "| output layer |" in report
+
+
+def test_a_damaged_settings_or_results_file_is_an_ablation_error_naming_it(tmp_path):
+    from instruct_ipt.ablation.runner import RESULTS_NAME, SETTINGS_NAME, open_folder, save_results
+
+    settings = {"steps": 2}
+    assert open_folder(tmp_path, settings) is None  # a new folder: its settings written
+    save_results(tmp_path, {"runs": {}, "tables": {}})
+    assert open_folder(tmp_path, settings) == {"runs": {}, "tables": {}}
+    cases = [(SETTINGS_NAME, "[1]", "damaged settings (a JSON list, not an object)"),
+             (SETTINGS_NAME, '{"steps": ', "damaged settings (not JSON"),
+             (RESULTS_NAME, "[1]", "damaged results (a JSON list, not an object)"),
+             (RESULTS_NAME, '{"runs": [1]}', "damaged results (no 'runs' or 'tables' mapping)")]
+    for name, text, says in cases:
+        good = (tmp_path / name).read_text()
+        (tmp_path / name).write_text(text)
+        with pytest.raises(AblationError, match=f"^{tmp_path / name}: " + says.replace("(", r"\(").replace(")", r"\)")):
+            open_folder(tmp_path, settings)
+        (tmp_path / name).write_text(good)

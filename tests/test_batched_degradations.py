@@ -156,7 +156,7 @@ def test_snow_makes_the_ops_image_given_its_seed_maps(img):
 def test_seed_maps_have_the_ops_density_and_strengths(op):
     """The one random part of rain and snow on the device: how many pixels seed a streak or flake
     (density; snow: per scale) and how strong (uniform in [0.6, 1) rain, [0.5, 1) snow). Counted
-    over ~10^4 seeds, so a density off by 5 % is ~5 standard errors out (the PSNR parity above only
+    over ~10^4 seeded pixels, so a density off by 5 % is ~5 standard errors out (the PSNR parity below only
     catches ~30 %)."""
     bop, n, side = batched(op), 40, 256
     blank = np.zeros((side, side, 3), np.float32)
@@ -171,7 +171,7 @@ def test_seed_maps_have_the_ops_density_and_strengths(op):
     expected, sd = p.sum().item(), (p * (1 - p)).sum().sqrt().item()
     assert expected > 5000 and abs(seeded.sum().item() - expected) <= 4 * sd, (seeded.sum().item(), expected, sd)
     values = maps[seeded]
-    assert values.min() >= low and values.max() < 1
+    assert values.min() >= low and values.max() <= 1  # (float32 rounding may reach 1)
     spread = (1 - low) / math.sqrt(12)  # uniform on [low, 1)
     assert abs(values.mean().item() - (1 + low) / 2) <= 4 * spread / math.sqrt(values.numel())
 

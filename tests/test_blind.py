@@ -2,6 +2,7 @@
 restoration order, calibrated thresholds, and "nothing to do" for a clean photo."""
 
 import io
+import re
 import typing
 from dataclasses import replace
 
@@ -494,6 +495,17 @@ def test_walks_round_trip_and_a_file_for_other_settings_is_refused(tmp_path):
     np.savez(tmp_path / "nokey.npz", **walks)  # the arrays without their key
     with pytest.raises(ValueError, match="not a walks file"):
         load_walks(tmp_path / "nokey.npz", '{"seeds": 2}')
+    # damaged files (a killed copy, a full disk): one ValueError naming the file, never zipfile's or numpy's own
+    whole = path.read_bytes()
+    damaged = {"empty.npz": b"", "half.npz": whole[: len(whole) // 2], "header.npz": whole[:40]}
+    flipped = bytearray(whole)
+    at = whole.index(walks["first_prob"].tobytes())  # one array's bytes (stored, not compressed): its CRC fails on reading
+    flipped[at] ^= 0xFF
+    damaged["flipped.npz"] = bytes(flipped)
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: .*(not a walks file|damaged walks file).*walk again"):
+            load_walks(tmp_path / name, '{"seeds": 2}')
 
 
 def test_a_calibrated_classifier_saves_and_loads_with_its_peeling(tmp_path):
@@ -1082,6 +1094,8 @@ def test_calibrating_blind_mode_for_the_pipelines_model_asks_the_same_questions(
         RestorationPipeline(pipe.model, classifier=DegradationClassifier(TASKS, width=4)).calibrate_blind_mode(photos)
     with pytest.raises(ValueError, match="needs clean photos"):
         pipe.calibrate_blind_mode([])
+    with pytest.raises(ValueError, match=r"too small for blind mode to judge \(at least 9 px a side\): 1 \(8x12\)$"):
+        pipe.calibrate_blind_mode([photos[0], np.zeros((12, 8, 3), np.float32)])  # refused before any walk
 
 
 def test_calibrate_blind_refuses_the_shipped_folder_and_an_unwritable_out_before_calibrating(model_dir, tmp_path, capsys,
@@ -1312,3 +1326,73 @@ def test_a_calibration_with_the_block_grid_test_bars_jpeg_where_the_walked_image
         choose_peeling(DegradationClassifier(["derain", "denoise"], width=4), walks, jpeg_blocks=True)
     with pytest.raises(ValueError, match="no 'jpeg' task"):
         check_peeling_settings(DegradationClassifier(["derain", "denoise"], width=4), jpeg_blocks=True)
+
+
+def test_a_damaged_classifier_file_is_one_clear_error(model_dir, tmp_path, capsys):
+    """A truncated file, or peeling metadata edited by hand, in a model folder: one line naming the
+    file (the CLI's exit 2), never safetensors' or json's own exception."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from instruct_ipt.instruct.blind import BLIND_FILE
+
+    folder = tmp_path / "m"
+    peeling = Peeling({}, {"denoise": 0.1}, region=32, clean=0.5)
+    RestorationPipeline(InstructIPT.from_pretrained(model_dir), classifier=_rigged_clean(TASKS, [0.0] * 7, peeling)).save_pretrained(folder)
+    path = folder / BLIND_FILE
+    state = {k: v.clone() for k, v in load_file(str(path)).items()}  # (not a view of the file, which is rewritten below)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    whole = path.read_bytes()
+    Image.fromarray(data.astronaut()[:40, :40]).save(tmp_path / "a.png")
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"is not an instruct-ipt degradation classifier: not a readable \.safetensors file"):
+        DegradationClassifier.load(path)
+    assert main(["restore", str(tmp_path / "a.png"), "--model", str(folder), "-o", str(tmp_path / "out")]) == 2  # blind mode
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{path} is not an instruct-ipt degradation classifier" in err
+    for edit, says in ((lambda m: m.pop("peel_further"), r"incomplete \(no peel_further\)"),
+                       (lambda m: m.update(peel_region="wide"), r"malformed \(invalid literal"),
+                       (lambda m: m.update(peel_start="{not json"), r"malformed \(Expecting")):
+        broken = dict(meta)
+        edit(broken)
+        save_file(state, str(path), metadata=broken)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: its peeling thresholds are {says}"):
+            DegradationClassifier.load(path)
+    save_file(state, str(path), metadata=meta)  # the file as written loads (the test's edits are what break it)
+    assert DegradationClassifier.load(path).peeling == peeling
+
+
+def test_calibrate_blind_names_photos_too_small_and_prints_every_threshold(model_dir, tmp_path, capsys, monkeypatch):
+    """A photo blind mode cannot judge is refused by name before the minutes of walking; one smaller
+    than the crop it judges is calibrated on with a warning naming it; the thresholds printed include
+    the JPEG block grid's."""
+    import shutil
+
+    import instruct_ipt.pipeline as pipeline_module
+    from instruct_ipt.instruct.blind import BLIND_FILE
+
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    peeling = Peeling({}, {"denoise": 0.1}, region=48, clean=0.5, blocks=1.2345)
+    _rigged_clean(TASKS, [0.0] * 7, peeling).save(folder / BLIND_FILE)
+    walked = []
+
+    def calibrate(self, photos, seeds=2, progress=None):  # the walk itself is tested above: here, what comes before and after
+        walked.append([p.shape[:2] for p in photos])
+        return self.classifier
+
+    monkeypatch.setattr(pipeline_module.RestorationPipeline, "calibrate_blind_mode", calibrate)
+    for name, side in (("big.png", 64), ("small.png", 40), ("tiny.png", 8)):
+        Image.fromarray(data.astronaut()[:side, :side]).save(tmp_path / name)
+    photos = [f"--photos={tmp_path / n}" for n in ("big.png", "small.png", "tiny.png")]
+    assert main(["calibrate-blind", "--model", str(folder), *photos, "--out", str(tmp_path / "c.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"too small for blind mode to judge (at least 9 px a side): {tmp_path / 'tiny.png'} (8x8)")
+    assert walked == [] and not (tmp_path / "c.safetensors").exists()
+    assert main(["calibrate-blind", "--model", str(folder), *photos[:2], "--out", str(tmp_path / "c.safetensors")]) == 0
+    out, err = capsys.readouterr()
+    assert walked == [[(64, 64), (40, 40)]]
+    assert ("warning: blind mode judges a 48 px crop of each photo; these are smaller, so their calibration images "
+            "are too: small.png (40x40)") in err and "big.png" not in err
+    assert "thresholds: clean 0.5000; further {\"denoise\": 0.1}; " in out and out.count("; JPEG block grid 1.2345\n") == 1

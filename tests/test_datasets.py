@@ -181,6 +181,30 @@ def test_validation_set_is_cached_and_fixed(tmp_path):
     assert not np.array_equal(changed.by_task("denoise")[0].input, vs.by_task("denoise")[0].input)
 
 
+def test_a_damaged_or_incomplete_validation_cache_is_built_again(tmp_path):
+    """A cache a killed copy or a full disk left behind: a missing, empty or truncated item, or a
+    damaged manifest, is rebuilt (validating on fewer items would score the run on other photos -
+    a deleted item once scored its task 0.00 dB); opened directly, a damaged item is one ValueError."""
+    save(tmp_path / "photos/a.png", img(0, 40, 50))
+    save(tmp_path / "photos/b.png", img(1, 30, 30))
+    ops = {"denoise": Noise(sigma=25)}
+    first = ValidationSet.build([tmp_path / "photos"], ops, tmp_path / "val", crop=32)
+    item, manifest = tmp_path / "val/denoise/a.npz", tmp_path / "val/manifest.json"
+    whole, text = item.read_bytes(), manifest.read_text()
+    for damage in (lambda: item.unlink(), lambda: item.write_bytes(b""), lambda: item.write_bytes(whole[: len(whole) // 2]),
+                   lambda: manifest.write_text(text[: len(text) // 2]), lambda: manifest.write_text("[1]")):
+        damage()
+        again = ValidationSet.build([tmp_path / "photos"], ops, tmp_path / "val", crop=32)
+        assert len(again) == 2 and item.read_bytes() == whole and manifest.read_text() == text
+        assert all(np.array_equal(x.input, y.input) for x, y in zip(again, first))
+    item.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"a\.npz: a damaged validation cache file .*remove .*val to build it again"):
+        ValidationSet(tmp_path / "val")
+    manifest.write_text("{")
+    with pytest.raises(ValueError, match=r"manifest\.json: a damaged validation cache"):
+        ValidationSet(tmp_path / "val")
+
+
 def whole_batch(ds):
     """(inputs, targets, the collated batch or None) of every sample of ``ds``, made as training makes them."""
     from instruct_ipt.data.batched import collate_device

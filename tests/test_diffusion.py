@@ -336,3 +336,19 @@ def test_ablate_table8_end_to_end(tmp_path):
     other = DiffusionSettings(**{**settings.to_dict(), "train": settings.train, "sample_steps": 3})
     with pytest.raises(ValueError, match="sample_steps"):
         ablate_table8(tmp_path / "out", other, seeds=2, say=said.append, progress=False)
+
+
+def test_a_damaged_diffusion_model_folder_is_one_value_error_naming_the_file(trained, tmp_path):
+    folder = models(trained)["base"].save_pretrained(tmp_path / "copy")
+    config, weights = folder / "config.json", folder / "model.safetensors"
+    good, whole = config.read_text(), weights.read_bytes()
+    for text, says in (("[1]", "not a diffusion model config"), ("{", "Expecting")):
+        config.write_text(text)
+        with pytest.raises(ValueError, match=f"^{config}: .*{says}"):
+            MaskedDiffusion.from_pretrained(folder)
+    config.write_text(good)
+    weights.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"^{weights}: not a readable .safetensors file"):
+        MaskedDiffusion.from_pretrained(folder)
+    weights.write_bytes(whole)
+    MaskedDiffusion.from_pretrained(folder)  # as written, it loads

@@ -169,6 +169,16 @@ def test_merged_safetensors_reloads_into_the_plain_backbone(model, model_dir, ou
     assert half.stat().st_size < 0.6 * path.stat().st_size
     net16, meta16 = load_merged(half, dtype=None)
     assert meta16["dtype"] == "float16" and next(net16.parameters()).dtype == torch.float16
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    wider = json.dumps({**json.loads(meta["backbone"]), "dim": 12})  # a config its weights do not fit
+    save_file({k: v.clone() for k, v in load_file(str(path)).items()}, str(out_dir / "edited.safetensors"),
+              metadata={**meta, "backbone": wider})
+    with pytest.raises(ValueError, match=r"edited\.safetensors: a merged export whose weights do not fit its config"):
+        load_merged(out_dir / "edited.safetensors")
 
 
 def test_unknown_task_is_a_one_line_error_listing_the_tasks(model_dir, tmp_path, capsys):

@@ -73,6 +73,27 @@ def test_missing_and_mismatched_checkpoints_are_clear(tmp_path):
         InstructIPT.from_pretrained(tmp_path)
 
 
+
+def test_a_damaged_model_folder_is_a_checkpoint_error_naming_the_file(tmp_path):
+    """A killed copy or a hand edit: CheckpointError (the CLI's one line), never safetensors' or an
+    AttributeError's traceback."""
+    trained_like().save_pretrained(tmp_path)
+    config, weights = tmp_path / "config.json", tmp_path / "model.safetensors"
+    good = json.loads(config.read_text())
+    for text in ("[1, 2]", "null", json.dumps({**good, "task_grid_spans": [1]})):
+        config.write_text(text)
+        with pytest.raises(CheckpointError, match=rf"^{config}: (not an instruct-ipt model config|invalid model config)"):
+            InstructIPT.from_pretrained(tmp_path)
+    config.write_text(json.dumps(good))
+    whole = weights.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b""):
+        weights.write_bytes(damaged)
+        with pytest.raises(CheckpointError, match=rf"^{weights}: not a readable \.safetensors file"):
+            InstructIPT.from_pretrained(tmp_path)
+    weights.write_bytes(whole)
+    InstructIPT.from_pretrained(tmp_path)  # the folder as written loads
+
+
 def test_save_never_leaves_temp_files(tmp_path):
     trained_like().save_pretrained(tmp_path)
     trained_like().save_pretrained(tmp_path)  # overwrite in place
@@ -123,6 +144,15 @@ def test_adapter_mismatches_name_what_differs(tmp_path):
     assert other_weights.load_adapter(path, task="x", check_backbone=False) == "x"
     with pytest.raises(CheckpointError, match="not an instruct-ipt adapter"):
         other_weights.load_adapter(_plain_safetensors(tmp_path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    state = {k: v.clone() for k, v in load_file(str(path)).items()}
+    for key in ("modulation", "backbone"):  # metadata edited by hand: one CheckpointError naming the file
+        save_file(state, str(tmp_path / "edited.safetensors"), metadata={k: v for k, v in meta.items() if k != key})
+        with pytest.raises(CheckpointError, match=rf"edited\.safetensors: an adapter whose metadata is incomplete .*KeyError\('{key}'\)"):
+            other_weights.load_adapter(tmp_path / "edited.safetensors", task="y")
 
 
 def _plain_safetensors(tmp_path):

@@ -353,6 +353,46 @@ def test_cli_keeps_16_bit_grey_alpha_and_applies_exif(model_dir, tmp_path):
     assert Image.open(out / "dot.restored.png").size == (1, 1)
 
 
+def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):
+    """A 16-bit PNG is read without Pillow, so its EXIF orientation is applied by hand: the same
+    pixels as Pillow's own transpose of the 8-bit file, for each of the eight orientations. A LAB
+    TIFF's band named 'A' is colour, not alpha."""
+    import struct
+    import zlib
+
+    import png
+
+    from instruct_ipt.data.images import load_image
+
+    a = data.astronaut()[:20, :28]
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(a).save(tmp_path / "eight.png", exif=exif)
+        with open(tmp_path / "deep.png", "wb") as f:
+            png.Writer(28, 20, greyscale=False, bitdepth=16).write(f, (a.astype(np.uint16) * 257).reshape(20, -1))
+        raw, blob = (tmp_path / "deep.png").read_bytes(), exif.tobytes()
+        chunk = struct.pack(">I", len(blob)) + b"eXIf" + blob + struct.pack(">I", zlib.crc32(b"eXIf" + blob))
+        at = raw.index(b"IDAT") - 4  # the eXIf chunk before the image data, as cameras write it
+        (tmp_path / "deep.png").write_bytes(raw[:at] + chunk + raw[at:])
+        eight, deep = load_image(tmp_path / "eight.png"), load_image(tmp_path / "deep.png")
+        assert deep.bit_depth == 16 and (orientation > 1 or eight.rgb.shape == (20, 28, 3))
+        np.testing.assert_array_equal(deep.rgb, eight.rgb, err_msg=f"orientation {orientation}")
+    Image.fromarray(a).convert("LAB").save(tmp_path / "lab.tif")
+    lab = load_image(tmp_path / "lab.tif")
+    assert lab.alpha is None and np.abs(lab.rgb * 255 - a).mean() < 2  # LAB's round trip costs rounding only
+    from instruct_ipt.data.images import ImageReadError
+
+    bomb = Image.new("L", (8, 8))  # a header claiming ~2.7 gigapixels: refused as unreadable, not raised raw
+    bomb.save(tmp_path / "bomb.png")
+    raw = bytearray((tmp_path / "bomb.png").read_bytes())
+    raw[16:24] = struct.pack(">II", 52000, 52000)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    (tmp_path / "bomb.png").write_bytes(bytes(raw))
+    with pytest.raises(ImageReadError, match="bomb.png: not a readable image .*DecompressionBombError"):
+        load_image(tmp_path / "bomb.png")
+
+
 def test_shipped_classifier_sees_strong_degradations():
     clf = DegradationClassifier.default()
     assert clf.tasks == TASKS

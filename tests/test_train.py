@@ -87,6 +87,9 @@ def test_config_errors(folders, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("tasks: {denoise: {}}\noptim: {lr: 1e-3}\n")
     assert load_config(path).optim.lr == 1e-3
+    path.write_bytes("tasks: {denoise: {}}  # caf\u00e9\n".encode("latin-1"))  # saved in another encoding
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML \('utf-8' codec"):
+        load_config(path)
 
 
 def test_stage_plans(folders, tmp_path):
@@ -238,10 +241,13 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(folders, tmp_p
     # the payload is real: the unsafe load the checkpoint code used to do runs it
     torch.load(crafted, weights_only=False)
     assert marker.exists()
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pt is not a safe instruct-ipt training checkpoint"):
-        load_checkpoint(garbage)
+    for name, content in (("garbage.pt", b"not a checkpoint"), ("hello.pt", b"hello\n")):  # ("h": torch's older reader)
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name} is not a safe instruct-ipt training checkpoint"):
+            load_checkpoint(tmp_path / name)
+    torch.save({"format": "instruct-ipt-train", "stage": 0}, tmp_path / "partial.pt")  # the tag, not the rest
+    with pytest.raises(ValueError, match=r"partial\.pt is an incomplete training checkpoint \(no config, step, model_config, model\)"):
+        load_checkpoint(tmp_path / "partial.pt")
 
 
 def test_rng_state_round_trips_through_a_checkpoint_in_both_forms(tmp_path):
@@ -253,14 +259,14 @@ def test_rng_state_round_trips_through_a_checkpoint_in_both_forms(tmp_path):
     legacy = np.random.get_state()
     save_checkpoint(tmp_path / "new.pt", {"rng": rng_state()})
     expected = draws()
-    set_rng_state(load_checkpoint(tmp_path / "new.pt")["rng"])
+    set_rng_state(load_checkpoint(tmp_path / "new.pt", required=("rng",))["rng"])
     assert draws() == expected
     np.random.set_state(legacy)
     old = rng_state()
     old["numpy"] = np.random.get_state()
     torch.save({"format": "instruct-ipt-train", "rng": old}, tmp_path / "old.pt")
     expected = draws()
-    set_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
+    set_rng_state(load_checkpoint(tmp_path / "old.pt", required=("rng",))["rng"])
     assert draws() == expected
 
 
@@ -541,7 +547,7 @@ def test_time_budget_scales_every_stage_and_resume_continues_its_schedule(folder
 
 
 def test_time_budget_too_small_or_added_on_resume_is_refused_before_any_step(folders, tmp_path):
-    with pytest.raises(ConfigError, match=r"a budget of 0\.00 min is too small for this run: .* min of it to measure"):
+    with pytest.raises(ConfigError, match=r"a budget of 0\.00 min is too small for this run: .* min of it to set up and measure"):
         Trainer(budget_cfg(folders, tmp_path / "small"), progress=False, max_minutes=0.001).run()  # (the budget given)
     log = tmp_path / "small/log.jsonl"
     assert not (tmp_path / "small/checkpoints/last.pt").exists()
@@ -640,11 +646,14 @@ def test_torchrun_entry_point(folders, tmp_path):
     cfg = make_cfg(folders, tmp_path / "run", iterations=2, data={"val": []})
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
+    logs = tmp_path / "ranks"  # each process's own output, kept apart from the launcher's traceback
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "--log-dir", str(logs), "--redirects", "3", "--tee", "3",
            "-m", "instruct_ipt.train", str(path), "--no-progress", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    ranks = "\n".join(f"--- {f.relative_to(logs)}:\n{f.read_text()[-1500:]}" for f in sorted(logs.rglob("stderr.log")))
+    assert r.returncode == 0, f"{r.stderr[-1000:]}\n{ranks}"
     assert (tmp_path / "run/model/model.safetensors").is_file()
     logs = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in logs if "loss" in x] == [1, 2]
@@ -684,3 +693,17 @@ def test_composite_share_reaches_the_training_samples(folders, tmp_path, monkeyp
         make_cfg(folders, tmp_path, data={"composite": 2})
     with pytest.raises(ConfigError, match="set data.synthesis: workers"):
         make_cfg(folders, tmp_path, data={"composite": 0.3, "synthesis": "device"})
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_config_is_one_line(folders, tmp_path, capsys):
+    cfg = make_cfg(folders, tmp_path / "run", iterations=4, ckpt_every=2, val_every=100)
+    assert Trainer(cfg, progress=False).run(stop_after=2) is None  # killed after the step-2 checkpoint
+    ckpt = tmp_path / "run/checkpoints/last.pt"
+    state = load_checkpoint(ckpt)
+    state["model_config"]["modulation"]["rank"] = 3  # hand-edited, or mixed from two runs
+    save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "format"})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["train", str(path), "--no-progress", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{ckpt} does not match its config: shape mismatch" in err[0], err

@@ -98,7 +98,7 @@ def test_budget_too_small_is_refused_with_what_it_needs():
     with pytest.raises(BudgetError) as e:
         fit_schedule([3000, 1000], COSTS, OVER, need - 1.0, 100, 50, spent=30.0)
     assert (f"a budget of {(need + 29.0) / 60:.2f} min is too small" in str(e.value)
-            and f"need at least {(need + 30.0) / 60:.2f} min (0.50 min of it to measure this machine first)" in str(e.value))
+            and f"need at least {(need + 30.0) / 60:.2f} min (0.50 min of it to set up and measure this machine first)" in str(e.value))
 
 
 def test_warmup_scales_with_the_stage():

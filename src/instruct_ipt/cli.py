@@ -348,6 +348,17 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
     _check_writable(out, "--out")  # before the calibration's minutes, not after
     pipe = RestorationPipeline.from_pretrained(folder, device=args.device)
     images = [read_rgb(f) for f in files]
+    clf = pipe.classifier
+    if clf.peeling is not None:  # (none: calibrate_blind_mode says so)
+        sizes = {f: img.shape[1::-1] for f, img in zip(files, images)}
+        tiny = [f"{f} ({w}x{h})" for f, (w, h) in sizes.items() if min(w, h) < clf.smallest_side]
+        if tiny:
+            raise ValueError(f"too small for blind mode to judge (at least {clf.smallest_side} px a side): {', '.join(tiny)}")
+        region = clf.peeling.region
+        small = [f"{f.name} ({w}x{h})" for f, (w, h) in sizes.items() if min(w, h) < region]
+        if small:
+            print(f"warning: blind mode judges a {region} px crop of each photo; these are smaller, so their "
+                  f"calibration images are too: {', '.join(small)}", file=sys.stderr)
     cases = len(images) * args.seeds * (1 + len(pipe.classifier.tasks) * (len(pipe.classifier.tasks) + 1) // 2)
     print(f"calibrating blind mode for {folder} on {len(files)} photo(s) x {args.seeds} seed(s): {cases} images, "
           "two restorations each", file=sys.stderr)
@@ -359,8 +370,9 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
         return json.dumps({t: round(v, 4) for t, v in d.items()})
 
     gate = f"clean {peel.clean:.4f}" if peel.clean is not None else f"start {rounded(peel.start)}"
+    blocks = "" if peel.blocks is None else f"; JPEG block grid {peel.blocks:.4f}"
     print(f"thresholds: {gate}; further {rounded(peel.further)}; first change {rounded(peel.first_change)}; "
-          f"suggest {rounded(peel.suggest)}")
+          f"suggest {rounded(peel.suggest)}{blocks}")
     print(f"calibrated in {time.time() - t0:.0f} s; wrote {out}")
     return 0
 

@@ -259,8 +259,11 @@ def load_merged(path: str | os.PathLike, dtype: torch.dtype | None = torch.float
     ``dtype``). ``dtype=None`` keeps the stored dtype; float32, the default, is what CPUs run fast.
     Loading is strict: a file that does not fit its config is an error."""
     state, meta = load_tagged(path, MERGED_FORMAT, "a merged instruct-ipt export (instruct-ipt export --format safetensors)")
-    net = IPTV2(IPTConfig.from_dict(json.loads(meta["backbone"])))
-    net.load_state_dict(state, assign=True)  # assign: the stored tensors themselves, in their dtype
+    try:
+        net = IPTV2(IPTConfig.from_dict(json.loads(meta["backbone"])))
+        net.load_state_dict(state, assign=True)  # assign: the stored tensors themselves, in their dtype
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # edited or mixed: its weights do not fit its config
+        raise ValueError(f"{path}: a merged export whose weights do not fit its config ({str(e).splitlines()[0]})") from None
     return (net if dtype is None else net.to(dtype)).eval(), meta
 
 

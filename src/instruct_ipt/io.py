@@ -49,14 +49,17 @@ def save_tagged(path: str | os.PathLike, state: dict, metadata: dict[str, str]) 
 
 def load_tagged(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, dict[str, str]]:
     """Tensors and metadata of a ``.safetensors`` file whose ``format`` tag must be ``fmt``."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != fmt:
-        raise ValueError(f"{path} is not {what}")
-    return load_file(str(path)), meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != fmt:
+            raise ValueError(f"{path} is not {what}")
+        return load_file(str(path)), meta
+    except SafetensorError as e:  # a damaged or truncated file: the same one-line refusal as a file of another kind
+        raise ValueError(f"{path} is not {what}: not a readable .safetensors file ({e})") from None
 
 
 def state_digest(state: Mapping[str, Any]) -> str:

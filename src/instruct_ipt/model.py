@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -380,14 +381,15 @@ class InstructIPT(nn.Module):
 
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any]) -> InstructIPT:
-        if cfg.get("format") != FORMAT:
-            raise CheckpointError(f"not an instruct-ipt model config (format={cfg.get('format')!r})")
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+            raise CheckpointError(f"not an instruct-ipt model config (format={found!r})")
         try:
             backbone = IPTConfig.from_dict(cfg["backbone"])
             mod = None if cfg.get("modulation") is None else ModulationConfig.from_dict(cfg["modulation"])
             ad = None if cfg.get("adaptation") is None else AdaptationConfig.from_dict(cfg["adaptation"])
             return cls(backbone, cfg["tasks"], mod, cfg.get("task_grid_spans"), adaptation=ad, encode_text=False)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # (AttributeError: a list where a mapping goes)
             raise CheckpointError(f"invalid model config: {e}") from e
 
     @classmethod
@@ -408,10 +410,16 @@ class InstructIPT(nn.Module):
                 raise FileNotFoundError(f"{p} not found: a saved model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
         try:
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
-        model = cls.from_config_dict(cfg)
-        state = load_file(str(weights_path), device=str(device))
+        try:
+            model = cls.from_config_dict(cfg)
+        except CheckpointError as e:
+            raise CheckpointError(f"{cfg_path}: {e}") from e
+        try:
+            state = load_file(str(weights_path), device=str(device))
+        except SafetensorError as e:  # truncated by a killed copy, or not safetensors at all
+            raise CheckpointError(f"{weights_path}: not a readable .safetensors file ({e})") from None
         model._load_checked(state, str(weights_path))
         return model.to(device)
 
@@ -466,8 +474,12 @@ class InstructIPT(nn.Module):
             state, meta = load_tagged(path, ADAPTER_FORMAT, "an instruct-ipt adapter")
         except ValueError as e:
             raise CheckpointError(str(e)) from e
-        problems = _diff(self.config.to_dict(), json.loads(meta["backbone"]), "backbone")
-        theirs = ModulationConfig.from_dict(json.loads(meta["modulation"])).to_dict()  # older files lack newer fields
+        try:
+            backbone, modulation = json.loads(meta["backbone"]), json.loads(meta["modulation"])
+            theirs = ModulationConfig.from_dict(modulation).to_dict()  # older files lack newer fields
+        except (KeyError, TypeError, ValueError) as e:  # metadata edited by hand or damaged
+            raise CheckpointError(f"{path}: an adapter whose metadata is incomplete or malformed ({e!r})") from None
+        problems = _diff(self.config.to_dict(), backbone, "backbone")
         problems += _diff(self.modulation_config.to_dict(), theirs, "modulation")
         if problems:
             raise CheckpointError(f"{path} was made for another model: " + "; ".join(problems))

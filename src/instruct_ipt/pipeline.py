@@ -292,6 +292,10 @@ class RestorationPipeline:
             raise ValueError(f"the model lacks {', '.join(missing)}: calibrating restores with every task the classifier knows")
         if not photos:
             raise ValueError("calibrating blind mode needs clean photos")
+        tiny = [f"{i} ({p.shape[1]}x{p.shape[0]})" for i, p in enumerate(photos) if min(p.shape[:2]) < clf.smallest_side]
+        if tiny:  # now, not an image of one of them minutes into the walk
+            raise ValueError(f"photos too small for blind mode to judge (at least {clf.smallest_side} px a side): "
+                             f"{', '.join(tiny)}")
         new = copy.deepcopy(clf)
         calibrate_peeling(new, calibration_cases(photos, new.tasks, seeds), self._restore_one, **clf.peeling.choices(),
                           model=self._model_digest(), progress=progress)

@@ -92,7 +92,7 @@ def open_folder(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / SETTINGS_NAME
     if path.exists():
-        theirs = json.loads(path.read_text(encoding="utf-8"))
+        theirs = _read_object(path, "settings")
         diff = [f"{k}: {theirs.get(k)!r} there, {settings[k]!r} now" for k in settings if theirs.get(k) != settings[k]]
         if diff:
             raise AblationError(f"{out} holds runs made with other settings ({'; '.join(diff)}): "
@@ -100,7 +100,25 @@ def open_folder(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     else:
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
     results = out / RESULTS_NAME
-    return json.loads(results.read_text(encoding="utf-8")) if results.exists() else None
+    if not results.exists():
+        return None
+    recorded = _read_object(results, "results")
+    bad = [k for k in ("runs", "tables") if not isinstance(recorded.get(k), dict)]
+    if bad:
+        raise AblationError(f"{results}: damaged results (no {' or '.join(repr(k) for k in bad)} mapping): "
+                            "remove it to evaluate the runs again")
+    return recorded
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object this folder wrote, or an AblationError naming the file (damaged, or edited by hand)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AblationError(f"{path}: damaged {what} (not JSON: {e})") from None
+    if not isinstance(value, dict):
+        raise AblationError(f"{path}: damaged {what} (a JSON {type(value).__name__}, not an object)")
+    return value
 
 
 def save_results(out: Path, results: dict[str, Any]) -> None:

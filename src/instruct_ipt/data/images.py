@@ -47,6 +47,31 @@ def _png_header(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
+#: EXIF orientation (tag 0x0112) -> the array operation that shows the picture upright, as
+#: Pillow's ``ImageOps.exif_transpose`` does for 8-bit images
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _exif_oriented(arr: np.ndarray, path: Path) -> np.ndarray:
+    """``arr`` (H, W, C) of ``path`` turned upright by the file's EXIF orientation, if it has one
+    (a 16-bit PNG is read without Pillow, so without its ``exif_transpose``)."""
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return arr  # (no readable EXIF: as stored)
+    turn = _ORIENT.get(orientation)
+    return arr if turn is None else np.ascontiguousarray(turn(arr))
+
+
 def _load_png16(path: Path) -> LoadedImage:
     """16-bit PNGs through pypng: Pillow would cut RGB to 8 bits."""
     import png
@@ -56,7 +81,7 @@ def _load_png16(path: Path) -> LoadedImage:
         arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
     except (png.Error, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
-    scaled = arr.astype(np.float32) / 65535.0
+    scaled = _exif_oriented(arr.astype(np.float32) / 65535.0, path)
     grey = info["greyscale"]
     alpha = scaled[..., -1] if info["alpha"] else None
     rgb = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3]
@@ -82,7 +107,8 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # (a bomb: a header claiming a size far past any photo's - damaged, or made to exhaust memory)
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
     mode = im.mode
     alpha = None
@@ -108,7 +134,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         if mode in ("L", "1"):
             grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
             return LoadedImage(np.repeat(grey[..., None], 3, axis=2), alpha, True, 8)
-    if mode == "RGBA" or "A" in im.getbands():
+    if mode in ("RGBA", "RGBa"):  # by mode, not band name: LAB's bands are L, A, B, and its A is colour
         alpha = np.asarray(im.getchannel("A"), np.float32) / 255.0
     rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return LoadedImage(rgb, alpha, False, 8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +109,15 @@ def _manifest(files: list[Path], degradations: Mapping[str, Degradation], crop: 
     }
 
 
+def _read_manifest(path: Path) -> dict | None:
+    """A cache's manifest, or None where it is damaged (not JSON, not a manifest)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("degradations"), dict) else None
+
+
 class ValidationSet:
     """Items grouped by task, loaded from a cache folder made by :meth:`build`."""
 
@@ -116,12 +126,19 @@ class ValidationSet:
         manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{self.folder}: not a validation cache (no {MANIFEST})")
-        self.manifest = json.loads(manifest_path.read_text())
+        manifest = _read_manifest(manifest_path)
+        if manifest is None:
+            raise ValueError(f"{manifest_path}: a damaged validation cache: remove {self.folder} to build it again")
+        self.manifest = manifest
         self.items: list[ValidationItem] = []
         for task in self.manifest["degradations"]:
             for f in sorted((self.folder / task).glob("*.npz")):
-                with np.load(f) as z:
-                    self.items.append(ValidationItem(task, f.stem, z["input"], z["target"]))
+                try:
+                    with np.load(f) as z:
+                        self.items.append(ValidationItem(task, f.stem, z["input"], z["target"]))
+                except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+                    raise ValueError(f"{f}: a damaged validation cache file ({str(e) or type(e).__name__}): "
+                                     f"remove {self.folder} to build it again") from None
 
     @property
     def tasks(self) -> list[str]:
@@ -151,10 +168,14 @@ class ValidationSet:
         files = _sources(sources)
         manifest = _manifest(files, degradations, crop, seed)
         path = folder / MANIFEST
-        if path.is_file() and json.loads(path.read_text()) == manifest:
-            return cls(folder)
+        complete = all((folder / task / f"{f.stem}.npz").is_file() for task in degradations for f in files)
+        if path.is_file() and complete and _read_manifest(path) == manifest:
+            try:
+                return cls(folder)
+            except ValueError:  # a damaged file (a killed copy, a full disk): rebuilt below
+                pass
         if path.is_file():
-            path.unlink()  # stale: rebuild
+            path.unlink()  # stale, incomplete or damaged: rebuild
         for task, op in degradations.items():
             (folder / task).mkdir(parents=True, exist_ok=True)
             for old in (folder / task).glob("*.npz"):

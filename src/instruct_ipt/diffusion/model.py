@@ -83,8 +83,9 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
-        if d.get("format") != MODEL_FORMAT:
-            raise ValueError(f"not a diffusion model config (format {d.get('format')!r}, expected {MODEL_FORMAT!r})")
+        if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a diffusion model config (format {found!r}, expected {MODEL_FORMAT!r})")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -185,12 +186,23 @@ class MaskedDiffusion(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> MaskedDiffusion:
         """A model saved by :meth:`save_pretrained` (weights through safetensors: no code runs)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         folder = Path(folder)
         path = folder / CONFIG_NAME
         if not path.exists():
             raise FileNotFoundError(f"{folder}: no {CONFIG_NAME} (not a diffusion model folder)")
-        model = cls(DiffusionConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))))
-        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+        try:
+            model = cls(DiffusionConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+        try:
+            state = load_file(str(folder / WEIGHTS_NAME))
+        except (SafetensorError, FileNotFoundError) as e:  # truncated by a killed copy, or missing
+            raise ValueError(f"{folder / WEIGHTS_NAME}: not a readable .safetensors file ({e})") from None
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # weights of another configuration
+            raise ValueError(f"{folder / WEIGHTS_NAME} does not match {path}: {str(e).splitlines()[0]}") from None
         return model.eval()

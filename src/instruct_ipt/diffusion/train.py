@@ -195,7 +195,7 @@ class DiffusionTrainer:
         scheduler = model.training_scheduler()
         step, total = 0, None if self.max_minutes else cfg.steps
         if self.resume and ckpt_path.exists():
-            state = load_checkpoint(ckpt_path)
+            state = load_checkpoint(ckpt_path, required=("config", "model", "optimizer", "step", "total"))
             if state.get("config") != cfg.to_dict():
                 raise DiffusionConfigError(f"{ckpt_path} was written with another config: use the same to resume")
             model.load_state_dict(state["model"])

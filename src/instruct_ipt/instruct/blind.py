@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -235,12 +237,17 @@ class Peeling:
         """The peeling saved by :meth:`to_meta`, or None for a classifier file without one."""
         if "peel_start" not in meta:
             return None
-        clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
-        return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
-                   int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")),
-                   json.loads(meta.get("peel_suggest", "{}")), meta.get("peel_model"),
-                   json.loads(meta["peel_asked"]) if "peel_asked" in meta else None,
-                   float(meta["peel_blocks"]) if "peel_blocks" in meta else None)
+        try:
+            clean = float(meta["peel_clean"]) if "peel_clean" in meta else None
+            return cls(json.loads(meta["peel_start"]), json.loads(meta["peel_further"]), int(meta["peel_region"]),
+                       int(meta["peel_max_tasks"]), clean, json.loads(meta.get("peel_first_change", "{}")),
+                       json.loads(meta.get("peel_suggest", "{}")), meta.get("peel_model"),
+                       json.loads(meta["peel_asked"]) if "peel_asked" in meta else None,
+                       float(meta["peel_blocks"]) if "peel_blocks" in meta else None)
+        except KeyError as e:  # written by hand or damaged: say what is missing, not a bare KeyError
+            raise ValueError(f"its peeling thresholds are incomplete (no {e.args[0]})") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"its peeling thresholds are malformed ({e})") from None
 
 
 @dataclass
@@ -572,13 +579,17 @@ class DegradationClassifier(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> DegradationClassifier:
         state, meta = load_tagged(path, BLIND_FORMAT, "an instruct-ipt degradation classifier")
+        try:
+            peeling = Peeling.from_meta(meta)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         tasks = json.loads(meta["tasks"])
         primary = (cls(tasks, width=int(meta["primary_width"]), downsamplings=int(meta.get("primary_downsamplings", "3")))
                    if "primary_width" in meta else None)
         extra = json.loads(meta["extra_thresholds"]) if primary is not None else None
         model = cls(tasks, width=int(meta["width"]), multilabel=meta.get("multilabel") == "1",
                     thresholds=json.loads(meta.get("thresholds", "{}")), primary=primary, extra_thresholds=extra,
-                    peeling=Peeling.from_meta(meta), clean_class=meta.get("clean_class") == "1",
+                    peeling=peeling, clean_class=meta.get("clean_class") == "1",
                     align_blocks=meta.get("align_blocks") == "1", min_positions=int(meta.get("min_positions", "1")),
                     downsamplings=int(meta.get("downsamplings", "3")))
         model.load_state_dict(state)
@@ -1147,10 +1158,12 @@ def save_walks(path: str | Path, walks: Mapping[str, np.ndarray], key: str) -> P
 def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """The walks :func:`save_walks` wrote for ``key`` (:data:`WALK_KEYS` and the ``extra`` arrays);
     anything else - another key, a file of an older version or of another kind - is refused."""
+    damaged = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # empty, truncated, not a zip
+    again = "remove it (or give another file) to walk again"
     try:
         f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a walks file ({e})") from None
+    except damaged as e:
+        raise ValueError(f"{path}: not a walks file ({str(e) or type(e).__name__}): {again}") from None
     if not hasattr(f, "files"):  # a plain .npy array, not an .npz archive
         raise ValueError(f"{path}: not a walks file")
     with f:
@@ -1158,12 +1171,15 @@ def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[st
             raise ValueError(f"{path}: not a walks file")
         missing = [k for k in (*WALK_KEYS, *extra) if k not in f.files]
         if missing:
-            raise ValueError(f"{path}: walks written by an older version (no {', '.join(missing)}): "
-                             "remove it (or give another file) to walk again")
-        if str(f["key"]) != key:
-            raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: "
-                             "remove it (or give another file) to walk again")
-        return {k: f[k] for k in (*WALK_KEYS, *extra)}
+            raise ValueError(f"{path}: walks written by an older version (no {', '.join(missing)}): {again}")
+        try:  # (an archive's members are read here: damage inside it shows now, not at np.load)
+            same = str(f["key"]) == key
+            walks = {k: f[k] for k in (*WALK_KEYS, *extra)} if same else {}
+        except damaged as e:
+            raise ValueError(f"{path}: a damaged walks file ({str(e) or type(e).__name__}): {again}") from None
+    if not same:
+        raise ValueError(f"{path} holds walks for another classifier, model, photos, seeds or region: {again}")
+    return walks
 
 
 def choose_peeling(classifier: DegradationClassifier, walks: Mapping[str, np.ndarray], region: int = PEEL_REGION,

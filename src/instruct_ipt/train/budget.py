@@ -60,8 +60,9 @@ def fit_schedule(
 ) -> tuple[float, list[int]]:
     """The largest factor ``s`` (and the stage lengths ``max(MIN_STAGE_STEPS, round(s * n))``) whose
     predicted time fits ``PLAN_SHARE * seconds``; :class:`BudgetError` if even the shortest does not.
-    ``spent``: seconds of the user's budget already gone (measuring this machine), before ``seconds``
-    left - so that the refusal speaks of the budget the user gave and what to give instead."""
+    ``spent``: seconds of the user's budget already gone before ``seconds`` left (setting up: the folders,
+    the photos, the validation cache; then measuring this machine) - so that the refusal speaks of the
+    budget the user gave and what to give instead."""
     if len(iterations) != len(costs):
         raise ValueError("one cost per stage")
     avail = PLAN_SHARE * seconds - over.final
@@ -74,7 +75,7 @@ def fit_schedule(
 
     if total(0.0) > avail:
         need = (total(0.0) + over.final) / PLAN_SHARE + spent
-        measuring = f" ({spent / 60:.2f} min of it to measure this machine first)" if spent > 0 else ""
+        measuring = f" ({spent / 60:.2f} min of it to set up and measure this machine first)" if spent > 0 else ""
         raise BudgetError(
             f"a budget of {(seconds + spent) / 60:.2f} min is too small for this run: its {len(iterations)} stage(s) need "
             f"at least {need / 60:.2f} min{measuring} for {MIN_STAGE_STEPS} steps each (measured here: "

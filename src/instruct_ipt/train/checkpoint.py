@@ -18,6 +18,8 @@ FORMAT = "instruct-ipt-train"
 #: config keys that may change between a run and its resumption (they do not change the result)
 RESUMABLE_CHANGES = ("log_every", "val_every", "ckpt_every", "data.workers", "data.val_cache", "data.val_seed",
                      "compile", "grid_spans")
+#: what every checkpoint of the restoration trainer (``Trainer._state``) holds and its resumption reads
+REQUIRED_KEYS = ("config", "stage", "step", "model_config", "model")
 #: what ``np.random.get_state()``'s ndarray needs to load (checkpoints written before the rng state
 #: went tensor-only hold one): ``_reconstruct`` under its numpy 1 and numpy 2 names, ndarray, and
 #: the key's dtype (``numpy.dtypes.UInt32DType`` since numpy 1.25)
@@ -60,7 +62,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` holding the ``required`` keys (another trainer's,
+    e.g. the diffusion one, names its own); anything else is a ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
@@ -71,11 +75,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         allow = getattr(torch.serialization, "safe_globals", None)
         with allow(_LEGACY_NUMPY_GLOBALS) if allow else contextlib.nullcontext():
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError, UnicodeDecodeError) as e:
+        # (KeyError, ValueError: what torch's older-format reader raises on a file of other bytes, e.g. text)
         raise ValueError(f"{path} is not a safe instruct-ipt training checkpoint ({_load_error(e)}); "
                          "refusing to load it") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an instruct-ipt training checkpoint")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"{path} is an incomplete training checkpoint (no {', '.join(missing)}): refusing to resume from it")
     return state
 
 

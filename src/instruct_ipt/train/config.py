@@ -279,14 +279,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         raise FileNotFoundError(f"{path}: no such config file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     return config_from_dict(apply_overrides(data or {}, overrides or []))
 
 
 def _check_degradation(task: str, params: dict[str, Any]) -> None:
-    """A task's degradation parameters: each a field of its operator, with a value it accepts - a
-    ConfigError naming the key now, not an operator's TypeError from inside the trainer later."""
+    """A task's degradation parameters: each must be a field of its operator, and the operator's
+    constructor must accept the values (only the checks it makes itself; ranges it does not check pass
+    here too) - a ConfigError naming the key now, not an operator's TypeError from inside the trainer."""
     op = DEGRADATIONS[task]
     known = [f.name for f in dataclasses.fields(op) if f.init and f.name != "task"]  # (the task is the key itself)
     unknown = [k for k in params if k not in known]

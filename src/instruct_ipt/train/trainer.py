@@ -547,7 +547,7 @@ class Trainer:
         start_stage, start_step, stage_tasks = 0, 0, None
         if state is not None:
             model = InstructIPT.from_config_dict(state["model_config"])
-            model.load_state_dict(state["model"])
+            model._load_checked(state["model"], str(self.ckpt_path))  # weights of its own config, or a clear error
             start_stage, start_step, stage_tasks = state["stage"], state["step"], state.get("stage_tasks")
             self.history = state.get("history", [])
             self._log({"event": "resumed", "stage": start_stage, "step": start_step})
