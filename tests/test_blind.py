@@ -1378,11 +1378,11 @@ def test_calibrate_blind_names_photos_too_small_and_prints_every_threshold(model
     _rigged_clean(TASKS, [0.0] * 7, peeling).save(folder / BLIND_FILE)
     walked = []
 
-    def calibrate(self, photos, seeds=2, progress=None):  # the walk itself is tested above: here, what comes before and after
-        walked.append([p.shape[:2] for p in photos])
-        return self.classifier
+    def walk(classifier, cases, restore, **choices):  # the walk itself is tested above: here, what comes before and after
+        walked.append([p.shape[:2] for p in cases.photos])
+        return classifier.peeling
 
-    monkeypatch.setattr(pipeline_module.RestorationPipeline, "calibrate_blind_mode", calibrate)
+    monkeypatch.setattr(pipeline_module, "calibrate_peeling", walk)
     for name, side in (("big.png", 64), ("small.png", 40), ("tiny.png", 8)):
         Image.fromarray(data.astronaut()[:side, :side]).save(tmp_path / name)
     photos = [f"--photos={tmp_path / n}" for n in ("big.png", "small.png", "tiny.png")]

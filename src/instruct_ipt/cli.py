@@ -348,14 +348,10 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
     _check_writable(out, "--out")  # before the calibration's minutes, not after
     pipe = RestorationPipeline.from_pretrained(folder, device=args.device)
     images = [read_rgb(f) for f in files]
-    clf = pipe.classifier
-    if clf.peeling is not None:  # (none: calibrate_blind_mode says so)
-        sizes = {f: img.shape[1::-1] for f, img in zip(files, images)}
-        tiny = [f"{f} ({w}x{h})" for f, (w, h) in sizes.items() if min(w, h) < clf.smallest_side]
-        if tiny:
-            raise ValueError(f"too small for blind mode to judge (at least {clf.smallest_side} px a side): {', '.join(tiny)}")
-        region = clf.peeling.region
-        small = [f"{f.name} ({w}x{h})" for f, (w, h) in sizes.items() if min(w, h) < region]
+    peeling = pipe.classifier.peeling
+    if peeling is not None:  # (none: calibrate_blind_mode says so; it also refuses photos too small to judge)
+        region = peeling.region
+        small = [f"{f.name} ({img.shape[1]}x{img.shape[0]})" for f, img in zip(files, images) if min(img.shape[:2]) < region]
         if small:
             print(f"warning: blind mode judges a {region} px crop of each photo; these are smaller, so their "
                   f"calibration images are too: {', '.join(small)}", file=sys.stderr)
@@ -364,7 +360,8 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
           "two restorations each", file=sys.stderr)
     t0 = time.time()
     with tqdm(total=cases, desc="calibrate", unit="img", disable=None, file=sys.stderr, leave=False) as bar:
-        peel = pipe.calibrate_blind_mode(images, seeds=args.seeds, progress=lambda done, n: bar.update(done - bar.n)).peeling
+        peel = pipe.calibrate_blind_mode(images, seeds=args.seeds, progress=lambda done, n: bar.update(done - bar.n),
+                                         names=[str(f) for f in files]).peeling
     pipe.classifier.save(out)
     def rounded(d: dict[str, float]) -> str:
         return json.dumps({t: round(v, 4) for t, v in d.items()})

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,22 @@ def save_tagged(path: str | os.PathLike, state: dict, metadata: dict[str, str]) 
 
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+#: what reading a damaged ``.npz`` raises (empty, truncated, not a zip, a member failing its CRC):
+#: a cache or walks file left by a killed copy or a full disk
+NPZ_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """The tensors of a ``.safetensors`` file; a damaged or missing one is a ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, FileNotFoundError) as e:  # truncated by a killed copy, or not safetensors at all
+        raise ValueError(f"{path}: not a readable .safetensors file ({e})") from None
 
 
 def load_tagged(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict, dict[str, str]]:

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .adaptation import AdaptationConfig, TaskAdaptation, adapt, is_adaptation_key
-from .io import atomic_write, atomic_write_text, load_tagged, save_tagged
+from .io import atomic_write, atomic_write_text, load_safetensors, load_tagged, save_tagged
 from .models import CONFIGURED_SPAN, IPTV2, IPTConfig
 from .models.ipt import ConfiguredSpan
 from .modulation import ModulatedLayer, ModulationConfig, ParameterCount, ReplacedLayer, TaskModulation, modulate
@@ -417,9 +416,9 @@ class InstructIPT(nn.Module):
         except CheckpointError as e:
             raise CheckpointError(f"{cfg_path}: {e}") from e
         try:
-            state = load_file(str(weights_path), device=str(device))
-        except SafetensorError as e:  # truncated by a killed copy, or not safetensors at all
-            raise CheckpointError(f"{weights_path}: not a readable .safetensors file ({e})") from None
+            state = load_safetensors(weights_path, device=str(device))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
         model._load_checked(state, str(weights_path))
         return model.to(device)
 

@@ -273,7 +273,8 @@ class RestorationPipeline:
         return self._digested[1]
 
     def calibrate_blind_mode(self, photos: Sequence[np.ndarray], seeds: int = 2,
-                             progress: Callable[[int, int], None] | None = None) -> DegradationClassifier:
+                             progress: Callable[[int, int], None] | None = None,
+                             names: Sequence[str] | None = None) -> DegradationClassifier:
         """Blind mode calibrated for this pipeline's model: a copy of :attr:`classifier` whose peeling
         thresholds are chosen again, asking what its own peeling asked (``Peeling.choices``), from
         this model's restorations of ``photos`` (clean, float (H, W, 3) in [0, 1]: photos the
@@ -292,7 +293,8 @@ class RestorationPipeline:
             raise ValueError(f"the model lacks {', '.join(missing)}: calibrating restores with every task the classifier knows")
         if not photos:
             raise ValueError("calibrating blind mode needs clean photos")
-        tiny = [f"{i} ({p.shape[1]}x{p.shape[0]})" for i, p in enumerate(photos) if min(p.shape[:2]) < clf.smallest_side]
+        names = list(names) if names is not None else [str(i) for i in range(len(photos))]  # (in errors: a file's name)
+        tiny = [f"{n} ({p.shape[1]}x{p.shape[0]})" for n, p in zip(names, photos) if min(p.shape[:2]) < clf.smallest_side]
         if tiny:  # now, not an image of one of them minutes into the walk
             raise ValueError(f"photos too small for blind mode to judge (at least {clf.smallest_side} px a side): "
                              f"{', '.join(tiny)}")

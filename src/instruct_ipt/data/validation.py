@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write, atomic_write_text
+from ..io import NPZ_READ_ERRORS, atomic_write, atomic_write_text
 from .degradations import Degradation
 from .images import list_images, read_rgb, save_image
 
@@ -136,7 +135,7 @@ class ValidationSet:
                 try:
                     with np.load(f) as z:
                         self.items.append(ValidationItem(task, f.stem, z["input"], z["target"]))
-                except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+                except NPZ_READ_ERRORS as e:
                     raise ValueError(f"{f}: a damaged validation cache file ({str(e) or type(e).__name__}): "
                                      f"remove {self.folder} to build it again") from None
 

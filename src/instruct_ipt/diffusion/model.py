@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, load_safetensors
 from ..modulation import TaskModulation, modulate, unet2d_targets
 from .masks import CONDITIONED_CHANNELS
 
@@ -186,9 +186,6 @@ class MaskedDiffusion(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> MaskedDiffusion:
         """A model saved by :meth:`save_pretrained` (weights through safetensors: no code runs)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         path = folder / CONFIG_NAME
         if not path.exists():
@@ -197,10 +194,7 @@ class MaskedDiffusion(nn.Module):
             model = cls(DiffusionConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None
-        try:
-            state = load_file(str(folder / WEIGHTS_NAME))
-        except (SafetensorError, FileNotFoundError) as e:  # truncated by a killed copy, or missing
-            raise ValueError(f"{folder / WEIGHTS_NAME}: not a readable .safetensors file ({e})") from None
+        state = load_safetensors(folder / WEIGHTS_NAME)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:  # weights of another configuration

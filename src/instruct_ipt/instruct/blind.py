@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -32,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.degradations import Composite, Degradation, make_degradation
 from ..data.synthetic import TaskSampler, augment, random_crop, to_tensor
 from ..data.validation import center_crop
-from ..io import atomic_write, load_tagged, save_tagged
+from ..io import NPZ_READ_ERRORS, atomic_write, load_tagged, save_tagged
 from .order import order_tasks
 
 BLIND_FORMAT = "instruct-ipt-degradation-classifier"
@@ -1158,7 +1156,7 @@ def save_walks(path: str | Path, walks: Mapping[str, np.ndarray], key: str) -> P
 def load_walks(path: str | Path, key: str, extra: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """The walks :func:`save_walks` wrote for ``key`` (:data:`WALK_KEYS` and the ``extra`` arrays);
     anything else - another key, a file of an older version or of another kind - is refused."""
-    damaged = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)  # empty, truncated, not a zip
+    damaged = NPZ_READ_ERRORS
     again = "remove it (or give another file) to walk again"
     try:
         f = np.load(path, allow_pickle=False)
