@@ -70,7 +70,8 @@ def main() -> None:
     tasks = [t for t in DEGRADATIONS if t in clfs[0].tasks]
     cases = benchmark_cases(tasks, args.composite)
     key = json.dumps({"classifier": weights.pop(), "model": state_digest(pipe.model.state_dict()), "seeds": args.seeds, "cases": cases,
-                      "photos": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
+                      # (a list in order, not a dict by name: two folders may each hold an x.png)
+                      "photos": [[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in files],
                       "region": clfs[0].peeling.region} | clfs[0].grid_key() | ({"crop": list(args.crop)} if args.crop else {}),
                      sort_keys=True)
     path = Path(args.walks)

@@ -45,3 +45,30 @@ def test_threshold_choices_of_one_classifier_pass_the_checks(tmp_path):
     # the same region and steps: past the checks, to the model (here a folder that is not there)
     r = walks(tmp_path, Peeling({}, {"denoise": 0.2}, region=48, clean=0.5), Peeling({}, {"denoise": 0.1}, region=48, clean=0.5))
     assert r.returncode != 0 and "no-model" in r.stderr and "peelings judge" not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_walk_is_keyed_by_every_photo_even_two_of_one_name(tmp_path):
+    """Two folders may each hold an x.png: changing either one must walk again, not read back the old walk."""
+    from instruct_ipt import InstructIPT
+
+    InstructIPT("tiny", tasks=["denoise", "deblur"]).save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    clf = DegradationClassifier(["denoise", "deblur"], width=4, clean_class=True,
+                                peeling=Peeling({}, {"denoise": 0.2}, region=48, clean=0.5)).save(tmp_path / "c.safetensors")
+    for folder, crop in (("a", data.astronaut()), ("b", data.coffee())):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(crop[:64, :64]).save(tmp_path / folder / "x.png")
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks/blind_walks.py"), "--val", str(tmp_path / "a"),
+                               "--val", str(tmp_path / "b"), "--composite", "blur+noise", "--walks", str(tmp_path / "w.npz"),
+                               "--model", str(tmp_path / "model"), "--classifier", str(clf)],
+                              check=False, capture_output=True, text=True, cwd=ROOT / "benchmarks", timeout=300)
+
+    first = run()
+    assert first.returncode == 0 and "walks written" in first.stdout and "photos: 2 (x.png, x.png)" in first.stdout, first.stderr[-2000:]
+    again = run()
+    assert again.returncode == 0 and "walks read from" in again.stdout, again.stderr[-2000:]
+    Image.fromarray(data.chelsea()[:64, :64]).save(tmp_path / "a" / "x.png")  # the first of the two names changes
+    changed = run()
+    assert changed.returncode == 1 and "holds walks for another classifier, model, photos" in changed.stderr, changed.stdout

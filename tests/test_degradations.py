@@ -75,6 +75,45 @@ def test_linear_kernel_geometry_and_length_effect(clean):
         MotionBlur(kernel_size=10)
 
 
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Noise(sigma=-5), r"Noise.sigma: must be >= 0, got -5"),
+    (lambda: Noise(sigma=(30, 10)), r"Noise.sigma: range \(30, 10\) has high < low"),
+    (lambda: Noise(sigma=[0, 25, 50]), r"Noise.sigma: a number or a \[low, high\] pair of numbers, got \[0, 25, 50\]"),
+    (lambda: Noise(sigma="25"), r"Noise.sigma: a number or a \[low, high\] pair of numbers, got '25'"),
+    (lambda: Noise(sigma=float("nan")), r"Noise.sigma: must be finite"),
+    (lambda: Noise(sigma=0, poisson_peak=0), r"Noise.poisson_peak: must be > 0, got 0"),
+    (lambda: MotionBlur(kernel_size=15.0), r"MotionBlur.kernel_size: an odd number >= 3, got 15.0"),
+    (lambda: MotionBlur(trajectory_prob=1.5), r"MotionBlur.trajectory_prob: must be <= 1, got 1.5"),
+    (lambda: MotionBlur(trajectory_prob=(0, 1)), r"MotionBlur.trajectory_prob: one number, got \(0, 1\)"),
+    (lambda: MotionBlur(exposure=(0, 1)), r"MotionBlur.exposure: must be > 0, got \(0, 1\)"),
+    (lambda: MotionBlur(length=-3), r"MotionBlur.length: must be >= 0"),
+    (lambda: Haze(airlight=(0.7, 1.2)), r"Haze.airlight: must be <= 1, got \(0.7, 1.2\)"),
+    (lambda: Haze(beta=-1), r"Haze.beta: must be >= 0"),
+    (lambda: Rain(density=2), r"Rain.density: must be <= 1"),
+    (lambda: Rain(brightness=(0.4, 1.5)), r"Rain.brightness: must be <= 1"),
+    (lambda: Rain(layers=0), r"Rain.layers: must be > 0, got 0"),
+    (lambda: Snow(opacity=True), r"Snow.opacity: a number or a \[low, high\] pair of numbers, got True"),
+    (lambda: Snow(veil=-0.1), r"Snow.veil: must be >= 0"),
+    (lambda: Snow(scales=()), r"Snow.scales: at least one"),
+    (lambda: Snow(scales=((0.0, 0.01),)), r"Snow.scales radius: must be > 0"),
+    (lambda: JPEG(quality=(0, 50)), r"JPEG.quality: must be >= 1, got \(0, 50\)"),
+    (lambda: JPEG(quality=100), r"JPEG.quality: must be <= 95, got 100"),
+    (lambda: make_degradation("rain+noise", noise={"sigma": -1}), r"Noise.sigma: must be >= 0, got -1"),
+])
+def test_operators_refuse_values_outside_their_ranges_when_made(make, message):
+    """At construction, naming the parameter: not at the first sample, deep in a DataLoader worker."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_operators_accept_the_edges_of_their_ranges(clean):
+    rng = np.random.default_rng(0)
+    for op in (Noise(sigma=0), Noise(sigma=[0, 50], poisson_peak=(1, 30)), MotionBlur(trajectory_prob=0, length=0),
+               MotionBlur(exposure=1, trajectory_prob=1), Haze(beta=0, airlight=(0, 1)), Rain(density=0, width=0),
+               Rain(layers=(0.6, 3.0), brightness=1), Snow(density=0, opacity=(0, 1), veil=1), JPEG(quality=(1, 95))):
+        assert op(clean, rng).image.shape == clean.shape
+
+
 def test_convolve_reflect_matches_scipy():
     img = np.random.default_rng(0).random((20, 17)).astype(np.float32)
     k = np.random.default_rng(1).random((5, 7)).astype(np.float32)

@@ -89,6 +89,9 @@ def test_eval_benchmark_folder_skips_bad_files_and_continues(setup, capsys):
 def test_eval_clean_only_needs_sigma_and_unknown_task_is_named(setup, capsys):
     assert main(["eval", "--model", str(setup / "model"), "--data", str(setup / "photos"), "--out", str(setup / "o")]) == 2
     assert "noise level (--sigma)" in capsys.readouterr().err
+    for bad in ("-25", "nan"):  # refused before the model is read or an image degraded, not numpy's "scale < 0"
+        assert main(["eval", "--model", str(setup / "nowhere"), "--photos", str(setup / "photos"), "--sigma", bad]) == 2
+        assert capsys.readouterr().err == f"instruct-ipt eval: error: sigma: a noise level >= 0 on the 0-255 scale, got {bad}\n"
     rc = main(["eval", "--model", str(setup / "model"), "--photos", str(setup / "photos"), "--tasks", "denoise,derain,sharpen",
                "--out", str(setup / "o2")])
     err = capsys.readouterr().err

@@ -196,6 +196,25 @@ def test_pixels_that_are_not_numbers_are_refused_with_the_reason(pipe, tmp_path,
     assert "not numbers" in capsys.readouterr().err and not (tmp_path / "f.restored.png").exists()
 
 
+def test_a_file_of_several_frames_is_restored_from_its_first_with_a_warning(pipe, model_dir, tmp_path, capsys):
+    from instruct_ipt.data.images import load_image
+
+    frames = [Image.fromarray(np.full((16, 20, 3), v, np.uint8)) for v in (40, 120, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:2])
+    frames[0].save(tmp_path / "one.png")
+    assert [load_image(tmp_path / n).frames for n in ("anim.gif", "pages.tif", "one.png")] == [3, 2, 1]
+    assert np.allclose(load_image(tmp_path / "anim.gif").rgb, 40 / 255)  # the first frame, not a later one
+    assert main(["restore", str(tmp_path / "anim.gif"), str(tmp_path / "one.png"), "--model", str(model_dir),
+                 "-t", "denoise"]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "frames" in ln]
+    assert warned == [(f"instruct-ipt restore: warning: {tmp_path / 'anim.gif'} has 3 frames (an animation or a "
+                       "multi-page file); only the first is restored")]
+    assert (tmp_path / "anim.restored.png").is_file()
+    with pytest.warns(UserWarning, match=r"pages.tif has 2 frames .* only the first is restored"):
+        pipe(tmp_path / "pages.tif", task="denoise")
+
+
 def test_cli_restore_instruction_glob_and_corrupt_file(model_dir, tmp_path, capsys):
     photos = _photos(tmp_path / "in")
     (photos / "broken.png").write_bytes(b"\x89PNG not really")

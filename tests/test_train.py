@@ -71,8 +71,11 @@ def test_config_errors(folders, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'tasks.denoise.degradation.sigmaa' \(known here: clip, "
                                           r"poisson_peak, sigma\)"):
         make_cfg(folders, tmp_path, tasks={"denoise": {"degradation": {"sigmaa": 5}}, "deblur": {}})
-    with pytest.raises(ConfigError, match="tasks.deblur.degradation: kernel_size must be an odd number"):
+    with pytest.raises(ConfigError, match="tasks.deblur.degradation: MotionBlur.kernel_size: an odd number >= 3, got 4"):
         make_cfg(folders, tmp_path, tasks={"denoise": {}, "deblur": {"degradation": {"kernel_size": 4}}})
+    # a value out of its operator's range: refused before any step (the device path would flip the noise's sign)
+    with pytest.raises(ConfigError, match=r"tasks.denoise.degradation: Noise.sigma: must be >= 0, got \[-10, 50\]"):
+        make_cfg(folders, tmp_path, tasks={"denoise": {"degradation": {"sigma": [-10, 50]}}, "deblur": {}})
     with pytest.raises(ConfigError, match="train_tasks: 'derain' is not in tasks"):
         make_cfg(folders, tmp_path, train_tasks=["derain"])
     with pytest.raises(ConfigError, match="mode: 'fast' is not one of"):

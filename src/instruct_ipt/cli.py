@@ -427,7 +427,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .data.images import ImageReadError, load_image
+    from .data.images import ImageReadError, first_frame_only, load_image
     from .instruct import InstructionError
     from .pipeline import RestorationPipeline, check_tiling
 
@@ -473,9 +473,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             try:
                 if target.resolve() in inputs:
                     raise ValueError(f"{target} is an input; refusing to overwrite it")
-                restored = pipe.restore(loading.result(), choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch)
+                image = loading.result()
+                restored = pipe.restore(image, choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch)
                 restored.save(target)
                 tqdm.write(f"{f} -> {target}: {restored.choice.describe()}")  # one format, whatever chose the tasks
+                if image.frames > 1:
+                    tqdm.write(f"instruct-ipt restore: warning: {first_frame_only(f, image)}", file=sys.stderr)
             except (ImageReadError, ValueError, OSError) as e:
                 failures += 1
                 tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)

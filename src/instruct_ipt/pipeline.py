@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import LoadedImage, from_array, from_pil, load_image, save_image, to_array, to_pil
+from .data.images import LoadedImage, first_frame_only, from_array, from_pil, load_image, save_image, to_array, to_pil
 from .export import ENGINES, OnnxRestorer, onnx_available, onnx_providers
 from .inference import DEFAULT_OVERLAP, pick_device, restore_array
 from .instruct import InstructionHead, Interpreter, order_tasks
@@ -358,8 +358,10 @@ class RestorationPipeline:
         """
         check_tiling(tile, overlap, batch)
         if isinstance(image, (str, os.PathLike)):
-            restored = self.restore(load_image(image), task, instruction, tile=tile, overlap=overlap,
-                                    progress=progress, batch=batch)
+            loaded = load_image(image)
+            if loaded.frames > 1:
+                warnings.warn(first_frame_only(image, loaded), stacklevel=2)
+            restored = self.restore(loaded, task, instruction, tile=tile, overlap=overlap, progress=progress, batch=batch)
             return (restored, restored.choice) if return_choice else restored
         if isinstance(image, Image.Image):
             loaded, like = from_pil(image)

@@ -24,6 +24,8 @@ class LoadedImage:
     alpha: np.ndarray | None  # float32 (H, W) in [0, 1], if the file had one
     grey: bool  # the file was single-channel
     bit_depth: int  # 8 or 16
+    #: frames in the file (an animated GIF/WebP/PNG, a multi-page TIFF); only the first is read
+    frames: int = 1
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -105,6 +107,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         return _load_png16(path)
     try:
         with Image.open(path) as im:
+            frames = int(getattr(im, "n_frames", 1))  # (of the file: exif_transpose gives a one-frame copy)
             im = ImageOps.exif_transpose(im)
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -116,13 +119,13 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         arr = np.asarray(im, dtype=np.float32)
         scale = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         grey = arr / scale
-        return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8)
+        return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8, frames)
     if mode == "F":
         grey = np.asarray(im, dtype=np.float32)
         bad = _not_numbers(grey)
         if bad:  # (np.clip keeps NaN: it would run through the model and come out black)
             raise ImageReadError(f"{path}: {bad}")
-        return LoadedImage(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2), None, True, 16)
+        return LoadedImage(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2), None, True, 16, frames)
     if mode in ("L", "1", "P", "LA", "PA"):
         if mode in ("P", "PA"):
             im = im.convert("RGBA")
@@ -133,11 +136,20 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             mode = "L"
         if mode in ("L", "1"):
             grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            return LoadedImage(np.repeat(grey[..., None], 3, axis=2), alpha, True, 8)
+            return LoadedImage(np.repeat(grey[..., None], 3, axis=2), alpha, True, 8, frames)
     if mode in ("RGBA", "RGBa"):  # by mode, not band name: LAB's bands are L, A, B, and its A is colour
         alpha = np.asarray(im.getchannel("A"), np.float32) / 255.0
     rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return LoadedImage(rgb, alpha, False, 8)
+    return LoadedImage(rgb, alpha, False, 8, frames)
+
+
+def first_frame_only(path: str | os.PathLike, image: LoadedImage) -> str:
+    """The warning for a file of several frames, of which :func:`load_image` read the first ("" for
+    one frame): restoring an animation frame by frame is a video job, but silently dropping all
+    frames but one would surprise."""
+    if image.frames <= 1:
+        return ""
+    return f"{path} has {image.frames} frames (an animation or a multi-page file); only the first is restored"
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

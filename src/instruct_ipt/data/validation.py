@@ -3,11 +3,12 @@
 Validation numbers are comparable between runs only if every run sees the same degraded images;
 regenerating them on the fly would tie them to library versions and RNG call order. The cache
 holds float32 ``.npz`` pairs (inputs are not rounded, so noise stays float) and a manifest; it is
-rebuilt only when the sources, crop, seed or degradation parameters change.
+rebuilt only when the sources (their names and contents), crop, seed or degradation parameters change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -98,12 +99,29 @@ def _sources(sources: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
+def _item_names(files: list[Path]) -> list[str]:
+    """A cache file name per source photo: its stem, or ``stem-2``, ``stem-3``, ... where an earlier
+    source took it - x.png in two folders, or x.png beside x.jpg, would otherwise share one item and
+    leave the set a photo short."""
+    taken: set[str] = set()
+    names = []
+    for f in files:
+        name, k = f.stem, 1
+        while name in taken:
+            k += 1
+            name = f"{f.stem}-{k}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def _manifest(files: list[Path], degradations: Mapping[str, Degradation], crop: int, seed: int) -> dict:
     return {
-        "format": 1,
+        "format": 2,
         "seed": seed,
         "crop": crop,
-        "sources": [[f.name, f.stat().st_size] for f in files],
+        # by content: a photo replaced by another of the same name and size (an edited BMP) is a new set
+        "sources": [[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in files],
         "degradations": {t: repr(op) for t, op in degradations.items()},
     }
 
@@ -167,7 +185,8 @@ class ValidationSet:
         files = _sources(sources)
         manifest = _manifest(files, degradations, crop, seed)
         path = folder / MANIFEST
-        complete = all((folder / task / f"{f.stem}.npz").is_file() for task in degradations for f in files)
+        names = _item_names(files)
+        complete = all((folder / task / f"{n}.npz").is_file() for task in degradations for n in names)
         if path.is_file() and complete and _read_manifest(path) == manifest:
             try:
                 return cls(folder)
@@ -179,7 +198,7 @@ class ValidationSet:
             (folder / task).mkdir(parents=True, exist_ok=True)
             for old in (folder / task).glob("*.npz"):
                 old.unlink()
-            for i, f in enumerate(files):
+            for i, (f, name) in enumerate(zip(files, names)):
                 clean = center_crop(read_rgb(f), crop)
                 rng = np.random.default_rng((seed, zlib.crc32(task.encode()), i))
                 degraded = op(clean, rng).image.astype(np.float32)
@@ -188,6 +207,6 @@ class ValidationSet:
                     with open(tmp, "wb") as fh:
                         np.savez_compressed(fh, input=degraded, target=clean.astype(np.float32))
 
-                atomic_write(folder / task / f"{f.stem}.npz", write)
+                atomic_write(folder / task / f"{name}.npz", write)
         atomic_write_text(path, json.dumps(manifest, indent=2))  # last: marks the cache complete
         return cls(folder)

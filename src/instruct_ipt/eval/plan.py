@@ -9,6 +9,7 @@ cases for :func:`~.runner.evaluate`, plus the tasks skipped before any image is 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ class EvalRequest:
     grey: bool = False
     protocol: Mapping[str, Any] = field(default_factory=dict)
     composites: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        # here, not at the first noisy image: the CLI builds the request before it loads the model
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"sigma: a noise level >= 0 on the 0-255 scale, got {self.sigma:g}")
 
 
 class EvalJob(NamedTuple):

@@ -286,8 +286,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 def _check_degradation(task: str, params: dict[str, Any]) -> None:
     """A task's degradation parameters: each must be a field of its operator, and the operator's
-    constructor must accept the values (only the checks it makes itself; ranges it does not check pass
-    here too) - a ConfigError naming the key now, not an operator's TypeError from inside the trainer."""
+    constructor must accept the values (each operator checks its ranges: a sigma >= 0, an opacity in
+    [0, 1], ...) - a ConfigError naming the key now, not an error from inside the trainer's workers."""
     op = DEGRADATIONS[task]
     known = [f.name for f in dataclasses.fields(op) if f.init and f.name != "task"]  # (the task is the key itself)
     unknown = [k for k in params if k not in known]

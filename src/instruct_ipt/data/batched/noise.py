@@ -18,10 +18,7 @@ class BatchedNoise(Wrapper):
     def draw(self, clean: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         out = {"sigma": scalar(sample(rng, self.op.sigma))}  # the op's own first draws, in its order
         if self.op.poisson_peak is not None:
-            peak = sample(rng, self.op.poisson_peak)
-            if peak <= 0:
-                raise ValueError("poisson_peak must be positive")
-            out["poisson_peak"] = scalar(peak)
+            out["poisson_peak"] = scalar(sample(rng, self.op.poisson_peak))
         return out
 
     def apply(self, clean: torch.Tensor, draws: dict[str, torch.Tensor], seeds: torch.Tensor) -> torch.Tensor:

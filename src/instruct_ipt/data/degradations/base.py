@@ -20,6 +20,27 @@ def sample(rng: np.random.Generator, r: Range) -> float:
     return float(r)
 
 
+def check_range(owner: str, name: str, r: object, low: float | None = None, high: float | None = None,
+                above: bool = False, one: bool = False) -> None:
+    """Refuse a parameter that is not a :data:`Range` (one number with ``one``) within ``[low, high]``
+    (``(low, high]`` with ``above``), naming it: a negative sigma or an opacity of 2 would otherwise pass silently on one
+    path (the device's noise flips sign) and stop another deep in a DataLoader worker."""
+    pair = isinstance(r, (tuple, list))
+    values = list(r) if pair else [r]
+    what = f"{owner}.{name}"
+    numbers = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values)
+    if (pair and (one or len(values) != 2)) or not numbers:
+        raise ValueError(f"{what}: {'one number' if one else 'a number or a [low, high] pair of numbers'}, got {r!r}")
+    if not all(np.isfinite(v) for v in values):
+        raise ValueError(f"{what}: must be finite, got {r!r}")
+    if len(values) == 2 and values[1] < values[0]:
+        raise ValueError(f"{what}: range {r!r} has high < low")
+    if low is not None and (min(values) <= low if above else min(values) < low):
+        raise ValueError(f"{what}: must be {'>' if above else '>='} {low:g}, got {r!r}")
+    if high is not None and max(values) > high:
+        raise ValueError(f"{what}: must be <= {high:g}, got {r!r}")
+
+
 @dataclass
 class Degraded:
     """A degraded image with what was sampled to make it."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Degraded, Range, check_image, convolve_reflect, line_points, sample, splat
+from .base import Degraded, Range, check_image, check_range, convolve_reflect, line_points, sample, splat
 
 
 def trajectory(rng: np.random.Generator, max_length: float, steps: int = 256) -> np.ndarray:
@@ -69,8 +69,13 @@ class MotionBlur:
     task: str = "deblur"
 
     def __post_init__(self) -> None:
-        if self.kernel_size < 3 or self.kernel_size % 2 == 0:
-            raise ValueError("kernel_size must be an odd number >= 3")
+        if isinstance(self.kernel_size, bool) or not isinstance(self.kernel_size, (int, np.integer)) \
+                or self.kernel_size < 3 or self.kernel_size % 2 == 0:
+            raise ValueError(f"MotionBlur.kernel_size: an odd number >= 3, got {self.kernel_size!r}")
+        check_range("MotionBlur", "trajectory_prob", self.trajectory_prob, 0, 1, one=True)
+        check_range("MotionBlur", "exposure", self.exposure, 0, 1, above=True)
+        check_range("MotionBlur", "length", self.length, 0)
+        check_range("MotionBlur", "noise_sigma", self.noise_sigma, 0)
 
     @property
     def margin(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
-from .base import Degraded, Range, check_image, sample
+from .base import Degraded, Range, check_image, check_range, sample
 
 
 def depth_proxy(shape: tuple[int, int], rng: np.random.Generator, ramp_weight: float = 0.7) -> np.ndarray:
@@ -40,6 +40,11 @@ class Haze:
     airlight: Range = (0.7, 1.0)
     depth_scale: Range = 1.0
     task: str = "dehaze"
+
+    def __post_init__(self) -> None:
+        check_range("Haze", "beta", self.beta, 0)
+        check_range("Haze", "airlight", self.airlight, 0, 1)
+        check_range("Haze", "depth_scale", self.depth_scale, 0)
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
         clean = check_image(clean)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .base import Degraded, Range, check_image, sample
+from .base import Degraded, Range, check_image, check_range, sample
 
 
 @dataclass
@@ -18,11 +18,12 @@ class JPEG:
     quality: Range = (10.0, 60.0)
     task: str = "jpeg"
 
+    def __post_init__(self) -> None:
+        check_range("JPEG", "quality", self.quality, 1, 95)
+
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
         clean = check_image(clean)
         q = round(sample(rng, self.quality))
-        if not 1 <= q <= 95:
-            raise ValueError(f"JPEG quality must be in 1..95, got {q}")
         buf = io.BytesIO()
         Image.fromarray((np.clip(clean, 0, 1) * 255 + 0.5).astype(np.uint8)).save(buf, format="JPEG", quality=q)
         buf.seek(0)

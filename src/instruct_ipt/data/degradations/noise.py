@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Degraded, Range, check_image, sample
+from .base import Degraded, Range, check_image, check_range, sample
 
 
 @dataclass
@@ -23,6 +23,11 @@ class Noise:
     clip: bool = False
     task: str = "denoise"
 
+    def __post_init__(self) -> None:
+        check_range("Noise", "sigma", self.sigma, 0)
+        if self.poisson_peak is not None:
+            check_range("Noise", "poisson_peak", self.poisson_peak, 0, above=True)
+
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
         clean = check_image(clean)
         sigma = sample(rng, self.sigma)
@@ -30,8 +35,6 @@ class Noise:
         signal = clean
         if self.poisson_peak is not None:
             peak = sample(rng, self.poisson_peak)
-            if peak <= 0:
-                raise ValueError("poisson_peak must be positive")
             signal = (rng.poisson(np.clip(clean, 0, 1) * peak) / peak).astype(np.float32)
             params["poisson_peak"] = peak
         noisy = signal + rng.normal(0.0, sigma / 255.0, clean.shape).astype(np.float32)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .base import Degraded, Range, check_image, convolve_reflect, line_points, sample, splat
+from .base import Degraded, Range, check_image, check_range, convolve_reflect, line_points, sample, splat
 
 
 @dataclass
@@ -27,6 +27,12 @@ class Rain:
     brightness: Range = (0.4, 0.8)
     layers: Range = (1, 2)
     task: str = "derain"
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("density", 0, 1), ("length", 0, None), ("angle", None, None), ("width", 0, None),
+                                ("brightness", 0, 1)):
+            check_range("Rain", name, getattr(self, name), low, high)
+        check_range("Rain", "layers", self.layers, 0, above=True)  # (rounded; at least one layer is drawn)
 
     @classmethod
     def light(cls) -> Rain:

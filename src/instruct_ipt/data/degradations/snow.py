@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .base import Degraded, Range, check_image, convolve_reflect, line_points, sample, splat
+from .base import Degraded, Range, check_image, check_range, convolve_reflect, line_points, sample, splat
 
 #: (particle radius in px, seeds per pixel): many small flakes, fewer large ones
 SNOW_SCALES: tuple[tuple[float, float], ...] = ((0.8, 0.004), (1.6, 0.0012), (3.0, 0.0003))
@@ -30,6 +30,18 @@ class Snow:
     veil: Range = (0.0, 0.15)
     scales: tuple[tuple[float, float], ...] = SNOW_SCALES
     task: str = "desnow"
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("density", 0, None), ("streak", 0, None), ("angle", None, None), ("opacity", 0, 1),
+                                ("veil", 0, 1)):
+            check_range("Snow", name, getattr(self, name), low, high)
+        if not self.scales:
+            raise ValueError("Snow.scales: at least one (radius px, seeds per pixel) pair")
+        for scale in self.scales:
+            if not isinstance(scale, (tuple, list)) or len(scale) != 2:
+                raise ValueError(f"Snow.scales: (radius px, seeds per pixel) pairs, got {scale!r}")
+            check_range("Snow", "scales radius", scale[0], 0, above=True)
+            check_range("Snow", "scales seeds per pixel", scale[1], 0, 1)
 
     def __call__(self, clean: np.ndarray, rng: np.random.Generator) -> Degraded:
         clean = check_image(clean)
