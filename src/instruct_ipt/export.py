@@ -19,6 +19,7 @@ possibly-zero amount, always masking). They share the original layers' parameter
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -392,8 +393,14 @@ def onnx_cache_key(model: InstructIPT, task: str | int) -> str:
     return h.hexdigest()
 
 
+#: graphs kept in the ONNX cache: a model's six tasks take about 86 MB (14 MB each for the shipped
+#: model), and every new model, package, torch or exporter version makes new ones, so without a cap a
+#: cache only grows. 30 is five such sets, about 430 MB.
+ONNX_CACHE_GRAPHS = 30
+
+
 class OnnxRestorer:
-    """A model's tasks run through onnxruntime (the default CPU engine of ``instruct-ipt restore``).
+    """A model's tasks run through onnxruntime (``instruct-ipt restore --engine onnx``, or ``auto`` on a CPU).
 
     Each task's float32 graph is exported once and kept on disk in :func:`onnx_cache_dir` under
     :func:`onnx_cache_key`, so later commands start in well under a second instead of paying the
@@ -401,6 +408,8 @@ class OnnxRestorer:
     so a changed model gets a new graph, never a stale one. A cache file onnxruntime cannot read
     (truncated, damaged) is exported again and replaced; an unwritable cache directory costs one
     warning and the graph is kept in memory only. ``cache=False`` never touches the disk.
+    The cache keeps the ``max_graphs`` graphs used most recently (a hit renews a file's time) and
+    removes older ones after each export.
     ``on_export(task)`` is called just before an export really happens (the CLI says so on stderr:
     the first image of a task waits seconds longer). Tiling is the PyTorch path's
     (:func:`~instruct_ipt.inference.restore_with`), so both engines give the same pixels up to
@@ -408,13 +417,16 @@ class OnnxRestorer:
     """
 
     def __init__(self, model: InstructIPT, providers: Sequence[str] = ("CPUExecutionProvider",), cache: bool = True,
-                 on_export: Callable[[str], None] | None = None) -> None:
+                 on_export: Callable[[str], None] | None = None, max_graphs: int = ONNX_CACHE_GRAPHS) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs: at least 1 (the graph just exported), got {max_graphs}")
         _onnx()  # missing onnx or onnxruntime: said at start, not after the first image
         self._ort = _onnxruntime()
         self.model = model
         self.providers = list(providers)
         self.cache = cache
         self.on_export = on_export
+        self.max_graphs = max_graphs
         #: task name -> (cache key, session): one session per task, replaced when the weights change
         self._sessions: dict[str, tuple[str, Any]] = {}
         self._write_failed = False  # warned once: no more attempts to write in this restorer
@@ -435,7 +447,11 @@ class OnnxRestorer:
         except Exception:  # noqa: BLE001 - onnxruntime's load errors (InvalidProtobuf, InvalidGraph, ...) share no other base
             return None
         names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-        return session if names == (["input"], ["output"]) else None
+        if names != (["input"], ["output"]):
+            return None
+        with contextlib.suppress(OSError):  # (a read-only cache still serves; it just ages)
+            os.utime(path)  # used now: the last to be evicted
+        return session
 
     def _store(self, path: Path, graph: bytes) -> None:
         """Write a graph into the cache atomically; an unwritable cache is a warning, not an error."""
@@ -451,6 +467,21 @@ class OnnxRestorer:
             self._write_failed = True
             warnings.warn(f"cannot write the ONNX cache in {path.parent} ({e}); the exported graphs are kept in "
                           "memory for this run only (set INSTRUCT_IPT_CACHE to a writable folder)", stacklevel=2)
+            return
+        self._evict(path)
+
+    def _evict(self, kept: Path) -> None:
+        """Remove all but the ``max_graphs`` most recently used graphs of ``kept``'s folder (never
+        ``kept``, the one just written). Another process may remove or write files meanwhile: a file
+        gone already is skipped, and a graph evicted while another command wanted it is exported again."""
+        graphs = []
+        for f in kept.parent.glob("*.onnx"):
+            with contextlib.suppress(OSError):
+                graphs.append((f == kept, f.stat().st_mtime_ns, f))
+        graphs.sort(reverse=True)  # the one just written first, then the newest
+        for _, _, f in graphs[self.max_graphs:]:
+            with contextlib.suppress(OSError):
+                f.unlink()
 
     def session(self, task: str | int) -> Any:
         """The onnxruntime session of ``task`` for the model's current weights: from memory, else
