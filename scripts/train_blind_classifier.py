@@ -293,7 +293,8 @@ def walks_key(args: argparse.Namespace, model: DegradationClassifier, pipe: Rest
     """What the walks depend on (the classifier's and the restoration model's weights, how it places
     its crops - ``grid_key`` -, the photos' files, the seeds, the region), as one string: a
     walks file made for anything else is refused."""
-    photos = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(left_out)}
+    # (a list, not a dict by name: --photos may name an x.png in two folders)
+    photos = [[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in sorted(left_out)]
     return json.dumps({"classifier": state_digest(model.state_dict()), "tasks": list(model.tasks),
                        "model": state_digest(pipe.model.state_dict()),
                        "photos": photos, "seeds": args.calibration_seeds, "region": args.region} | model.grid_key(), sort_keys=True)

@@ -182,24 +182,27 @@ def test_validation_set_is_cached_and_fixed(tmp_path):
 
 
 def test_validation_photos_of_one_name_are_each_an_item_and_a_changed_photo_rebuilds(tmp_path):
-    """x.jpg beside x.png, and x.bmp in another folder: three items, not one (the cache once named
-    items by stem, so a later photo replaced an earlier one and validation ran photos short); and a
-    photo edited to another of the same name and byte size (an uncompressed BMP) rebuilds the cache."""
+    """x.jpg beside x.png, and X.png and x.bmp in another folder: four items, not one (the cache once
+    named items by stem, so a later photo replaced an earlier one and validation ran photos short;
+    names are told apart without case, as macOS and Windows do); and a photo edited to another of
+    the same name and byte size (an uncompressed BMP) rebuilds the cache."""
     save(tmp_path / "a/x.png", img(0, 32, 32))
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a/x.jpg", quality=95)  # (flat: JPEG keeps it)
+    save(tmp_path / "b/X.png", img(1, 32, 32))
     save(tmp_path / "b/x.bmp", img(2, 32, 32))
     ops = {"denoise": Noise(sigma=0)}
     vs = ValidationSet.build([tmp_path / "a", tmp_path / "b"], ops, tmp_path / "val", crop=32)
-    items = {i.name: i.target for i in vs}  # a's files in name order (x.jpg, x.png), then b's
-    assert sorted(items) == ["x", "x-2", "x-3"]
-    np.testing.assert_allclose(items["x-2"], img(0, 32, 32) / 255, atol=1e-6)
-    np.testing.assert_allclose(items["x-3"], img(2, 32, 32) / 255, atol=1e-6)
+    items = {i.name: i.target for i in vs}  # in source order: a's x.jpg, x.png, then b's X.png, x.bmp
+    assert sorted(items) == ["X-3", "x", "x-2", "x-4"]
     np.testing.assert_allclose(items["x"], 200 / 255, atol=1.5 / 255)
+    np.testing.assert_allclose(items["x-2"], img(0, 32, 32) / 255, atol=1e-6)
+    np.testing.assert_allclose(items["X-3"], img(1, 32, 32) / 255, atol=1e-6)
+    np.testing.assert_allclose(items["x-4"], img(2, 32, 32) / 255, atol=1e-6)
     size = (tmp_path / "b/x.bmp").stat().st_size
     save(tmp_path / "b/x.bmp", img(3, 32, 32))
     assert (tmp_path / "b/x.bmp").stat().st_size == size
     again = {i.name: i.target for i in ValidationSet.build([tmp_path / "a", tmp_path / "b"], ops, tmp_path / "val", crop=32)}
-    np.testing.assert_allclose(again["x-3"], img(3, 32, 32) / 255, atol=1e-6)
+    np.testing.assert_allclose(again["x-4"], img(3, 32, 32) / 255, atol=1e-6)
 
 
 def test_a_damaged_or_incomplete_validation_cache_is_built_again(tmp_path):

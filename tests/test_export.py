@@ -267,7 +267,7 @@ def test_a_corrupt_cache_file_is_exported_again_and_replaced(model, own_cache, o
 
 def test_the_cache_keeps_the_graphs_used_most_recently(model, own_cache, onnx_deps):
     """Every new model or version adds graphs: past ``max_graphs`` the least recently used go, a hit
-    renews a graph, and files that are not graphs are left alone."""
+    renews a graph, and files the cache did not name (a user's own, even an .onnx) are left alone."""
     import os
 
     path = {t: own_cache / f"{onnx_cache_key(model, t)}.onnx" for t in TASKS}
@@ -277,16 +277,19 @@ def test_the_cache_keeps_the_graphs_used_most_recently(model, own_cache, onnx_de
     engine(rgb, "denoise")
     engine(rgb, "derain")
     own_cache.joinpath("notes.txt").write_text("mine")
+    own_cache.joinpath("mine.onnx").write_bytes(b"a graph of the user's own")  # not a cache name: never evicted
+    os.utime(own_cache / "mine.onnx", ns=(10**16, 10**16))
     os.utime(path["denoise"], ns=(10**18, 10**18))  # denoise used long after derain (explicit: the clock's grain)
     os.utime(path["derain"], ns=(10**17, 10**17))
     engine(rgb, "dehaze")  # a third graph: derain, the least recently used, goes
     assert exports == ["denoise", "derain", "dehaze"]
-    assert sorted(p.name for p in own_cache.iterdir()) == sorted([path["denoise"].name, path["dehaze"].name, "notes.txt"])
-    os.utime(path["denoise"], ns=(10**17, 10**17))
-    OnnxRestorer(model, on_export=exports.append, max_graphs=2)(rgb, "denoise")  # a hit renews it
+    assert sorted(p.name for p in own_cache.iterdir()) == sorted([path["denoise"].name, path["dehaze"].name, "mine.onnx", "notes.txt"])
+    os.utime(path["denoise"], ns=(10**17, 10**17))  # now the oldest,
+    os.utime(path["dehaze"], ns=(10**18, 10**18))
+    OnnxRestorer(model, on_export=exports.append, max_graphs=2)(rgb, "denoise")  # but a hit renews it
     assert exports == ["denoise", "derain", "dehaze"] and path["denoise"].stat().st_mtime_ns > 10**18
     OnnxRestorer(model, on_export=exports.append, max_graphs=2)(rgb, "derain")  # so dehaze goes now
-    assert sorted(p.name for p in own_cache.iterdir()) == sorted([path["denoise"].name, path["derain"].name, "notes.txt"])
+    assert sorted(p.name for p in own_cache.iterdir()) == sorted([path["denoise"].name, path["derain"].name, "mine.onnx", "notes.txt"])
     with pytest.raises(ValueError, match="max_graphs: at least 1"):
         OnnxRestorer(model, max_graphs=0)
 

@@ -203,10 +203,14 @@ def test_a_file_of_several_frames_is_restored_from_its_first_with_a_warning(pipe
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:2])
     frames[0].save(tmp_path / "one.png")
-    assert [load_image(tmp_path / n).frames for n in ("anim.gif", "pages.tif", "one.png")] == [3, 2, 1]
+    # a camera's JPEG with a preview (or a phone's with an HDR gain map) is one photo, not an animation
+    frames[0].save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[frames[1].resize((8, 6))])
+    assert Image.open(tmp_path / "camera.jpg").n_frames == 2
+    names = ("anim.gif", "pages.tif", "one.png", "camera.jpg")
+    assert [load_image(tmp_path / n).frames for n in names] == [3, 2, 1, 1]
     assert np.allclose(load_image(tmp_path / "anim.gif").rgb, 40 / 255)  # the first frame, not a later one
-    assert main(["restore", str(tmp_path / "anim.gif"), str(tmp_path / "one.png"), "--model", str(model_dir),
-                 "-t", "denoise"]) == 0
+    assert main(["restore", str(tmp_path / "anim.gif"), str(tmp_path / "one.png"), str(tmp_path / "camera.jpg"),
+                 "--model", str(model_dir), "-t", "denoise"]) == 0
     warned = [ln for ln in capsys.readouterr().err.splitlines() if "frames" in ln]
     assert warned == [(f"instruct-ipt restore: warning: {tmp_path / 'anim.gif'} has 3 frames (an animation or a "
                        "multi-page file); only the first is restored")]

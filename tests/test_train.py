@@ -76,6 +76,12 @@ def test_config_errors(folders, tmp_path):
     # a value out of its operator's range: refused before any step (the device path would flip the noise's sign)
     with pytest.raises(ConfigError, match=r"tasks.denoise.degradation: Noise.sigma: must be >= 0, got \[-10, 50\]"):
         make_cfg(folders, tmp_path, tasks={"denoise": {"degradation": {"sigma": [-10, 50]}}, "deblur": {}})
+    # YAML 1.1 reads 1e-3 (no dot) as a string: a number for the operator, as for the config's own numbers
+    cfg = make_cfg(folders, tmp_path, tasks={"denoise": {"degradation": {"sigma": ["1e1", 30]}},
+                                              "deblur": {"degradation": {"exposure": "5e-1"}}})
+    assert cfg.tasks["denoise"].degradation == {"sigma": [10.0, 30]} and cfg.tasks["deblur"].degradation == {"exposure": 0.5}
+    with pytest.raises(ConfigError, match="tasks.deblur.degradation: MotionBlur.exposure: a number or a .* got 'long'"):
+        make_cfg(folders, tmp_path, tasks={"denoise": {}, "deblur": {"degradation": {"exposure": "long"}}})
     with pytest.raises(ConfigError, match="train_tasks: 'derain' is not in tasks"):
         make_cfg(folders, tmp_path, train_tasks=["derain"])
     with pytest.raises(ConfigError, match="mode: 'fast' is not one of"):

@@ -26,6 +26,7 @@ import inspect
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -397,6 +398,8 @@ def onnx_cache_key(model: InstructIPT, task: str | int) -> str:
 #: model), and every new model, package, torch or exporter version makes new ones, so without a cap a
 #: cache only grows. 30 is five such sets, about 430 MB.
 ONNX_CACHE_GRAPHS = 30
+#: the cache's own file names: :func:`onnx_cache_key` and the suffix
+_CACHE_NAME = re.compile(r"[0-9a-f]{64}\.onnx")
 
 
 class OnnxRestorer:
@@ -476,6 +479,8 @@ class OnnxRestorer:
         gone already is skipped, and a graph evicted while another command wanted it is exported again."""
         graphs = []
         for f in kept.parent.glob("*.onnx"):
+            if not _CACHE_NAME.fullmatch(f.name):  # (a file of the user's own: not ours to remove)
+                continue
             with contextlib.suppress(OSError):
                 graphs.append((f == kept, f.stat().st_mtime_ns, f))
         graphs.sort(reverse=True)  # the one just written first, then the newest

@@ -40,6 +40,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
+#: formats whose frames are an animation or pages; not MPO, whose JPEG's further "frames" are a
+#: camera's preview or a phone's HDR gain map, with the photo itself first
+_MULTI_FRAME = ("GIF", "PNG", "WEBP", "TIFF")
+
+
 def _png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) of a PNG file, None for anything else."""
     with open(path, "rb") as f:
@@ -107,7 +112,8 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         return _load_png16(path)
     try:
         with Image.open(path) as im:
-            frames = int(getattr(im, "n_frames", 1))  # (of the file: exif_transpose gives a one-frame copy)
+            # (of the file: exif_transpose gives a one-frame copy)
+            frames = int(getattr(im, "n_frames", 1)) if im.format in _MULTI_FRAME else 1
             im = ImageOps.exif_transpose(im)
             im.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

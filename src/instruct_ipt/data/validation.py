@@ -103,14 +103,14 @@ def _item_names(files: list[Path]) -> list[str]:
     """A cache file name per source photo: its stem, or ``stem-2``, ``stem-3``, ... where an earlier
     source took it - x.png in two folders, or x.png beside x.jpg, would otherwise share one item and
     leave the set a photo short."""
-    taken: set[str] = set()
+    taken: set[str] = set()  # casefolded: on macOS and Windows X.npz and x.npz are one file
     names = []
     for f in files:
         name, k = f.stem, 1
-        while name in taken:
+        while name.casefold() in taken:
             k += 1
             name = f"{f.stem}-{k}"
-        taken.add(name)
+        taken.add(name.casefold())
         names.append(name)
     return names
 

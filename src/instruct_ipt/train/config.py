@@ -212,10 +212,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+        number = _yaml_number(value)
+        if isinstance(number, float):
+            return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
@@ -294,10 +293,22 @@ def _check_degradation(task: str, params: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"unknown config key 'tasks.{task}.degradation.{unknown[0]}' "
                           f"(known here: {', '.join(sorted(known))})")
+    for key, value in params.items():  # (in place: the trainer builds its operators from these)
+        params[key] = [_yaml_number(v) for v in value] if isinstance(value, list) else _yaml_number(value)
     try:
         op(**params)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"tasks.{task}.degradation: {e}") from None
+
+
+def _yaml_number(value: Any) -> Any:
+    """A number YAML 1.1 left as a string ("1e-3", no dot) as a float; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def validate(cfg: TrainConfig) -> None:
