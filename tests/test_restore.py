@@ -376,6 +376,71 @@ def test_cli_keeps_16_bit_grey_alpha_and_applies_exif(model_dir, tmp_path):
     assert Image.open(out / "dot.restored.png").size == (1, 1)
 
 
+def test_the_colour_profile_of_a_photo_is_kept_where_it_fits_the_output(pipe, model_dir, tmp_path):
+    """A Display P3 or Adobe RGB photo restored without its ICC profile shows other colours in every
+    viewer: the output carries the source's profile (8- and 16-bit files, PIL images), but not one of
+    another colour space (a CMYK JPEG's, whose pixels Pillow converted to RGB)."""
+    import struct
+    import zlib
+
+    import png
+    from PIL import ImageCms
+
+    from instruct_ipt.data.images import load_image
+
+    rgb_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert rgb_icc[16:20] == b"RGB "
+    grey_icc, cmyk_icc = rgb_icc[:16] + b"GRAY" + rgb_icc[20:], rgb_icc[:16] + b"CMYK" + rgb_icc[20:]  # (headers only)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(data.coffee()[:16, :20]).save(src / "p3.jpg", icc_profile=rgb_icc)
+    Image.fromarray(data.camera()[:16, :20]).save(src / "grey.png", icc_profile=grey_icc)
+    Image.fromarray(data.coffee()[:16, :20]).convert("CMYK").save(src / "print.jpg", icc_profile=cmyk_icc)
+    Image.fromarray(data.coffee()[:16, :20]).save(src / "plain.png")
+    with open(src / "deep.png", "wb") as f:  # a 16-bit file (read and written with pypng) with the profile spliced in
+        png.Writer(20, 16, greyscale=False, bitdepth=16).write(f, (data.coffee()[:16, :20].astype(np.uint16) * 257).reshape(16, 60))
+    Image.open(src / "p3.jpg").save(tmp_path / "probe.png", icc_profile=rgb_icc)  # (Pillow's own iCCP chunk, to copy)
+    chunk = next(c for c in png.Reader(filename=str(tmp_path / "probe.png")).chunks() if c[0] == b"iCCP")[1]
+    raw = (src / "deep.png").read_bytes()
+    (src / "deep.png").write_bytes(raw[:33] + struct.pack(">I", len(chunk)) + b"iCCP" + chunk
+                                   + struct.pack(">I", zlib.crc32(b"iCCP" + chunk)) + raw[33:])
+    assert [load_image(src / n).icc for n in ("p3.jpg", "grey.png", "print.jpg", "plain.png", "deep.png")] == [
+        rgb_icc, grey_icc, None, None, rgb_icc]
+    assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    kept = {n: Image.open(out / f"{n}.restored.png").info.get("icc_profile") for n in ("p3", "grey", "print", "plain", "deep")}
+    assert kept == {"p3": rgb_icc, "grey": grey_icc, "print": None, "plain": None, "deep": rgb_icc}
+    _, _, _, info = png.Reader(filename=str(out / "deep.restored.png")).asDirect()  # still 16-bit, and a valid PNG
+    assert info["bitdepth"] == 16
+    photo = Image.open(src / "p3.jpg")
+    assert pipe(photo, task="denoise").info.get("icc_profile") == rgb_icc
+    assert pipe(src / "p3.jpg", task="denoise").to_pil().info.get("icc_profile") == rgb_icc
+
+
+def test_a_photos_exif_goes_with_it_upright(model_dir, tmp_path):
+    """Camera, date and the rest of a photo's EXIF are kept in the output (8- and 16-bit), with the
+    orientation reset: the pixels were turned upright when read, and a viewer must not turn them again."""
+    from instruct_ipt.data.images import load_image, save_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    exif[0x010F] = "Canon"
+    exif.get_ifd(0x8769)[0x9003] = "2024:01:02 03:04:05"  # DateTimeOriginal, in the Exif sub-IFD
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(data.coffee()[:12, :30]).save(src / "camera.jpg", exif=exif)
+    save_image(src / "deep.png", data.coffee()[:12, :30] / 255.0, bit_depth=16, exif=exif.tobytes())  # orientation 6 too
+    Image.fromarray(data.coffee()[:12, :30]).save(src / "bare.png")
+    assert load_image(src / "deep.png").rgb.shape == (30, 12, 3) and load_image(src / "bare.png").exif is None
+    assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "out")]) == 0
+    for name in ("camera", "deep"):
+        out = Image.open(tmp_path / "out" / f"{name}.restored.png")
+        kept = out.getexif()
+        assert out.size == (12, 30) and kept.get(0x0112, 1) == 1, name  # upright, and said to be
+        assert kept[0x010F] == "Canon" and kept.get_ifd(0x8769)[0x9003] == "2024:01:02 03:04:05", name
+    assert not Image.open(tmp_path / "out" / "bare.restored.png").getexif()
+
+
 def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):
     """A 16-bit PNG is read without Pillow, so its EXIF orientation is applied by hand: the same
     pixels as Pillow's own transpose of the 8-bit file, for each of the eight orientations. A LAB

@@ -88,7 +88,7 @@ class Restored:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically; the format comes from the suffix (16-bit sources need ``.png``)."""
         img = self.image
-        return save_image(path, img.rgb, img.alpha, img.grey, bit_depth=img.bit_depth)
+        return save_image(path, img.rgb, img.alpha, img.grey, bit_depth=img.bit_depth, icc=img.icc, exif=img.exif)
 
     def to_pil(self) -> Image.Image:
         return to_pil(self.image, self.image.rgb)
@@ -342,7 +342,7 @@ class RestorationPipeline:
         ``run``: ``tile``, ``overlap``, ``progress``, ``batch`` of :meth:`run`."""
         choice = choice or self.choose(image.rgb, task, instruction)
         out = self.run(image.rgb, choice.tasks, **run)
-        return Restored(LoadedImage(out, image.alpha, image.grey, image.bit_depth), choice)
+        return Restored(LoadedImage(out, image.alpha, image.grey, image.bit_depth, icc=image.icc, exif=image.exif), choice)
 
     def __call__(self, image: Any, task: str | Sequence[str] | None = None, instruction: str | None = None, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, progress: Callable[[int, int], None] | None = None, batch: int = 1,
@@ -373,6 +373,8 @@ class RestorationPipeline:
         out: Any = to_array(restored.image, restored.image.rgb, like)
         if isinstance(image, Image.Image):
             out = Image.fromarray(out)  # the mode follows the layout: L, LA, RGB, RGBA, I;16 or F
+            if restored.image.icc is not None:  # the source's colour profile, embedded when it is saved
+                out.info["icc_profile"] = restored.image.icc
         return (out, restored.choice) if return_choice else out
 
     def to(self, device: str | torch.device) -> RestorationPipeline:

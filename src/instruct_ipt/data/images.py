@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,12 @@ class LoadedImage:
     bit_depth: int  # 8 or 16
     #: frames in the file (an animated GIF/WebP/PNG, a multi-page TIFF); only the first is read
     frames: int = 1
+    #: the file's ICC colour profile where it describes these pixels (RGB, or grey for a grey file):
+    #: written into the output, so a Display P3 or Adobe RGB photo keeps its colours in any viewer
+    icc: bytes | None = None
+    #: the file's EXIF metadata (camera, lens, date, GPS ...), orientation reset as the pixels are
+    #: upright already: written into the output, which is the same photo
+    exif: bytes | None = None
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -67,16 +76,37 @@ _ORIENT = {
 }
 
 
-def _exif_oriented(arr: np.ndarray, path: Path) -> np.ndarray:
-    """``arr`` (H, W, C) of ``path`` turned upright by the file's EXIF orientation, if it has one
-    (a 16-bit PNG is read without Pillow, so without its ``exif_transpose``)."""
+def _kept_profile(icc: object, grey: bool) -> bytes | None:
+    """``icc`` if it is an ICC profile of the output's colour space (bytes 16-19 of its header:
+    ``RGB `` for colour, ``GRAY`` for grey), else None: a CMYK or Lab file's profile would mislabel
+    the RGB pixels Pillow converted it to."""
+    if not isinstance(icc, bytes) or len(icc) < 128:  # (128: an ICC header's size)
+        return None
+    return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
+
+
+def _exif_bytes(exif: Image.Exif) -> bytes | None:
+    """``exif`` as a file's EXIF block, upright (orientation 1: the pixels were turned when read),
+    or None when there is none or Pillow cannot write it back (metadata is a courtesy, never a failure)."""
+    if not len(exif):
+        return None
+    if 0x0112 in exif:
+        exif[0x0112] = 1
+    try:
+        return exif.tobytes()
+    except Exception:  # noqa: BLE001 - odd camera blocks fail in struct, TypeError, ValueError ...: drop them
+        return None
+
+
+def _png16_metadata(path: Path) -> tuple[int, object, bytes | None]:
+    """(EXIF orientation, ICC profile, EXIF block) of a 16-bit PNG, which is read without Pillow, so
+    without its ``exif_transpose``; (1, None, None) when Pillow cannot read them."""
     try:
         with Image.open(path) as im:
-            orientation = im.getexif().get(0x0112, 1)
+            exif = im.getexif()
+            return exif.get(0x0112, 1), im.info.get("icc_profile"), _exif_bytes(exif)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return arr  # (no readable EXIF: as stored)
-    turn = _ORIENT.get(orientation)
-    return arr if turn is None else np.ascontiguousarray(turn(arr))
+        return 1, None, None  # (no readable metadata: as stored)
 
 
 def _load_png16(path: Path) -> LoadedImage:
@@ -88,11 +118,15 @@ def _load_png16(path: Path) -> LoadedImage:
         arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
     except (png.Error, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
-    scaled = _exif_oriented(arr.astype(np.float32) / 65535.0, path)
+    orientation, icc, exif = _png16_metadata(path)
+    scaled = arr.astype(np.float32) / 65535.0
+    turn = _ORIENT.get(orientation)
+    if turn is not None:
+        scaled = np.ascontiguousarray(turn(scaled))
     grey = info["greyscale"]
     alpha = scaled[..., -1] if info["alpha"] else None
     rgb = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3]
-    return LoadedImage(np.ascontiguousarray(rgb), alpha, grey, 16)
+    return LoadedImage(np.ascontiguousarray(rgb), alpha, grey, 16, icc=_kept_profile(icc, grey), exif=exif)
 
 
 def _not_numbers(values: np.ndarray) -> str:
@@ -114,24 +148,33 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         with Image.open(path) as im:
             # (of the file: exif_transpose gives a one-frame copy)
             frames = int(getattr(im, "n_frames", 1)) if im.format in _MULTI_FRAME else 1
+            icc = im.info.get("icc_profile")
             im = ImageOps.exif_transpose(im)
             im.load()
+            exif = _exif_bytes(im.getexif())
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # (a bomb: a header claiming a size far past any photo's - damaged, or made to exhaust memory)
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
+    loaded = _decoded(im, path)
+    loaded.frames, loaded.icc, loaded.exif = frames, _kept_profile(icc, loaded.grey), exif
+    return loaded
+
+
+def _decoded(im: Image.Image, path: Path) -> LoadedImage:
+    """A loaded Pillow image's pixels in the model's layout, by its mode."""
     mode = im.mode
     alpha = None
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float32)
         scale = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         grey = arr / scale
-        return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8, frames)
+        return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16 if scale > 255 else 8)
     if mode == "F":
         grey = np.asarray(im, dtype=np.float32)
         bad = _not_numbers(grey)
         if bad:  # (np.clip keeps NaN: it would run through the model and come out black)
             raise ImageReadError(f"{path}: {bad}")
-        return LoadedImage(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2), None, True, 16, frames)
+        return LoadedImage(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2), None, True, 16)
     if mode in ("L", "1", "P", "LA", "PA"):
         if mode in ("P", "PA"):
             im = im.convert("RGBA")
@@ -142,11 +185,11 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             mode = "L"
         if mode in ("L", "1"):
             grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            return LoadedImage(np.repeat(grey[..., None], 3, axis=2), alpha, True, 8, frames)
+            return LoadedImage(np.repeat(grey[..., None], 3, axis=2), alpha, True, 8)
     if mode in ("RGBA", "RGBa"):  # by mode, not band name: LAB's bands are L, A, B, and its A is colour
         alpha = np.asarray(im.getchannel("A"), np.float32) / 255.0
     rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return LoadedImage(rgb, alpha, False, 8, frames)
+    return LoadedImage(rgb, alpha, False, 8)
 
 
 def first_frame_only(path: str | os.PathLike, image: LoadedImage) -> str:
@@ -167,7 +210,14 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool) -> Path:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC (pypng, which writes the 16-bit files, has no option
+    for a colour profile or EXIF)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None = None,
+                exif: bytes | None = None) -> Path:
     import png
 
     planes = [rgb.mean(axis=2, keepdims=True) if grey else rgb]
@@ -178,22 +228,33 @@ def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: boo
     writer = png.Writer(w, h, greyscale=grey, alpha=alpha is not None, bitdepth=16)
 
     def write(tmp: str) -> None:
+        buf = io.BytesIO()
+        writer.write(buf, arr.reshape(h, w * c))
+        data = buf.getvalue()
+        extra = b""  # before the image data, as the PNG spec asks: right after the signature and IHDR
+        if icc is not None:  # iCCP: a name, a zero byte, method 0 (zlib), the deflated profile
+            extra += _png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc))
+        if exif is not None:  # eXIf: the TIFF block, without JPEG's "Exif\0\0" marker
+            extra += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\0\0"))
+        data = data[:33] + extra + data[33:]
         with open(tmp, "wb") as f:
-            writer.write(f, arr.reshape(h, w * c))
+            f.write(data)
 
     return atomic_write(path, write)
 
 
 def save_image(
-    path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False, bit_depth: int = 8
+    path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False, bit_depth: int = 8,
+    icc: bytes | None = None, exif: bytes | None = None,
 ) -> Path:
     """Write an image atomically (format from the suffix). Grey output keeps one channel, alpha is
-    kept; ``bit_depth=16`` writes a 16-bit PNG."""
+    kept; ``bit_depth=16`` writes a 16-bit PNG; ``icc`` (a colour profile) and ``exif`` (a metadata
+    block) are embedded (PNG, JPEG, TIFF, WebP)."""
     path = Path(path)
     if bit_depth == 16:
         if path.suffix.lower() != ".png":
             raise ValueError(f"{path}: 16-bit output needs a .png file")
-        return _save_png16(path, rgb, alpha, grey)
+        return _save_png16(path, rgb, alpha, grey, icc, exif)
     if grey:
         y = rgb.mean(axis=2) if rgb.ndim == 3 else rgb
         im = Image.fromarray(to_uint8(y), "L")
@@ -208,7 +269,8 @@ def save_image(
         raise ValueError(f"{path}: unknown image format {path.suffix!r}")
     if fmt == "JPEG" and im.mode in ("RGBA", "LA"):
         im = im.convert("RGB" if im.mode == "RGBA" else "L")
-    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt))
+    extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
+    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **extra))
 
 
 # arrays and PIL images: the same layouts as files --------------------------------------------
@@ -275,9 +337,11 @@ def _pil_array(im: Image.Image) -> np.ndarray:
 
 
 def from_pil(im: Image.Image) -> tuple[LoadedImage, np.ndarray]:
-    """A PIL image as the model sees it, and the array layout its result goes back into."""
+    """A PIL image as the model sees it (with its colour profile), and the array layout its result goes back into."""
     arr = _pil_array(im)
-    return from_array(arr), arr
+    loaded = from_array(arr)
+    loaded.icc = _kept_profile(im.info.get("icc_profile"), loaded.grey)
+    return loaded, arr
 
 
 def to_pil(img: LoadedImage, rgb: np.ndarray) -> Image.Image:
@@ -291,7 +355,11 @@ def to_pil(img: LoadedImage, rgb: np.ndarray) -> Image.Image:
             like = np.zeros((1, 1), np.uint8) if img.alpha is None else np.zeros((1, 1, 2), np.uint8)
     arr = to_array(img, rgb, like)
     if like.ndim == 3 and like.shape[2] == 3 and img.alpha is not None:
-        return Image.fromarray(arr, "RGBA")
-    if arr.ndim == 3 and arr.shape[2] == 2:
-        return Image.fromarray(arr, "LA")
-    return Image.fromarray(arr)
+        out = Image.fromarray(arr, "RGBA")
+    elif arr.ndim == 3 and arr.shape[2] == 2:
+        out = Image.fromarray(arr, "LA")
+    else:
+        out = Image.fromarray(arr)
+    if img.icc is not None:
+        out.info["icc_profile"] = img.icc  # (Pillow's save embeds it: PNG, JPEG, TIFF, WebP)
+    return out
