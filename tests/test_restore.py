@@ -441,6 +441,48 @@ def test_a_photos_exif_goes_with_it_upright(model_dir, tmp_path):
     assert not Image.open(tmp_path / "out" / "bare.restored.png").getexif()
 
 
+def test_16_bit_and_float_colour_tiffs_are_read_at_full_depth(model_dir, tmp_path, monkeypatch):
+    """What raw converters and editors export: Pillow cut 16-bit RGB TIFFs to 8 bits (and could not
+    open float ones); the restored file of a 16-bit source is a 16-bit PNG."""
+    import tifffile
+
+    from instruct_ipt.data.images import load_image
+
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (12, 20, 3), dtype=np.uint16)
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "deep.tif", deep, photometric="rgb", compression="zlib", iccprofile=b"\0" * 16 + b"RGB " + b"\0" * 108)
+    planar = rng.integers(0, 65536, (4, 12, 20), dtype=np.uint16)  # RGBA, one plane per sample
+    tifffile.imwrite(src / "planar.tif", planar, photometric="rgb", planarconfig="separate", extrasamples=["unassalpha"])
+    hdr = rng.random((12, 20, 3)).astype(np.float32) * 1.5  # above 1: clipped, as float grey files are
+    tifffile.imwrite(src / "float.tif", hdr, photometric="rgb", extratags=[(274, "H", 1, 6, True)])  # turned 90 degrees
+    tifffile.imwrite(src / "eight.tif", deep.astype(np.uint8), photometric="rgb")  # 8-bit: Pillow's, as before
+    tifffile.imwrite(src / "pages.tif", np.stack([deep, deep]), photometric="rgb")
+    got = {n: load_image(src / f"{n}.tif") for n in ("deep", "planar", "float", "eight", "pages")}
+    np.testing.assert_allclose(got["deep"].rgb, deep / 65535, atol=1e-6)
+    assert got["deep"].bit_depth == 16 and got["deep"].icc[16:20] == b"RGB "
+    np.testing.assert_allclose(got["planar"].rgb, np.moveaxis(planar[:3], 0, -1) / 65535, atol=1e-6)
+    np.testing.assert_allclose(got["planar"].alpha, planar[3] / 65535, atol=1e-6)
+    np.testing.assert_allclose(got["float"].rgb, np.rot90(np.clip(hdr, 0, 1), -1), atol=1e-6)  # upright
+    assert got["eight"].bit_depth == 8 and got["pages"].frames == 2 and got["pages"].bit_depth == 16
+    assert main(["restore", str(src / "deep.tif"), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "out")]) == 0
+    import png
+
+    _, _, _, info = png.Reader(filename=str(tmp_path / "out" / "deep.restored.png")).asDirect()
+    assert info["bitdepth"] == 16 and not info["greyscale"]
+    kept = Image.open(tmp_path / "out" / "deep.restored.png").getexif()  # the TIFF's own tags, not its storage layout
+    assert kept[305] == "tifffile.py" and not {256, 257, 258, 259, 273, 279} & set(kept)
+    # a compression tifffile cannot decode without imagecodecs (LZW): Pillow reads it at 8 bits, and says so
+    def needs_codecs(self, *args, **kwargs):
+        raise KeyError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", needs_codecs)
+    with pytest.warns(UserWarning, match=r"deep.tif: read at 8 bits: .*imagecodecs"):
+        fallback = load_image(src / "deep.tif")
+    assert fallback.bit_depth == 8 and np.abs(fallback.rgb - deep / 65535).max() <= 1 / 255
+
+
 def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):
     """A 16-bit PNG is read without Pillow, so its EXIF orientation is applied by hand: the same
     pixels as Pillow's own transpose of the 8-bit file, for each of the eight orientations. A LAB

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 _MULTI_FRAME = ("GIF", "PNG", "WEBP", "TIFF")
 
 
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # (classic and BigTIFF)
+
+
 def _png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) of a PNG file, None for anything else."""
     with open(path, "rb") as f:
@@ -85,9 +91,19 @@ def _kept_profile(icc: object, grey: bool) -> bytes | None:
     return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
+#: TIFF tags that say how a file stores its pixels (size, strips, tiles, sample layout, compression,
+#: the ICC profile kept on its own): a TIFF's getexif() is its whole first IFD, and these would
+#: describe another file than the one written
+_LAYOUT_TAGS = (254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325, 330,
+                338, 339, 340, 341, 513, 514, 529, 530, 531, 532, 34675)
+
+
 def _exif_bytes(exif: Image.Exif) -> bytes | None:
     """``exif`` as a file's EXIF block, upright (orientation 1: the pixels were turned when read),
-    or None when there is none or Pillow cannot write it back (metadata is a courtesy, never a failure)."""
+    without storage tags, or None when nothing is left or Pillow cannot write it back (metadata is a
+    courtesy, never a failure)."""
+    for tag in _LAYOUT_TAGS:
+        exif.pop(tag, None)
     if not len(exif):
         return None
     if 0x0112 in exif:
@@ -98,9 +114,9 @@ def _exif_bytes(exif: Image.Exif) -> bytes | None:
         return None
 
 
-def _png16_metadata(path: Path) -> tuple[int, object, bytes | None]:
-    """(EXIF orientation, ICC profile, EXIF block) of a 16-bit PNG, which is read without Pillow, so
-    without its ``exif_transpose``; (1, None, None) when Pillow cannot read them."""
+def _metadata(path: Path) -> tuple[int, object, bytes | None]:
+    """(EXIF orientation, ICC profile, EXIF block) of a file whose pixels are read without Pillow (a
+    16-bit PNG or TIFF), so without its ``exif_transpose``; (1, None, None) when Pillow cannot read them."""
     try:
         with Image.open(path) as im:
             exif = im.getexif()
@@ -118,15 +134,65 @@ def _load_png16(path: Path) -> LoadedImage:
         arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
     except (png.Error, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
-    orientation, icc, exif = _png16_metadata(path)
-    scaled = arr.astype(np.float32) / 65535.0
-    turn = _ORIENT.get(orientation)
-    if turn is not None:
-        scaled = np.ascontiguousarray(turn(scaled))
+    orientation, icc, exif = _metadata(path)
+    scaled = _upright(arr.astype(np.float32) / 65535.0, orientation)
     grey = info["greyscale"]
     alpha = scaled[..., -1] if info["alpha"] else None
     rgb = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3]
     return LoadedImage(np.ascontiguousarray(rgb), alpha, grey, 16, icc=_kept_profile(icc, grey), exif=exif)
+
+
+def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    turn = _ORIENT.get(orientation)
+    return arr if turn is None else np.ascontiguousarray(turn(arr))
+
+
+def _load_tiff_deep(path: Path) -> LoadedImage | None:
+    """A 16-bit or floating-point colour TIFF (what raw converters and editors export) through
+    tifffile: Pillow cuts 16-bit RGB to 8 bits and cannot open float RGB. None for any other TIFF
+    (8-bit, grey, palette, CMYK, ...: Pillow reads those in full) and where tifffile cannot decode
+    it (LZW without imagecodecs: Pillow then reads it at 8 bits, and a warning says so)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.photometric != tifffile.PHOTOMETRIC.RGB or page.bitspersample not in (16, 32, 64):
+                return None
+            if page.dtype is None or page.dtype.kind not in "uf" or (page.dtype.kind == "u" and page.bitspersample != 16):
+                return None
+            frames, arr = len(tif.pages), page.asarray()
+            extras = tuple(page.extrasamples)
+            orientation_tag, icc_tag = page.tags.get(274), page.tags.get(34675)
+    except Exception as e:  # noqa: BLE001 - tifffile's errors share no base (TiffFileError, KeyError, ValueError ...)
+        if "imagecodecs" in str(e):
+            warnings.warn(f"{path}: read at 8 bits: {e} (pip install imagecodecs reads it at full depth)", stacklevel=3)
+        return None  # Pillow's reading, or its clear error
+    if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        return None
+    if arr.dtype.kind == "u":
+        scaled = arr.astype(np.float32) / 65535.0
+    else:
+        scaled = arr.astype(np.float32)
+        bad = _not_numbers(scaled)
+        if bad:
+            raise ImageReadError(f"{path}: {bad}")
+        scaled = np.clip(scaled, 0, 1)
+    orientation, icc, exif = _metadata(path)
+    if orientation_tag is not None and orientation == 1:  # (float TIFFs: Pillow cannot open them)
+        orientation = int(orientation_tag.value)
+    if icc is None and icc_tag is not None:
+        icc = bytes(icc_tag.value)
+    scaled = _upright(scaled, orientation)
+    rgb, alpha = scaled[..., :3], None
+    if arr.shape[2] > 3 and extras and int(extras[0]) in (1, 2):  # associated (premultiplied) or unassociated alpha
+        alpha = scaled[..., 3]
+        if int(extras[0]) == 1:
+            rgb = np.clip(rgb / np.maximum(alpha[..., None], 1e-6), 0, 1) * (alpha[..., None] > 0)
+    return LoadedImage(np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha), False, 16,
+                       frames, _kept_profile(icc, False), exif)
 
 
 def _not_numbers(values: np.ndarray) -> str:
@@ -144,6 +210,10 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     header = _png_header(path)
     if header is not None and header[0] == 16:
         return _load_png16(path)
+    if _is_tiff(path):
+        deep = _load_tiff_deep(path)
+        if deep is not None:
+            return deep
     try:
         with Image.open(path) as im:
             # (of the file: exif_transpose gives a one-frame copy)
