@@ -452,7 +452,7 @@ def test_16_bit_and_float_colour_tiffs_are_read_at_full_depth(model_dir, tmp_pat
     deep = rng.integers(0, 65536, (12, 20, 3), dtype=np.uint16)
     src = tmp_path / "in"
     src.mkdir()
-    tifffile.imwrite(src / "deep.tif", deep, photometric="rgb", compression="zlib", iccprofile=b"\0" * 16 + b"RGB " + b"\0" * 108)
+    tifffile.imwrite(src / "deep.tif", deep, photometric="rgb", compression="zlib", iccprofile=b"\0" * 16 + b"RGB " + b"\0" * 16 + b"acsp" + b"\0" * 88)
     planar = rng.integers(0, 65536, (4, 12, 20), dtype=np.uint16)  # RGBA, one plane per sample
     tifffile.imwrite(src / "planar.tif", planar, photometric="rgb", planarconfig="separate", extrasamples=["unassalpha"])
     hdr = rng.random((12, 20, 3)).astype(np.float32) * 1.5  # above 1: clipped, as float grey files are
@@ -481,6 +481,37 @@ def test_16_bit_and_float_colour_tiffs_are_read_at_full_depth(model_dir, tmp_pat
     with pytest.warns(UserWarning, match=r"deep.tif: read at 8 bits: .*imagecodecs"):
         fallback = load_image(src / "deep.tif")
     assert fallback.bit_depth == 8 and np.abs(fallback.rgb - deep / 65535).max() <= 1 / 255
+
+
+def test_exif_of_tiffs_and_bigtiffs_is_the_photos_own_and_deep_files_are_size_checked(tmp_path, monkeypatch):
+    """A TIFF's EXIF is its first IFD: camera and date are kept, its storage layout and big blocks
+    (Photoshop layers, XMP) are not; a BigTIFF's tags are written as plain EXIF (a BigTIFF header in a
+    PNG's eXIf broke every reader, Pillow's too); and the 16-bit readers that decode without Pillow
+    keep its decompression-bomb limit."""
+    import tifffile
+
+    from instruct_ipt.data.images import ImageReadError, load_image, save_image
+
+    pixels = data.coffee()[:12, :20]
+    tags = [(271, "s", 0, "Canon", True), (33432, "s", 0, "me", True), (37724, "B", 70000, b"L" * 70000, True),
+            (274, "H", 1, 6, True)]
+    tifffile.imwrite(tmp_path / "eight.tif", pixels, photometric="rgb", extratags=tags)
+    tifffile.imwrite(tmp_path / "big.tif", pixels.astype(np.uint16) * 257, photometric="rgb", bigtiff=True,
+                     extratags=tags)
+    for name in ("eight", "big"):
+        img = load_image(tmp_path / f"{name}.tif")
+        assert img.rgb.shape == (20, 12, 3), name  # upright
+        save_image(tmp_path / f"{name}.png", img.rgb, bit_depth=img.bit_depth, exif=img.exif)
+        kept = Image.open(tmp_path / f"{name}.png").getexif()
+        assert (kept[271], kept[33432], kept.get(0x0112, 1)) == ("Canon", "me", 1), name
+        assert not {256, 273, 37724} & set(kept), name
+        assert img.exif.removeprefix(b"Exif\0\0")[:4] in (b"II*\0", b"MM\0*") and len(img.exif) < 1000, name  # plain, small
+        save_image(tmp_path / f"{name}.jpg", img.rgb, exif=img.exif)  # (fits a JPEG's one marker)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 240 pixels: over twice the limit
+    save_image(tmp_path / "deep.png", pixels / 255.0, bit_depth=16)
+    for name in ("big.tif", "deep.png"):
+        with pytest.raises(ImageReadError, match=rf"{name}: not a readable image \(DecompressionBombError: 240 pixels"):
+            load_image(tmp_path / name)
 
 
 def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):

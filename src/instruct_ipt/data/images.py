@@ -86,29 +86,33 @@ def _kept_profile(icc: object, grey: bool) -> bytes | None:
     """``icc`` if it is an ICC profile of the output's colour space (bytes 16-19 of its header:
     ``RGB `` for colour, ``GRAY`` for grey), else None: a CMYK or Lab file's profile would mislabel
     the RGB pixels Pillow converted it to."""
-    if not isinstance(icc, bytes) or len(icc) < 128:  # (128: an ICC header's size)
+    if not isinstance(icc, bytes) or len(icc) < 128 or icc[36:40] != b"acsp":  # (a 128-byte header, its signature)
         return None
     return icc if icc[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
-#: TIFF tags that say how a file stores its pixels (size, strips, tiles, sample layout, compression,
-#: the ICC profile kept on its own): a TIFF's getexif() is its whole first IFD, and these would
-#: describe another file than the one written
-_LAYOUT_TAGS = (254, 255, 256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325, 330,
-                338, 339, 340, 341, 513, 514, 529, 530, 531, 532, 34675)
+#: the first-IFD tags an EXIF block keeps: what describes the photo (description, camera, the
+#: orientation reset below, resolution, software, date, artist, copyright) and the pointers to the
+#: Exif and GPS sub-IFDs, which go whole. Everything else stays out: a TIFF's getexif() is its whole
+#: first IFD, with its storage layout (size, strips, compression), and Photoshop layers, previews,
+#: XMP or IPTC blocks that can run to megabytes
+_EXIF_TAGS = frozenset({270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 33432, 0x8769, 0x8825})
 
 
 def _exif_bytes(exif: Image.Exif) -> bytes | None:
-    """``exif`` as a file's EXIF block, upright (orientation 1: the pixels were turned when read),
-    without storage tags, or None when nothing is left or Pillow cannot write it back (metadata is a
-    courtesy, never a failure)."""
-    for tag in _LAYOUT_TAGS:
-        exif.pop(tag, None)
-    if not len(exif):
-        return None
-    if 0x0112 in exif:
-        exif[0x0112] = 1
+    """``exif`` (read from the file as opened: ``exif_transpose``'s copy has none) as an EXIF
+    block, upright (orientation 1: the pixels were turned when read), with :data:`_EXIF_TAGS` only,
+    or None when nothing is left or Pillow cannot write it back (metadata is a courtesy, never a
+    failure). Pillow lays the block out again, so a maker note that points by absolute offset may
+    not survive."""
     try:
+        for tag in [t for t in exif if t not in _EXIF_TAGS]:
+            del exif[tag]
+        if not len(exif):
+            return None
+        if 0x0112 in exif:
+            exif[0x0112] = 1
+        exif.bigtiff = False  # (a BigTIFF's tags: no EXIF reader takes a BigTIFF header)
         return exif.tobytes()
     except Exception:  # noqa: BLE001 - odd camera blocks fail in struct, TypeError, ValueError ...: drop them
         return None
@@ -120,14 +124,27 @@ def _metadata(path: Path) -> tuple[int, object, bytes | None]:
     try:
         with Image.open(path) as im:
             exif = im.getexif()
-            return exif.get(0x0112, 1), im.info.get("icc_profile"), _exif_bytes(exif)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return 1, None, None  # (no readable metadata: as stored)
+            orientation = exif.get(0x0112, 1)
+            return orientation, im.info.get("icc_profile"), _exif_bytes(exif)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
+        return 1, None, None  # (no readable metadata: as stored; the pixels' reader checked the size)
+
+
+def _too_many_pixels(path: Path, pixels: int) -> None:
+    """Pillow's decompression-bomb limit, for the readers that decode without Pillow (pypng,
+    tifffile): a header claiming over twice ``Image.MAX_IMAGE_PIXELS`` is refused before decoding."""
+    if Image.MAX_IMAGE_PIXELS and pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        raise ImageReadError(f"{path}: not a readable image (DecompressionBombError: {pixels} pixels, over twice "
+                             f"Pillow's limit of {Image.MAX_IMAGE_PIXELS}: damaged, or made to exhaust memory)")
 
 
 def _load_png16(path: Path) -> LoadedImage:
     """16-bit PNGs through pypng: Pillow would cut RGB to 8 bits."""
     import png
+
+    with open(path, "rb") as f:
+        width, height = struct.unpack(">II", f.read(24)[16:24])  # (IHDR: _png_header found it whole)
+    _too_many_pixels(path, width * height)
 
     try:
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
@@ -161,9 +178,12 @@ def _load_tiff_deep(path: Path) -> LoadedImage | None:
                 return None
             if page.dtype is None or page.dtype.kind not in "uf" or (page.dtype.kind == "u" and page.bitspersample != 16):
                 return None
+            _too_many_pixels(path, page.imagewidth * page.imagelength)
             frames, arr = len(tif.pages), page.asarray()
             extras = tuple(page.extrasamples)
             orientation_tag, icc_tag = page.tags.get(274), page.tags.get(34675)
+    except ImageReadError:
+        raise
     except Exception as e:  # noqa: BLE001 - tifffile's errors share no base (TiffFileError, KeyError, ValueError ...)
         if "imagecodecs" in str(e):
             warnings.warn(f"{path}: read at 8 bits: {e} (pip install imagecodecs reads it at full depth)", stacklevel=3)
@@ -219,9 +239,10 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             # (of the file: exif_transpose gives a one-frame copy)
             frames = int(getattr(im, "n_frames", 1)) if im.format in _MULTI_FRAME else 1
             icc = im.info.get("icc_profile")
+            tags = im.getexif()  # (the file's: exif_transpose's copy carries no TIFF tags)
             im = ImageOps.exif_transpose(im)
             im.load()
-            exif = _exif_bytes(im.getexif())
+            exif = _exif_bytes(tags)  # (after the turn, which reads the orientation this resets)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # (a bomb: a header claiming a size far past any photo's - damaged, or made to exhaust memory)
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
@@ -339,6 +360,9 @@ def save_image(
         raise ValueError(f"{path}: unknown image format {path.suffix!r}")
     if fmt == "JPEG" and im.mode in ("RGBA", "LA"):
         im = im.convert("RGB" if im.mode == "RGBA" else "L")
+    if fmt == "JPEG" and exif is not None and len(exif) > 65533:  # (one JPEG marker segment's room)
+        warnings.warn(f"{path}: the EXIF block ({len(exif)} bytes) is left out: a JPEG holds at most 65533", stacklevel=2)
+        exif = None
     extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **extra))
 
