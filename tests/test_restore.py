@@ -514,6 +514,35 @@ def test_exif_of_tiffs_and_bigtiffs_is_the_photos_own_and_deep_files_are_size_ch
             load_image(tmp_path / name)
 
 
+def test_an_iphones_heic_photo_is_restored_with_its_profile_and_exif(model_dir, tmp_path, monkeypatch, capsys):
+    """HEIC, an iPhone's format (Display P3, with EXIF), through pillow-heif, the ``heif`` extra; without
+    it, one line that says what to install (Pillow alone said "cannot identify image file")."""
+    import sys
+
+    pytest.importorskip("pillow_heif")
+    from PIL import ImageCms
+
+    from instruct_ipt.data.images import ImageReadError, _open_heif_with_pillow, list_images, load_image
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Apple"
+    _open_heif_with_pillow(tmp_path / "any.heic")  # (so that Pillow can write one for the test)
+    Image.fromarray(data.coffee()[:16, :24]).save(tmp_path / "IMG_0001.HEIC", exif=exif.tobytes(), icc_profile=icc,
+                                                  quality=95)
+    assert list_images(tmp_path) == [tmp_path / "IMG_0001.HEIC"]  # a folder's HEIC photos are found
+    photo = load_image(tmp_path / "IMG_0001.HEIC")
+    assert photo.rgb.shape == (24, 16, 3) and photo.icc == icc  # turned upright, once
+    assert np.abs(photo.rgb - np.rot90(data.coffee()[:16, :24], -1) / 255).mean() < 0.03
+    assert main(["restore", str(tmp_path / "IMG_0001.HEIC"), "--model", str(model_dir), "-t", "denoise"]) == 0
+    out = Image.open(tmp_path / "IMG_0001.restored.png")
+    assert out.size == (16, 24) and out.info.get("icc_profile") == icc and out.getexif()[0x010F] == "Apple"
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    with pytest.raises(ImageReadError, match=r"IMG_0001.HEIC: a HEIF/HEIC photo .* \(pip install 'instruct-ipt\[heif\]'\)"):
+        load_image(tmp_path / "IMG_0001.HEIC")
+
+
 def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):
     """A 16-bit PNG is read without Pillow, so its EXIF orientation is applied by hand: the same
     pixels as Pillow's own transpose of the 8-bit file, for each of the eight orientations. A LAB

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..io import atomic_write
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif")
 
 
 class ImageReadError(ValueError):
@@ -53,6 +53,32 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 #: formats whose frames are an animation or pages; not MPO, whose JPEG's further "frames" are a
 #: camera's preview or a phone's HDR gain map, with the photo itself first
 _MULTI_FRAME = ("GIF", "PNG", "WEBP", "TIFF")
+
+
+#: major brands of HEIF files (ISO/IEC 23008-12): HEVC-coded still images and sequences - an
+#: iPhone's photos. (AVIF's "avif" is Pillow's own.)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
+_heif_opener_registered = False
+
+
+def _is_heif(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def _open_heif_with_pillow(path: Path) -> None:
+    """Let Pillow open HEIF/HEIC photos through pillow-heif (the ``heif`` extra), once; without it,
+    one clear error that says what to install instead of Pillow's "cannot identify image file"."""
+    global _heif_opener_registered
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageReadError(f"{path}: a HEIF/HEIC photo (an iPhone's format): reading it needs pillow-heif "
+                             "(pip install 'instruct-ipt[heif]')") from None
+    if not _heif_opener_registered:
+        pillow_heif.register_heif_opener()  # (8-bit RGB, its transforms applied, ICC and EXIF in info)
+        _heif_opener_registered = True
 
 
 def _is_tiff(path: Path) -> bool:
@@ -234,6 +260,8 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         deep = _load_tiff_deep(path)
         if deep is not None:
             return deep
+    elif _is_heif(path):
+        _open_heif_with_pillow(path)
     try:
         with Image.open(path) as im:
             # (of the file: exif_transpose gives a one-frame copy)
