@@ -75,7 +75,7 @@ def test_16_bit_in_16_bit_out_and_progress(pipe, noisy, tmp_path):
     assert calls and calls[0][0] == 0.0 and "denoise, then derain" in calls[0][1]
 
 
-def test_refusals_and_bad_files_give_a_message_not_an_exception(pipe, noisy, tmp_path):
+def test_refusals_and_bad_files_give_a_message_not_an_exception(pipe, noisy, tmp_path, monkeypatch):
     previews, path, status = restore_for_demo(pipe, noisy, "instruction", None, "make it sepia")
     assert previews is None and path is None
     assert "Nothing restored" in status and "Supported tasks: denoise" in status  # the interpreter's refusal
@@ -92,6 +92,12 @@ def test_refusals_and_bad_files_give_a_message_not_an_exception(pipe, noisy, tmp
     for bad in (text, fake):
         previews, path, status = restore_for_demo(pipe, bad, "auto")
         assert previews is None and path is None and f"`{bad.name}` is not an image" in status
+    heic = tmp_path / "IMG_0001.HEIC"  # an iPhone's photo where pillow-heif is not installed: say what to install
+    heic.write_bytes((24).to_bytes(4, "big") + b"ftypheic\0\0\0\0mif1heic" + b"\0" * 32)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pillow_heif", None)
+        status = restore_for_demo(pipe, heic, "auto")[2]
+    assert "`IMG_0001.HEIC` is a HEIF/HEIC photo: reading it needs pillow-heif (`pip install 'instruct-ipt[heif]'`)" in status
     with pytest.raises(ValueError, match="mode 'sideways'"):
         mode_key("sideways")
 

@@ -414,6 +414,9 @@ def test_the_colour_profile_of_a_photo_is_kept_where_it_fits_the_output(pipe, mo
     assert info["bitdepth"] == 16
     photo = Image.open(src / "p3.jpg")
     assert pipe(photo, task="denoise").info.get("icc_profile") == rgb_icc
+    unsigned = rgb_icc[:36] + b"xxxx" + rgb_icc[40:]  # no "acsp" signature: not a profile
+    Image.fromarray(data.coffee()[:16, :20]).save(src / "odd.png", icc_profile=unsigned)
+    assert load_image(src / "odd.png").icc is None
     assert pipe(src / "p3.jpg", task="denoise").to_pil().info.get("icc_profile") == rgb_icc
 
 
@@ -507,6 +510,9 @@ def test_exif_of_tiffs_and_bigtiffs_is_the_photos_own_and_deep_files_are_size_ch
         assert not {256, 273, 37724} & set(kept), name
         assert img.exif.removeprefix(b"Exif\0\0")[:4] in (b"II*\0", b"MM\0*") and len(img.exif) < 1000, name  # plain, small
         save_image(tmp_path / f"{name}.jpg", img.rgb, exif=img.exif)  # (fits a JPEG's one marker)
+    with pytest.warns(UserWarning, match=r"big.jpg: the EXIF block \(70006 bytes\) is left out: a JPEG holds at most 65533"):
+        save_image(tmp_path / "big.jpg", pixels / 255.0, exif=b"Exif\0\0" + b"\0" * 70000)
+    assert not Image.open(tmp_path / "big.jpg").getexif()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 240 pixels: over twice the limit
     save_image(tmp_path / "deep.png", pixels / 255.0, bit_depth=16)
     for name in ("big.tif", "deep.png"):
@@ -514,21 +520,20 @@ def test_exif_of_tiffs_and_bigtiffs_is_the_photos_own_and_deep_files_are_size_ch
             load_image(tmp_path / name)
 
 
-def test_an_iphones_heic_photo_is_restored_with_its_profile_and_exif(model_dir, tmp_path, monkeypatch, capsys):
-    """HEIC, an iPhone's format (Display P3, with EXIF), through pillow-heif, the ``heif`` extra; without
-    it, one line that says what to install (Pillow alone said "cannot identify image file")."""
-    import sys
-
+def test_an_iphones_heic_photo_is_restored_with_its_profile_and_exif(model_dir, tmp_path, capsys):
+    """HEIC, an iPhone's format (Display P3, with EXIF), through pillow-heif, the ``heif`` extra; in a
+    folder beside a JPEG of its name (a phone's export) it is left out, said on stderr: both would be
+    written to one output."""
     pytest.importorskip("pillow_heif")
     from PIL import ImageCms
 
-    from instruct_ipt.data.images import ImageReadError, _open_heif_with_pillow, list_images, load_image
+    from instruct_ipt.data.images import _open_heif_with_pillow, list_images, load_image
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()
     exif[0x0112] = 6
     exif[0x010F] = "Apple"
-    _open_heif_with_pillow(tmp_path / "any.heic")  # (so that Pillow can write one for the test)
+    assert _open_heif_with_pillow()  # (so that Pillow can write one for the test)
     Image.fromarray(data.coffee()[:16, :24]).save(tmp_path / "IMG_0001.HEIC", exif=exif.tobytes(), icc_profile=icc,
                                                   quality=95)
     assert list_images(tmp_path) == [tmp_path / "IMG_0001.HEIC"]  # a folder's HEIC photos are found
@@ -538,9 +543,40 @@ def test_an_iphones_heic_photo_is_restored_with_its_profile_and_exif(model_dir, 
     assert main(["restore", str(tmp_path / "IMG_0001.HEIC"), "--model", str(model_dir), "-t", "denoise"]) == 0
     out = Image.open(tmp_path / "IMG_0001.restored.png")
     assert out.size == (16, 24) and out.info.get("icc_profile") == icc and out.getexif()[0x010F] == "Apple"
+    Image.fromarray(data.coffee()[:16, :24]).save(tmp_path / "IMG_0001.JPG")  # the same photo's other copy
+    listed = list_images(tmp_path)
+    assert tmp_path / "IMG_0001.JPG" in listed and tmp_path / "IMG_0001.HEIC" not in listed
+    assert main(["restore", str(tmp_path), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "o")]) == 0
+    assert f"instruct-ipt restore: {tmp_path / 'IMG_0001.HEIC'} left out: a copy of another format has its name" \
+        in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["IMG_0001.restored.png"]
+
+
+def ftyp(major: bytes, *compatible: bytes) -> bytes:
+    """The start of an ISO-media file: its ftyp box (size, type, major brand, version, compatible brands)."""
+    body = major + b"\0\0\0\0" + b"".join(compatible)
+    return (8 + len(body)).to_bytes(4, "big") + b"ftyp" + body + b"\0" * 32
+
+
+def test_a_heif_photo_without_pillow_heif_says_what_to_install(tmp_path, monkeypatch):
+    """Detected by its brands, so an iPhone's HEIC (or a camera's .hif) gets the install line - but an
+    AVIF, which shares the generic brand mif1 and which Pillow reads itself, does not."""
+    import sys
+
+    from instruct_ipt.data.images import ImageReadError, _is_heif, load_image
+
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
-    with pytest.raises(ImageReadError, match=r"IMG_0001.HEIC: a HEIF/HEIC photo .* \(pip install 'instruct-ipt\[heif\]'\)"):
-        load_image(tmp_path / "IMG_0001.HEIC")
+    for name, head in (("a.heic", ftyp(b"heic", b"mif1", b"heic")), ("b.hif", ftyp(b"mif1", b"heic")),
+                       ("c.heif", ftyp(b"mif1", b"miaf"))):
+        (tmp_path / name).write_bytes(head)
+        assert _is_heif(tmp_path / name), name
+        with pytest.raises(ImageReadError, match=rf"{name}: a HEIF/HEIC photo .* \(pip install 'instruct-ipt\[heif\]'\)"):
+            load_image(tmp_path / name)
+    for name, head in (("d.avif", ftyp(b"mif1", b"avif", b"miaf")), ("e.mp4", ftyp(b"isom", b"mp42"))):
+        (tmp_path / name).write_bytes(head)
+        assert not _is_heif(tmp_path / name), name
+        with pytest.raises(ImageReadError, match=rf"{name}: not a readable image"):
+            load_image(tmp_path / name)
 
 
 def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):

@@ -334,8 +334,9 @@ def cmd_calibrate_blind(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds}: at least 1")
-    files = [f for f in _expand_inputs(args.photos) if f.is_file()]
-    missing = [str(f) for f in _expand_inputs(args.photos) if not f.is_file()]
+    given = _expand_inputs(args.photos, "calibrate-blind")
+    files = [f for f in given if f.is_file()]
+    missing = [str(f) for f in given if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"no such photo: {', '.join(missing)}")
     if not files:
@@ -388,16 +389,19 @@ def _check_writable(path: Path, flag: str) -> None:
         raise ValueError(f"{flag} {path}: cannot write into {parent}")
 
 
-def _expand_inputs(items: list[str]) -> list[Path]:
+def _expand_inputs(items: list[str], command: str) -> list[Path]:
     import glob
 
-    from .data.images import is_image_file, list_images
+    from .data.images import heif_twins_in, is_image_file, list_images
 
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             files += [f for f in list_images(p) if ".restored." not in f.name]
+            for twin in heif_twins_in(p):
+                print(f"instruct-ipt {command}: {twin} left out: a copy of another format has its name (give it by "
+                      "name, with -o, to restore it too)", file=sys.stderr)
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item))
             files += [m for m in matches if m.is_file() and is_image_file(m)]
@@ -435,7 +439,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.task and args.instruction:
         raise ValueError("give --task or --instruction, not both")
     check_tiling(args.tile, args.overlap, args.batch, flag="--")
-    files = _expand_inputs(args.inputs)
+    files = _expand_inputs(args.inputs, "restore")
     if not files:
         raise ValueError("no input images")
     outdir = Path(args.output) if args.output else None

@@ -102,9 +102,11 @@ def restore_for_demo(
     name = Path(image_path).name
     try:
         image = load_image(image_path)
-    except (ImageReadError, Image.DecompressionBombError):
+    except (ImageReadError, Image.DecompressionBombError) as e:
+        if "pillow-heif" in str(e):  # (a HEIC photo without the heif extra: say what to install)
+            return None, None, f"**Nothing restored.** `{name}` is a HEIF/HEIC photo: reading it needs pillow-heif (`pip install 'instruct-ipt[heif]'`)."
         return None, None, (f"**Nothing restored.** `{name}` is not an image this demo can read: upload a "
-                            "PNG, JPEG, TIFF, BMP or WebP file.")
+                            "PNG, JPEG, TIFF, BMP, WebP or HEIC file.")
     if key == "task" and not task:  # (an empty list: nothing picked)
         return None, None, f"**Nothing restored.** Pick a task: {', '.join(pipe.tasks)}."
     start = time.perf_counter()  # (choosing counts: blind mode's peeling restores a crop)

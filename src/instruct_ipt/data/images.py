@@ -15,7 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..io import atomic_write
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".hif")
+#: HEIF files: left out of a folder where a copy of another format has the same name (below)
+HEIF_SUFFIXES = (".heic", ".heif", ".hif")
 
 
 class ImageReadError(ValueError):
@@ -43,11 +45,31 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder``, sorted by name - but not a HEIF file beside a copy of
+    another format of the same name (:func:`heif_twins`)."""
+    files = _image_files(folder)
+    twins = set(heif_twins(files))
+    return [p for p in files if p not in twins]
+
+
+def _image_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def heif_twins(files: list[Path]) -> list[Path]:
+    """The HEIF files of ``files`` that have a sibling of another format with the same name
+    (IMG_0001.HEIC beside IMG_0001.JPG, as a phone's export leaves them): one photo twice, whose
+    results would share one output name, and which pillow-heif (an extra) is needed to read."""
+    others = {(p.parent, p.stem.casefold()) for p in files if p.suffix.lower() not in HEIF_SUFFIXES}
+    return [p for p in files if p.suffix.lower() in HEIF_SUFFIXES and (p.parent, p.stem.casefold()) in others]
+
+
+def heif_twins_in(folder: str | os.PathLike) -> list[Path]:
+    """The HEIF files :func:`list_images` leaves out of ``folder``."""
+    return heif_twins(_image_files(folder))
 
 
 #: formats whose frames are an animation or pages; not MPO, whose JPEG's further "frames" are a
@@ -55,30 +77,36 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 _MULTI_FRAME = ("GIF", "PNG", "WEBP", "TIFF")
 
 
-#: major brands of HEIF files (ISO/IEC 23008-12): HEVC-coded still images and sequences - an
-#: iPhone's photos. (AVIF's "avif" is Pillow's own.)
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
+#: brands of HEIF files coded with HEVC (ISO/IEC 23008-12): still images and sequences - an
+#: iPhone's photos, and a camera's .hif
+_HEVC_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"})
 _heif_opener_registered = False
 
 
 def _is_heif(path: Path) -> bool:
+    """An ISO-media file (``ftyp`` box) whose brands say HEIF: an HEVC brand, or the generic HEIF
+    image brands (``mif1``, ``msf1``) without AVIF's (``avif``, ``avis``: Pillow reads those itself)."""
     with open(path, "rb") as f:
-        head = f.read(12)
-    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+        head = f.read(64)
+    if head[4:8] != b"ftyp":
+        return False
+    size = int.from_bytes(head[:4], "big")
+    brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    return bool(brands & _HEVC_BRANDS) or (bool(brands & {b"mif1", b"msf1"}) and not brands & {b"avif", b"avis"})
 
 
-def _open_heif_with_pillow(path: Path) -> None:
-    """Let Pillow open HEIF/HEIC photos through pillow-heif (the ``heif`` extra), once; without it,
-    one clear error that says what to install instead of Pillow's "cannot identify image file"."""
+def _open_heif_with_pillow() -> bool:
+    """Let Pillow open HEIF/HEIC photos through pillow-heif (the ``heif`` extra), once; False when
+    pillow-heif is not installed."""
     global _heif_opener_registered
     try:
         import pillow_heif
     except ImportError:
-        raise ImageReadError(f"{path}: a HEIF/HEIC photo (an iPhone's format): reading it needs pillow-heif "
-                             "(pip install 'instruct-ipt[heif]')") from None
+        return False
     if not _heif_opener_registered:
         pillow_heif.register_heif_opener()  # (8-bit RGB, its transforms applied, ICC and EXIF in info)
         _heif_opener_registered = True
+    return True
 
 
 def _is_tiff(path: Path) -> bool:
@@ -122,7 +150,8 @@ def _kept_profile(icc: object, grey: bool) -> bytes | None:
 #: Exif and GPS sub-IFDs, which go whole. Everything else stays out: a TIFF's getexif() is its whole
 #: first IFD, with its storage layout (size, strips, compression), and Photoshop layers, previews,
 #: XMP or IPTC blocks that can run to megabytes
-_EXIF_TAGS = frozenset({270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 33432, 0x8769, 0x8825})
+_EXIF_TAGS = frozenset({270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 316, 0x4746, 0x4749, 33432, 0x8769, 0x8825,
+                        0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F})  # (316: host computer; 0x4746-9: rating; 0x9C9x: title ...)
 
 
 def _exif_bytes(exif: Image.Exif) -> bytes | None:
@@ -260,8 +289,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         deep = _load_tiff_deep(path)
         if deep is not None:
             return deep
-    elif _is_heif(path):
-        _open_heif_with_pillow(path)
+    heif_unreadable = _is_heif(path) and not _open_heif_with_pillow()
     try:
         with Image.open(path) as im:
             # (of the file: exif_transpose gives a one-frame copy)
@@ -272,6 +300,9 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             im.load()
             exif = _exif_bytes(tags)  # (after the turn, which reads the orientation this resets)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if heif_unreadable and isinstance(e, UnidentifiedImageError):  # (what to install, not "cannot identify")
+            raise ImageReadError(f"{path}: a HEIF/HEIC photo (an iPhone's or a camera's .hif): reading it needs "
+                                 "pillow-heif (pip install 'instruct-ipt[heif]')") from None
         # (a bomb: a header claiming a size far past any photo's - damaged, or made to exhaust memory)
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
     loaded = _decoded(im, path)
