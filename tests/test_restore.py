@@ -579,6 +579,37 @@ def test_a_heif_photo_without_pillow_heif_says_what_to_install(tmp_path, monkeyp
             load_image(tmp_path / name)
 
 
+def test_restore_writes_the_format_asked_16_bit_tiffs_included(model_dir, tmp_path, capsys):
+    """-f tif gives a 16-bit TIFF of a 16-bit source (what an editor round trip wants), with its
+    profile; -f jpg an 8-bit JPEG at quality 95 with the photo's EXIF; a format not offered is refused."""
+    import tifffile
+    from PIL import ImageCms
+
+    from instruct_ipt.data.images import load_image, save_image
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "in"
+    src.mkdir()
+    deep = np.random.default_rng(0).integers(0, 65536, (12, 20, 3), dtype=np.uint16)
+    tifffile.imwrite(src / "deep.tif", deep, photometric="rgb", iccprofile=icc)
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"
+    save_image(src / "grey.png", np.repeat(data.camera()[:12, :20, None] / 255.0, 3, axis=2), np.full((12, 20), 0.5),
+               grey=True, bit_depth=16, exif=exif.tobytes())
+    for fmt in ("tif", "jpg"):
+        assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-f", fmt, "-o", str(tmp_path / fmt)]) == 0
+    tif = load_image(tmp_path / "tif" / "deep.restored.tif")
+    assert tif.bit_depth == 16 and tif.icc == icc and tifffile.imread(tmp_path / "tif" / "deep.restored.tif").dtype == np.uint16
+    grey = load_image(tmp_path / "tif" / "grey.restored.tif")  # 16-bit grey + alpha: tifffile writes it, and reads it
+    assert (grey.bit_depth, grey.grey) == (16, True) and np.abs(grey.alpha - 0.5).max() < 1e-4
+    jpg = Image.open(tmp_path / "jpg" / "grey.restored.jpg")
+    assert jpg.format == "JPEG" and jpg.mode == "L" and jpg.getexif()[0x010F] == "Canon"
+    assert Image.open(tmp_path / "jpg" / "deep.restored.jpg").info.get("icc_profile") == icc
+    with pytest.raises(SystemExit):
+        main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-f", "gif"])
+    assert "invalid choice: 'gif'" in capsys.readouterr().err
+
+
 def test_every_exif_orientation_and_16_bit_png_and_lab_read_upright_and_without_false_alpha(tmp_path):
     """A 16-bit PNG is read without Pillow, so its EXIF orientation is applied by hand: the same
     pixels as Pillow's own transpose of the 8-bit file, for each of the eight orientations. A LAB

@@ -443,7 +443,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not files:
         raise ValueError("no input images")
     outdir = Path(args.output) if args.output else None
-    targets = [(outdir / f"{f.stem}.restored.png") if outdir else f.with_name(f"{f.stem}.restored.png") for f in files]
+    name = f".restored.{args.format}"
+    targets = [(outdir / f"{f.stem}{name}") if outdir else f.with_name(f"{f.stem}{name}") for f in files]
     sources: dict[Path, list[Path]] = {}
     for f, target in zip(files, targets):
         sources.setdefault(target.resolve(), []).append(f)
@@ -753,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore images: by task, by instruction (-i), or blind")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside each input as NAME.restored.png)")
+    p.add_argument("-f", "--format", choices=("png", "tif", "jpg", "webp"), default="png",
+                   help="the restored files' format (default png). png and tif keep 16 bits; jpg and webp are 8-bit, "
+                   "written at quality 95 (jpg without chroma subsampling)")
     p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR), or several run in the "
                    "order given: -t derain,denoise")
     p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')

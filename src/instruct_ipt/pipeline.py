@@ -86,7 +86,8 @@ class Restored:
     choice: TaskChoice
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically; the format comes from the suffix (16-bit sources need ``.png``)."""
+        """Write atomically; the format comes from the suffix (a 16-bit source stays 16-bit in ``.png``
+        and ``.tif``; ``.jpg`` and ``.webp`` are 8-bit, at quality 95)."""
         img = self.image
         return save_image(path, img.rgb, img.alpha, img.grey, bit_depth=img.bit_depth, icc=img.icc, exif=img.exif)
 

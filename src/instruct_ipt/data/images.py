@@ -220,16 +220,19 @@ def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _load_tiff_deep(path: Path) -> LoadedImage | None:
-    """A 16-bit or floating-point colour TIFF (what raw converters and editors export) through
-    tifffile: Pillow cuts 16-bit RGB to 8 bits and cannot open float RGB. None for any other TIFF
-    (8-bit, grey, palette, CMYK, ...: Pillow reads those in full) and where tifffile cannot decode
-    it (LZW without imagecodecs: Pillow then reads it at 8 bits, and a warning says so)."""
+    """A 16-bit or floating-point colour TIFF (what raw converters and editors export), or grey with
+    alpha, through tifffile: Pillow cuts 16-bit RGB to 8 bits and cannot open float RGB or 16-bit
+    grey + alpha. None for any other TIFF (8-bit, plain grey, palette, CMYK, ...: Pillow reads those
+    in full) and where tifffile cannot decode it (LZW without imagecodecs: Pillow then reads it at 8
+    bits, and a warning says so)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            if page.photometric != tifffile.PHOTOMETRIC.RGB or page.bitspersample not in (16, 32, 64):
+            grey = page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+            if not (page.photometric == tifffile.PHOTOMETRIC.RGB or (grey and page.samplesperpixel >= 2)) \
+                    or page.bitspersample not in (16, 32, 64):
                 return None
             if page.dtype is None or page.dtype.kind not in "uf" or (page.dtype.kind == "u" and page.bitspersample != 16):
                 return None
@@ -245,7 +248,8 @@ def _load_tiff_deep(path: Path) -> LoadedImage | None:
         return None  # Pillow's reading, or its clear error
     if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
         arr = np.moveaxis(arr, 0, -1)
-    if arr.ndim != 3 or arr.shape[2] < 3:
+    colour = 1 if grey else 3  # (samples before the extra ones)
+    if arr.ndim != 3 or arr.shape[2] < colour:
         return None
     if arr.dtype.kind == "u":
         scaled = arr.astype(np.float32) / 65535.0
@@ -261,13 +265,13 @@ def _load_tiff_deep(path: Path) -> LoadedImage | None:
     if icc is None and icc_tag is not None:
         icc = bytes(icc_tag.value)
     scaled = _upright(scaled, orientation)
-    rgb, alpha = scaled[..., :3], None
-    if arr.shape[2] > 3 and extras and int(extras[0]) in (1, 2):  # associated (premultiplied) or unassociated alpha
-        alpha = scaled[..., 3]
+    rgb, alpha = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3], None
+    if arr.shape[2] > colour and extras and int(extras[0]) in (1, 2):  # associated (premultiplied) or unassociated alpha
+        alpha = scaled[..., colour]
         if int(extras[0]) == 1:
             rgb = np.clip(rgb / np.maximum(alpha[..., None], 1e-6), 0, 1) * (alpha[..., None] > 0)
-    return LoadedImage(np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha), False, 16,
-                       frames, _kept_profile(icc, False), exif)
+    return LoadedImage(np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha), grey, 16,
+                       frames, _kept_profile(icc, grey), exif)
 
 
 def _not_numbers(values: np.ndarray) -> str:
@@ -393,18 +397,39 @@ def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: boo
     return atomic_write(path, write)
 
 
+def _save_tiff16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None) -> Path:
+    """A 16-bit TIFF through tifffile (Pillow writes no 16-bit colour), deflate-compressed, with the
+    colour profile; EXIF is not written here (tifffile writes a first IFD, not EXIF sub-IFDs)."""
+    import tifffile
+
+    planes = [rgb.mean(axis=2, keepdims=True) if grey else rgb]
+    if alpha is not None:
+        planes.append(alpha[..., None])
+    arr = (np.clip(np.concatenate(planes, axis=2), 0, 1) * 65535 + 0.5).astype(np.uint16)
+    if arr.shape[2] == 1:
+        arr = arr[..., 0]
+
+    def write(tmp: str) -> None:
+        tifffile.imwrite(tmp, arr, photometric="minisblack" if grey else "rgb", compression="zlib",
+                         extrasamples=["unassalpha"] if alpha is not None else None, iccprofile=icc)
+
+    return atomic_write(path, write)
+
+
 def save_image(
     path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False, bit_depth: int = 8,
     icc: bytes | None = None, exif: bytes | None = None,
 ) -> Path:
     """Write an image atomically (format from the suffix). Grey output keeps one channel, alpha is
-    kept; ``bit_depth=16`` writes a 16-bit PNG; ``icc`` (a colour profile) and ``exif`` (a metadata
-    block) are embedded (PNG, JPEG, TIFF, WebP)."""
+    kept; ``bit_depth=16`` writes a 16-bit PNG or TIFF (other formats are 8-bit only); ``icc`` (a
+    colour profile) and ``exif`` (a metadata block) are embedded (PNG, JPEG, TIFF, WebP; not EXIF in
+    a 16-bit TIFF). JPEG and WebP are written at quality 95."""
     path = Path(path)
-    if bit_depth == 16:
-        if path.suffix.lower() != ".png":
-            raise ValueError(f"{path}: 16-bit output needs a .png file")
+    if bit_depth == 16 and path.suffix.lower() in (".tif", ".tiff"):
+        return _save_tiff16(path, rgb, alpha, grey, icc)
+    if bit_depth == 16 and path.suffix.lower() == ".png":
         return _save_png16(path, rgb, alpha, grey, icc, exif)
+    # (16 bits to a format that has only 8 - JPEG, WebP, BMP: 8 bits, as asked by the suffix)
     if grey:
         y = rgb.mean(axis=2) if rgb.ndim == 3 else rgb
         im = Image.fromarray(to_uint8(y), "L")
@@ -423,6 +448,8 @@ def save_image(
         warnings.warn(f"{path}: the EXIF block ({len(exif)} bytes) is left out: a JPEG holds at most 65533", stacklevel=2)
         exif = None
     extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
+    if fmt in ("JPEG", "WEBP"):  # (Pillow's default 75 would add the artefacts a restoration removed)
+        extra |= {"quality": 95} | ({"subsampling": 0} if fmt == "JPEG" else {})
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **extra))
 
 
