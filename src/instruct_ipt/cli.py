@@ -392,14 +392,16 @@ def _check_writable(path: Path, flag: str) -> None:
 def _expand_inputs(items: list[str], command: str) -> list[Path]:
     import glob
 
-    from .data.images import heif_twins_in, is_image_file, list_images
+    from .data.images import heif_twins, image_files, is_image_file
 
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files += [f for f in list_images(p) if ".restored." not in f.name]
-            for twin in heif_twins_in(p):
+            every = image_files(p)
+            twins = heif_twins(every)  # (what list_images leaves out, said here)
+            files += [f for f in every if f not in twins and ".restored." not in f.name]
+            for twin in twins:
                 print(f"instruct-ipt {command}: {twin} left out: a copy of another format has its name (give it by "
                       "name, with -o, to restore it too)", file=sys.stderr)
         elif any(ch in item for ch in "*?["):
@@ -482,8 +484,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 restored = pipe.restore(image, choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch)
                 restored.save(target)
                 tqdm.write(f"{f} -> {target}: {restored.choice.describe()}")  # one format, whatever chose the tasks
-                if image.frames > 1:
-                    tqdm.write(f"instruct-ipt restore: warning: {first_frame_only(f, image)}", file=sys.stderr)
+                warning = first_frame_only(f, image)
+                if warning:
+                    tqdm.write(f"instruct-ipt restore: warning: {warning}", file=sys.stderr)
             except (ImageReadError, ValueError, OSError) as e:
                 failures += 1
                 tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)

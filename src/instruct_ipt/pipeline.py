@@ -18,7 +18,7 @@ import copy
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +343,7 @@ class RestorationPipeline:
         ``run``: ``tile``, ``overlap``, ``progress``, ``batch`` of :meth:`run`."""
         choice = choice or self.choose(image.rgb, task, instruction)
         out = self.run(image.rgb, choice.tasks, **run)
-        return Restored(LoadedImage(out, image.alpha, image.grey, image.bit_depth, icc=image.icc, exif=image.exif), choice)
+        return Restored(replace(image, rgb=out, frames=1), choice)  # (alpha, depth, profile, EXIF: the source's)
 
     def __call__(self, image: Any, task: str | Sequence[str] | None = None, instruction: str | None = None, tile: int | None = None,
                  overlap: int = DEFAULT_OVERLAP, progress: Callable[[int, int], None] | None = None, batch: int = 1,
@@ -360,8 +360,9 @@ class RestorationPipeline:
         check_tiling(tile, overlap, batch)
         if isinstance(image, (str, os.PathLike)):
             loaded = load_image(image)
-            if loaded.frames > 1:
-                warnings.warn(first_frame_only(image, loaded), stacklevel=2)
+            warning = first_frame_only(image, loaded)
+            if warning:
+                warnings.warn(warning, stacklevel=2)
             restored = self.restore(loaded, task, instruction, tile=tile, overlap=overlap, progress=progress, batch=batch)
             return (restored, restored.choice) if return_choice else restored
         if isinstance(image, Image.Image):

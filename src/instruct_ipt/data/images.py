@@ -47,12 +47,13 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly in ``folder``, sorted by name - but not a HEIF file beside a copy of
     another format of the same name (:func:`heif_twins`)."""
-    files = _image_files(folder)
+    files = image_files(folder)
     twins = set(heif_twins(files))
     return [p for p in files if p not in twins]
 
 
-def _image_files(folder: str | os.PathLike) -> list[Path]:
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Every image file directly in ``folder`` by its suffix, sorted by name (HEIF twins included)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -67,11 +68,6 @@ def heif_twins(files: list[Path]) -> list[Path]:
     return [p for p in files if p.suffix.lower() in HEIF_SUFFIXES and (p.parent, p.stem.casefold()) in others]
 
 
-def heif_twins_in(folder: str | os.PathLike) -> list[Path]:
-    """The HEIF files :func:`list_images` leaves out of ``folder``."""
-    return heif_twins(_image_files(folder))
-
-
 #: formats whose frames are an animation or pages; not MPO, whose JPEG's further "frames" are a
 #: camera's preview or a phone's HDR gain map, with the photo itself first
 _MULTI_FRAME = ("GIF", "PNG", "WEBP", "TIFF")
@@ -83,11 +79,9 @@ _HEVC_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", 
 _heif_opener_registered = False
 
 
-def _is_heif(path: Path) -> bool:
-    """An ISO-media file (``ftyp`` box) whose brands say HEIF: an HEVC brand, or the generic HEIF
-    image brands (``mif1``, ``msf1``) without AVIF's (``avif``, ``avis``: Pillow reads those itself)."""
-    with open(path, "rb") as f:
-        head = f.read(64)
+def _is_heif(head: bytes) -> bool:
+    """A file starting with ``head`` is ISO media (``ftyp`` box) whose brands say HEIF: an HEVC brand, or
+    the generic HEIF image brands (``mif1``, ``msf1``) without AVIF's (``avif``, ``avis``: Pillow reads those itself)."""
     if head[4:8] != b"ftyp":
         return False
     size = int.from_bytes(head[:4], "big")
@@ -109,18 +103,16 @@ def _open_heif_with_pillow() -> bool:
     return True
 
 
-def _is_tiff(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # (classic and BigTIFF)
+def _is_tiff(head: bytes) -> bool:
+    return head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # (classic and BigTIFF)
 
 
-def _png_header(path: Path) -> tuple[int, int] | None:
-    """(bit depth, colour type) of a PNG file, None for anything else."""
-    with open(path, "rb") as f:
-        head = f.read(26)
+def _png_header(head: bytes) -> tuple[int, int, int] | None:
+    """(bit depth, width, height) of a PNG file that starts with ``head``, None for anything else."""
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
-    return head[24], head[25]
+    width, height = struct.unpack(">II", head[16:24])
+    return head[24], width, height
 
 
 #: EXIF orientation (tag 0x0112) -> the array operation that shows the picture upright, as
@@ -193,13 +185,11 @@ def _too_many_pixels(path: Path, pixels: int) -> None:
                              f"Pillow's limit of {Image.MAX_IMAGE_PIXELS}: damaged, or made to exhaust memory)")
 
 
-def _load_png16(path: Path) -> LoadedImage:
-    """16-bit PNGs through pypng: Pillow would cut RGB to 8 bits."""
+def _load_png16(path: Path, pixels: int) -> LoadedImage:
+    """16-bit PNGs (of ``pixels`` by their header) through pypng: Pillow would cut RGB to 8 bits."""
     import png
 
-    with open(path, "rb") as f:
-        width, height = struct.unpack(">II", f.read(24)[16:24])  # (IHDR: _png_header found it whole)
-    _too_many_pixels(path, width * height)
+    _too_many_pixels(path, pixels)
 
     try:
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
@@ -286,14 +276,16 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
-    header = _png_header(path)
+    with open(path, "rb") as f:
+        head = f.read(64)  # (what the file is: a 16-bit PNG, a TIFF, HEIF)
+    header = _png_header(head)
     if header is not None and header[0] == 16:
-        return _load_png16(path)
-    if _is_tiff(path):
+        return _load_png16(path, header[1] * header[2])
+    if _is_tiff(head):
         deep = _load_tiff_deep(path)
         if deep is not None:
             return deep
-    heif_unreadable = _is_heif(path) and not _open_heif_with_pillow()
+    heif_unreadable = _is_heif(head) and not _open_heif_with_pillow()
     try:
         with Image.open(path) as im:
             # (of the file: exif_transpose gives a one-frame copy)
@@ -348,8 +340,8 @@ def _decoded(im: Image.Image, path: Path) -> LoadedImage:
 
 def first_frame_only(path: str | os.PathLike, image: LoadedImage) -> str:
     """The warning for a file of several frames, of which :func:`load_image` read the first ("" for
-    one frame): restoring an animation frame by frame is a video job, but silently dropping all
-    frames but one would surprise."""
+    one frame, so a caller warns when there is one): restoring an animation frame by frame is a
+    video job, but silently dropping all frames but one would surprise."""
     if image.frames <= 1:
         return ""
     return f"{path} has {image.frames} frames (an animation or a multi-page file); only the first is restored"
@@ -370,14 +362,19 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def _uint16_planes(rgb: np.ndarray, alpha: np.ndarray | None, grey: bool) -> np.ndarray:
+    """(H, W, C) uint16 samples of a 16-bit file: grey or RGB, then alpha."""
+    planes = [rgb.mean(axis=2, keepdims=True) if grey else rgb]
+    if alpha is not None:
+        planes.append(alpha[..., None])
+    return (np.clip(np.concatenate(planes, axis=2), 0, 1) * 65535 + 0.5).astype(np.uint16)
+
+
 def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None = None,
                 exif: bytes | None = None) -> Path:
     import png
 
-    planes = [rgb.mean(axis=2, keepdims=True) if grey else rgb]
-    if alpha is not None:
-        planes.append(alpha[..., None])
-    arr = (np.clip(np.concatenate(planes, axis=2), 0, 1) * 65535 + 0.5).astype(np.uint16)
+    arr = _uint16_planes(rgb, alpha, grey)
     h, w, c = arr.shape
     writer = png.Writer(w, h, greyscale=grey, alpha=alpha is not None, bitdepth=16)
 
@@ -402,10 +399,7 @@ def _save_tiff16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bo
     colour profile; EXIF is not written here (tifffile writes a first IFD, not EXIF sub-IFDs)."""
     import tifffile
 
-    planes = [rgb.mean(axis=2, keepdims=True) if grey else rgb]
-    if alpha is not None:
-        planes.append(alpha[..., None])
-    arr = (np.clip(np.concatenate(planes, axis=2), 0, 1) * 65535 + 0.5).astype(np.uint16)
+    arr = _uint16_planes(rgb, alpha, grey)
     if arr.shape[2] == 1:
         arr = arr[..., 0]
 
