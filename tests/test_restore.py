@@ -1,3 +1,6 @@
+import logging
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -486,6 +489,28 @@ def test_16_bit_and_float_colour_tiffs_are_read_at_full_depth(model_dir, tmp_pat
     assert fallback.bit_depth == 8 and np.abs(fallback.rgb - deep / 65535).max() <= 1 / 255
 
 
+def test_a_damaged_16_bit_tiff_is_one_line_not_tifffiles_log(model_dir, tmp_path, capsys, caplog):
+    """tifffile logs each damaged tag it meets (several lines on stderr for one file) before the one
+    line that names the file: only that line is said."""
+    import tifffile
+
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint16), photometric="rgb")
+    raw = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", raw, 4)[0]
+    for k in range(struct.unpack_from("<H", raw, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack_from("<H", raw, entry)[0] in (262, 273):  # photometric, strip offsets: a type that is none
+            struct.pack_into("<H", raw, entry + 2, 21)
+    path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.DEBUG):
+        assert main(["restore", str(path), "--model", str(model_dir), "-t", "denoise"]) == 1
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[0] == f"instruct-ipt restore: {path}: not a readable image (UnidentifiedImageError: cannot identify " \
+                      f"image file '{path}')" and said[1:] == ["1 of 1 image(s) failed"]
+
+
 def test_exif_of_tiffs_and_bigtiffs_is_the_photos_own_and_deep_files_are_size_checked(tmp_path, monkeypatch):
     """A TIFF's EXIF is its first IFD: camera and date are kept, its storage layout and big blocks
     (Photoshop layers, XMP) are not; a BigTIFF's tags are written as plain EXIF (a BigTIFF header in a
@@ -552,6 +577,33 @@ def test_an_iphones_heic_photo_is_restored_with_its_profile_and_exif(model_dir, 
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["IMG_0001.restored.png"]
 
 
+def test_a_10_bit_heic_is_read_and_restored_at_full_depth(model_dir, tmp_path):
+    """An iPhone's HDR photo or a camera's 10-bit .hif: read at its depth (pillow-heif's plugin opens
+    every HEIF at 8 bits, banding a smooth sky), upright once, with its EXIF; restored to a 16-bit PNG."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from instruct_ipt.data.images import _open_heif_with_pillow, load_image
+
+    ramp = np.linspace(0.40, 0.46, 64)  # a sky's gentle gradient: 16 steps at 8 bits, about 60 at 10
+    rgb = np.stack([np.tile(ramp, (40, 1)) + d for d in (0.0, 0.05, 0.1)], axis=2)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Apple"
+    path = tmp_path / "IMG_0002.HEIC"
+    pillow_heif.from_bytes(mode="RGB;16", size=(64, 40), data=(rgb * 65535).astype(np.uint16).tobytes()).save(
+        path, quality=-1, exif=exif.tobytes())  # (16-bit samples are written as a 10-bit HEIF)
+    assert _open_heif_with_pillow()
+    with Image.open(path) as im:
+        eight = np.asarray(im.convert("RGB"))[..., 1]
+    photo = load_image(path)
+    assert photo.bit_depth == 16 and photo.rgb.shape == (64, 40, 3)  # turned upright, once
+    assert np.abs(photo.rgb - np.rot90(rgb, -1)).mean() < 0.01
+    assert len(np.unique(photo.rgb[..., 1])) >= 3 * len(np.unique(eight))
+    assert main(["restore", str(path), "--model", str(model_dir), "-t", "denoise"]) == 0
+    out = tmp_path / "IMG_0002.restored.png"
+    assert out.read_bytes()[24] == 16  # IHDR's bit depth
+    assert Image.open(out).getexif()[0x010F] == "Apple"
+
+
 def ftyp(major: bytes, *compatible: bytes) -> bytes:
     """The start of an ISO-media file: its ftyp box (size, type, major brand, version, compatible brands)."""
     body = major + b"\0\0\0\0" + b"".join(compatible)
@@ -581,7 +633,9 @@ def test_a_heif_photo_without_pillow_heif_says_what_to_install(tmp_path, monkeyp
 
 def test_restore_writes_the_format_asked_16_bit_tiffs_included(model_dir, tmp_path, capsys):
     """-f tif gives a 16-bit TIFF of a 16-bit source (what an editor round trip wants), with its
-    profile; -f jpg an 8-bit JPEG at quality 95 with the photo's EXIF; a format not offered is refused."""
+    profile and its EXIF's text tags (camera, date, copyright; tifffile writes no EXIF sub-IFD, so
+    not exposure or lens); -f jpg an 8-bit JPEG at quality 95 with the photo's EXIF; a format not
+    offered is refused."""
     import tifffile
     from PIL import ImageCms
 
@@ -594,6 +648,10 @@ def test_restore_writes_the_format_asked_16_bit_tiffs_included(model_dir, tmp_pa
     tifffile.imwrite(src / "deep.tif", deep, photometric="rgb", iccprofile=icc)
     exif = Image.Exif()
     exif[0x010F] = "Canon"
+    exif[0x0132] = "2026:11:30 09:15:00"
+    exif[0x8298] = "(c) Jo"
+    exif[0x010E] = "Lake at dawn"
+    exif.get_ifd(0x8769)[0x829A] = (1, 250)  # exposure time: in the EXIF sub-IFD
     save_image(src / "grey.png", np.repeat(data.camera()[:12, :20, None] / 255.0, 3, axis=2), np.full((12, 20), 0.5),
                grey=True, bit_depth=16, exif=exif.tobytes())
     for fmt in ("tif", "jpg"):
@@ -602,6 +660,11 @@ def test_restore_writes_the_format_asked_16_bit_tiffs_included(model_dir, tmp_pa
     assert tif.bit_depth == 16 and tif.icc == icc and tifffile.imread(tmp_path / "tif" / "deep.restored.tif").dtype == np.uint16
     grey = load_image(tmp_path / "tif" / "grey.restored.tif")  # 16-bit grey + alpha: tifffile writes it, and reads it
     assert (grey.bit_depth, grey.grey) == (16, True) and np.abs(grey.alpha - 0.5).max() < 1e-4
+    with tifffile.TiffFile(tmp_path / "tif" / "grey.restored.tif") as f:
+        tags = {t.code: t.value for t in f.pages[0].tags}
+    assert (tags[0x010F], tags[0x0132], tags[0x8298], tags[0x010E]) == ("Canon", "2026:11:30 09:15:00", "(c) Jo",
+                                                                         "Lake at dawn")
+    assert not {0x0131, 0x8769} & set(tags)  # (nor tifffile's name as the software)
     jpg = Image.open(tmp_path / "jpg" / "grey.restored.jpg")
     assert jpg.format == "JPEG" and jpg.mode == "L" and jpg.getexif()[0x010F] == "Canon"
     assert Image.open(tmp_path / "jpg" / "deep.restored.jpg").info.get("icc_profile") == icc

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import struct
 import warnings
@@ -209,6 +211,20 @@ def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr if turn is None else np.ascontiguousarray(turn(arr))
 
 
+@contextlib.contextmanager
+def _tifffile_quiet():
+    """tifffile logs every damaged tag it meets (a line on stderr each, several for one damaged file)
+    before this module reports the file on one line, or before Pillow reads it instead: the one line
+    is the message, so tifffile is kept quiet while it reads."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _load_tiff_deep(path: Path) -> LoadedImage | None:
     """A 16-bit or floating-point colour TIFF (what raw converters and editors export), or grey with
     alpha, through tifffile: Pillow cuts 16-bit RGB to 8 bits and cannot open float RGB or 16-bit
@@ -218,7 +234,7 @@ def _load_tiff_deep(path: Path) -> LoadedImage | None:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             grey = page.photometric == tifffile.PHOTOMETRIC.MINISBLACK
             if not (page.photometric == tifffile.PHOTOMETRIC.RGB or (grey and page.samplesperpixel >= 2)) \
@@ -259,9 +275,51 @@ def _load_tiff_deep(path: Path) -> LoadedImage | None:
     if arr.shape[2] > colour and extras and int(extras[0]) in (1, 2):  # associated (premultiplied) or unassociated alpha
         alpha = scaled[..., colour]
         if int(extras[0]) == 1:
-            rgb = np.clip(rgb / np.maximum(alpha[..., None], 1e-6), 0, 1) * (alpha[..., None] > 0)
+            rgb = _unpremultiplied(rgb, alpha)
     return LoadedImage(np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha), grey, 16,
                        frames, _kept_profile(icc, grey), exif)
+
+
+def _load_heif_deep(path: Path) -> LoadedImage | None:
+    """A 10- or 12-bit HEIF photo (an iPhone's HDR photo, a camera's 10-bit .hif) at full depth, as a
+    16-bit image: Pillow's plugin opens every HEIF at 8 bits, which bands a sky a restoration then
+    cannot smooth again. None for an 8-bit one (Pillow reads it in full) and where pillow-heif
+    cannot decode it (Pillow then gives its clear error). The pixels come upright: libheif applies
+    the file's rotation and mirroring when it decodes, as Pillow's plugin does."""
+    import pillow_heif
+
+    try:
+        heif = pillow_heif.open_heif(path, convert_hdr_to_8bit=False)
+        if int(heif.info.get("bit_depth") or 8) <= 8:
+            return None
+        width, height = heif.size
+        _too_many_pixels(path, width * height)
+        arr = np.asarray(heif)  # uint16, the 10 or 12 bits shifted up to 16
+    except ImageReadError:
+        raise
+    except (ValueError, OSError, RuntimeError, TypeError):
+        return None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    grey = heif.mode.startswith(("L", "I"))
+    colour = 1 if grey else 3
+    if arr.dtype != np.uint16 or arr.shape[2] < colour:
+        return None
+    scaled = arr.astype(np.float32) / 65535.0
+    rgb, alpha = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3], None
+    if arr.shape[2] > colour:
+        alpha = scaled[..., colour]
+        if heif.premultiplied_alpha:
+            rgb = _unpremultiplied(rgb, alpha)
+    _, icc, exif = _metadata(path)  # (through Pillow's plugin: orientation reset, the pixels being upright)
+    return LoadedImage(np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha), grey, 16,
+                       1, _kept_profile(icc, grey), exif)
+
+
+def _unpremultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Colour of a file that stores it multiplied by alpha (associated alpha), divided back: the
+    model restores colours, and a transparent pixel has none (0)."""
+    return np.clip(rgb / np.maximum(alpha[..., None], 1e-6), 0, 1) * (alpha[..., None] > 0)
 
 
 def _not_numbers(values: np.ndarray) -> str:
@@ -285,7 +343,12 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         deep = _load_tiff_deep(path)
         if deep is not None:
             return deep
-    heif_unreadable = _is_heif(head) and not _open_heif_with_pillow()
+    heif = _is_heif(head)
+    heif_unreadable = heif and not _open_heif_with_pillow()
+    if heif and not heif_unreadable:  # (10 or 12 bits: read at full depth)
+        deep = _load_heif_deep(path)
+        if deep is not None:
+            return deep
     try:
         with Image.open(path) as im:
             # (of the file: exif_transpose gives a one-frame copy)
@@ -394,18 +457,51 @@ def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: boo
     return atomic_write(path, write)
 
 
-def _save_tiff16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None) -> Path:
+_TIFF_TEXT_TAGS = (271, 272, 315, 316, 33432)  # make, model, artist, host computer, copyright (description, software, date: imwrite's own)
+
+
+def _tiff_text_tags(exif: bytes | None) -> tuple[dict[str, str], list[tuple[int, str, int, str, bool]]]:
+    """The plain text tags of an EXIF block's first IFD - camera make and model, date, artist,
+    copyright, description, software - as tifffile's imwrite arguments and extra tags: what a 16-bit
+    TIFF can carry of a photo's EXIF, since tifffile writes no EXIF or GPS sub-IFD (exposure, lens
+    and GPS are left out). ASCII only (a TIFF's text type); a value that is not is left out."""
+    if exif is None:
+        return {}, []
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+    except Exception:  # noqa: BLE001 - metadata is a courtesy, never a failure
+        return {}, []
+
+    def text(tag: int) -> str | None:
+        value = tags.get(tag)
+        if not isinstance(value, str):
+            return None
+        value = value.rstrip("\0")
+        return value if value and value.isascii() else None
+
+    named = {k: v for k, v in (("description", text(270)), ("software", text(305)), ("datetime", text(306)))
+             if v is not None}
+    extra = [(tag, "s", 0, v, True) for tag in _TIFF_TEXT_TAGS if (v := text(tag)) is not None]
+    return named, extra
+
+
+def _save_tiff16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None,
+                 exif: bytes | None = None) -> Path:
     """A 16-bit TIFF through tifffile (Pillow writes no 16-bit colour), deflate-compressed, with the
-    colour profile; EXIF is not written here (tifffile writes a first IFD, not EXIF sub-IFDs)."""
+    colour profile and the EXIF block's text tags (:func:`_tiff_text_tags`: camera, date, artist,
+    copyright; tifffile writes no EXIF sub-IFD, so exposure, lens and GPS are left out)."""
     import tifffile
 
     arr = _uint16_planes(rgb, alpha, grey)
     if arr.shape[2] == 1:
         arr = arr[..., 0]
+    named, extra = _tiff_text_tags(exif)
 
     def write(tmp: str) -> None:
         tifffile.imwrite(tmp, arr, photometric="minisblack" if grey else "rgb", compression="zlib",
-                         extrasamples=["unassalpha"] if alpha is not None else None, iccprofile=icc)
+                         extrasamples=["unassalpha"] if alpha is not None else None, iccprofile=icc,
+                         metadata=None, extratags=extra, **({"software": False} | named))
 
     return atomic_write(path, write)
 
@@ -416,11 +512,11 @@ def save_image(
 ) -> Path:
     """Write an image atomically (format from the suffix). Grey output keeps one channel, alpha is
     kept; ``bit_depth=16`` writes a 16-bit PNG or TIFF (other formats are 8-bit only); ``icc`` (a
-    colour profile) and ``exif`` (a metadata block) are embedded (PNG, JPEG, TIFF, WebP; not EXIF in
-    a 16-bit TIFF). JPEG and WebP are written at quality 95."""
+    colour profile) and ``exif`` (a metadata block) are embedded (PNG, JPEG, TIFF, WebP; of EXIF, a
+    16-bit TIFF keeps the text tags only: :func:`_tiff_text_tags`). JPEG and WebP are written at quality 95."""
     path = Path(path)
     if bit_depth == 16 and path.suffix.lower() in (".tif", ".tiff"):
-        return _save_tiff16(path, rgb, alpha, grey, icc)
+        return _save_tiff16(path, rgb, alpha, grey, icc, exif)
     if bit_depth == 16 and path.suffix.lower() == ".png":
         return _save_png16(path, rgb, alpha, grey, icc, exif)
     # (16 bits to a format that has only 8 - JPEG, WebP, BMP: 8 bits, as asked by the suffix)
