@@ -511,6 +511,34 @@ def test_a_damaged_16_bit_tiff_is_one_line_not_tifffiles_log(model_dir, tmp_path
                       f"image file '{path}')" and said[1:] == ["1 of 1 image(s) failed"]
 
 
+def test_tifffile_is_quiet_only_in_the_thread_that_reads(caplog):
+    """The demo reads files in several threads: one thread's read silences tifffile's log for itself
+    only, and no interleaving of reads leaves tifffile silenced."""
+    import threading
+
+    from instruct_ipt.data.images import _tifffile_quiet
+
+    log = logging.getLogger("tifffile")
+    inside, logged = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with _tifffile_quiet():
+            log.error("the reader's")
+            inside.set()
+            logged.wait(5)
+
+    with caplog.at_level(logging.DEBUG, logger="tifffile"):
+        t = threading.Thread(target=reader)
+        t.start()
+        inside.wait(5)
+        log.error("another thread's")  # while the reader is inside
+        logged.set()
+        t.join()
+        log.error("after")
+    assert [r.getMessage() for r in caplog.records if r.name == "tifffile"] == ["another thread's", "after"]
+    assert log.level in (logging.NOTSET, logging.DEBUG)
+
+
 def test_exif_of_tiffs_and_bigtiffs_is_the_photos_own_and_deep_files_are_size_checked(tmp_path, monkeypatch):
     """A TIFF's EXIF is its first IFD: camera and date are kept, its storage layout and big blocks
     (Photoshop layers, XMP) are not; a BigTIFF's tags are written as plain EXIF (a BigTIFF header in a
@@ -581,10 +609,11 @@ def test_a_10_bit_heic_is_read_and_restored_at_full_depth(model_dir, tmp_path):
     """An iPhone's HDR photo or a camera's 10-bit .hif: read at its depth (pillow-heif's plugin opens
     every HEIF at 8 bits, banding a smooth sky), upright once, with its EXIF; restored to a 16-bit PNG."""
     pillow_heif = pytest.importorskip("pillow_heif")
-    from instruct_ipt.data.images import _open_heif_with_pillow, load_image
+    from instruct_ipt.data.images import ImageReadError, _open_heif_with_pillow, load_image
 
     ramp = np.linspace(0.40, 0.46, 64)  # a sky's gentle gradient: 16 steps at 8 bits, about 60 at 10
     rgb = np.stack([np.tile(ramp, (40, 1)) + d for d in (0.0, 0.05, 0.1)], axis=2)
+    rgb[:8, :8] = 1.0  # white stays white (10 bits shifted up to 16 are 65472 at most)
     exif = Image.Exif()
     exif[0x0112] = 6
     exif[0x010F] = "Apple"
@@ -596,12 +625,15 @@ def test_a_10_bit_heic_is_read_and_restored_at_full_depth(model_dir, tmp_path):
         eight = np.asarray(im.convert("RGB"))[..., 1]
     photo = load_image(path)
     assert photo.bit_depth == 16 and photo.rgb.shape == (64, 40, 3)  # turned upright, once
-    assert np.abs(photo.rgb - np.rot90(rgb, -1)).mean() < 0.01
+    assert np.abs(photo.rgb - np.rot90(rgb, -1)).mean() < 0.01 and photo.rgb.max() == 1.0
     assert len(np.unique(photo.rgb[..., 1])) >= 3 * len(np.unique(eight))
     assert main(["restore", str(path), "--model", str(model_dir), "-t", "denoise"]) == 0
     out = tmp_path / "IMG_0002.restored.png"
     assert out.read_bytes()[24] == 16  # IHDR's bit depth
     assert Image.open(out).getexif()[0x010F] == "Apple"
+    (tmp_path / "vvc.heic").write_bytes(path.read_bytes().replace(b"hvc1", b"vvc1"))  # a codec without a decoder here
+    with pytest.raises(ImageReadError, match="vvc.heic: not a readable image"):
+        load_image(tmp_path / "vvc.heic")
 
 
 def ftyp(major: bytes, *compatible: bytes) -> bytes:
@@ -648,7 +680,7 @@ def test_restore_writes_the_format_asked_16_bit_tiffs_included(model_dir, tmp_pa
     tifffile.imwrite(src / "deep.tif", deep, photometric="rgb", iccprofile=icc)
     exif = Image.Exif()
     exif[0x010F] = "Canon"
-    exif[0x0132] = "2026:11:30 09:15:00"
+    exif[0x0132] = "2026:11:30 09:15"  # (no seconds: tifffile's datetime argument refuses it)
     exif[0x8298] = "(c) Jo"
     exif[0x010E] = "Lake at dawn"
     exif.get_ifd(0x8769)[0x829A] = (1, 250)  # exposure time: in the EXIF sub-IFD
@@ -662,7 +694,7 @@ def test_restore_writes_the_format_asked_16_bit_tiffs_included(model_dir, tmp_pa
     assert (grey.bit_depth, grey.grey) == (16, True) and np.abs(grey.alpha - 0.5).max() < 1e-4
     with tifffile.TiffFile(tmp_path / "tif" / "grey.restored.tif") as f:
         tags = {t.code: t.value for t in f.pages[0].tags}
-    assert (tags[0x010F], tags[0x0132], tags[0x8298], tags[0x010E]) == ("Canon", "2026:11:30 09:15:00", "(c) Jo",
+    assert (tags[0x010F], tags[0x0132], tags[0x8298], tags[0x010E]) == ("Canon", "2026:11:30 09:15", "(c) Jo",
                                                                          "Lake at dawn")
     assert not {0x0131, 0x8769} & set(tags)  # (nor tifffile's name as the software)
     jpg = Image.open(tmp_path / "jpg" / "grey.restored.jpg")

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -211,18 +212,36 @@ def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr if turn is None else np.ascontiguousarray(turn(arr))
 
 
+class _QuietWhileReading(logging.Filter):
+    """Drops the ``tifffile`` logger's records while this thread reads a file (:func:`_tifffile_quiet`):
+    a flag per thread, so a read never silences another thread's tifffile, and overlapping reads
+    cannot leave it silenced (saving and restoring the logger's level could)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.reading, "depth", 0)
+
+
+_TIFFFILE_QUIET = _QuietWhileReading()
+
+
 @contextlib.contextmanager
 def _tifffile_quiet():
     """tifffile logs every damaged tag it meets (a line on stderr each, several for one damaged file)
     before this module reports the file on one line, or before Pillow reads it instead: the one line
-    is the message, so tifffile is kept quiet while it reads."""
+    is the message, so tifffile is kept quiet while this thread reads."""
     log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL + 1)
+    if _TIFFFILE_QUIET not in log.filters:
+        log.addFilter(_TIFFFILE_QUIET)
+    reading = _TIFFFILE_QUIET.reading
+    reading.depth = getattr(reading, "depth", 0) + 1
     try:
         yield
     finally:
-        log.setLevel(level)
+        reading.depth -= 1
 
 
 def _load_tiff_deep(path: Path) -> LoadedImage | None:
@@ -290,14 +309,15 @@ def _load_heif_deep(path: Path) -> LoadedImage | None:
 
     try:
         heif = pillow_heif.open_heif(path, convert_hdr_to_8bit=False)
-        if int(heif.info.get("bit_depth") or 8) <= 8:
+        bits = int(heif.info.get("bit_depth") or 8)
+        if not 8 < bits <= 16:
             return None
         width, height = heif.size
         _too_many_pixels(path, width * height)
-        arr = np.asarray(heif)  # uint16, the 10 or 12 bits shifted up to 16
+        arr = np.asarray(heif)  # uint16, the 10 or 12 bits shifted up to the top of 16
     except ImageReadError:
         raise
-    except (ValueError, OSError, RuntimeError, TypeError):
+    except Exception:  # noqa: BLE001 - pillow-heif's failures share no base (OSError, IndexError, SyntaxError, ...)
         return None
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -305,7 +325,7 @@ def _load_heif_deep(path: Path) -> LoadedImage | None:
     colour = 1 if grey else 3
     if arr.dtype != np.uint16 or arr.shape[2] < colour:
         return None
-    scaled = arr.astype(np.float32) / 65535.0
+    scaled = (arr >> (16 - bits)).astype(np.float32) / (2**bits - 1)  # (white: 1023 << 6 is 65472, not 65535)
     rgb, alpha = np.repeat(scaled[..., :1], 3, axis=2) if grey else scaled[..., :3], None
     if arr.shape[2] > colour:
         alpha = scaled[..., colour]
@@ -457,7 +477,7 @@ def _save_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: boo
     return atomic_write(path, write)
 
 
-_TIFF_TEXT_TAGS = (271, 272, 315, 316, 33432)  # make, model, artist, host computer, copyright (description, software, date: imwrite's own)
+_TIFF_TEXT_TAGS = (271, 272, 306, 315, 316, 33432)  # make, model, date, artist, host computer, copyright
 
 
 def _tiff_text_tags(exif: bytes | None) -> tuple[dict[str, str], list[tuple[int, str, int, str, bool]]]:
@@ -480,8 +500,9 @@ def _tiff_text_tags(exif: bytes | None) -> tuple[dict[str, str], list[tuple[int,
         value = value.rstrip("\0")
         return value if value and value.isascii() else None
 
-    named = {k: v for k, v in (("description", text(270)), ("software", text(305)), ("datetime", text(306)))
-             if v is not None}
+    # (description and software: imwrite's own arguments; the date as a plain tag, since imwrite's
+    # datetime argument refuses anything but "YYYY:MM:DD HH:MM:SS", and a camera's may differ)
+    named = {k: v for k, v in (("description", text(270)), ("software", text(305))) if v is not None}
     extra = [(tag, "s", 0, v, True) for tag in _TIFF_TEXT_TAGS if (v := text(tag)) is not None]
     return named, extra
 
