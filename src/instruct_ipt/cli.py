@@ -10,6 +10,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 
@@ -428,6 +429,32 @@ def _say_export(command: str) -> Callable[[str], None]:
     return say
 
 
+class _TileBar:
+    """A progress bar over one large image's tiles, task after task (a phone's 12-MP photo takes
+    minutes on a CPU, and the folder bar moves once per file): made at the first tile, so an image
+    that is not tiled shows none; on a terminal only (tqdm's ``disable=None``), gone when done."""
+
+    def __init__(self, name: str, file: IO[str] | None = None, disable: bool | None = None) -> None:
+        self.name, self.file, self.disable = name, file if file is not None else sys.stderr, disable
+        self.bar: Any = None
+        self.base = self.last = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.name, unit="tile", disable=self.disable, file=self.file, leave=False)
+        elif done <= self.last:  # the next task's tiles
+            self.base += self.last
+            self.bar.total = self.base + total
+        self.last = done
+        self.bar.update(self.base + done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -481,7 +508,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 if target.resolve() in inputs:
                     raise ValueError(f"{target} is an input; refusing to overwrite it")
                 image = loading.result()
-                restored = pipe.restore(image, choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch)
+                tiles = _TileBar(f.name)
+                try:
+                    restored = pipe.restore(image, choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                                            progress=tiles)
+                finally:
+                    tiles.close()
                 restored.save(target)
                 tqdm.write(f"{f} -> {target}: {restored.choice.describe()}")  # one format, whatever chose the tasks
                 warning = first_frame_only(f, image)
