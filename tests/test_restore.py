@@ -858,3 +858,29 @@ def test_the_classifier_follows_the_model_to_its_device(model_dir):
     assert next(pipe.classifier.parameters()).device.type == "cpu"
     pipe.model.to("meta")
     assert next(pipe.classifier.parameters()).device.type == "meta"
+
+
+def test_camera_raw_files_are_refused_with_what_to_do_not_restored_as_their_preview(model_dir, tmp_path, capsys):
+    """A DNG (or NEF, ARW ...) is TIFF inside, whose first image is a small preview: Pillow read it as
+    the photo, and restore wrote a restored thumbnail. Raw files are refused by name, saying to
+    develop them first; a folder's are left out, said on stderr (a camera's RAW + JPEG pairs)."""
+    import tifffile
+
+    from instruct_ipt.data.images import ImageReadError, load_image, save_image
+
+    src = tmp_path / "card"
+    src.mkdir()
+    with tifffile.TiffWriter(src / "IMG_0001.DNG") as w:  # a preview first, the sensor data in a later image
+        w.write(np.zeros((24, 32, 3), np.uint8), photometric="rgb", subfiletype=1,
+                extratags=[(50706, "B", 4, (1, 4, 0, 0), True)])
+        w.write(np.zeros((240, 320), np.uint16), photometric="minisblack")
+    (src / "IMG_0002.nef").write_bytes((src / "IMG_0001.DNG").read_bytes())
+    save_image(src / "IMG_0001.jpg", data.astronaut()[:32, :48] / 255.0)
+    with pytest.raises(ImageReadError, match=r"IMG_0001.DNG: a camera raw file: develop it to a 16-bit TIFF or PNG"):
+        load_image(src / "IMG_0001.DNG")
+    assert main(["restore", str(src / "IMG_0002.nef"), "--model", str(model_dir), "-t", "denoise"]) == 1
+    assert "IMG_0002.nef: a camera raw file" in capsys.readouterr().err
+    assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "o")]) == 0
+    assert f"{src}: 2 camera raw file(s) left out (IMG_0001.DNG, IMG_0002.nef): develop them to TIFF or PNG first" \
+        in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["IMG_0001.restored.png"]

@@ -393,7 +393,7 @@ def _check_writable(path: Path, flag: str) -> None:
 def _expand_inputs(items: list[str], command: str) -> list[Path]:
     import glob
 
-    from .data.images import heif_twins, image_files, is_image_file
+    from .data.images import heif_twins, image_files, is_image_file, raw_files
 
     files: list[Path] = []
     for item in items:
@@ -405,6 +405,11 @@ def _expand_inputs(items: list[str], command: str) -> list[Path]:
             for twin in twins:
                 print(f"instruct-ipt {command}: {twin} left out: a copy of another format has its name (give it by "
                       "name, with -o, to restore it too)", file=sys.stderr)
+            raws = raw_files(p)
+            if raws:
+                shown = ", ".join(f.name for f in raws[:3]) + (f" and {len(raws) - 3} more" if len(raws) > 3 else "")
+                print(f"instruct-ipt {command}: {p}: {len(raws)} camera raw file(s) left out ({shown}): develop them "
+                      "to TIFF or PNG first", file=sys.stderr)
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item))
             files += [m for m in matches if m.is_file() and is_image_file(m)]

@@ -21,6 +21,10 @@ from ..io import atomic_write
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".heif", ".hif")
 #: HEIF files: left out of a folder where a copy of another format has the same name (below)
 HEIF_SUFFIXES = (".heic", ".heif", ".hif")
+#: cameras' raw files: sensor data, not a photo yet (several are TIFF inside, whose first image is
+#: a small preview that Pillow would read as if it were the photo)
+RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+                ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".kdc", ".dcr", ".mrw", ".mos")
 
 
 class ImageReadError(ValueError):
@@ -45,6 +49,17 @@ class LoadedImage:
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_raw_file(path: str | os.PathLike) -> bool:
+    """A camera's raw file, by its suffix (:data:`RAW_SUFFIXES`)."""
+    return Path(path).suffix.lower() in RAW_SUFFIXES
+
+
+def raw_files(folder: str | os.PathLike) -> list[Path]:
+    """The camera raw files directly in ``folder``, sorted by name: what a folder's listing leaves
+    out and a caller may say so (a camera's RAW + JPEG pairs, or a folder of raws only)."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_raw_file(p))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -354,6 +369,10 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    if is_raw_file(path):  # (a DNG or NEF would give its preview, a thumbnail, as if it were the photo)
+        raise ImageReadError(f"{path}: a camera raw file: develop it to a 16-bit TIFF or PNG first (darktable, "
+                             "RawTherapee, the camera maker's software, or rawpy) and restore that; the model "
+                             "restores developed photos, not sensor data")
     with open(path, "rb") as f:
         head = f.read(64)  # (what the file is: a 16-bit PNG, a TIFF, HEIF)
     header = _png_header(head)
