@@ -884,3 +884,25 @@ def test_camera_raw_files_are_refused_with_what_to_do_not_restored_as_their_prev
     assert f"{src}: 2 camera raw file(s) left out (IMG_0001.DNG, IMG_0002.nef): develop them to TIFF or PNG first" \
         in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["IMG_0001.restored.png"]
+
+
+def test_skip_existing_goes_on_where_a_stopped_run_was(model_dir, tmp_path, capsys):
+    """A folder's run stopped halfway (Ctrl-C, a closed laptop): --skip-existing leaves out the inputs
+    whose output is already there (written atomically: whole), and restores the rest; without it
+    every output is made again."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(data.astronaut()[:24, :32]).save(src / f"{name}.png")
+    (out / "a.restored.png").write_bytes(b"made by the stopped run")
+    args = ["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-o", str(out)]
+    assert main([*args, "--skip-existing"]) == 0
+    assert (out / "a.restored.png").read_bytes() == b"made by the stopped run"
+    assert Image.open(out / "b.restored.png").size == (32, 24)
+    assert "1 of 2 image(s) left out: their output exists (--skip-existing)" in capsys.readouterr().err
+    nothing_to_do = ["restore", str(src), "--model", str(tmp_path / "no-model"), "-t", "denoise", "-o", str(out)]
+    assert main([*nothing_to_do, "--skip-existing"]) == 0  # nothing left to do: no model loaded (none there), no error
+    assert "2 of 2 image(s) left out" in capsys.readouterr().err
+    assert main(args) == 0
+    assert Image.open(out / "a.restored.png").size == (32, 24)

@@ -486,6 +486,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if clashes:  # one output would replace the other's
         raise ValueError("two inputs would be written to one output (the same name but for the suffix, or the same "
                          f"name from two folders with -o): {'; '.join(clashes)}; restore them in separate runs or -o folders")
+    if args.skip_existing:  # (outputs are written atomically: one that exists is whole)
+        todo = [(f, target) for f, target in zip(files, targets) if not target.exists()]
+        if len(todo) < len(files):
+            print(f"instruct-ipt restore: {len(files) - len(todo)} of {len(files)} image(s) left out: their output "
+                  "exists (--skip-existing)", file=sys.stderr)
+            if not todo:
+                return 0
+            files, targets = [f for f, _ in todo], [t for _, t in todo]
     pipe = RestorationPipeline.from_pretrained(args.model, device=args.device, engine=args.engine)
     if args.engine == "onnx":
         try:
@@ -806,6 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles, blended (default 32)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="run N same-size tiles in one forward pass (halved automatically when GPU memory runs out)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave out an input whose output file is already there (a stopped run over a folder goes on "
+                   "where it was: outputs are written whole or not at all)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--engine", choices=ENGINES, default="torch",
                    help="what runs the network: torch (default; measured faster per command on a CPU, docs/deployment.md), "
