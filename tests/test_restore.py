@@ -884,6 +884,9 @@ def test_camera_raw_files_are_refused_with_what_to_do_not_restored_as_their_prev
     assert f"{src}: 2 camera raw file(s) left out (IMG_0001.DNG, IMG_0002.nef): develop them to TIFF or PNG first" \
         in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["IMG_0001.restored.png"]
+    pattern = str(src / "IMG_*")  # a pattern too: the JPEG restored, the raw files said
+    assert main(["restore", pattern, "--model", str(model_dir), "-t", "denoise", "-o", str(tmp_path / "p")]) == 0
+    assert f"{pattern}: 2 camera raw file(s) left out (IMG_0001.DNG, IMG_0002.nef)" in capsys.readouterr().err
 
 
 def test_skip_existing_goes_on_where_a_stopped_run_was(model_dir, tmp_path, capsys):

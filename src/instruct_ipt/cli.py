@@ -390,10 +390,19 @@ def _check_writable(path: Path, flag: str) -> None:
         raise ValueError(f"{flag} {path}: cannot write into {parent}")
 
 
+def _say_raw_left_out(command: str, where: object, raws: list[Path]) -> None:
+    """One stderr line for the camera raw files a folder or a pattern holds: left out of its images
+    (a camera's RAW + JPEG pairs restore from the JPEG), with what to do to restore them."""
+    if raws:
+        shown = ", ".join(f.name for f in raws[:3]) + (f" and {len(raws) - 3} more" if len(raws) > 3 else "")
+        print(f"instruct-ipt {command}: {where}: {len(raws)} camera raw file(s) left out ({shown}): develop them "
+              "to TIFF or PNG first", file=sys.stderr)
+
+
 def _expand_inputs(items: list[str], command: str) -> list[Path]:
     import glob
 
-    from .data.images import heif_twins, image_files, is_image_file, raw_files
+    from .data.images import heif_twins, image_files, is_image_file, is_raw_file, raw_files
 
     files: list[Path] = []
     for item in items:
@@ -405,14 +414,11 @@ def _expand_inputs(items: list[str], command: str) -> list[Path]:
             for twin in twins:
                 print(f"instruct-ipt {command}: {twin} left out: a copy of another format has its name (give it by "
                       "name, with -o, to restore it too)", file=sys.stderr)
-            raws = raw_files(p)
-            if raws:
-                shown = ", ".join(f.name for f in raws[:3]) + (f" and {len(raws) - 3} more" if len(raws) > 3 else "")
-                print(f"instruct-ipt {command}: {p}: {len(raws)} camera raw file(s) left out ({shown}): develop them "
-                      "to TIFF or PNG first", file=sys.stderr)
+            _say_raw_left_out(command, p, raw_files(p))
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item))
             files += [m for m in matches if m.is_file() and is_image_file(m)]
+            _say_raw_left_out(command, item, [m for m in matches if m.is_file() and is_raw_file(m)])
             if not matches:
                 files.append(p)  # reported as missing
         else:
