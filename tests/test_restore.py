@@ -909,3 +909,28 @@ def test_skip_existing_goes_on_where_a_stopped_run_was(model_dir, tmp_path, caps
     assert "2 of 2 image(s) left out" in capsys.readouterr().err
     assert main(args) == 0
     assert Image.open(out / "a.restored.png").size == (32, 24)
+
+
+def test_detect_says_what_blind_mode_sees_without_restoring(model_dir, pipe, tmp_path, capsys):
+    """``detect``: restore's blind choice for each image, in words or as JSON (with every class's
+    probability), and no file written; an unreadable file is one line and the others still run."""
+    import json
+
+    from instruct_ipt.data.images import load_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rainy = make_degradation("derain")(data.astronaut()[:96, :128] / 255.0, np.random.default_rng(0)).image
+    Image.fromarray((np.clip(rainy, 0, 1) * 255 + 0.5).astype(np.uint8)).save(src / "rainy.png")
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    choice = pipe.choose(load_image(src / "rainy.png").rgb)  # what restore would run
+    assert main(["detect", str(src), "--model", str(model_dir), "--json"]) == 1
+    out, err = capsys.readouterr()
+    seen = json.loads(out)
+    assert (seen["file"], seen["tasks"], seen["suggested"]) == (str(src / "rainy.png"), choice.tasks, choice.suggested)
+    assert set(pipe.classifier.tasks) <= set(seen["probabilities"]) <= set(pipe.classifier.tasks) | {"clean"}
+    assert abs(sum(seen["probabilities"].values()) - 1) < 1e-3
+    assert f"instruct-ipt detect: {src / 'broken.jpg'}: not a readable image" in err and "1 of 2 image(s) failed" in err
+    assert main(["detect", str(src / "rainy.png"), "--model", str(model_dir)]) == 0
+    assert capsys.readouterr().out == f"{src / 'rainy.png'}: {choice.describe()}\n"
+    assert sorted(p.name for p in src.iterdir()) == ["broken.jpg", "rainy.png"]  # nothing written

@@ -268,6 +268,37 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    """What blind mode sees in each image, without restoring it: seconds per photo where ``restore``
+    takes minutes on a large one on a CPU (only blind mode's second look restores, on a 384 px crop)."""
+    from .data.images import ImageReadError, load_image
+    from .pipeline import RestorationPipeline
+
+    files = _expand_inputs(args.inputs, "detect")
+    if not files:
+        raise ValueError("no input images")
+    pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+    failures = 0
+    for f in files:
+        try:
+            rgb = load_image(f).rgb
+            choice = pipe.choose(rgb)
+        except (ImageReadError, ValueError, OSError) as e:
+            failures += 1
+            print(f"instruct-ipt detect: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt detect: {e}", file=sys.stderr)
+            continue
+        if args.json:
+            probs = pipe.classifier.predict(rgb)
+            print(json.dumps({"file": str(f), "tasks": choice.tasks, "confidences": choice.confidences,
+                              "suggested": choice.suggested, "probabilities": {t: round(p, 4) for t, p in probs.items()}}))
+        else:
+            print(f"{f}: {choice.describe()}")
+    if failures:
+        print(f"{failures} of {len(files)} image(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_add_task(args: argparse.Namespace) -> int:
     """A task of the user's own from a folder of pairs; the logic is ``train/add_task.py``'s."""
     from .train import TrainingError
@@ -850,6 +881,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="use this model's instruction head and tasks")
     p.add_argument("--head", metavar="FILE", help="an instruction head file")
     p.set_defaults(func=cmd_interpret)
+
+    p = sub.add_parser("detect", help="what blind mode sees in images (the tasks restore would run), without "
+                       "restoring them")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--model", metavar="DIR", help="saved model folder (default: the model shipped with the package)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image: tasks, confidences, suggested, "
+                   "and the classifier's probability of each class")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("add-task", help="add a task of your own from a folder of (degraded, clean) pairs: biases, "
                        "instruction phrasings, one new model folder")
