@@ -52,23 +52,3 @@ def test_eval_bad_composite_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "instruct-ipt eval: error: 'rain+derain' names rain (derain) twice: a composite applies each degradation once"
 
-
-def test_a_large_image_shows_its_tiles_task_after_task():
-    """One large photo takes minutes on a CPU: a bar over its tiles, which goes on through the next
-    task's tiles (the pipeline reports each task's from 1 again), and none for an untiled image."""
-    import io
-
-    from instruct_ipt.cli import _TileBar
-
-    out = io.StringIO()
-    bar = _TileBar("photo.jpg", file=out, disable=False)
-    seen = []
-    for done, total in [(2, 6), (4, 6), (6, 6), (2, 6), (6, 6)]:  # two tasks, tiles in batches
-        bar(done, total)
-        seen.append((bar.bar.n, bar.bar.total))
-    bar.close()
-    assert seen == [(2, 6), (4, 6), (6, 6), (8, 12), (12, 12)]
-    assert "photo.jpg" in out.getvalue()  # (the numbers as tqdm draws them: throttled, so not asserted)
-    untiled = _TileBar("small.png", file=out)
-    untiled.close()
-    assert untiled.bar is None

@@ -909,6 +909,10 @@ def test_skip_existing_goes_on_where_a_stopped_run_was(model_dir, tmp_path, caps
     assert "2 of 2 image(s) left out" in capsys.readouterr().err
     assert main(args) == 0
     assert Image.open(out / "a.restored.png").size == (32, 24)
+    beside = ["restore", str(src / "*.png"), "--model", str(model_dir), "-t", "denoise", "--skip-existing"]
+    assert main(beside) == 0 and main(beside) == 0  # a pattern beside the inputs: its outputs are not inputs
+    assert sorted(p.name for p in src.iterdir()) == ["a.png", "a.restored.png", "b.png", "b.restored.png"]
+    assert "2 of 2 image(s) left out" in capsys.readouterr().err
 
 
 def test_detect_says_what_blind_mode_sees_without_restoring(model_dir, pipe, tmp_path, capsys):
@@ -934,3 +938,40 @@ def test_detect_says_what_blind_mode_sees_without_restoring(model_dir, pipe, tmp
     assert main(["detect", str(src / "rainy.png"), "--model", str(model_dir)]) == 0
     assert capsys.readouterr().out == f"{src / 'rainy.png'}: {choice.describe()}\n"
     assert sorted(p.name for p in src.iterdir()) == ["broken.jpg", "rainy.png"]  # nothing written
+    assert main(["restore", str(src / "rainy.png"), "--model", str(model_dir), "-t", "derain"]) == 0
+    capsys.readouterr()
+    assert main(["detect", str(src / "*.png"), "--model", str(model_dir)]) == 0  # a restored file is an image to look at
+    assert f"{src / 'rainy.restored.png'}: " in capsys.readouterr().out
+    other = tmp_path / "other-tasks"
+    InstructIPT("tiny", tasks=["lowlight"]).save_pretrained(other)
+    assert main(["detect", str(src / "rainy.png"), "--model", str(other)]) == 2
+    assert "blind mode knows none of this model's tasks (lowlight): its classifier names denoise" in capsys.readouterr().err
+
+
+def test_a_large_image_shows_a_bar_over_its_tiles_for_all_its_tasks(model_dir, tmp_path, monkeypatch):
+    """One large photo takes minutes on a CPU: restore shows a bar over its tiles, its total every
+    task's tiles from the start (not full when the first task ends), labelled with the task running;
+    an image that is not tiled shows none."""
+    import io
+
+    from instruct_ipt import cli
+
+    bars: list[cli._TileBar] = []
+    seen: list[tuple[int, int, str]] = []
+
+    class Recorded(cli._TileBar):
+        def __init__(self, name, tasks):
+            super().__init__(name, tasks, file=io.StringIO(), disable=False)
+            bars.append(self)
+
+        def __call__(self, done, total):
+            super().__call__(done, total)
+            seen.append((self.bar.n, self.bar.total, self.bar.desc))
+
+    monkeypatch.setattr(cli, "_TileBar", Recorded)
+    Image.fromarray(data.astronaut()[:48, :64]).save(tmp_path / "big.png")
+    args = ["restore", str(tmp_path / "big.png"), "--model", str(model_dir), "-t", "denoise,jpeg", "--overlap", "8"]
+    assert main([*args, "--tile", "32", "--batch", "4"]) == 0  # 2 x 3 tiles a task, in batches of 4
+    assert seen == [(4, 12, "big.png: denoise"), (6, 12, "big.png: denoise"), (10, 12, "big.png: jpeg"),
+                    (12, 12, "big.png: jpeg")]
+    assert main([*args, "--tile", "0"]) == 0 and bars[-1].bar is None  # not tiled: no bar

@@ -274,10 +274,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .data.images import ImageReadError, load_image
     from .pipeline import RestorationPipeline
 
-    files = _expand_inputs(args.inputs, "detect")
+    files = _expand_inputs(args.inputs, "detect", sources=False)
     if not files:
         raise ValueError("no input images")
     pipe = RestorationPipeline.from_pretrained(args.model, device=args.device)
+    if not set(pipe.classifier.tasks) & set(pipe.model.tasks):
+        raise ValueError(f"blind mode knows none of this model's tasks ({', '.join(pipe.model.tasks)}): its classifier "
+                         f"names {', '.join(pipe.classifier.tasks)} only; restore with this model by naming the task "
+                         "(restore -t)")
     failures = 0
     for f in files:
         try:
@@ -430,25 +434,33 @@ def _say_raw_left_out(command: str, where: object, raws: list[Path]) -> None:
               "to TIFF or PNG first", file=sys.stderr)
 
 
-def _expand_inputs(items: list[str], command: str) -> list[Path]:
+def _expand_inputs(items: list[str], command: str, sources: bool = True) -> list[Path]:
+    """The image files that ``items`` (files, folders, glob patterns) name, in order, each once.
+    ``sources``: leave out what a restoration source is not - restore's own outputs
+    (``NAME.restored.*``, in folders and patterns) and, in a folder, a HEIF photo beside a copy of
+    another format of its name (both would make one output), said on stderr; False for a command
+    that writes nothing (``detect``), which takes every image it is given."""
     import glob
 
     from .data.images import heif_twins, image_files, is_image_file, is_raw_file, raw_files
+
+    def source(f: Path) -> bool:
+        return not sources or ".restored." not in f.name
 
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             every = image_files(p)
-            twins = heif_twins(every)  # (what list_images leaves out, said here)
-            files += [f for f in every if f not in twins and ".restored." not in f.name]
+            twins = heif_twins(every) if sources else []  # (what list_images leaves out, said here)
+            files += [f for f in every if f not in twins and source(f)]
             for twin in twins:
                 print(f"instruct-ipt {command}: {twin} left out: a copy of another format has its name (give it by "
                       "name, with -o, to restore it too)", file=sys.stderr)
             _say_raw_left_out(command, p, raw_files(p))
         elif any(ch in item for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(item))
-            files += [m for m in matches if m.is_file() and is_image_file(m)]
+            files += [m for m in matches if m.is_file() and is_image_file(m) and source(m)]
             _say_raw_left_out(command, item, [m for m in matches if m.is_file() and is_raw_file(m)])
             if not matches:
                 files.append(p)  # reported as missing
@@ -472,25 +484,32 @@ def _say_export(command: str) -> Callable[[str], None]:
 
 
 class _TileBar:
-    """A progress bar over one large image's tiles, task after task (a phone's 12-MP photo takes
-    minutes on a CPU, and the folder bar moves once per file): made at the first tile, so an image
-    that is not tiled shows none; on a terminal only (tqdm's ``disable=None``), gone when done."""
+    """A progress bar over one large image's tiles for all its ``tasks`` (a phone's 12-MP photo takes
+    minutes on a CPU, and the folder bar moves once per file), labelled with the task running: made
+    at the first tile, so an image that is not tiled shows none; on a terminal only (tqdm's
+    ``disable=None``), gone when done. The pipeline reports each task's tiles from 1 again."""
 
-    def __init__(self, name: str, file: IO[str] | None = None, disable: bool | None = None) -> None:
-        self.name, self.file, self.disable = name, file if file is not None else sys.stderr, disable
+    def __init__(self, name: str, tasks: Sequence[str], file: IO[str] | None = None, disable: bool | None = None) -> None:
+        self.name, self.tasks = name, list(tasks)
+        self.file, self.disable = file if file is not None else sys.stderr, disable
         self.bar: Any = None
-        self.base = self.last = 0
+        self.task = self.base = self.last = 0
 
     def __call__(self, done: int, total: int) -> None:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.name, unit="tile", disable=self.disable, file=self.file, leave=False)
+            self.bar = tqdm(total=total * max(len(self.tasks), 1), desc=self._label(), unit="tile",
+                            disable=self.disable, file=self.file, leave=False)
         elif done <= self.last:  # the next task's tiles
             self.base += self.last
-            self.bar.total = self.base + total
+            self.task += 1
+            self.bar.set_description_str(self._label(), refresh=False)
         self.last = done
         self.bar.update(self.base + done - self.bar.n)
+
+    def _label(self) -> str:
+        return f"{self.name}: {self.tasks[self.task]}" if self.task < len(self.tasks) else self.name
 
     def close(self) -> None:
         if self.bar is not None:
@@ -558,9 +577,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 if target.resolve() in inputs:
                     raise ValueError(f"{target} is an input; refusing to overwrite it")
                 image = loading.result()
-                tiles = _TileBar(f.name)
+                choice = plan or pipe.choose(image.rgb)  # (blind mode: before the tiles, whose bar counts its tasks)
+                tiles = _TileBar(f.name, choice.tasks)
                 try:
-                    restored = pipe.restore(image, choice=plan, tile=args.tile, overlap=args.overlap, batch=args.batch,
+                    restored = pipe.restore(image, choice=choice, tile=args.tile, overlap=args.overlap, batch=args.batch,
                                             progress=tiles)
                 finally:
                     tiles.close()
