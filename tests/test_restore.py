@@ -975,3 +975,39 @@ def test_a_large_image_shows_a_bar_over_its_tiles_for_all_its_tasks(model_dir, t
     assert seen == [(4, 12, "big.png: denoise"), (6, 12, "big.png: denoise"), (10, 12, "big.png: jpeg"),
                     (12, 12, "big.png: jpeg")]
     assert main([*args, "--tile", "0"]) == 0 and bars[-1].bar is None  # not tiled: no bar
+
+
+def test_restore_writes_heic_10_bit_from_a_16_bit_source_with_profile_and_exif(model_dir, tmp_path, monkeypatch, capsys):
+    """-f heic: an iPhone user's format, 10 bits from a 16-bit source (in a fraction of a 16-bit PNG's
+    size), 8 from an 8-bit one, with the colour profile and EXIF; without pillow-heif, one line before
+    any image."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    import sys
+
+    from PIL import ImageCms
+
+    from instruct_ipt.data.images import load_image, save_image
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Apple"
+    src = tmp_path / "in"
+    src.mkdir()
+    save_image(src / "deep.png", data.coffee()[:24, :32] / 255.0, bit_depth=16, icc=icc, exif=exif.tobytes())
+    save_image(src / "grey.png", np.repeat(data.camera()[:24, :32, None] / 255.0, 3, axis=2), np.full((24, 32), 0.5),
+               grey=True, bit_depth=16)  # grey + alpha at 16 bits: written as RGBA
+    Image.fromarray(data.astronaut()[:24, :32]).save(src / "eight.png")
+    assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-f", "heic", "-o", str(tmp_path / "o")]) == 0
+    depth = {n: pillow_heif.open_heif(tmp_path / "o" / f"{n}.restored.heic", convert_hdr_to_8bit=False).info["bit_depth"]
+             for n in ("deep", "grey", "eight")}
+    assert depth == {"deep": 10, "grey": 10, "eight": 8}
+    deep = load_image(tmp_path / "o" / "deep.restored.heic")
+    assert deep.bit_depth == 16 and deep.icc == icc and deep.rgb.shape == (24, 32, 3)
+    tags = Image.Exif()
+    tags.load(deep.exif)
+    assert tags[0x010F] == "Apple"
+    assert np.abs(load_image(tmp_path / "o" / "grey.restored.heic").alpha - 0.5).max() < 0.01
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-f", "heic", "-o", str(tmp_path / "p")]) == 2
+    assert "-f heic needs pillow-heif (pip install 'instruct-ipt[heif]')" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

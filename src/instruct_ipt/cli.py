@@ -521,7 +521,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .data.images import ImageReadError, first_frame_only, load_image
+    from .data.images import ImageReadError, first_frame_only, heif_supported, load_image
     from .instruct import InstructionError
     from .pipeline import RestorationPipeline, check_tiling
 
@@ -532,6 +532,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     files = _expand_inputs(args.inputs, "restore")
     if not files:
         raise ValueError("no input images")
+    if args.format == "heic" and not heif_supported():  # (before any image: not once per file)
+        raise ValueError("-f heic needs pillow-heif (pip install 'instruct-ipt[heif]')")
     outdir = Path(args.output) if args.output else None
     name = f".restored.{args.format}"
     targets = [(outdir / f"{f.stem}{name}") if outdir else f.with_name(f"{f.stem}{name}") for f in files]
@@ -859,9 +861,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore images: by task, by instruction (-i), or blind")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside each input as NAME.restored.png)")
-    p.add_argument("-f", "--format", choices=("png", "tif", "jpg", "webp"), default="png",
-                   help="the restored files' format (default png). png and tif keep 16 bits; jpg and webp are 8-bit, "
-                   "written at quality 95 (jpg without chroma subsampling)")
+    p.add_argument("-f", "--format", choices=("png", "tif", "jpg", "webp", "heic"), default="png",
+                   help="the restored files' format (default png). png and tif keep 16 bits, heic 10 (pip install "
+                   "'instruct-ipt[heif]'); jpg and webp are 8-bit; jpg, webp and heic are written at quality 95 (jpg "
+                   "without chroma subsampling)")
     p.add_argument("-t", "--task", help="the task to run (see instruct-ipt info --model DIR), or several run in the "
                    "order given: -t derain,denoise")
     p.add_argument("-i", "--instruction", help='what to do, in plain words: "remove the rain", "it was foggy"')

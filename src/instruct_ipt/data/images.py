@@ -107,6 +107,11 @@ def _is_heif(head: bytes) -> bool:
     return bool(brands & _HEVC_BRANDS) or (bool(brands & {b"mif1", b"msf1"}) and not brands & {b"avif", b"avis"})
 
 
+def heif_supported() -> bool:
+    """Whether HEIF/HEIC photos can be read and written here: pillow-heif (the ``heif`` extra) is installed."""
+    return _open_heif_with_pillow()
+
+
 def _open_heif_with_pillow() -> bool:
     """Let Pillow open HEIF/HEIC photos through pillow-heif (the ``heif`` extra), once; False when
     pillow-heif is not installed."""
@@ -546,15 +551,35 @@ def _save_tiff16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bo
     return atomic_write(path, write)
 
 
+def _save_heif16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None,
+                 exif: bytes | None) -> Path:
+    """A 10-bit HEIC of a 16-bit image through pillow-heif (which writes 16-bit samples as 10 bits,
+    what an iPhone's HDR photo holds): the depth kept in a file about a ninth of a 16-bit PNG's (a
+    768 x 480 photo: 0.23 against 2.09 MB); quality 95, with the colour profile and EXIF. Grey with
+    alpha is written as RGBA (HEIF has no grey + alpha at this depth)."""
+    import pillow_heif
+
+    arr = _uint16_planes(rgb, alpha, grey and alpha is None)
+    mode = {1: "L;16", 3: "RGB;16", 4: "RGBA;16"}[arr.shape[2]]
+    heif = pillow_heif.from_bytes(mode=mode, size=(arr.shape[1], arr.shape[0]), data=np.ascontiguousarray(arr).tobytes())
+    extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
+    return atomic_write(path, lambda tmp: heif.save(tmp, quality=95, **extra))
+
+
 def save_image(
     path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, grey: bool = False, bit_depth: int = 8,
     icc: bytes | None = None, exif: bytes | None = None,
 ) -> Path:
     """Write an image atomically (format from the suffix). Grey output keeps one channel, alpha is
-    kept; ``bit_depth=16`` writes a 16-bit PNG or TIFF (other formats are 8-bit only); ``icc`` (a
-    colour profile) and ``exif`` (a metadata block) are embedded (PNG, JPEG, TIFF, WebP; of EXIF, a
-    16-bit TIFF keeps the text tags only: :func:`_tiff_text_tags`). JPEG and WebP are written at quality 95."""
+    kept; ``bit_depth=16`` writes a 16-bit PNG or TIFF, or a 10-bit HEIC (:func:`_save_heif16`; other
+    formats are 8-bit only); ``icc`` (a colour profile) and ``exif`` (a metadata block) are embedded
+    (PNG, JPEG, TIFF, WebP, HEIC; of EXIF, a 16-bit TIFF keeps the text tags only:
+    :func:`_tiff_text_tags`). JPEG, WebP and HEIC are written at quality 95; HEIC needs pillow-heif."""
     path = Path(path)
+    if path.suffix.lower() in HEIF_SUFFIXES and not _open_heif_with_pillow():
+        raise ValueError(f"{path}: writing HEIC needs pillow-heif (pip install 'instruct-ipt[heif]')")
+    if bit_depth == 16 and path.suffix.lower() in HEIF_SUFFIXES:
+        return _save_heif16(path, rgb, alpha, grey, icc, exif)
     if bit_depth == 16 and path.suffix.lower() in (".tif", ".tiff"):
         return _save_tiff16(path, rgb, alpha, grey, icc, exif)
     if bit_depth == 16 and path.suffix.lower() == ".png":
@@ -578,7 +603,7 @@ def save_image(
         warnings.warn(f"{path}: the EXIF block ({len(exif)} bytes) is left out: a JPEG holds at most 65533", stacklevel=2)
         exif = None
     extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
-    if fmt in ("JPEG", "WEBP"):  # (Pillow's default 75 would add the artefacts a restoration removed)
+    if fmt in ("JPEG", "WEBP", "HEIF"):  # (Pillow's default 75 would add the artefacts a restoration removed)
         extra |= {"quality": 95} | ({"subsampling": 0} if fmt == "JPEG" else {})
     return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **extra))
 
