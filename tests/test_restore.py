@@ -994,8 +994,9 @@ def test_restore_writes_heic_10_bit_from_a_16_bit_source_with_profile_and_exif(m
     src = tmp_path / "in"
     src.mkdir()
     save_image(src / "deep.png", data.coffee()[:24, :32] / 255.0, bit_depth=16, icc=icc, exif=exif.tobytes())
+    grey_icc = b"\0" * 16 + b"GRAY" + b"\0" * 16 + b"acsp" + b"\0" * 88
     save_image(src / "grey.png", np.repeat(data.camera()[:24, :32, None] / 255.0, 3, axis=2), np.full((24, 32), 0.5),
-               grey=True, bit_depth=16)  # grey + alpha at 16 bits: written as RGBA
+               grey=True, bit_depth=16, icc=grey_icc)  # grey + alpha at 16 bits: written as RGBA, without a grey profile
     Image.fromarray(data.astronaut()[:24, :32]).save(src / "eight.png")
     assert main(["restore", str(src), "--model", str(model_dir), "-t", "denoise", "-f", "heic", "-o", str(tmp_path / "o")]) == 0
     depth = {n: pillow_heif.open_heif(tmp_path / "o" / f"{n}.restored.heic", convert_hdr_to_8bit=False).info["bit_depth"]
@@ -1003,6 +1004,21 @@ def test_restore_writes_heic_10_bit_from_a_16_bit_source_with_profile_and_exif(m
     assert depth == {"deep": 10, "grey": 10, "eight": 8}
     deep = load_image(tmp_path / "o" / "deep.restored.heic")
     assert deep.bit_depth == 16 and deep.icc == icc and deep.rgb.shape == (24, 32, 3)
+    photo = data.coffee()[100:196, 200:328] / 255.0  # the pixels, encoded: channels in order, depth kept
+    save_image(tmp_path / "photo.heic", photo, bit_depth=16)
+    back = load_image(tmp_path / "photo.heic")
+    assert np.abs(back.rgb - photo).mean() < 0.01 and np.abs(back.rgb - photo[..., ::-1]).mean() > 0.05
+    assert not pillow_heif.open_heif(tmp_path / "o" / "grey.restored.heic").info.get("icc_profile")
+    pano = tmp_path / "pano"  # wider than the HEVC encoder takes: that file's one line, before restoring it
+    pano.mkdir()
+    Image.fromarray(np.zeros((8, 16400, 3), np.uint8)).save(pano / "a-wide.png")
+    Image.fromarray(data.astronaut()[:24, :32]).save(pano / "b-small.png")
+    assert main(["restore", str(pano), "--model", str(model_dir), "-t", "denoise", "-f", "heic"]) == 1
+    assert "a-wide.png: 16400x8 is too large for HEIC (the HEVC encoder takes at most 16384 px a side): write it as " \
+        "png or tif" in capsys.readouterr().err
+    assert sorted(p.name for p in pano.iterdir()) == ["a-wide.png", "b-small.png", "b-small.restored.heic"]
+    with pytest.raises(ValueError, match="too large for HEIC"):
+        save_image(tmp_path / "wide.heic", np.zeros((8, 16400, 3), np.float32))
     tags = Image.Exif()
     tags.load(deep.exif)
     assert tags[0x010F] == "Apple"

@@ -521,7 +521,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .data.images import ImageReadError, first_frame_only, heif_supported, load_image
+    from .data.images import ImageReadError, first_frame_only, heif_supported, heif_too_large, load_image
     from .instruct import InstructionError
     from .pipeline import RestorationPipeline, check_tiling
 
@@ -579,6 +579,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 if target.resolve() in inputs:
                     raise ValueError(f"{target} is an input; refusing to overwrite it")
                 image = loading.result()
+                if args.format == "heic" and heif_too_large(image.rgb.shape):  # (before the minutes of restoring it)
+                    raise ValueError(heif_too_large(image.rgb.shape))
                 choice = plan or pipe.choose(image.rgb)  # (blind mode: before the tiles, whose bar counts its tasks)
                 tiles = _TileBar(f.name, choice.tasks)
                 try:

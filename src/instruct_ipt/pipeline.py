@@ -87,7 +87,8 @@ class Restored:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically; the format comes from the suffix (a 16-bit source stays 16-bit in ``.png``
-        and ``.tif``; ``.jpg`` and ``.webp`` are 8-bit, at quality 95)."""
+        and ``.tif``, and is 10-bit in ``.heic``; ``.jpg`` and ``.webp`` are 8-bit; those three at
+        quality 95)."""
         img = self.image
         return save_image(path, img.rgb, img.alpha, img.grey, bit_depth=img.bit_depth, icc=img.icc, exif=img.exif)
 

@@ -551,6 +551,18 @@ def _save_tiff16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bo
     return atomic_write(path, write)
 
 
+#: the longest side a HEIC is written with: the HEVC encoder (x265) refuses more (a phone's panorama can have more)
+HEIF_MAX_SIDE = 16384
+
+
+def heif_too_large(shape: tuple[int, ...]) -> str:
+    """Why an image of ``shape`` (H, W, ...) cannot be written as HEIC, or "" when it can."""
+    if max(shape[:2]) <= HEIF_MAX_SIDE:
+        return ""
+    return (f"{shape[1]}x{shape[0]} is too large for HEIC (the HEVC encoder takes at most {HEIF_MAX_SIDE} px a side): "
+            "write it as png or tif")
+
+
 def _save_heif16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bool, icc: bytes | None,
                  exif: bytes | None) -> Path:
     """A 10-bit HEIC of a 16-bit image through pillow-heif (which writes 16-bit samples as 10 bits,
@@ -563,7 +575,10 @@ def _save_heif16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, grey: bo
     mode = {1: "L;16", 3: "RGB;16", 4: "RGBA;16"}[arr.shape[2]]
     heif = pillow_heif.from_bytes(mode=mode, size=(arr.shape[1], arr.shape[0]), data=np.ascontiguousarray(arr).tobytes())
     extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
-    return atomic_write(path, lambda tmp: heif.save(tmp, quality=95, **extra))
+    try:
+        return atomic_write(path, lambda tmp: heif.save(tmp, quality=95, **extra))
+    except RuntimeError as e:  # (the HEVC encoder's refusals: one image's error, not the batch's end)
+        raise ValueError(f"{path}: the encoder refused it ({e})") from e
 
 
 def save_image(
@@ -576,10 +591,15 @@ def save_image(
     (PNG, JPEG, TIFF, WebP, HEIC; of EXIF, a 16-bit TIFF keeps the text tags only:
     :func:`_tiff_text_tags`). JPEG, WebP and HEIC are written at quality 95; HEIC needs pillow-heif."""
     path = Path(path)
-    if path.suffix.lower() in HEIF_SUFFIXES and not _open_heif_with_pillow():
-        raise ValueError(f"{path}: writing HEIC needs pillow-heif (pip install 'instruct-ipt[heif]')")
-    if bit_depth == 16 and path.suffix.lower() in HEIF_SUFFIXES:
-        return _save_heif16(path, rgb, alpha, grey, icc, exif)
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        if not _open_heif_with_pillow():
+            raise ValueError(f"{path}: writing HEIC needs pillow-heif (pip install 'instruct-ipt[heif]')")
+        if heif_too_large(rgb.shape):
+            raise ValueError(f"{path}: {heif_too_large(rgb.shape)}")
+        if grey and alpha is not None:  # (written as RGBA: a grey profile would not fit it)
+            icc = None
+        if bit_depth == 16:
+            return _save_heif16(path, rgb, alpha, grey, icc, exif)
     if bit_depth == 16 and path.suffix.lower() in (".tif", ".tiff"):
         return _save_tiff16(path, rgb, alpha, grey, icc, exif)
     if bit_depth == 16 and path.suffix.lower() == ".png":
@@ -605,7 +625,10 @@ def save_image(
     extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v is not None}
     if fmt in ("JPEG", "WEBP", "HEIF"):  # (Pillow's default 75 would add the artefacts a restoration removed)
         extra |= {"quality": 95} | ({"subsampling": 0} if fmt == "JPEG" else {})
-    return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **extra))
+    try:
+        return atomic_write(path, lambda tmp: im.save(tmp, format=fmt, **extra))
+    except RuntimeError as e:  # (the HEVC encoder's refusals: one image's error, not the batch's end)
+        raise ValueError(f"{path}: the encoder refused it ({e})") from e
 
 
 # arrays and PIL images: the same layouts as files --------------------------------------------
