@@ -580,13 +580,13 @@ def test_an_iphones_heic_photo_is_restored_with_its_profile_and_exif(model_dir, 
     pytest.importorskip("pillow_heif")
     from PIL import ImageCms
 
-    from instruct_ipt.data.images import _open_heif_with_pillow, list_images, load_image
+    from instruct_ipt.data.images import heif_supported, list_images, load_image
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = Image.Exif()
     exif[0x0112] = 6
     exif[0x010F] = "Apple"
-    assert _open_heif_with_pillow()  # (so that Pillow can write one for the test)
+    assert heif_supported()  # (so that Pillow can write one for the test)
     Image.fromarray(data.coffee()[:16, :24]).save(tmp_path / "IMG_0001.HEIC", exif=exif.tobytes(), icc_profile=icc,
                                                   quality=95)
     assert list_images(tmp_path) == [tmp_path / "IMG_0001.HEIC"]  # a folder's HEIC photos are found
@@ -609,7 +609,7 @@ def test_a_10_bit_heic_is_read_and_restored_at_full_depth(model_dir, tmp_path):
     """An iPhone's HDR photo or a camera's 10-bit .hif: read at its depth (pillow-heif's plugin opens
     every HEIF at 8 bits, banding a smooth sky), upright once, with its EXIF; restored to a 16-bit PNG."""
     pillow_heif = pytest.importorskip("pillow_heif")
-    from instruct_ipt.data.images import ImageReadError, _open_heif_with_pillow, load_image
+    from instruct_ipt.data.images import ImageReadError, heif_supported, load_image
 
     ramp = np.linspace(0.40, 0.46, 64)  # a sky's gentle gradient: 16 steps at 8 bits, about 60 at 10
     rgb = np.stack([np.tile(ramp, (40, 1)) + d for d in (0.0, 0.05, 0.1)], axis=2)
@@ -620,7 +620,7 @@ def test_a_10_bit_heic_is_read_and_restored_at_full_depth(model_dir, tmp_path):
     path = tmp_path / "IMG_0002.HEIC"
     pillow_heif.from_bytes(mode="RGB;16", size=(64, 40), data=(rgb * 65535).astype(np.uint16).tobytes()).save(
         path, quality=-1, exif=exif.tobytes())  # (16-bit samples are written as a 10-bit HEIF)
-    assert _open_heif_with_pillow()
+    assert heif_supported()
     with Image.open(path) as im:
         eight = np.asarray(im.convert("RGB"))[..., 1]
     photo = load_image(path)

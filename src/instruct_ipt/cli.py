@@ -268,6 +268,11 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_error(command: str, path: Path, e: Exception) -> str:
+    """One file's error line, naming the file once (most errors name it already)."""
+    return f"instruct-ipt {command}: {e}" if str(path) in str(e) else f"instruct-ipt {command}: {path}: {e}"
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     """What blind mode sees in each image, without restoring it: seconds per photo where ``restore``
     takes minutes on a large one on a CPU (only blind mode's second look restores, on a 384 px crop)."""
@@ -289,12 +294,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
             choice = pipe.choose(rgb)
         except (ImageReadError, ValueError, OSError) as e:
             failures += 1
-            print(f"instruct-ipt detect: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt detect: {e}", file=sys.stderr)
+            print(_file_error("detect", f, e), file=sys.stderr)
             continue
         if args.json:
-            probs = pipe.classifier.predict(rgb)
             print(json.dumps({"file": str(f), "tasks": choice.tasks, "confidences": choice.confidences,
-                              "suggested": choice.suggested, "probabilities": {t: round(p, 4) for t, p in probs.items()}}))
+                              "suggested": choice.suggested, "probabilities": choice.probabilities}))
         else:
             print(f"{f}: {choice.describe()}")
     if failures:
@@ -499,7 +503,7 @@ class _TileBar:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total * max(len(self.tasks), 1), desc=self._label(), unit="tile",
+            self.bar = tqdm(total=total * len(self.tasks), desc=self._label(), unit="tile",
                             disable=self.disable, file=self.file, leave=False)
         elif done <= self.last:  # the next task's tiles
             self.base += self.last
@@ -509,7 +513,7 @@ class _TileBar:
         self.bar.update(self.base + done - self.bar.n)
 
     def _label(self) -> str:
-        return f"{self.name}: {self.tasks[self.task]}" if self.task < len(self.tasks) else self.name
+        return f"{self.name}: {self.tasks[self.task]}"
 
     def close(self) -> None:
         if self.bar is not None:
@@ -579,8 +583,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 if target.resolve() in inputs:
                     raise ValueError(f"{target} is an input; refusing to overwrite it")
                 image = loading.result()
-                if args.format == "heic" and heif_too_large(image.rgb.shape):  # (before the minutes of restoring it)
-                    raise ValueError(heif_too_large(image.rgb.shape))
+                too_large = heif_too_large(image.rgb.shape) if args.format == "heic" else ""
+                if too_large:  # (before the minutes of restoring it)
+                    raise ValueError(too_large)
                 choice = plan or pipe.choose(image.rgb)  # (blind mode: before the tiles, whose bar counts its tasks)
                 tiles = _TileBar(f.name, choice.tasks)
                 try:
@@ -595,7 +600,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                     tqdm.write(f"instruct-ipt restore: warning: {warning}", file=sys.stderr)
             except (ImageReadError, ValueError, OSError) as e:
                 failures += 1
-                tqdm.write(f"instruct-ipt restore: {f}: {e}" if str(f) not in str(e) else f"instruct-ipt restore: {e}", file=sys.stderr)
+                tqdm.write(_file_error("restore", f, e), file=sys.stderr)
     if failures:
         print(f"{failures} of {len(files)} image(s) failed", file=sys.stderr)
         return 1

@@ -53,6 +53,8 @@ class TaskChoice:
     source: str
     #: blind mode only: degradations that may be there too but were not run (``Peeling.suggest``), for the user to name
     suggested: list[str] = field(default_factory=list)
+    #: blind mode only: the classifier's probability of each class it chose among (the model's tasks, and clean)
+    probabilities: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,7 +254,8 @@ class RestorationPipeline:
         seen = clf.examine(rgb, probs, restore=self._restore_one)
         found = [(t, p) for t, p in seen.found if t in self.model.tasks]
         also = [t for t, _ in seen.suggested if t in self.model.tasks]
-        return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind", also)
+        return TaskChoice([t for t, _ in found], [round(p, 4) for _, p in found], "blind", also,
+                          {t: round(p, 4) for t, p in probs.items()})
 
     def _check_calibration(self, clf: DegradationClassifier) -> None:
         """Warn (:class:`~instruct_ipt.instruct.blind.UncalibratedPeelingWarning`, once per process)

@@ -108,13 +108,8 @@ def _is_heif(head: bytes) -> bool:
 
 
 def heif_supported() -> bool:
-    """Whether HEIF/HEIC photos can be read and written here: pillow-heif (the ``heif`` extra) is installed."""
-    return _open_heif_with_pillow()
-
-
-def _open_heif_with_pillow() -> bool:
-    """Let Pillow open HEIF/HEIC photos through pillow-heif (the ``heif`` extra), once; False when
-    pillow-heif is not installed."""
+    """Whether HEIF/HEIC photos can be read and written here: pillow-heif (the ``heif`` extra) is
+    installed - and, when it is, Pillow opens them through it from now on (registered once)."""
     global _heif_opener_registered
     try:
         import pillow_heif
@@ -351,9 +346,11 @@ def _load_heif_deep(path: Path) -> LoadedImage | None:
         alpha = scaled[..., colour]
         if heif.premultiplied_alpha:
             rgb = _unpremultiplied(rgb, alpha)
-    _, icc, exif = _metadata(path)  # (through Pillow's plugin: orientation reset, the pixels being upright)
+    tags = Image.Exif()  # (the file's own, as read; _exif_bytes resets the orientation: the pixels are upright)
+    with contextlib.suppress(Exception):  # (metadata is a courtesy, never a failure)
+        tags.load(heif.info.get("exif") or b"")
     return LoadedImage(np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha), grey, 16,
-                       1, _kept_profile(icc, grey), exif)
+                       1, _kept_profile(heif.info.get("icc_profile"), grey), _exif_bytes(tags))
 
 
 def _unpremultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -388,7 +385,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         if deep is not None:
             return deep
     heif = _is_heif(head)
-    heif_unreadable = heif and not _open_heif_with_pillow()
+    heif_unreadable = heif and not heif_supported()
     if heif and not heif_unreadable:  # (10 or 12 bits: read at full depth)
         deep = _load_heif_deep(path)
         if deep is not None:
@@ -592,10 +589,11 @@ def save_image(
     :func:`_tiff_text_tags`). JPEG, WebP and HEIC are written at quality 95; HEIC needs pillow-heif."""
     path = Path(path)
     if path.suffix.lower() in HEIF_SUFFIXES:
-        if not _open_heif_with_pillow():
+        if not heif_supported():
             raise ValueError(f"{path}: writing HEIC needs pillow-heif (pip install 'instruct-ipt[heif]')")
-        if heif_too_large(rgb.shape):
-            raise ValueError(f"{path}: {heif_too_large(rgb.shape)}")
+        too_large = heif_too_large(rgb.shape)
+        if too_large:
+            raise ValueError(f"{path}: {too_large}")
         if grey and alpha is not None:  # (written as RGBA: a grey profile would not fit it)
             icc = None
         if bit_depth == 16:
