@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the default model's GPU recipe (configs/gpu.yaml) in a short lease and compare it with the
-# shipped model; sized to finish in under 10 minutes on one H200 (not yet measured on one):
+# shipped model; sized to finish in under 10 minutes on one H200 (its first run there: 532 s, docs/training.md):
 #
 #   scripts/train_gpu.sh OUT_DIR [PHOTOS]
 #   TRAIN_GPU_PACK=$OUT bash scripts/train_gpu.sh /tmp/gpu .gpu-photos    # on the lent device machine
@@ -25,15 +25,16 @@
 # into DIR as each step ends, so that a run cut short still returns what it made (and a step that fails, the
 # newest log in reports.tar): model.tar.part-aa, -ab, ...
 # (the model folder right after training, in 15 MiB parts; the model alone is about 19 MB), reports.tar
-# (log.jsonl, the results, compare.txt, calibrate-blind.txt; made again after each step) and
+# (log.jsonl, the results, compare.txt, calibrate-blind.txt, gpu-busy.txt; made again after each step) and
 # degradation_classifier.safetensors (after step 5). Unpack: cat DIR/model.tar.part-* | tar -x -C RUN_DIR,
 # then tar -x -C RUN_DIR -f DIR/reports.tar, and copy the classifier into RUN_DIR/model/.
 # OUT_DIR then holds model/ (the new model, with its degradation_classifier.safetensors after step 5),
 # log.jsonl, results-new.csv, results-shipped.csv, compare.txt, calibrate-blind.txt and the full runs
 # (smoke/, run/, eval-new/, eval-shipped/).
-# Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_MINUTES (from the deadline), TRAIN_GPU_DEADLINE
+# Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_SET (none: KEY=VALUE overrides of the config,
+# separated by spaces, for the smoke run and the training), TRAIN_GPU_MINUTES (from the deadline), TRAIN_GPU_DEADLINE
 # (570), TRAIN_GPU_RESERVE (150), TRAIN_GPU_SMOKE_STEPS (10), TRAIN_GPU_DEVICE (auto), TRAIN_GPU_PACK (none),
-# PYTHON (python3).
+# PYTHON (python3). Where nvidia-smi answers, OUT_DIR/gpu-busy.txt holds the GPU's busy share every 5 s.
 set -euo pipefail
 if [ $# -lt 1 ]; then
     echo "usage: $0 OUT_DIR [PHOTOS]" >&2
@@ -63,6 +64,10 @@ fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 ipt() { "$PY" -m instruct_ipt "$@"; }
 SETS=(--set "data.train=[$PHOTOS/train]" --set "data.val=[$PHOTOS/val]" --set "data.val_cache=$OUT/val-cache")
+read -r -a EXTRA <<<"${TRAIN_GPU_SET:-}"  # e.g. "compile=default data.batch_size=96": split on spaces, never globbed
+for kv in ${EXTRA[@]+"${EXTRA[@]}"}; do
+    SETS+=(--set "$kv")
+done
 if "$PY" -c 'import sys, yaml; sys.exit(0 if (yaml.safe_load(open(sys.argv[1])) or {}).get("grid_spans") else 1)' "$CONFIG"; then
     SETS+=(--set "grid_spans.photos=[$PHOTOS/train]")   # choose the grid span on the training photos
 fi
@@ -72,7 +77,7 @@ stamp() { echo "== $1 ($((SECONDS - start)) s)"; }
 pack_reports() {
     [ -n "$PACK" ] || return 0
     local names=() f
-    for f in log.jsonl results-new.csv results-shipped.csv compare.txt calibrate-blind.txt; do
+    for f in log.jsonl results-new.csv results-shipped.csv compare.txt calibrate-blind.txt gpu-busy.txt; do
         [ -f "$OUT/$f" ] && names+=("$f")
     done
     [ ${#names[@]} -gt 0 ] || return 0
@@ -87,8 +92,14 @@ pack_model() {
 
 # a step that fails (set -e) ends the script: the pack still gets the newest log - the smoke run's or the
 # training's, with its budget measurements and losses - so that a lease that went wrong says why
+DMON=
+stop_dmon() {  # before the last pack, so that gpu-busy.txt is whole and no longer growing while tar reads it
+    [ -z "$DMON" ] || { kill "$DMON" && wait "$DMON"; } 2>/dev/null || true
+    DMON=
+}
 on_exit() {
     local rc=$?
+    stop_dmon
     if [ "$rc" -ne 0 ] && [ -n "$PACK" ] && [ ! -f "$OUT/log.jsonl" ]; then
         for f in "$OUT/run/log.jsonl" "$OUT/smoke/log.jsonl"; do
             [ -f "$f" ] && { cp -f "$f" "$OUT/log.jsonl"; break; }
@@ -98,6 +109,14 @@ on_exit() {
     return "$rc"
 }
 trap on_exit EXIT
+trap 'exit 143' TERM INT HUP  # (bash runs no EXIT trap for a signal it dies of: a command's time limit, say)
+
+# the GPU's busy share every 5 s for the whole script (nvidia-smi dmon's sm column), beside the log's samples/s:
+# together they say whether a step waits on the host or on the GPU
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi dmon -s u -d 5 >"$OUT/gpu-busy.txt" 2>&1 &
+    DMON=$!
+fi
 
 stamp "smoke run: every stage $SMOKE_STEPS steps"
 # (a checkpoint halfway through each stage: the real run's first one is minutes in)
@@ -145,5 +164,6 @@ if [ ${#cal[@]} -eq $((2 * ${#CALIBRATION[@]})) ]; then
 else
     stamp "blind mode not calibrated: $PHOTOS/train lacks some of ${CALIBRATION[*]} (.png)" | tee "$OUT/calibrate-blind.txt"
 fi
+stop_dmon
 pack_reports
 stamp "done"

@@ -116,14 +116,21 @@ def test_mixed_batches_build_the_task_one_hot_once_per_forward_and_never_reuse_i
     assert len(built) == 2 and len(list(mod.layers())) > 2
 
 
-def test_a_mixed_batch_trains_after_an_inference_mode_forward_on_the_same_selection():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_mixed_batch_trains_after_an_inference_mode_forward_on_the_same_selection(compiled):
     # a one-hot made under inference_mode cannot be saved for backward: a training forward makes its own
+    import torch._dynamo
+
     net, mod = modulated_convnet()
     x = torch.randn(3, 3, 8, 8)
     mod.select(["derain", "denoise", "deblur"])  # (takes effect at once, no context manager)
-    with torch.inference_mode():
-        evaluated = net(x)
-    trained = net(x)
+    torch._dynamo.reset()
+    try:
+        with torch.inference_mode():
+            evaluated = (torch.compile(net, backend="eager", fullgraph=True) if compiled else net)(x)
+        trained = net(x)
+    finally:
+        torch._dynamo.reset()
     trained.sum().backward()
     torch.testing.assert_close(trained.detach(), evaluated.clone(), rtol=0, atol=0)
     assert all(p.grad is not None for _, layer in mod.layers() for _, p in layer.task_parameters())
@@ -415,3 +422,29 @@ def test_task_index_is_one_rule():
             lookup("dehaze")
     with pytest.raises(ValueError, match="a bool is not a task name or index"):
         mod.select(True)
+
+
+def test_a_mixed_batch_forward_compiles_as_one_graph():
+    """torch.compile sees the whole training forward as one graph, compiled once for every mix of
+    tasks (it broke into a graph per modulated layer, whose shapes then hit the recompile limit and
+    ran eagerly: docs/training.md, "Its first run on an H200")."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    model.train().to(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+        with torch._dynamo.config.patch(error_on_recompile=True):  # so does compiling a second time
+            for ids in ([0, 1, 1, 0], [2, 2, 2, 2], [1, 0, 2, 1]):
+                x = torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+                out = compiled(x, torch.tensor(ids))
+                out.mean().backward()
+                torch.testing.assert_close(out, model(x, torch.tensor(ids)), rtol=0, atol=0)
+        # the ids are still checked when compiled (a RuntimeError there, as on a GPU; a ValueError eagerly)
+        with pytest.raises(RuntimeError, match="task ids must be in"):
+            compiled(torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last), torch.tensor([0, 1, 3, 0]))
+    finally:
+        torch._dynamo.reset()

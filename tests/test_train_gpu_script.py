@@ -56,7 +56,7 @@ def tiny_gpu_config(path: Path, **over) -> Path:
     return path
 
 
-def run_script(tmp_path: Path, config: Path, out: Path, **env_over: str) -> subprocess.CompletedProcess:
+def run_script(tmp_path: Path, config: Path, out: Path, cwd: Path | None = None, **env_over: str) -> subprocess.CompletedProcess:
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -64,14 +64,27 @@ def run_script(tmp_path: Path, config: Path, out: Path, **env_over: str) -> subp
            "TRAIN_GPU_SMOKE_STEPS": "2", "TRAIN_GPU_DEVICE": "cpu", "OMP_NUM_THREADS": "2", **env_over}
     env = {k: v for k, v in env.items() if v}  # (an empty value: unset)
     return subprocess.run(["bash", str(ROOT / "scripts/train_gpu.sh"), str(out), str(tmp_path / "photos")],
-                          capture_output=True, text=True, env=env, timeout=900, check=False)
+                          capture_output=True, text=True, env=env, timeout=900, check=False, cwd=cwd)
 
 
 def test_train_gpu_script_trains_evaluates_and_compares(tmp_path):
     photos(tmp_path / "photos")
     out, pack = tmp_path / "out", tmp_path / "pack"
-    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_PACK=str(pack))
+    bin_dir = tmp_path / "bin"  # an nvidia-smi whose dmon prints a busy share every second, as on a GPU machine
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(f'#!/bin/sh\necho $$ > {tmp_path}/dmon.pid\necho "# gpu     sm"\n'
+                                        'while :; do echo "    0     42"; sleep 1; done\n')
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    (tmp_path / "photos/data.val=v").write_text("")  # what an unquoted data.val=[val] would glob to
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, cwd=tmp_path / "photos", TRAIN_GPU_PACK=str(pack),
+                   TRAIN_GPU_SET="log_every=3 optim.grad_clip=0.5 data.val=[val]", PATH=f"{bin_dir}:{os.environ['PATH']}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for run in ("smoke", "run"):  # TRAIN_GPU_SET's overrides reach both runs, each word as written
+        cfg = yaml.safe_load((out / run / "config.yaml").read_text())
+        assert cfg["log_every"] == 3 and cfg["optim"]["grad_clip"] == 0.5 and cfg["data"]["val"] == ["val"], run
+    assert (out / "gpu-busy.txt").read_text().startswith("# gpu     sm\n    0     42")
+    dmon = int((tmp_path / "dmon.pid").read_text())
+    assert not Path(f"/proc/{dmon}").exists() or "Z" in Path(f"/proc/{dmon}/stat").read_text().split()[2]  # stopped
     for name in ("model/config.json", "model/model.safetensors", "log.jsonl", "results-new.csv", "results-shipped.csv",
                  "compare.txt"):
         assert (out / name).is_file(), name
@@ -108,7 +121,8 @@ def test_train_gpu_script_trains_evaluates_and_compares(tmp_path):
         assert (tmp_path / "back/model" / name).read_bytes() == (out / "model" / name).read_bytes(), name
     assert (pack / "degradation_classifier.safetensors").read_bytes() == (out / "model/degradation_classifier.safetensors").read_bytes()
     with tarfile.open(pack / "reports.tar") as t:
-        assert sorted(t.getnames()) == ["calibrate-blind.txt", "compare.txt", "log.jsonl", "results-new.csv", "results-shipped.csv"]
+        assert sorted(t.getnames()) == ["calibrate-blind.txt", "compare.txt", "gpu-busy.txt", "log.jsonl", "results-new.csv",
+                                        "results-shipped.csv"]
 
 
 def test_train_gpu_script_trains_for_what_its_deadline_leaves(tmp_path):

@@ -54,10 +54,12 @@ class TaskSelection:
         """The ids as a ``(batch, num_tasks)`` one-hot matrix for :func:`pick`, built once per
         forward and shared by every layer: built per layer, it was three of the seven kernels a
         modulated layer launched in a mixed batch's forward (``small``: 303 of 1139), and on a GPU a
-        small model's step is expected to wait on launches more than on arithmetic (docs/training.md,
-        "Kernel launches": an estimate, not yet measured on one)."""
-        # (one built under inference_mode cannot be saved for a later training forward's backward)
-        key = (device, num_tasks, dtype, torch.is_inference_mode_enabled())
+        small model's step waits on the host's work per operation (docs/training.md, "Kernel
+        launches", measured on an H200)."""
+        # (one built under inference_mode cannot be saved for a later training forward's backward, so
+        # one built without gradients is kept apart; torch.compile traces is_grad_enabled, where
+        # is_inference_mode_enabled split its graph at every layer)
+        key = (device, num_tasks, dtype, torch.is_grad_enabled())
         if key not in self._onehot:
             self._onehot[key] = one_hot(self.ids_on(device), num_tasks, dtype)
         return self._onehot[key]

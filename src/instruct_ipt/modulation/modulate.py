@@ -187,7 +187,8 @@ def task_index(tasks: Sequence[str], task: str | int) -> int:
 def set_selection(selection: TaskSelection, names: Sequence[str], tasks: TaskSpec | None,
                   default: int | None = None) -> None:
     """Set ``selection`` from a task spec: None (``default``), one name/index, or one per sample
-    (a sequence, or a 1-D tensor of indices, checked against ``names``)."""
+    (a sequence, or a 1-D tensor of indices, checked against ``names``: an id out of range is a
+    ValueError for host ids in eager mode, else a RuntimeError from the device or compiled check)."""
     if tasks is None:
         selection.set(index=default)
     elif isinstance(tasks, (str, int)):
@@ -195,10 +196,11 @@ def set_selection(selection: TaskSelection, names: Sequence[str], tasks: TaskSpe
     elif isinstance(tasks, torch.Tensor):
         ids = tasks.long().reshape(-1)
         in_range = ((ids >= 0) & (ids < len(names))).all()
-        if ids.device.type == "cpu":
+        if ids.device.type == "cpu" and not torch.compiler.is_compiling():
             if not in_range:
                 raise ValueError(f"task ids must be in [0, {len(names)}), got {ids.tolist()}")
         else:  # checked on the device, asynchronously: reading the result back would stall every step
+            # (and in a compiled forward: a Python branch on the result would split its graph)
             torch._assert_async(in_range, f"task ids must be in [0, {len(names)})")
         selection.set(ids=ids)
     else:

@@ -311,7 +311,8 @@ class StageRunner:
     def to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input and target on the device; the task ids stay on the host, where the model checks
         them and reads which tasks a batch holds without waiting on the device (the modulated
-        layers copy them over once per forward)."""
+        layers copy them over once per forward) - except for a compiled model on a GPU, whose
+        ``reduce-overhead`` mode captures CUDA graphs only from device inputs."""
         dev = self.info.device
         if self.degrader is not None:
             x, y, _ = self.degrader(batch, dev)
@@ -320,7 +321,10 @@ class StageRunner:
             y = batch["target"].to(dev, non_blocking=True)
         if self.cfg.channels_last:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-        return x, y, batch["task"]
+        ids = batch["task"]
+        if self.cfg.compile and dev.type == "cuda":  # a host tensor in a compiled graph's inputs rules out its CUDA graphs
+            ids = ids.to(dev, non_blocking=True)
+        return x, y, ids
 
     def _forward_backward(self, net: torch.nn.Module, x, y, ids) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
