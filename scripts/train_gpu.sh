@@ -100,11 +100,13 @@ stop_dmon() {  # before the last pack, so that gpu-busy.txt is whole and no long
 on_exit() {
     local rc=$?
     stop_dmon
-    if [ "$rc" -ne 0 ] && [ -n "$PACK" ] && [ ! -f "$OUT/log.jsonl" ]; then
-        for f in "$OUT/run/log.jsonl" "$OUT/smoke/log.jsonl"; do
-            [ -f "$f" ] && { cp -f "$f" "$OUT/log.jsonl"; break; }
-        done
-        pack_reports || true
+    if [ "$rc" -ne 0 ] && [ -n "$PACK" ]; then
+        if [ ! -f "$OUT/log.jsonl" ]; then
+            for f in "$OUT/run/log.jsonl" "$OUT/smoke/log.jsonl"; do
+                [ -f "$f" ] && { cp -f "$f" "$OUT/log.jsonl"; break; }
+            done
+        fi
+        pack_reports || true  # (also after training: what the later steps and gpu-busy.txt added since)
     fi
     return "$rc"
 }

@@ -116,9 +116,11 @@ def test_mixed_batches_build_the_task_one_hot_once_per_forward_and_never_reuse_i
     assert len(built) == 2 and len(list(mod.layers())) > 2
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_a_mixed_batch_trains_after_an_inference_mode_forward_on_the_same_selection(compiled):
+@pytest.mark.parametrize("how", ["eager", "compiled", "gradients on inside"])
+def test_a_mixed_batch_trains_after_an_inference_mode_forward_on_the_same_selection(how):
     # a one-hot made under inference_mode cannot be saved for backward: a training forward makes its own
+    import contextlib
+
     import torch._dynamo
 
     net, mod = modulated_convnet()
@@ -126,8 +128,8 @@ def test_a_mixed_batch_trains_after_an_inference_mode_forward_on_the_same_select
     mod.select(["derain", "denoise", "deblur"])  # (takes effect at once, no context manager)
     torch._dynamo.reset()
     try:
-        with torch.inference_mode():
-            evaluated = (torch.compile(net, backend="eager", fullgraph=True) if compiled else net)(x)
+        with torch.inference_mode(), torch.enable_grad() if how == "gradients on inside" else contextlib.nullcontext():
+            evaluated = (torch.compile(net, backend="eager", fullgraph=True) if how == "compiled" else net)(x)
         trained = net(x)
     finally:
         torch._dynamo.reset()

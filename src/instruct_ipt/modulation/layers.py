@@ -36,19 +36,22 @@ class TaskSelection:
     def __init__(self) -> None:
         self.index: int | None = None
         self.ids: torch.Tensor | None = None
-        self._ids_by_device: dict[torch.device, torch.Tensor] = {}
+        self._ids_by_device: dict[tuple[torch.device, bool], torch.Tensor] = {}
         self._onehot: dict[tuple[torch.device, int, torch.dtype, bool], torch.Tensor] = {}
 
     def set(self, index: int | None = None, ids: torch.Tensor | None = None) -> None:
         self.index, self.ids = index, ids
-        self._ids_by_device = {} if ids is None else {ids.device: ids}
+        self._ids_by_device = {}
         self._onehot = {}
 
     def ids_on(self, device: torch.device) -> torch.Tensor:
         assert self.ids is not None
-        if device not in self._ids_by_device:
-            self._ids_by_device[device] = self.ids.to(device, non_blocking=True)
-        return self._ids_by_device[device]
+        if self.ids.device == device:
+            return self.ids
+        key = (device, _inference_mode())  # (a copy made under inference_mode cannot be saved for a backward)
+        if key not in self._ids_by_device:
+            self._ids_by_device[key] = self.ids.to(device, non_blocking=True)
+        return self._ids_by_device[key]
 
     def onehot_on(self, device: torch.device, num_tasks: int, dtype: torch.dtype) -> torch.Tensor:
         """The ids as a ``(batch, num_tasks)`` one-hot matrix for :func:`pick`, built once per
@@ -57,9 +60,8 @@ class TaskSelection:
         small model's step waits on the host's work per operation (docs/training.md, "Kernel
         launches", measured on an H200)."""
         # (one built under inference_mode cannot be saved for a later training forward's backward, so
-        # one built without gradients is kept apart; torch.compile traces is_grad_enabled, where
-        # is_inference_mode_enabled split its graph at every layer)
-        key = (device, num_tasks, dtype, torch.is_grad_enabled())
+        # one built without gradients or under inference_mode is kept apart)
+        key = (device, num_tasks, dtype, torch.is_grad_enabled(), _inference_mode())
         if key not in self._onehot:
             self._onehot[key] = one_hot(self.ids_on(device), num_tasks, dtype)
         return self._onehot[key]
@@ -69,6 +71,13 @@ class TaskSelection:
         new = TaskSelection()
         new.set(self.index, None if self.ids is None else self.ids.clone())
         return new
+
+
+def _inference_mode() -> bool:
+    """Whether inference_mode is on - False while torch.compile traces, which cannot ask (asking
+    split its graph at every modulated layer); a compiled forward under inference_mode with
+    gradients enabled inside it is the one case this then misses."""
+    return False if torch.compiler.is_compiling() else torch.is_inference_mode_enabled()
 
 
 def one_hot(ids: torch.Tensor, num_tasks: int, dtype: torch.dtype) -> torch.Tensor:
