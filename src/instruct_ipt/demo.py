@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .data.images import ImageReadError, LoadedImage, from_array, load_image, save_image, to_uint8
+from .data.images import HeifNeedsExtraError, ImageReadError, LoadedImage, from_array, load_image, save_image, to_uint8
 from .inference import AUTO_TILE_PIXELS, DEFAULT_TILE
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def restore_for_demo(
     try:
         image = load_image(image_path)
     except (ImageReadError, Image.DecompressionBombError) as e:
-        if "pillow-heif" in str(e):  # (a HEIC photo without the heif extra: say what to install)
+        if isinstance(e, HeifNeedsExtraError):  # (say what to install)
             return None, None, f"**Nothing restored.** `{name}` is a HEIF/HEIC photo: reading it needs pillow-heif (`pip install 'instruct-ipt[heif]'`)."
         return None, None, (f"**Nothing restored.** `{name}` is not an image this demo can read: upload a "
                             "PNG, JPEG, TIFF, BMP, WebP or HEIC file.")

@@ -31,6 +31,11 @@ class ImageReadError(ValueError):
     """A file that is missing, unreadable or not an image; the message names it."""
 
 
+class HeifNeedsExtraError(ImageReadError):
+    """A HEIF/HEIC photo where pillow-heif (the ``heif`` extra) is not installed: what to install,
+    for a caller to say in its own words (the demo)."""
+
+
 @dataclass
 class LoadedImage:
     rgb: np.ndarray  # float32 (H, W, 3) in [0, 1]
@@ -401,7 +406,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
             exif = _exif_bytes(tags)  # (after the turn, which reads the orientation this resets)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if heif_unreadable and isinstance(e, UnidentifiedImageError):  # (what to install, not "cannot identify")
-            raise ImageReadError(f"{path}: a HEIF/HEIC photo (an iPhone's or a camera's .hif): reading it needs "
+            raise HeifNeedsExtraError(f"{path}: a HEIF/HEIC photo (an iPhone's or a camera's .hif): reading it needs "
                                  "pillow-heif (pip install 'instruct-ipt[heif]')") from None
         # (a bomb: a header claiming a size far past any photo's - damaged, or made to exhaust memory)
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from e
