@@ -11,9 +11,10 @@ rounds (background load then hits them alike), and prints per variant:
   after the first, best round);
 - peak memory (CUDA: max allocated; CPU: the process's peak resident set);
 - GPU busy share (CUDA, when NVML answers): mean utilisation sampled during the timed steps;
-- ops/step: the aten ops other than views in one forward and backward of the stage's model on a
-  mixed batch - about the kernels a GPU launches per step, which can bound the step of a model this
-  small (on CUDA counted under the trainer's bfloat16 autocast, whose casts are ops too).
+- ops/step: the aten ops other than views of one training step of the run (its batch's move to
+  the device, forward, backward, clipping, optimiser, frozen task rows, average) - about the kernels
+  a GPU launches per step, which can bound the step of a model this small (on CUDA counted under
+  the trainer's bfloat16 autocast, whose casts are ops too; n/a for a compiled model).
 
 ``--compare KEY=VALUE`` adds a variant of this tree with that config override (repeatable; several
 overrides in one variant separated by commas), ``--against REV`` the same measurement of another
@@ -116,29 +117,20 @@ VIEW_OPS = frozenset({"_reshape_alias", "_unsafe_view", "alias", "as_strided", "
                       "unsqueeze", "view"})
 
 
-def _ops_per_step(cfg_dict: dict, device: str) -> int | None:
-    """Aten ops other than views in one forward and backward of the stage's model on a mixed batch
-    of its tasks - about the kernels a GPU launches per step, which bound a small model's step when
-    each takes less time to run than to launch (None for code this cannot build)."""
-    import torch
+def _count_step_ops(step_index: int) -> dict:
+    """Count, in the run that follows, the aten ops other than views of training step ``step_index``
+    (1-based): its batch's move to the device (with ``synthesis: device``, the degradations) and the
+    step itself - forward, backward, clipping, optimiser, frozen rows, average, bookkeeping. About
+    the kernels a GPU launches per step (on CUDA under the trainer's bfloat16 autocast, whose casts
+    are ops too), which bound a small model's step when each takes less time to run than to launch.
+    The result lands in the returned dict's ``"ops"`` (absent for code without a ``StageRunner``)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    found: dict = {}
     try:
-        from instruct_ipt.train import config_from_dict
-        from instruct_ipt.train.trainer import plan_stages, prepare_model
+        from instruct_ipt.train.trainer import StageRunner
     except ImportError:
-        return None
-    cfg = config_from_dict(cfg_dict)
-    stage = plan_stages(cfg)[0]
-    if stage.mode not in ("sync", "plain"):
-        return None
-    model, tasks = prepare_model(cfg, stage, None)
-    dev, b, p = torch.device(device), cfg.data.batch_size, cfg.data.patch_size
-    model = model.to(dev).train()
-    x = torch.rand(b, 3, p, p, device=dev)
-    if getattr(cfg, "channels_last", False):
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    ids = [tasks[i % len(tasks)] for i in range(b)]
+        return found
     count = [0]
 
     class Count(TorchDispatchMode):
@@ -146,16 +138,26 @@ def _ops_per_step(cfg_dict: dict, device: str) -> int | None:
             count[0] += func.overloadpacket.__name__ not in VIEW_OPS
             return func(*args, **(kwargs or {}))
 
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda" and cfg.amp):
-            out = model(x, ids)
-        (out.float() - x).abs().mean().backward()
+    calls = {"to_device": 0, "step": 0}
 
-    step()  # (first-call work - lazy inits, caches - is not a step's)
-    model.zero_grad(set_to_none=True)  # as the trainer does: a step's gradients are assigned, not added
-    with Count():
-        step()
-    return count[0]
+    def counted(name: str):
+        inner = getattr(StageRunner, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls[name] += 1
+            if calls[name] != step_index:
+                return inner(self, *args, **kwargs)
+            with Count():
+                result = inner(self, *args, **kwargs)
+            if name == "step":
+                found["ops"] = count[0]
+            return result
+
+        return wrapper
+
+    for name in calls:
+        setattr(StageRunner, name, counted(name))
+    return found
 
 
 def _worker(spec: dict) -> dict:
@@ -168,7 +170,8 @@ def _worker(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _stage_config(spec["config_text"], spec["stage"], spec["steps"], spec["overrides"], str(Path(tmp) / "run"))
         data = _data_only(dict(cfg, out=str(Path(tmp) / "data")), device, min(spec["steps"], 40))
-        ops = _ops_per_step(dict(cfg, out=str(Path(tmp) / "ops")), device)
+        # (not under torch.compile: its graphs run as a few calls, and counting inside one is not what it runs)
+        ops = {} if cfg.get("compile") else _count_step_ops(min(LOG_EVERY + 2, spec["steps"]))
         busy: list[float] = []
         stop = threading.Event()
 
@@ -189,7 +192,7 @@ def _worker(spec: dict) -> dict:
     skip = 1 if len(rates) > 1 else 0  # the first window: start-up, compilation
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"data": data, "end_to_end": statistics.median(rates[skip:]), "peak_bytes": peak, "ops": ops,
+    return {"data": data, "end_to_end": statistics.median(rates[skip:]), "peak_bytes": peak, "ops": ops.get("ops"),
             "busy": statistics.fmean(busy[len(busy) // 5 :]) if len(busy) > 4 else None,
             "batch": cfg["data"]["batch_size"], "patch": cfg["data"]["patch_size"], "workers": cfg["data"]["workers"],
             "size": cfg["model"]["size"]}
