@@ -123,7 +123,8 @@ def _count_step_ops(step_index: int) -> dict:
     step itself - forward, backward, clipping, optimiser, frozen rows, average, bookkeeping. About
     the kernels a GPU launches per step (on CUDA under the trainer's bfloat16 autocast, whose casts
     are ops too), which bound a small model's step when each takes less time to run than to launch.
-    The result lands in the returned dict's ``"ops"`` (absent for code without a ``StageRunner``)."""
+    The result lands in the returned dict's ``"ops"`` (absent for code without a ``StageRunner``, whose
+    column then says n/a)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     found: dict = {}
@@ -170,8 +171,9 @@ def _worker(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _stage_config(spec["config_text"], spec["stage"], spec["steps"], spec["overrides"], str(Path(tmp) / "run"))
         data = _data_only(dict(cfg, out=str(Path(tmp) / "data")), device, min(spec["steps"], 40))
-        # (not under torch.compile: its graphs run as a few calls, and counting inside one is not what it runs)
-        ops = {} if cfg.get("compile") else _count_step_ops(min(LOG_EVERY + 2, spec["steps"]))
+        # (not under torch.compile: its graphs run as a few calls, and counting inside one is not what it
+        # runs; counted in the first window of LOG_EVERY steps, which the rate leaves out: counting slows a step)
+        ops = {} if cfg.get("compile") else _count_step_ops(min(LOG_EVERY // 2, spec["steps"]))
         busy: list[float] = []
         stop = threading.Event()
 

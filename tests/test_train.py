@@ -300,6 +300,23 @@ def test_a_checkpoint_from_before_the_tensor_only_rng_state_still_resumes_exactl
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_from_before_adamw_was_fused_on_the_cpu_resumes_fused_and_exactly(folders, tmp_path):
+    """Its optimiser state says ``fused=None``, which loading would otherwise keep: the rest of the run
+    would take AdamW's per-parameter loop, whose rounding differs from the uninterrupted run's."""
+    full = run(make_cfg(folders, tmp_path / "full", iterations=5))
+    cfg = make_cfg(folders, tmp_path / "killed", iterations=5)
+    assert Trainer(cfg, progress=False).run(stop_after=3) is None
+    ckpt = tmp_path / "killed/checkpoints/last.pt"
+    state = load_checkpoint(ckpt)
+    assert all(g["fused"] for g in state["optimizer"]["param_groups"])
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None  # as the trainer wrote it before
+    torch.save(state, ckpt)
+    resumed = run(cfg, resume=True)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stages_not_yet_started_may_change_on_resume(folders, tmp_path):
     def stages(n):
         return [{"name": "elementary", "mode": "sync", "tasks": ["denoise", "deblur"], "iterations": 3},
@@ -447,7 +464,7 @@ def test_validation_images_do_not_depend_on_the_run_seed(folders, tmp_path):
                               caches[0].by_task("denoise")[0].input)
 
 
-@pytest.mark.parametrize("name", ["default", "cpu-small", "paper-base", "gpu"])
+@pytest.mark.parametrize("name", ["default", "cpu-small", "paper-base", "gpu", "gpu-finetune"])
 def test_shipped_configs_load(name):
     from pathlib import Path
 
@@ -457,6 +474,33 @@ def test_shipped_configs_load(name):
     assert stages[-1].mode == "bias-only" and stages[-1].tasks == ["derain", "dehaze", "desnow", "jpeg"]
     assert {s.mode for s in stages} == {"sync", "bias-only"}
     assert list(cfg.tasks) == ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
+
+
+def test_the_gpu_finetune_recipe_continues_the_shipped_model(folders, tmp_path):
+    """configs/gpu-finetune.yaml is configs/gpu.yaml started from the shipped weights: its sync stage
+    moves the backbone and the denoise and deblur biases and leaves the downstream ones bit-identical."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    d = yaml.safe_load((root / "configs/gpu-finetune.yaml").read_text())
+    gpu = yaml.safe_load((root / "configs/gpu.yaml").read_text())
+    assert [(s["mode"], s["tasks"], s["iterations"]) for s in d["stages"]] == [
+        (s["mode"], s["tasks"], s["iterations"]) for s in gpu["stages"]]
+    assert (root / d["model"]["init"] / "model.safetensors").is_file()  # (relative to the repository's root)
+    d["model"]["init"] = str(root / d["model"]["init"])
+    d["data"].update(train=[str(folders / "photos")], val=[], patch_size=32, batch_size=2, workers=0)
+    d["stages"] = [dict(d["stages"][0], iterations=2, warmup=1)]
+    d.update(log_every=1, out=str(tmp_path / "ft"), ema=None)
+    shipped = InstructIPT.from_pretrained(d["model"]["init"])
+    model = run(config_from_dict(d))
+    assert model.tasks == shipped.tasks
+    a, b = shipped.state_dict(), model.state_dict()
+    downstream = [shipped.tasks.index(t) for t in ("derain", "dehaze", "desnow", "jpeg")]
+    for k in a:
+        if "task_B" in k:
+            assert torch.equal(a[k][downstream], b[k][downstream]), k
+    assert not torch.equal(a["backbone.embed.weight"], b["backbone.embed.weight"])
+    assert any(not torch.equal(a[k][:2], b[k][:2]) for k in a if "task_B" in k)
 
 
 def test_default_config_is_the_shipped_models_whole_recipe():

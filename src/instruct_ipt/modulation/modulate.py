@@ -390,7 +390,9 @@ class TaskModulation:
         """Train only some tasks' biases (and optionally the backbone); keep the rest bit-identical.
 
         Returns a :class:`TaskFreeze`: build the optimizer from ``freeze.parameters`` and call
-        ``freeze.attach(optimizer)``. ``train_tasks=None`` means all tasks.
+        ``freeze.attach(optimizer)`` (and ``freeze.mask_gradients()`` after each backward when you
+        clip gradients, so that the frozen rows' gradients do not count). ``train_tasks=None``
+        means all tasks.
         """
         rows = sorted({self.task_index(t) for t in (train_tasks if train_tasks is not None else self.tasks)})
         return TaskFreeze(self, rows, train_backbone)
@@ -406,15 +408,15 @@ class TaskFreeze:
     """Freezes the backbone and/or some task rows of the stacked biases for a training phase.
 
     Frozen rows are protected twice: their gradients are zeroed before every optimizer step (so
-    the optimizer's moments never see them; :meth:`mask_gradients` after the backward keeps them
-    from gradient clipping too) and, after every step, the rows are copied back from a snapshot
-    (so weight decay or stale momentum cannot move them either). The result is bit-identical rows
-    whatever the optimizer, as long as the weights stay finite (a non-finite frozen row stays so).
+    the optimizer's moments never see them; call :meth:`mask_gradients` after the backward for
+    gradient clipping not to count them either) and, after every step, the rows are copied back
+    from a snapshot (so weight decay, stale momentum or a non-finite step cannot move them). The
+    result is bit-identical rows whatever the optimizer.
 
-    Both run as one multi-tensor (``torch._foreach_*``) operation over all stacked parameters,
+    Each of the two is one multi-tensor operation over all stacked parameters (``torch._foreach_*``),
     not one per parameter: a small model's training step on a GPU waits on the host's work per
     operation, and per-parameter hooks and copies were a fifth of the operations of a bias-only
-    step of ``small`` (564 of about 2,800; docs/training.md).
+    step of ``small`` (564 of 2,794; docs/training.md).
     """
 
     def __init__(self, modulation: TaskModulation, train_rows: list[int], train_backbone: bool) -> None:
@@ -432,22 +434,29 @@ class TaskFreeze:
         n = len(modulation.tasks)
         frozen = [t for t in range(n) if t not in train_rows]
         self.frozen_rows = frozen
-        # per stacked parameter: a full-size mask (1 on the trained rows, 0 on the frozen ones) and
-        # the frozen rows' snapshot (0 on the trained rows), so that ``p * keep + kept`` is p on the
-        # trained rows and the snapshot on the frozen ones, exactly. Full size, not (tasks, 1, 1):
-        # CUDA's multi-tensor kernels take only operands of one shape (others fall back to a loop).
-        self._params: list[nn.Parameter] = []
-        self._keep: list[torch.Tensor] = []
-        self._kept: list[torch.Tensor] = []
+        # restore: each run of consecutive frozen rows of each stacked parameter as a view (the rows
+        # are dimension 0, so each view is contiguous and stays the parameter's memory, which the
+        # optimiser updates in place), and the views' snapshot - one copy for all of them
+        runs = _consecutive_runs(frozen)
+        self._frozen_views: list[torch.Tensor] = []
+        self._snapshots: list[torch.Tensor] = []
+        # gradients: a full-size 0/1 mask per stacked parameter (1 on the trained rows), shared by
+        # parameters of one shape: CUDA's multi-tensor kernels take only operands of one shape
+        self._bias = bias if frozen else []
+        masks: dict[tuple, torch.Tensor] = {}
+        self._masks: list[torch.Tensor] = []
         self._handles: list[Any] = []
-        if frozen:
-            for p in bias:
+        for p in self._bias:
+            for a, b in runs:
+                view = p.detach()[a:b]
+                self._frozen_views.append(view)
+                self._snapshots.append(view.clone())
+            key = (tuple(p.shape), p.dtype, p.device)
+            if key not in masks:
                 rows = torch.zeros(n, *([1] * (p.ndim - 1)), dtype=p.dtype, device=p.device)
                 rows[train_rows] = 1
-                keep = rows.expand_as(p).contiguous()
-                self._params.append(p)
-                self._keep.append(keep)
-                self._kept.append(p.detach() * (1 - keep))
+                masks[key] = rows.expand_as(p).contiguous()
+            self._masks.append(masks[key])
         self.parameters: list[nn.Parameter] = (backbone if train_backbone else []) + bias
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
@@ -458,17 +467,16 @@ class TaskFreeze:
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
-        """Zero the frozen rows' gradients (call it after the backward for clipping not to count them)."""
-        pairs = [(p.grad, keep) for p, keep in zip(self._params, self._keep) if p.grad is not None]
+        """Zero the frozen rows' gradients (after the backward, so that clipping does not count them)."""
+        pairs = [(p.grad, m) for p, m in zip(self._bias, self._masks) if p.grad is not None]
         if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [keep for _, keep in pairs])
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy the frozen rows back from their snapshot (the trained rows keep their values)."""
-        if self._params:
-            torch._foreach_mul_(self._params, self._keep)
-            torch._foreach_add_(self._params, self._kept)
+        """Copy the frozen rows back from their snapshot, bit for bit."""
+        if self._frozen_views:
+            torch._foreach_copy_(self._frozen_views, self._snapshots)
 
     def release(self) -> None:
         """Remove hooks and give every parameter back its previous ``requires_grad``."""
@@ -477,3 +485,14 @@ class TaskFreeze:
         self._handles.clear()
         for p in self._all:
             p.requires_grad_(self._requires_grad[id(p)])
+
+
+def _consecutive_runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Sorted row indices as half-open runs of consecutive rows: [0, 1, 3] -> [(0, 2), (3, 4)]."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs

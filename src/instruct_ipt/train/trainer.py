@@ -304,7 +304,10 @@ class StageRunner:
         self.bad_loss = torch.zeros((), device=dev)
 
     def load_state(self, state: dict[str, Any]) -> None:
+        kind = {k: self.opt.defaults[k] for k in ("fused", "foreach")}
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # (a checkpoint from before AdamW was fused on the CPU says fused=None)
+            group.update(kind)
         self.sched.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
