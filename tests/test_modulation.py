@@ -273,6 +273,33 @@ def test_frozen_rows_never_reach_the_optimizer_and_cost_one_operation_each_way_h
     freeze.release()
 
 
+def test_frozen_rows_on_both_sides_of_the_trained_one_survive_a_cast_after_freezing():
+    """Two runs of frozen rows (the trained task in the middle) are restored; a model cast after
+    freeze() has new parameter memory, which the freeze binds to again instead of restoring the old."""
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    freeze = model.modulation.freeze(train_tasks=["deblur"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.double()
+    opt = torch.optim.SGD(freeze.parameters, lr=0.1, momentum=0.9, weight_decay=0.1)
+    freeze.attach(opt)
+    x, y = torch.rand(3, 3, 16, 16, dtype=torch.float64), torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    for _ in range(2):
+        opt.zero_grad()
+        (model(x, TASKS) - y).abs().mean().backward()
+        opt.step()
+    freeze.release()
+    moved = 0
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float64, k
+        if "task_B" in k:
+            assert torch.equal(v[[0, 2]], before[k][[0, 2]].double()), k
+            moved += not torch.equal(v[1], before[k][1].double())
+        else:
+            assert torch.equal(v, before[k].double()), k
+    assert moved > 0
+
+
 def test_add_task_starts_at_the_backbone():
     model = InstructIPT("tiny", tasks=TASKS)
     plain = model.export_merged("denoise")  # B1 = 0 for every task: the backbone

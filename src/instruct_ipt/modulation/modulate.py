@@ -434,30 +434,38 @@ class TaskFreeze:
         n = len(modulation.tasks)
         frozen = [t for t in range(n) if t not in train_rows]
         self.frozen_rows = frozen
-        # restore: each run of consecutive frozen rows of each stacked parameter as a view (the rows
-        # are dimension 0, so each view is contiguous and stays the parameter's memory, which the
-        # optimiser updates in place), and the views' snapshot - one copy for all of them
-        runs = _consecutive_runs(frozen)
-        self._frozen_views: list[torch.Tensor] = []
-        self._snapshots: list[torch.Tensor] = []
-        # gradients: a full-size 0/1 mask per stacked parameter (1 on the trained rows), shared by
-        # parameters of one shape: CUDA's multi-tensor kernels take only operands of one shape
         self._bias = bias if frozen else []
-        masks: dict[tuple, torch.Tensor] = {}
-        self._masks: list[torch.Tensor] = []
+        self._runs = _consecutive_runs(frozen)
+        # the frozen rows' values, one tensor per run of consecutive frozen rows of each stacked parameter
+        self._snapshots = [p.detach()[a:b].clone() for p in self._bias for a, b in self._runs]
         self._handles: list[Any] = []
+        self._bind()
+        self.parameters: list[nn.Parameter] = (backbone if train_backbone else []) + bias
+
+    def _bind(self) -> None:
+        """(Re)make what the two operations work on from the parameters' current memory: views of
+        the frozen rows (dimension 0, so each is contiguous, and the optimiser's in-place updates
+        keep it the parameter's memory) and a full-size 0/1 gradient mask per parameter (CUDA's
+        multi-tensor kernels take operands of the same shape pair by pair; parameters of one shape
+        share one). A model cast or moved after :meth:`TaskModulation.freeze` gives its parameters
+        new memory, which both operations notice and bind to again."""
+        n = len(self.modulation.tasks)
+        self._pointers = [p.data_ptr() for p in self._bias]
+        self._frozen_views = [p.detach()[a:b] for p in self._bias for a, b in self._runs]
+        self._snapshots = [s.to(v.device, v.dtype) for s, v in zip(self._snapshots, self._frozen_views)]
+        masks: dict[tuple, torch.Tensor] = {}
+        self._masks = []
         for p in self._bias:
-            for a, b in runs:
-                view = p.detach()[a:b]
-                self._frozen_views.append(view)
-                self._snapshots.append(view.clone())
             key = (tuple(p.shape), p.dtype, p.device)
             if key not in masks:
                 rows = torch.zeros(n, *([1] * (p.ndim - 1)), dtype=p.dtype, device=p.device)
-                rows[train_rows] = 1
+                rows[self.train_rows] = 1
                 masks[key] = rows.expand_as(p).contiguous()
             self._masks.append(masks[key])
-        self.parameters: list[nn.Parameter] = (backbone if train_backbone else []) + bias
+
+    def _check_binding(self) -> None:
+        if any(p.data_ptr() != ptr for p, ptr in zip(self._bias, self._pointers)):
+            self._bind()
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero the frozen rows' gradients before each step of ``optimizer``; restore the rows after it."""
@@ -468,6 +476,7 @@ class TaskFreeze:
     @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the frozen rows' gradients (after the backward, so that clipping does not count them)."""
+        self._check_binding()
         pairs = [(p.grad, m) for p, m in zip(self._bias, self._masks) if p.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
@@ -475,6 +484,7 @@ class TaskFreeze:
     @torch.no_grad()
     def restore(self) -> None:
         """Copy the frozen rows back from their snapshot, bit for bit."""
+        self._check_binding()
         if self._frozen_views:
             torch._foreach_copy_(self._frozen_views, self._snapshots)
 

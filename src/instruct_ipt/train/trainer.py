@@ -304,10 +304,11 @@ class StageRunner:
         self.bad_loss = torch.zeros((), device=dev)
 
     def load_state(self, state: dict[str, Any]) -> None:
+        # this optimiser's kind, not the checkpoint's (one from before AdamW was fused on the CPU says fused=None),
+        # set before loading: loading places each parameter's step count where that kind needs it
         kind = {k: self.opt.defaults[k] for k in ("fused", "foreach")}
-        self.opt.load_state_dict(state["optimizer"])
-        for group in self.opt.param_groups:  # (a checkpoint from before AdamW was fused on the CPU says fused=None)
-            group.update(kind)
+        saved = state["optimizer"]
+        self.opt.load_state_dict({**saved, "param_groups": [{**g, **kind} for g in saved["param_groups"]]})
         self.sched.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
