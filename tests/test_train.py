@@ -476,7 +476,7 @@ def test_shipped_configs_load(name):
     assert list(cfg.tasks) == ["denoise", "deblur", "derain", "dehaze", "desnow", "jpeg"]
 
 
-def test_the_gpu_finetune_recipe_continues_the_shipped_model(folders, tmp_path):
+def test_the_gpu_finetune_recipe_continues_the_shipped_model(folders, tmp_path, monkeypatch):
     """configs/gpu-finetune.yaml is configs/gpu.yaml started from the shipped weights: its sync stage
     moves the backbone and the denoise and deblur biases and leaves the downstream ones bit-identical."""
     from pathlib import Path
@@ -487,6 +487,7 @@ def test_the_gpu_finetune_recipe_continues_the_shipped_model(folders, tmp_path):
     assert [(s["mode"], s["tasks"], s["iterations"]) for s in d["stages"]] == [
         (s["mode"], s["tasks"], s["iterations"]) for s in gpu["stages"]]
     assert d["model"]["init"] == "default"  # the shipped model, from any working directory
+    monkeypatch.chdir(tmp_path)
     d["data"].update(train=[str(folders / "photos")], val=[], patch_size=32, batch_size=2, workers=0)
     d["stages"] = [dict(d["stages"][0], iterations=2, warmup=1)]
     d.update(log_every=1, out=str(tmp_path / "ft"), ema=None)
