@@ -273,6 +273,23 @@ def test_frozen_rows_never_reach_the_optimizer_and_cost_one_operation_each_way_h
     freeze.release()
 
 
+def test_a_caller_that_masks_after_the_backward_attaches_without_a_second_mask():
+    """attach(opt, mask_gradients=False), as the trainer does (it masks before clipping): the step
+    no longer masks again, and the frozen rows are still restored after it."""
+    model = InstructIPT("tiny", tasks=TASKS)
+    randomize_task_biases(model.modulation)
+    freeze = model.modulation.freeze(train_tasks=["derain"])
+    opt = torch.optim.AdamW(freeze.parameters, lr=1e-2, weight_decay=0.1)
+    freeze.attach(opt, mask_gradients=False)
+    stacked = model.modulation.task_parameters()
+    before = [p.detach().clone() for p in stacked]
+    (model(torch.rand(3, 3, 16, 16), ["derain", "denoise", "deblur"]) - torch.rand(3, 3, 16, 16)).abs().mean().backward()
+    opt.step()  # (unmasked gradients: this caller did not mask)
+    assert any(float(opt.state[p]["exp_avg"][:2].abs().sum()) > 0 for p in stacked)
+    assert all(torch.equal(p[:2], b[:2]) and not torch.equal(p[2], b[2]) for p, b in zip(stacked, before))
+    freeze.release()
+
+
 def test_frozen_rows_on_both_sides_of_the_trained_one_survive_a_cast_after_freezing():
     """Two runs of frozen rows (the trained task in the middle) are restored; a model cast after
     freeze() has new parameter memory, which the freeze binds to again instead of restoring the old."""

@@ -467,10 +467,12 @@ class TaskFreeze:
         if any(p.data_ptr() != ptr for p, ptr in zip(self._bias, self._pointers)):
             self._bind()
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Zero the frozen rows' gradients before each step of ``optimizer``; restore the rows after it."""
+    def attach(self, optimizer: torch.optim.Optimizer, mask_gradients: bool = True) -> None:
+        """Zero the frozen rows' gradients before each step of ``optimizer`` (``mask_gradients=False``:
+        the caller calls :meth:`mask_gradients` after each backward itself); restore the rows after it."""
         if self.frozen_rows:
-            self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.mask_gradients()))
+            if mask_gradients:
+                self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.mask_gradients()))
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
 
     @torch.no_grad()

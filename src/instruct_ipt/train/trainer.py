@@ -273,7 +273,7 @@ class StageRunner:
         self.opt = torch.optim.AdamW(self.params, lr=stage.lr, betas=cfg.optim.betas,
                                      weight_decay=cfg.optim.weight_decay, fused=fused)
         if self.freeze is not None:
-            self.freeze.attach(self.opt)
+            self.freeze.attach(self.opt, mask_gradients=False)  # (masked after each backward: _forward_backward)
         min_ratio = min(1.0, cfg.optim.min_lr / stage.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, stage.warmup, stage.iterations, min_ratio)
