@@ -544,3 +544,106 @@ def test_a_mixed_batch_forward_compiles_as_one_graph():
             compiled(torch.rand(4, 3, 16, 16).contiguous(memory_format=torch.channels_last), torch.tensor([0, 1, 3, 0]))
     finally:
         torch._dynamo.reset()
+
+
+
+class _Casts:
+    """The shapes of the tensors cast (``_to_copy``) while it is entered."""
+
+    def __enter__(self) -> list[tuple[int, ...]]:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        shapes: list[tuple[int, ...]] = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.overloadpacket.__name__ == "_to_copy":
+                    shapes.append(tuple(args[0].shape))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return shapes
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize(
+    ("layer", "kind", "x_shape", "casts_forward", "casts_backward"),
+    [
+        # (a plain layer casts its input and its weight, and its weight's gradient back)
+        (nn.Conv2d(8, 12, 1, bias=False), "low-rank", (4, 8, 5, 5), 2, 1),  # pointwise: a batched matmul
+        (nn.Linear(5, 7), "low-rank", (4, 3, 5), 2, 1),
+        (nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), "low-rank", (4, 8, 5, 5), 2, 1),  # depthwise: grouped
+        (nn.Conv2d(8, 12, 1, bias=False), "replace", (4, 8, 5, 5), 2, 1),
+        # dense kxk: the base conv (input, W), then a conv to rank channels (input again, picked B2) and a
+        # matmul (picked B1); backward: the gradients of W, picked B2 and picked B1
+        (nn.Conv2d(8, 12, 3, padding=1, bias=False), "low-rank", (4, 8, 5, 5), 5, 3),
+    ],
+    ids=["pointwise", "linear", "depthwise", "replaced", "dense-kxk"],
+)
+def test_under_autocast_a_mixed_batch_layer_builds_its_weights_in_float32_and_casts_each_once(
+    layer, kind, x_shape, casts_forward, casts_backward
+):
+    """bfloat16 autocast, as the trainer runs on a GPU: each sample's weight (W + B1[t] @ B2[t], or
+    its picked rows) is built in float32 with autocast off, so the layer's own matmul or convolution
+    casts it once - where autocast cast B1, B2, the one-hot and the tasks' weights on the way, and
+    their gradients back (nine casts a pointwise layer instead of three; a GPU step pays the host
+    for each: docs/training.md, "Casts under autocast")."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layer)
+    mod = modulate(net, TASKS, rank=2, targets=["0"], kind=kind)
+    randomize_task_biases(mod)
+    x = torch.rand(*x_shape)
+    with mod.select(torch.tensor([0, 2, 1, 2])):
+        onehot = mod.selection.onehot_on(x.device, len(TASKS), torch.float32)  # (made once per forward, not cast)
+        plain = net[0]._sample_weights(onehot)
+        with _Casts() as forward, torch.autocast("cpu", dtype=torch.bfloat16):
+            weights = net[0]._sample_weights(onehot)
+            y = net[0](x)
+            delta = net[0].delta_weight(1) if kind == "low-rank" else None
+        loss = y.float().sum()
+        with _Casts() as backward:
+            loss.backward()
+    assert weights.dtype == torch.float32 and (delta is None or delta.dtype == torch.float32)
+    torch.testing.assert_close(weights, plain, rtol=0, atol=0)
+    assert len(forward) == casts_forward, forward
+    assert len(backward) == casts_backward + 1, backward  # (+1: the loss's .float())
+    with mod.select(torch.tensor([0, 2, 1, 2])):
+        expected = net[0](x)  # float32
+    torch.testing.assert_close(y.float(), expected, rtol=3e-2, atol=3e-2)
+
+
+def test_a_mixed_batch_forward_under_autocast_compiles_as_one_graph():
+    """Turning autocast off around the weights' arithmetic stays inside one compiled graph, with
+    its backward (AOTAutograd, as the trainer's torch.compile), for every kind of modulated layer."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net, mod = modulated_convnet()
+    randomize_task_biases(mod)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for ids in ([0, 1, 1, 0], [2, 2, 2, 2]):
+                x = torch.rand(4, 3, 8, 8)
+                with mod.select(torch.tensor(ids)), torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = compiled(x)
+                    expected = net(x)
+                out.float().mean().backward()
+                torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_a_model_on_the_meta_device_runs_mixed_and_single_task_batches():
+    """Shape-only runs (the meta device, which autocast does not know) still go through."""
+    with torch.device("meta"):
+        net, mod = modulated_convnet()
+        x = torch.empty(4, 3, 8, 8)
+    with mod.select(torch.tensor([0, 1, 2, 0], device="meta")):
+        assert net(x).shape == (4, 5)
+    with mod.select(1):
+        assert net(x).shape == (4, 5)

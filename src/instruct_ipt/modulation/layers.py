@@ -17,6 +17,7 @@ batches, merge, per-task freezing), so the trainer and the model handle both kin
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -92,8 +93,28 @@ def pick(stacked: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
     The same values as indexing, but the backward is a matmul too, where indexing's backward is
     an accumulating scatter (``index_put_``) that cost about a sixth of a CPU training step of
     ``small``. Ids out of range give zero rows here; :meth:`TaskModulation.select` refuses them.
+    Under autocast it still picks in ``stacked``'s dtype (:func:`weights_at_full_precision`).
     """
-    return (onehot.to(stacked.dtype) @ stacked.flatten(1)).view(onehot.shape[0], *stacked.shape[1:])
+    with weights_at_full_precision(stacked):
+        return (onehot.to(stacked.dtype) @ stacked.flatten(1)).view(onehot.shape[0], *stacked.shape[1:])
+
+
+def weights_at_full_precision(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on ``t``'s device while a sample's weight is built from its task rows.
+
+    Why: under autocast every matmul of that small arithmetic (``B1 @ B2``, the one-hot pick) cast
+    its operands to bfloat16, and the backward cast their gradients - nine casts a mixed-batch
+    pointwise layer where a plain layer has three (536 casts more in a ``small`` forward and backward
+    under the CPU's autocast); each operation costs a GPU step's host tens of microseconds
+    (docs/training.md, "Casts under autocast"). Built in float32, the weight is cast once, by the
+    layer's own matmul or convolution, as autocast casts a plain layer's weight - and
+    ``W + B1 @ B2`` is rounded to bfloat16 once.
+    """
+    dev = t.device.type
+    # (a device type autocast does not know, such as meta, raises when asked)
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.autocast(dev, enabled=False)
+    return contextlib.nullcontext()
 
 
 class ModulatedLayer(nn.Module):
@@ -147,8 +168,9 @@ class ModulatedLayer(nn.Module):
         return self.weight.shape
 
     def delta_weight(self, task: int) -> torch.Tensor:
-        """``B1[task] @ B2[task]`` in the shape of W."""
-        return (self.task_B1[task] @ self.task_B2[task]).view_as(self.weight)
+        """``B1[task] @ B2[task]`` in the shape of W (in the task rows' dtype under autocast too)."""
+        with weights_at_full_precision(self.task_B1):
+            return (self.task_B1[task] @ self.task_B2[task]).view_as(self.weight)
 
     def task_weight(self, task: int) -> torch.Tensor:
         return self.weight + self.delta_weight(task)
@@ -220,12 +242,13 @@ class ModulatedLayer(nn.Module):
         return self._forward_mixed(x, sel.onehot_on(x.device, self.num_tasks, stack.dtype))
 
     def _sample_weights(self, onehot: torch.Tensor) -> torch.Tensor:
-        """Each sample's full weight, ``(B, *W.shape)``: every task's weight is built once (a
-        batched matmul over tasks, not samples) and then picked per sample."""
-        # (W plus a separate bmm, not one baddbmm: under bfloat16 autocast baddbmm would round W to
-        # bfloat16 before adding, and sum W's gradient over the tasks in bfloat16)
-        per_task = self.weight.unsqueeze(0) + torch.bmm(self.task_B1, self.task_B2).view(-1, *self.weight.shape)
-        return pick(per_task, onehot)
+        """Each sample's full weight, ``(B, *W.shape)``: every task's weight is built once (one
+        ``baddbmm`` over tasks, not samples) and then picked per sample, at W's precision."""
+        w = self.weight
+        # (autocast off: baddbmm adds W unrounded, and W's gradient sums over the tasks in W's dtype)
+        with weights_at_full_precision(w):
+            per_task = torch.baddbmm(w.reshape(1, w.shape[0], -1), self.task_B1, self.task_B2)
+            return pick(per_task.view(-1, *w.shape), onehot)
 
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
