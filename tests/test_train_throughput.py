@@ -68,3 +68,21 @@ def test_a_bad_override_or_stage_is_one_line_before_any_run(photos):
     r = bench("--config", str(flat), "--stage", "1")
     assert r.returncode == 1 and r.stderr.strip() == (
         "variant this tree: the config has no stage 1: it has no stages (give --stage 0)"), r.stderr
+
+
+def test_step_ops_counts_a_forward_and_backward_in_float32_and_under_autocast():
+    """benchmarks/step_ops.py: the float32 row casts nothing but the one-hot it builds once, and
+    autocast adds casts alone - the rest of the step is the same operations in another type."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/step_ops.py"), "--size", "tiny", "--tasks", "3",
+                        "--batch", "4"], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == "tiny, 3 tasks, sync, batch 4 of 16 px, channels-last: one forward and backward"
+    rows = {}
+    for line in lines[2:]:
+        m = re.match(r"(float32|bfloat16 autocast \(CPU\))\s+(\d+)\s+(\d+)\s+\S", line)
+        assert m, line
+        rows[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    (ops32, casts32), (ops16, casts16) = rows["float32"], rows["bfloat16 autocast (CPU)"]
+    assert casts32 == 1 and casts16 > casts32
+    assert ops16 - ops32 == casts16 - casts32
