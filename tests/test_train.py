@@ -599,6 +599,39 @@ def test_time_budget_scales_every_stage_and_resume_continues_its_schedule(folder
     assert model.tasks == ["denoise", "deblur", "dehaze"]
 
 
+def test_the_budget_counts_a_compilation_once_not_again_in_every_stage_that_reuses_it(folders, tmp_path, monkeypatch):
+    """torch.compile compiles once per process: the probe pays it while the budget is measured, and
+    the real stage reuses the graphs. A stand-in compiler takes COMPILE seconds the first time it
+    runs each kind of stage (sync and bias-only differ in which parameters need gradients, as real
+    compilation's guards do), nothing after. The schedule plans each stage's start without it - it
+    planned it twice (measured, then again per stage), ending a run early by that much."""
+    import time
+
+    compile_s = 2.0
+    compiled_kinds = set()
+
+    class Slow(torch.nn.Module):
+        def __init__(self, net, mode=None):
+            super().__init__()
+            self.net = net
+
+        def forward(self, *args):
+            kind = tuple(p.requires_grad for p in self.net.parameters())
+            if kind not in compiled_kinds:
+                compiled_kinds.add(kind)
+                time.sleep(compile_s)
+            return self.net(*args)
+
+    monkeypatch.setattr(torch, "compile", Slow)
+    cfg = budget_cfg(folders, tmp_path / "b")
+    cfg.compile = "default"
+    Trainer(cfg, progress=False, max_minutes=0.4).run()
+    event = next(json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines() if "budget" in x)
+    assert len(compiled_kinds) == 2
+    assert all(start < compile_s / 2 for start in event["start_seconds"]), event
+    assert all(compile_s * 0.9 <= c < compile_s * 2 for c in event["compile_seconds"]), event  # (logged apart)
+
+
 def test_time_budget_too_small_or_added_on_resume_is_refused_before_any_step(folders, tmp_path):
     with pytest.raises(ConfigError, match=r"a budget of 0\.00 min is too small for this run: .* min of it to set up and measure"):
         Trainer(budget_cfg(folders, tmp_path / "small"), progress=False, max_minutes=0.001).run()  # (the budget given)

@@ -694,7 +694,7 @@ class Trainer:
         """Measure this machine, scale the stages to fit ``max_minutes``, and make that the run's config."""
         cfg, info = self.cfg, self.info
         stages = plan_stages(cfg)
-        costs, over = self._measure(stages, val)
+        costs, over, compile_seconds = self._measure(stages, val)
         # every process must fit the same schedule: the least time left on any of them
         left = D.all_min(info, self.max_minutes * 60 - (time.perf_counter() - self.t_start))
         try:
@@ -708,18 +708,23 @@ class Trainer:
         self.budget = {"max_minutes": self.max_minutes, "scale": scale, "stages": [list(x) for x in schedule],
                        "seconds_per_step": [c.step for c in costs], "start_seconds": [c.start for c in costs],
                        "validation_seconds": over.validation, "checkpoint_seconds": over.checkpoint,
-                       "final_seconds": over.final, "measured_seconds": round(time.perf_counter() - self.t_start, 2)}
+                       "final_seconds": over.final, "compile_seconds": compile_seconds,
+                       "measured_seconds": round(time.perf_counter() - self.t_start, 2)}
         self._log({"event": "budget", **self.budget})
         if info.is_main:
             print(f"time budget {self.max_minutes:g} min: stage lengths x{scale:.4g} -> "
                   + ", ".join(f"{s.name} {n} steps ({c.step * 1000:.0f} ms/step)" for s, n, c in zip(stages, lengths, costs))
-                  + f"; measured in {self.budget['measured_seconds']:.0f} s", flush=True)
+                  + f"; measured in {self.budget['measured_seconds']:.0f} s"
+                  + (f", {sum(compile_seconds):.0f} s of it compiling" if any(compile_seconds) else ""), flush=True)
 
-    def _measure(self, stages: list[Stage], val: ValidationSet | None) -> tuple[list[StageCost], Overheads]:
-        """Time a few real steps of each kind of stage on throw-away copies of the model."""
+    def _measure(self, stages: list[Stage], val: ValidationSet | None) -> tuple[list[StageCost], Overheads, list[float]]:
+        """Time a few real steps of each kind of stage on throw-away copies of the model; the last
+        item: the seconds of compilation paid here, per stage (0 when not compiled, or when an
+        earlier stage of its kind paid it)."""
         cfg, info = self.cfg, self.info
-        by_kind: dict[tuple, tuple[StageCost, float]] = {}
+        by_kind: dict[tuple, tuple[StageCost, float, float]] = {}
         costs: list[StageCost] = []
+        compiling: list[float] = []
         model: InstructIPT | None = None
         with torch.random.fork_rng(devices=[info.device.index or 0] if info.device.type == "cuda" else []):
             for stage in stages:
@@ -729,23 +734,27 @@ class Trainer:
                 model, tasks = prepare_model(cfg, probe, None if model is None else copy.deepcopy(model))
                 model.to(info.device)
                 kind = (stage.mode, tuple(tasks), len(model.tasks))
-                if kind not in by_kind:
-                    by_kind[kind] = self._time_steps(copy.deepcopy(model), probe, tasks)
+                first = kind not in by_kind
+                if first:
+                    by_kind[kind] = self._time_steps(model, probe, tasks)
                 costs.append(by_kind[kind][0])
+                compiling.append(by_kind[kind][2] if first else 0.0)  # (paid once per kind of stage)
             assert model is not None
             validation = self._time(lambda: validate(model, val, info)) if val is not None else 0.0
             # a checkpoint as a stage writes it, with its optimiser and average, timed by the probes (a model
             # alone is a quarter of that)
-            checkpoint = max(c for _, c in by_kind.values())
+            checkpoint = max(c for _, c, _ in by_kind.values())
             with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
                 saving = self._time(lambda: model.save_pretrained(Path(tmp) / "model"))
                 final = checkpoint + saving
             costs = [replace(c, start=c.start + saving) for c in costs]  # each stage saves its model at its end
             if cfg.grid_spans is not None:
                 final += self._grid_span_seconds(model)
-        t = D.all_max(info, [c.step for c in costs] + [c.start for c in costs] + [validation, checkpoint, final])
+        t = D.all_max(info, [c.step for c in costs] + [c.start for c in costs] + [validation, checkpoint, final]
+                      + compiling)
         n = len(costs)
-        return [StageCost(t[i], t[n + i]) for i in range(n)], Overheads(t[2 * n], t[2 * n + 1], t[2 * n + 2])
+        return ([StageCost(t[i], t[n + i]) for i in range(n)], Overheads(t[2 * n], t[2 * n + 1], t[2 * n + 2]),
+                t[2 * n + 3 :])
 
     def _time(self, fn) -> float:
         _synchronize(self.info.device)
@@ -754,30 +763,58 @@ class Trainer:
         _synchronize(self.info.device)
         return time.perf_counter() - t
 
-    def _time_steps(self, model: InstructIPT, stage: Stage, tasks: list[str]) -> tuple[StageCost, float]:
+    def _time_steps(self, model: InstructIPT, stage: Stage, tasks: list[str]) -> tuple[StageCost, float, float]:
         """Seconds per step once running, and the extra seconds of a stage's start (set-up,
-        DataLoader workers, compilation), from the first steps of ``stage`` on ``model``; and the
-        seconds of a checkpoint of that stage (model, optimiser, average and data state)."""
+        DataLoader workers, compilation), from the first steps of ``stage`` on a copy of ``model``;
+        the seconds of a checkpoint of that stage (model, optimiser, average and data state); and
+        the seconds of its compilation (0 when not compiled).
+
+        A compiled model is compiled once per process: the real stage, started later on another
+        copy, reuses this probe's graphs (guards on shapes and types, not on the module). So its
+        start is timed again, on a fresh copy - counting the compilation in it would plan every
+        stage's compilation twice, once spent measuring and once more in the schedule, and a run
+        would end early by that much (minutes of a short GPU lease)."""
+        warm = calibration_warmup(self.cfg.data.workers)
+        runner, probe = None, copy.deepcopy(model)
         _synchronize(self.info.device)
         t0 = time.perf_counter()
-        runner = StageRunner(self, model, stage, tasks, 0)
         try:
-            batches = iter(runner.loader)
-
-            def steps(n: int) -> None:
-                for _ in range(n):
-                    runner.step(*runner.to_device(next(batches)))
-
-            warm = calibration_warmup(self.cfg.data.workers)
+            runner, steps = self._start_runner(probe, stage, tasks)
             self._time(lambda: steps(warm))
             timed = self._time(lambda: steps(CALIBRATION_STEPS)) / CALIBRATION_STEPS
             start = time.perf_counter() - t0 - (warm + CALIBRATION_STEPS) * timed
             with tempfile.TemporaryDirectory(dir=self.out if self.out.exists() else None) as tmp:
                 checkpoint = self._time(lambda: save_checkpoint(  # (gathered from the device inside the timing, as a stage does)
-                    Path(tmp) / "probe.pt", self._state(model, stage.index, warm + CALIBRATION_STEPS, tasks, runner)))
-            return StageCost(timed, max(0.0, start)), checkpoint
+                    Path(tmp) / "probe.pt", self._state(runner.model, stage.index, warm + CALIBRATION_STEPS, tasks, runner)))
+            compiled = runner.net is not runner.eager  # (not when the compilation failed and it fell back)
         finally:
-            runner.close()
+            if runner is not None:
+                runner.close()
+        if not compiled:
+            return StageCost(timed, max(0.0, start)), checkpoint, 0.0
+        again, probe = None, copy.deepcopy(model)
+        _synchronize(self.info.device)
+        t0 = time.perf_counter()
+        try:  # a start with the graphs already compiled, as the real stage's will be
+            again, steps = self._start_runner(probe, stage, tasks)
+            self._time(lambda: steps(warm))
+            restart = time.perf_counter() - t0 - warm * timed
+        finally:
+            if again is not None:
+                again.close()
+        restart = max(0.0, min(restart, start))
+        return StageCost(timed, restart), checkpoint, max(0.0, start - restart)
+
+    def _start_runner(self, model: InstructIPT, stage: Stage, tasks: list[str]):
+        """A probe's runner on ``model``, and a function that runs its next ``n`` steps."""
+        runner = StageRunner(self, model, stage, tasks, 0)
+        batches = iter(runner.loader)
+
+        def steps(n: int) -> None:
+            for _ in range(n):
+                runner.step(*runner.to_device(next(batches)))
+
+        return runner, steps
 
     def _grid_span_seconds(self, model: InstructIPT) -> float:
         """The final grid-span choice's time: one whole-photo forward pass, times the passes it makes."""
