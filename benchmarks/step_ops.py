@@ -10,7 +10,7 @@ CPU's autocast casts the operands of matmuls and convolutions to bfloat16 as CUD
 also casts the inputs of layer norms, softmaxes and some reductions to float32, which the CPU's
 does not, so a GPU step counts more casts than the autocast row here.
 
-    python benchmarks/step_ops.py                       # small, six tasks, sync
+    python benchmarks/step_ops.py                       # small, six tasks, sync, batch 2 of 128 px
     python benchmarks/step_ops.py --size tiny --mode bias-only --top 8
 """
 
@@ -25,6 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from instruct_ipt.model import InstructIPT
+from instruct_ipt.train.trainer import compute_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import VIEW_OPS  # (the same definition of a view as the throughput benchmark)
@@ -44,13 +45,13 @@ class _Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(model: InstructIPT, x: torch.Tensor, ids: torch.Tensor, autocast: bool) -> collections.Counter[str]:
-    """The non-view operations of one forward and backward (the loss's own included)."""
+def count(model: InstructIPT, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, autocast: bool) -> collections.Counter[str]:
+    """The non-view operations of one forward and backward, with the trainer's L1 loss."""
     model.zero_grad(set_to_none=True)
     with _Count() as counter:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(x, ids)
-        (out.float() - x).abs().mean().backward()
+        compute_loss(out.float(), y, "l1").backward()
     return counter.ops
 
 
@@ -60,21 +61,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", type=int, default=len(TASKS), help=f"tasks of the model (default {len(TASKS)})")
     p.add_argument("--mode", choices=("sync", "bias-only"), default="sync",
                    help="sync: backbone and the first two tasks' rows train; bias-only: the rows alone")
-    p.add_argument("--batch", type=int, default=2, help="batch size; the count does not depend on it (default 2)")
-    p.add_argument("--patch", type=int, default=16, help="patch side in pixels (default 16)")
+    p.add_argument("--batch", type=int, default=2, help="batch size, at least 2 (a mixed batch); the count does not "
+                   "depend on it (default 2)")
+    p.add_argument("--patch", type=int, default=128, help="patch side in pixels: a few ops depend on it (default 128, "
+                   "as configs/gpu.yaml)")
     p.add_argument("--top", type=int, default=5, help="the most frequent operations to list per row (default 5)")
     args = p.parse_args(argv)
+    if args.batch < 2 or args.tasks < 2:
+        p.error("a mixed batch needs --batch 2 or more and --tasks 2 or more (one sample or one task runs the "
+                "single-task path)")
     torch.manual_seed(0)
     tasks = [f"task{i}" for i in range(args.tasks)] if args.tasks > len(TASKS) else list(TASKS[: args.tasks])
     model = InstructIPT(args.size, tasks=tasks).train().to(memory_format=torch.channels_last)
     model.modulation.freeze(train_tasks=tasks[:2], train_backbone=args.mode == "sync")
-    x = torch.rand(args.batch, 3, args.patch, args.patch).contiguous(memory_format=torch.channels_last)
+    x, y = (torch.rand(args.batch, 3, args.patch, args.patch).contiguous(memory_format=torch.channels_last)
+            for _ in range(2))
     ids = torch.arange(args.batch) % min(2, len(tasks))  # a mixed batch of the trained tasks
     print(f"{args.size}, {len(tasks)} tasks, {args.mode}, batch {args.batch} of {args.patch} px, channels-last: "
           "one forward and backward")
     print(f"{'':<26}{'ops':>8}{'casts':>8}  most frequent")
     for label, autocast in (("float32", False), ("bfloat16 autocast (CPU)", True)):
-        ops = count(model, x, ids, autocast)
+        ops = count(model, x, y, ids, autocast)
         top = ", ".join(f"{name} {n}" for name, n in ops.most_common(args.top))
         print(f"{label:<26}{sum(ops.values()):>8}{ops['_to_copy']:>8}  {top}")
 

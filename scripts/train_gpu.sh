@@ -9,8 +9,11 @@
 # PyTorch, NumPy, SciPy, Pillow, PyYAML, safetensors and tqdm; the package need not be installed
 # (it runs from src/) and nothing is downloaded. Steps, each stopping the script if it fails:
 #   1. a smoke run: every stage cut to a few steps, with a checkpoint halfway and validation (and the grid-span
-#      choice if the config has one),
-#      so a broken setup costs seconds, not the lease;
+#      choice if the config has one), eager, so a broken setup costs seconds, not the lease;
+#   1b. with compile asked for (TRAIN_GPU_SET's compile=..., else the config's): the same smoke run compiled,
+#      within TRAIN_GPU_COMPILE_LIMIT seconds (240); it leaves inductor's cache for the training, which then
+#      compiles too - or, if it fails, falls back to eager, or runs past the limit, the training runs eagerly
+#      (compile.txt says which; this step never stops the script);
 #   2. training with a time budget (--max-minutes: every stage scaled to fit): TRAIN_GPU_MINUTES, or else
 #      what is left of TRAIN_GPU_DEADLINE seconds (570) after the smoke run, less TRAIN_GPU_RESERVE seconds
 #      (150) for the steps after training - so the whole script ends inside a 600 s command;
@@ -25,7 +28,8 @@
 # into DIR as each step ends, so that a run cut short still returns what it made (and a step that fails, the
 # newest log in reports.tar): model.tar.part-aa, -ab, ...
 # (the model folder right after training, in 15 MiB parts; the model alone is about 19 MB), reports.tar
-# (log.jsonl, the results, compare.txt, calibrate-blind.txt, gpu-busy.txt; made again after each step) and
+# (log.jsonl, the results, compare.txt, calibrate-blind.txt, gpu-busy.txt, compile.txt and smoke-compiled.txt;
+# made again after each step) and
 # degradation_classifier.safetensors (after step 5). Unpack: cat DIR/model.tar.part-* | tar -x -C RUN_DIR,
 # then tar -x -C RUN_DIR -f DIR/reports.tar, and copy the classifier into RUN_DIR/model/.
 # OUT_DIR then holds model/ (the new model, with its degradation_classifier.safetensors after step 5),
@@ -33,7 +37,8 @@
 # (smoke/, run/, eval-new/, eval-shipped/).
 # Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_SET (none: KEY=VALUE overrides of the config,
 # separated by spaces, for the smoke run and the training), TRAIN_GPU_MINUTES (from the deadline), TRAIN_GPU_DEADLINE
-# (570), TRAIN_GPU_RESERVE (150), TRAIN_GPU_SMOKE_STEPS (10), TRAIN_GPU_DEVICE (auto), TRAIN_GPU_PACK (none),
+# (570), TRAIN_GPU_RESERVE (150), TRAIN_GPU_SMOKE_STEPS (10), TRAIN_GPU_COMPILE_LIMIT (240), TRAIN_GPU_DEVICE (auto),
+# TRAIN_GPU_PACK (none),
 # PYTHON (python3). Where nvidia-smi answers, OUT_DIR/gpu-busy.txt holds the GPU's busy share every 5 s.
 set -euo pipefail
 if [ $# -lt 1 ]; then
@@ -49,12 +54,13 @@ DEADLINE="${TRAIN_GPU_DEADLINE:-570}"
 RESERVE="${TRAIN_GPU_RESERVE:-150}"
 PACK="${TRAIN_GPU_PACK:-}"
 SMOKE_STEPS="${TRAIN_GPU_SMOKE_STEPS:-10}"
+COMPILE_LIMIT="${TRAIN_GPU_COMPILE_LIMIT:-240}"
 DEVICE="${TRAIN_GPU_DEVICE:-auto}"
 PY="${PYTHON:-python3}"
 for d in "$PHOTOS/train" "$PHOTOS/val"; do
     [ -d "$d" ] || { echo "$0: $d: no such folder (PHOTOS must hold train/ and val/)" >&2; exit 2; }
 done
-for d in smoke run; do
+for d in smoke smoke-compiled run; do
     [ ! -e "$OUT/$d" ] || { echo "$0: $OUT/$d exists: give a fresh OUT_DIR" >&2; exit 2; }
 done
 if [ -n "$PACK" ]; then
@@ -65,9 +71,16 @@ export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 ipt() { "$PY" -m instruct_ipt "$@"; }
 SETS=(--set "data.train=[$PHOTOS/train]" --set "data.val=[$PHOTOS/val]" --set "data.val_cache=$OUT/val-cache")
 read -r -a EXTRA <<<"${TRAIN_GPU_SET:-}"  # e.g. "compile=default data.batch_size=96": split on spaces, never globbed
+# compile: TRAIN_GPU_SET's, else the config's (null: none); it is tried apart, after an eager smoke run (below)
+COMPILE="$("$PY" -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("compile") or "null")' "$CONFIG")"
 for kv in ${EXTRA[@]+"${EXTRA[@]}"}; do
-    SETS+=(--set "$kv")
+    if [[ "$kv" == compile=* ]]; then
+        COMPILE="${kv#compile=}"
+    else
+        SETS+=(--set "$kv")
+    fi
 done
+case "$COMPILE" in null | none | None | "~" | "") COMPILE= ;; esac
 if "$PY" -c 'import sys, yaml; sys.exit(0 if (yaml.safe_load(open(sys.argv[1])) or {}).get("grid_spans") else 1)' "$CONFIG"; then
     SETS+=(--set "grid_spans.photos=[$PHOTOS/train]")   # choose the grid span on the training photos
 fi
@@ -77,7 +90,8 @@ stamp() { echo "== $1 ($((SECONDS - start)) s)"; }
 pack_reports() {
     [ -n "$PACK" ] || return 0
     local names=() f
-    for f in log.jsonl results-new.csv results-shipped.csv compare.txt calibrate-blind.txt gpu-busy.txt; do
+    for f in log.jsonl results-new.csv results-shipped.csv compare.txt calibrate-blind.txt gpu-busy.txt compile.txt \
+            smoke-compiled.txt; do
         [ -f "$OUT/$f" ] && names+=("$f")
     done
     [ ${#names[@]} -gt 0 ] || return 0
@@ -121,9 +135,39 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 stamp "smoke run: every stage $SMOKE_STEPS steps"
-# (a checkpoint halfway through each stage: the real run's first one is minutes in)
-ipt train "$CONFIG" "${SETS[@]}" --steps "$SMOKE_STEPS" --set "ckpt_every=$(( SMOKE_STEPS > 1 ? SMOKE_STEPS / 2 : 1 ))" \
-    --out "$OUT/smoke" --device "$DEVICE" --no-progress
+# (a checkpoint halfway through each stage: the real run's first one is minutes in); eager: a broken setup
+# shows in seconds, whatever compiling would cost
+SMOKE=(--steps "$SMOKE_STEPS" --set "ckpt_every=$(( SMOKE_STEPS > 1 ? SMOKE_STEPS / 2 : 1 ))" --device "$DEVICE" --no-progress)
+ipt train "$CONFIG" "${SETS[@]}" --set compile=null "${SMOKE[@]}" --out "$OUT/smoke"
+
+# compile (if asked for): the same smoke run compiled, within TRAIN_GPU_COMPILE_LIMIT seconds. It compiles both
+# kinds of stage cold and leaves inductor's on-disk cache, from which the training's compilation is quick. If
+# it fails, falls back to eager, or runs past the limit, the training runs eagerly on what the deadline leaves:
+# a compilation slower than hoped costs the lease at most the limit, never the model (compile.txt says which)
+if [ -n "$COMPILE" ]; then
+    stamp "smoke run compiled (compile=$COMPILE), at most $COMPILE_LIMIT s"
+    t0=$SECONDS
+    set +e
+    timeout --kill-after=10 "$COMPILE_LIMIT" "$PY" -m instruct_ipt train "$CONFIG" "${SETS[@]}" --set "compile=$COMPILE" \
+        "${SMOKE[@]}" --out "$OUT/smoke-compiled" >"$OUT/smoke-compiled.txt" 2>&1
+    rc=$?
+    set -e
+    tail -n 5 "$OUT/smoke-compiled.txt"
+    if [ "$rc" -eq 0 ] && ! grep -q "torch.compile(mode=.*) failed" "$OUT/smoke-compiled.txt"; then
+        echo "compile=$COMPILE: the compiled smoke run took $((SECONDS - t0)) s; training compiled" | tee "$OUT/compile.txt"
+        SETS+=(--set "compile=$COMPILE")
+    else
+        why="rc $rc"
+        [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || why="ran past $COMPILE_LIMIT s"
+        [ "$rc" -ne 0 ] || why="its compilation failed and it fell back to eager"
+        echo "compile=$COMPILE: the compiled smoke run did not pass ($why, after $((SECONDS - t0)) s); training without compilation" \
+            | tee "$OUT/compile.txt"
+        SETS+=(--set compile=null)
+    fi
+    pack_reports
+else
+    SETS+=(--set compile=null)
+fi
 
 if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke run and the steps after training
     MINUTES="$("$PY" -c 'import sys; print(round((float(sys.argv[1]) - float(sys.argv[2]) - float(sys.argv[3])) / 60, 2))' \

@@ -623,13 +623,16 @@ def test_the_budget_counts_a_compilation_once_not_again_in_every_stage_that_reus
             return self.net(*args)
 
     monkeypatch.setattr(torch, "compile", Slow)
-    cfg = budget_cfg(folders, tmp_path / "b")
-    cfg.compile = "default"
-    Trainer(cfg, progress=False, max_minutes=0.4).run()
+    cfg = make_cfg(folders, tmp_path / "b", stages=[*BUDGET_STAGES, BUDGET_STAGES[1]], log_every=10, val_every=10**6,
+                   ckpt_every=40, ema=0.9, compile="default")  # (a third stage of the second one's kind)
+    assert Trainer(cfg, progress=False, max_minutes=30).run(stop_after=1) is None  # (the budget is fitted before any step)
     event = next(json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines() if "budget" in x)
     assert len(compiled_kinds) == 2
     assert all(start < compile_s / 2 for start in event["start_seconds"]), event
-    assert all(compile_s * 0.9 <= c < compile_s * 2 for c in event["compile_seconds"]), event  # (logged apart)
+    # logged apart: the first start beyond a later one (the compilation, and the process's first-use costs
+    # in the first), once per kind
+    first, second, again = event["compile_seconds"]
+    assert first >= compile_s * 0.9 and compile_s * 0.9 <= second < compile_s + 1 and again == 0, event
 
 
 def test_time_budget_too_small_or_added_on_resume_is_refused_before_any_step(folders, tmp_path):

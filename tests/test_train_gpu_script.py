@@ -29,6 +29,22 @@ class Block:
         return None
 
 sys.meta_path.insert(0, Block())
+
+import os
+if os.environ.get("FAKE_COMPILE"):  # a stand-in for torch.compile: quick ("ok") or failing at the first call
+    import torch
+
+    class Compiled(torch.nn.Module):
+        def __init__(self, net, mode=None):
+            super().__init__()
+            self.net = net
+
+        def forward(self, *args):
+            if os.environ["FAKE_COMPILE"] == "broken":
+                raise RuntimeError("no compiler here")
+            return self.net(*args)
+
+    torch.compile = Compiled
 '''
 
 
@@ -166,3 +182,35 @@ def test_train_gpu_script_packs_the_newest_log_when_a_step_fails(tmp_path):
         assert t.getnames() == ["log.jsonl"]
         log = t.extractfile("log.jsonl").read().decode()
     assert log == (out / "smoke/log.jsonl").read_text() and '"val_psnr"' in log
+
+
+def _compile_of(run: Path):
+    return yaml.safe_load((run / "config.yaml").read_text())["compile"]
+
+
+def test_train_gpu_script_compiles_after_an_eager_smoke_run_when_the_compiled_one_passes(tmp_path):
+    photos(tmp_path / "photos", calibration=False)
+    out, pack = tmp_path / "out", tmp_path / "pack"
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_SET="compile=default",
+                   FAKE_COMPILE="ok", TRAIN_GPU_PACK=str(pack))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (_compile_of(out / "smoke"), _compile_of(out / "smoke-compiled"), _compile_of(out / "run")) == (None, "default", "default")
+    assert "training compiled" in (out / "compile.txt").read_text()
+    import tarfile
+
+    with tarfile.open(pack / "reports.tar") as t:
+        assert {"compile.txt", "smoke-compiled.txt"} <= set(t.getnames())
+
+
+def test_train_gpu_script_trains_eagerly_when_compiling_fails_or_takes_too_long(tmp_path):
+    """A compilation past TRAIN_GPU_COMPILE_LIMIT (1 s here: the real torch.compile on the CPU takes
+    minutes), or one that fails and falls back to eager, costs the lease that time, not the model."""
+    photos(tmp_path / "photos", calibration=False)
+    config = tiny_gpu_config(tmp_path / "gpu.yaml")
+    for name, env, why in (("slow", {"TRAIN_GPU_COMPILE_LIMIT": "1"}, "ran past 1 s"),
+                           ("broken", {"FAKE_COMPILE": "broken"}, "its compilation failed and it fell back to eager")):
+        out = tmp_path / name
+        r = run_script(tmp_path, config, out, TRAIN_GPU_SET="compile=reduce-overhead", **env)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert f"did not pass ({why}" in (out / "compile.txt").read_text(), name
+        assert _compile_of(out / "run") is None and (out / "model/model.safetensors").is_file(), name

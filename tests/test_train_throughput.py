@@ -74,7 +74,7 @@ def test_step_ops_counts_a_forward_and_backward_in_float32_and_under_autocast():
     """benchmarks/step_ops.py: the float32 row casts nothing but the one-hot it builds once, and
     autocast adds casts alone - the rest of the step is the same operations in another type."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/step_ops.py"), "--size", "tiny", "--tasks", "3",
-                        "--batch", "4"], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+                        "--batch", "4", "--patch", "16"], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0] == "tiny, 3 tasks, sync, batch 4 of 16 px, channels-last: one forward and backward"

@@ -2,7 +2,8 @@
 
 The trainer measures what each kind of stage costs on this machine (a few real steps of a
 throw-away copy of the model: seconds per step, plus the one-off cost of its first steps such as
-DataLoader start-up and compilation), one validation pass and one checkpoint write, then
+DataLoader start-up; a compilation, paid once per process while measuring, is left out of the
+start planned for the stages that reuse it), one validation pass and one checkpoint write, then
 :func:`fit_schedule` finds the largest factor whose schedule fits. Stages keep their proportions,
 warm-ups scale with them, and the scaled schedule is what the run records (``config.yaml`` and
 its checkpoints), so ``--resume`` continues it unchanged and the run can be repeated without a

@@ -715,12 +715,14 @@ class Trainer:
             print(f"time budget {self.max_minutes:g} min: stage lengths x{scale:.4g} -> "
                   + ", ".join(f"{s.name} {n} steps ({c.step * 1000:.0f} ms/step)" for s, n, c in zip(stages, lengths, costs))
                   + f"; measured in {self.budget['measured_seconds']:.0f} s"
-                  + (f", {sum(compile_seconds):.0f} s of it compiling" if any(compile_seconds) else ""), flush=True)
+                  + (f", {sum(compile_seconds):.0f} s of it compiling (and other first-use costs)"
+                     if any(compile_seconds) else ""), flush=True)
 
     def _measure(self, stages: list[Stage], val: ValidationSet | None) -> tuple[list[StageCost], Overheads, list[float]]:
         """Time a few real steps of each kind of stage on throw-away copies of the model; the last
-        item: the seconds of compilation paid here, per stage (0 when not compiled, or when an
-        earlier stage of its kind paid it)."""
+        item: per stage, the seconds its kind's first compiled start took beyond a later start -
+        its compilation, paid here, with the process's other first-use costs (0 when not compiled,
+        or when an earlier stage of its kind paid it)."""
         cfg, info = self.cfg, self.info
         by_kind: dict[tuple, tuple[StageCost, float, float]] = {}
         costs: list[StageCost] = []
@@ -767,13 +769,14 @@ class Trainer:
         """Seconds per step once running, and the extra seconds of a stage's start (set-up,
         DataLoader workers, compilation), from the first steps of ``stage`` on a copy of ``model``;
         the seconds of a checkpoint of that stage (model, optimiser, average and data state); and
-        the seconds of its compilation (0 when not compiled).
+        the seconds its first start took beyond a later one when compiled (the compilation, with the
+        process's other first-use costs; 0 when not compiled).
 
         A compiled model is compiled once per process: the real stage, started later on another
         copy, reuses this probe's graphs (guards on shapes and types, not on the module). So its
         start is timed again, on a fresh copy - counting the compilation in it would plan every
         stage's compilation twice, once spent measuring and once more in the schedule, and a run
-        would end early by that much (minutes of a short GPU lease)."""
+        would end early by that much (minutes where the compilation is cold)."""
         warm = calibration_warmup(self.cfg.data.workers)
         runner, probe = None, copy.deepcopy(model)
         _synchronize(self.info.device)
@@ -790,7 +793,9 @@ class Trainer:
         finally:
             if runner is not None:
                 runner.close()
-        if not compiled:
+        runner = steps = probe = None  # (its model, optimiser and workers gone before the next start is timed)
+        # every process probes again or none does: the probe's steps are collective operations under DDP
+        if not D.all_max(self.info, [float(compiled)])[0]:
             return StageCost(timed, max(0.0, start)), checkpoint, 0.0
         again, probe = None, copy.deepcopy(model)
         _synchronize(self.info.device)
@@ -799,6 +804,8 @@ class Trainer:
             again, steps = self._start_runner(probe, stage, tasks)
             self._time(lambda: steps(warm))
             restart = time.perf_counter() - t0 - warm * timed
+            if again.net is again.eager:  # compiling failed this time: the stage will run eagerly, at that pace
+                timed = self._time(lambda: steps(CALIBRATION_STEPS)) / CALIBRATION_STEPS
         finally:
             if again is not None:
                 again.close()
