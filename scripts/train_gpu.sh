@@ -11,12 +11,14 @@
 #   1. a smoke run: every stage cut to a few steps, with a checkpoint halfway and validation (and the grid-span
 #      choice if the config has one), eager, so a broken setup costs seconds, not the lease;
 #   1b. with compile asked for (TRAIN_GPU_SET's compile=..., else the config's): the same smoke run compiled,
-#      within TRAIN_GPU_COMPILE_LIMIT seconds (240); it leaves inductor's cache for the training, which then
-#      compiles too - or, if it fails, falls back to eager, or runs past the limit, the training runs eagerly
-#      (compile.txt says which; this step never stops the script);
+#      within TRAIN_GPU_COMPILE_LIMIT seconds (240; less if a minute of training would not be left, and then
+#      not tried under 60); it leaves inductor's cache for the training, which then compiles too - or, if it fails,
+#      falls back to eager, or runs past the limit, the training runs eagerly (compile.txt says which; this step
+#      never stops the script);
 #   2. training with a time budget (--max-minutes: every stage scaled to fit): TRAIN_GPU_MINUTES, or else
-#      what is left of TRAIN_GPU_DEADLINE seconds (570) after the smoke run, less TRAIN_GPU_RESERVE seconds
-#      (150) for the steps after training - so the whole script ends inside a 600 s command;
+#      what is left of TRAIN_GPU_DEADLINE seconds (570) after the smoke runs, less TRAIN_GPU_RESERVE seconds
+#      (150) for the steps after training - so the whole script ends inside a 600 s command; a compiled
+#      training that fails is followed by an eager one on what is left (into run-eager/);
 #   3. `eval` of the new and of the shipped model on PHOTOS/val (no classical peers);
 #   4. the comparison (scripts/compare_results.py);
 #   5. blind mode calibrated for the new model (`instruct-ipt calibrate-blind`, into model/), on the
@@ -33,8 +35,9 @@
 # degradation_classifier.safetensors (after step 5). Unpack: cat DIR/model.tar.part-* | tar -x -C RUN_DIR,
 # then tar -x -C RUN_DIR -f DIR/reports.tar, and copy the classifier into RUN_DIR/model/.
 # OUT_DIR then holds model/ (the new model, with its degradation_classifier.safetensors after step 5),
-# log.jsonl, results-new.csv, results-shipped.csv, compare.txt, calibrate-blind.txt and the full runs
-# (smoke/, run/, eval-new/, eval-shipped/).
+# log.jsonl, results-new.csv, results-shipped.csv, compare.txt, calibrate-blind.txt, with compile asked for
+# compile.txt and smoke-compiled.log (its end: smoke-compiled.txt), and the full runs (smoke/, smoke-compiled/,
+# run/ or run-eager/, eval-new/, eval-shipped/).
 # Environment: TRAIN_GPU_CONFIG (configs/gpu.yaml), TRAIN_GPU_SET (none: KEY=VALUE overrides of the config,
 # separated by spaces, for the smoke run and the training), TRAIN_GPU_MINUTES (from the deadline), TRAIN_GPU_DEADLINE
 # (570), TRAIN_GPU_RESERVE (150), TRAIN_GPU_SMOKE_STEPS (10), TRAIN_GPU_COMPILE_LIMIT (240), TRAIN_GPU_DEVICE (auto),
@@ -60,7 +63,7 @@ PY="${PYTHON:-python3}"
 for d in "$PHOTOS/train" "$PHOTOS/val"; do
     [ -d "$d" ] || { echo "$0: $d: no such folder (PHOTOS must hold train/ and val/)" >&2; exit 2; }
 done
-for d in smoke smoke-compiled run; do
+for d in smoke smoke-compiled run run-eager; do
     [ ! -e "$OUT/$d" ] || { echo "$0: $OUT/$d exists: give a fresh OUT_DIR" >&2; exit 2; }
 done
 if [ -n "$PACK" ]; then
@@ -80,7 +83,8 @@ for kv in ${EXTRA[@]+"${EXTRA[@]}"}; do
         SETS+=(--set "$kv")
     fi
 done
-case "$COMPILE" in null | none | None | "~" | "") COMPILE= ;; esac
+# (as YAML reads it: null, ~, false, an empty value - none; a mode's name as written)
+COMPILE="$("$PY" -c 'import sys, yaml; v = yaml.safe_load(sys.argv[1]); print(v if isinstance(v, str) and v.lower() != "none" else "")' "$COMPILE")"
 if "$PY" -c 'import sys, yaml; sys.exit(0 if (yaml.safe_load(open(sys.argv[1])) or {}).get("grid_spans") else 1)' "$CONFIG"; then
     SETS+=(--set "grid_spans.photos=[$PHOTOS/train]")   # choose the grid span on the training photos
 fi
@@ -116,7 +120,7 @@ on_exit() {
     stop_dmon
     if [ "$rc" -ne 0 ] && [ -n "$PACK" ]; then
         if [ ! -f "$OUT/log.jsonl" ]; then
-            for f in "$OUT/run/log.jsonl" "$OUT/smoke/log.jsonl"; do
+            for f in "$OUT/run-eager/log.jsonl" "$OUT/run/log.jsonl" "$OUT/smoke/log.jsonl"; do
                 [ -f "$f" ] && { cp -f "$f" "$OUT/log.jsonl"; break; }
             done
         fi
@@ -140,46 +144,87 @@ stamp "smoke run: every stage $SMOKE_STEPS steps"
 SMOKE=(--steps "$SMOKE_STEPS" --set "ckpt_every=$(( SMOKE_STEPS > 1 ? SMOKE_STEPS / 2 : 1 ))" --device "$DEVICE" --no-progress)
 ipt train "$CONFIG" "${SETS[@]}" --set compile=null "${SMOKE[@]}" --out "$OUT/smoke"
 
-# compile (if asked for): the same smoke run compiled, within TRAIN_GPU_COMPILE_LIMIT seconds. It compiles both
-# kinds of stage cold and leaves inductor's on-disk cache, from which the training's compilation is quick. If
-# it fails, falls back to eager, or runs past the limit, the training runs eagerly on what the deadline leaves:
-# a compilation slower than hoped costs the lease at most the limit, never the model (compile.txt says which)
+# compile (if asked for): the same smoke run compiled, within TRAIN_GPU_COMPILE_LIMIT seconds - and never so long
+# that less than a minute of training would be left. It compiles both kinds of stage cold and leaves inductor's
+# on-disk cache, from which the training compiles again (its budget's probes). If it fails, falls back to eager, or
+# runs past the limit, the training runs eagerly on what the deadline leaves; and if the compiled training itself
+# fails before it saves a model, an eager one follows on what is left (compile.txt says what happened)
+left_minutes() {  # what the deadline leaves to train after the seconds gone and the reserve
+    "$PY" -c 'import sys; print(round((float(sys.argv[1]) - float(sys.argv[2]) - float(sys.argv[3])) / 60, 2))' \
+        "$DEADLINE" "$((SECONDS - start))" "$RESERVE"
+}
+COMPILED=
 if [ -n "$COMPILE" ]; then
-    stamp "smoke run compiled (compile=$COMPILE), at most $COMPILE_LIMIT s"
-    t0=$SECONDS
-    set +e
-    timeout --kill-after=10 "$COMPILE_LIMIT" "$PY" -m instruct_ipt train "$CONFIG" "${SETS[@]}" --set "compile=$COMPILE" \
-        "${SMOKE[@]}" --out "$OUT/smoke-compiled" >"$OUT/smoke-compiled.txt" 2>&1
-    rc=$?
-    set -e
-    tail -n 5 "$OUT/smoke-compiled.txt"
-    if [ "$rc" -eq 0 ] && ! grep -q "torch.compile(mode=.*) failed" "$OUT/smoke-compiled.txt"; then
-        echo "compile=$COMPILE: the compiled smoke run took $((SECONDS - t0)) s; training compiled" | tee "$OUT/compile.txt"
-        SETS+=(--set "compile=$COMPILE")
+    limit="$COMPILE_LIMIT" least=1
+    if [ -z "$MINUTES" ]; then  # keep a minute of training and the kill's 10 s; not worth trying in under a minute
+        room=$((DEADLINE - (SECONDS - start) - RESERVE - 60 - 10))
+        [ "$room" -ge "$limit" ] || limit=$room
+        least=60
+    fi
+    if [ "$limit" -lt "$least" ]; then
+        echo "compile=$COMPILE: not tried ($limit s of room for it); training without compilation" | tee "$OUT/compile.txt"
     else
-        why="rc $rc"
-        [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || why="ran past $COMPILE_LIMIT s"
-        [ "$rc" -ne 0 ] || why="its compilation failed and it fell back to eager"
-        echo "compile=$COMPILE: the compiled smoke run did not pass ($why, after $((SECONDS - t0)) s); training without compilation" \
-            | tee "$OUT/compile.txt"
-        SETS+=(--set compile=null)
+        stamp "smoke run compiled (compile=$COMPILE), at most $limit s"
+        t0=$SECONDS
+        set +e
+        timeout --kill-after=10 "$limit" "$PY" -m instruct_ipt train "$CONFIG" "${SETS[@]}" --set "compile=$COMPILE" \
+            "${SMOKE[@]}" --out "$OUT/smoke-compiled" >"$OUT/smoke-compiled.log" 2>&1
+        rc=$?
+        set -e
+        took=$((SECONDS - t0))
+        tail -c 1000000 "$OUT/smoke-compiled.log" >"$OUT/smoke-compiled.txt"  # (what the pack carries: its end)
+        tail -n 5 "$OUT/smoke-compiled.txt"
+        if [ "$rc" -eq 0 ] && ! grep -q "torch.compile(mode=.*) failed" "$OUT/smoke-compiled.log"; then
+            echo "compile=$COMPILE: the compiled smoke run took $took s; training compiled" | tee "$OUT/compile.txt"
+            COMPILED=yes
+        else
+            why="rc $rc"
+            if [ "$rc" -eq 0 ]; then
+                why="its compilation failed and it fell back to eager"
+            elif { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; } && [ "$took" -ge "$limit" ]; then
+                why="ran past $limit s"
+            fi
+            echo "compile=$COMPILE: the compiled smoke run did not pass ($why, after $took s); training without compilation" \
+                | tee "$OUT/compile.txt"
+        fi
+        if grep -q "recompile_limit" "$OUT/smoke-compiled.log"; then  # (dynamo ran some of it eagerly, silently)
+            echo "(it hit dynamo's recompile limit: part of the model ran eagerly)" | tee -a "$OUT/compile.txt"
+        fi
     fi
     pack_reports
-else
-    SETS+=(--set compile=null)
 fi
 
-if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke run and the steps after training
-    MINUTES="$("$PY" -c 'import sys; print(round((float(sys.argv[1]) - float(sys.argv[2]) - float(sys.argv[3])) / 60, 2))' \
-        "$DEADLINE" "$((SECONDS - start))" "$RESERVE")"
+if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke runs and the steps after training
+    MINUTES="$(left_minutes)"
     "$PY" -c 'import sys; sys.exit(float(sys.argv[1]) < 1)' "$MINUTES" || {
         echo "$0: $((SECONDS - start)) s gone and $RESERVE s kept for after training leave $MINUTES min of the $DEADLINE s deadline: too little to train" >&2
         exit 3; }
 fi
-stamp "training, --max-minutes $MINUTES"
-ipt train "$CONFIG" "${SETS[@]}" --max-minutes "$MINUTES" --out "$OUT/run" --device "$DEVICE" --no-progress
-cp -r "$OUT/run/model" "$OUT/model"
-cp "$OUT/run/log.jsonl" "$OUT/log.jsonl"
+RUN="$OUT/run"
+if [ -n "$COMPILED" ]; then
+    stamp "training compiled, --max-minutes $MINUTES"
+    set +e
+    ipt train "$CONFIG" "${SETS[@]}" --set "compile=$COMPILE" --max-minutes "$MINUTES" --out "$RUN" --device "$DEVICE" \
+        --no-progress
+    rc=$?
+    set -e
+    if [ "$rc" -ne 0 ]; then
+        echo "compile=$COMPILE: the compiled training failed (rc $rc); training eagerly" | tee -a "$OUT/compile.txt"
+        if [ -z "${TRAIN_GPU_MINUTES:-}" ]; then  # (minutes given stay as given)
+            MINUTES="$(left_minutes)"
+            "$PY" -c 'import sys; sys.exit(float(sys.argv[1]) < 1)' "$MINUTES" || {
+                echo "$0: too little left to train again eagerly ($MINUTES min)" >&2; exit 3; }
+        fi
+        RUN="$OUT/run-eager"
+        COMPILED=
+    fi
+fi
+if [ -z "$COMPILED" ]; then
+    stamp "training, --max-minutes $MINUTES"
+    ipt train "$CONFIG" "${SETS[@]}" --set compile=null --max-minutes "$MINUTES" --out "$RUN" --device "$DEVICE" --no-progress
+fi
+cp -r "$RUN/model" "$OUT/model"
+cp "$RUN/log.jsonl" "$OUT/log.jsonl"
 pack_model
 pack_reports
 

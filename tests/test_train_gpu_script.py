@@ -31,17 +31,24 @@ class Block:
 sys.meta_path.insert(0, Block())
 
 import os
-if os.environ.get("FAKE_COMPILE"):  # a stand-in for torch.compile: quick ("ok") or failing at the first call
-    import torch
+if os.environ.get("FAKE_COMPILE"):  # a stand-in for torch.compile: quick ("ok"), failing at the first call
+    import torch                     # ("broken"), two minutes long ("slow"), or breaking the training, not the
+                                     # smoke run ("fails-in-training")
 
     class Compiled(torch.nn.Module):
         def __init__(self, net, mode=None):
             super().__init__()
+            if os.environ["FAKE_COMPILE"] == "fails-in-training" and "--max-minutes" in sys.argv:
+                raise RuntimeError("compiled training broke")
             self.net = net
 
         def forward(self, *args):
             if os.environ["FAKE_COMPILE"] == "broken":
                 raise RuntimeError("no compiler here")
+            if os.environ["FAKE_COMPILE"] == "slow":
+                import time
+
+                time.sleep(120)
             return self.net(*args)
 
     torch.compile = Compiled
@@ -190,9 +197,9 @@ def _compile_of(run: Path):
 
 def test_train_gpu_script_compiles_after_an_eager_smoke_run_when_the_compiled_one_passes(tmp_path):
     photos(tmp_path / "photos", calibration=False)
-    out, pack = tmp_path / "out", tmp_path / "pack"
-    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_SET="compile=default",
-                   FAKE_COMPILE="ok", TRAIN_GPU_PACK=str(pack))
+    out, pack = tmp_path / "out", tmp_path / "pack"  # (compile asked for by the config, not TRAIN_GPU_SET)
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml", compile="default"), out, FAKE_COMPILE="ok",
+                   TRAIN_GPU_PACK=str(pack))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (_compile_of(out / "smoke"), _compile_of(out / "smoke-compiled"), _compile_of(out / "run")) == (None, "default", "default")
     assert "training compiled" in (out / "compile.txt").read_text()
@@ -203,14 +210,19 @@ def test_train_gpu_script_compiles_after_an_eager_smoke_run_when_the_compiled_on
 
 
 def test_train_gpu_script_trains_eagerly_when_compiling_fails_or_takes_too_long(tmp_path):
-    """A compilation past TRAIN_GPU_COMPILE_LIMIT (1 s here: the real torch.compile on the CPU takes
-    minutes), or one that fails and falls back to eager, costs the lease that time, not the model."""
+    """A compiled smoke run killed at its limit (20 s here: a stand-in that compiles for two
+    minutes; TRAIN_GPU_MINUTES, set here, leaves the limit as given), or one whose
+    compilation fails and falls back to eager, costs the lease that time, not the model; so does a
+    compiled training that fails after a compiled smoke run passed."""
     photos(tmp_path / "photos", calibration=False)
     config = tiny_gpu_config(tmp_path / "gpu.yaml")
-    for name, env, why in (("slow", {"TRAIN_GPU_COMPILE_LIMIT": "1"}, "ran past 1 s"),
-                           ("broken", {"FAKE_COMPILE": "broken"}, "its compilation failed and it fell back to eager")):
+    cases = (("slow", {"FAKE_COMPILE": "slow", "TRAIN_GPU_COMPILE_LIMIT": "20"}, "did not pass (ran past 20 s", "run"),
+             ("broken", {"FAKE_COMPILE": "broken"}, "did not pass (its compilation failed and it fell back to eager", "run"),
+             ("late", {"FAKE_COMPILE": "fails-in-training"}, "the compiled training failed (rc 1); training eagerly",
+              "run-eager"))
+    for name, env, said, run in cases:
         out = tmp_path / name
         r = run_script(tmp_path, config, out, TRAIN_GPU_SET="compile=reduce-overhead", **env)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert f"did not pass ({why}" in (out / "compile.txt").read_text(), name
-        assert _compile_of(out / "run") is None and (out / "model/model.safetensors").is_file(), name
+        assert said in (out / "compile.txt").read_text(), name
+        assert _compile_of(out / run) is None and (out / "model/model.safetensors").is_file(), name
