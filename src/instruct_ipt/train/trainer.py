@@ -20,7 +20,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -812,7 +812,7 @@ class Trainer:
         restart = max(0.0, min(restart, start))
         return StageCost(timed, restart), checkpoint, max(0.0, start - restart)
 
-    def _start_runner(self, model: InstructIPT, stage: Stage, tasks: list[str]):
+    def _start_runner(self, model: InstructIPT, stage: Stage, tasks: list[str]) -> tuple[StageRunner, Callable[[int], None]]:
         """A probe's runner on ``model``, and a function that runs its next ``n`` steps."""
         runner = StageRunner(self, model, stage, tasks, 0)
         batches = iter(runner.loader)
