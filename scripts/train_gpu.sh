@@ -194,11 +194,14 @@ if [ -n "$COMPILE" ]; then
     pack_reports
 fi
 
-if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke runs and the steps after training
+minutes_left_or_stop() {  # MINUTES: what the deadline leaves to train; under a minute ends the script (3)
     MINUTES="$(left_minutes)"
     "$PY" -c 'import sys; sys.exit(float(sys.argv[1]) < 1)' "$MINUTES" || {
-        echo "$0: $((SECONDS - start)) s gone and $RESERVE s kept for after training leave $MINUTES min of the $DEADLINE s deadline: too little to train" >&2
+        echo "$0: $((SECONDS - start)) s gone and $RESERVE s kept for after training leave $MINUTES min of the $DEADLINE s deadline: too little to train${1:-}" >&2
         exit 3; }
+}
+if [ -z "$MINUTES" ]; then  # what the deadline leaves after the smoke runs and the steps after training
+    minutes_left_or_stop
 fi
 RUN="$OUT/run"
 if [ -n "$COMPILED" ]; then
@@ -211,9 +214,7 @@ if [ -n "$COMPILED" ]; then
     if [ "$rc" -ne 0 ]; then
         echo "compile=$COMPILE: the compiled training failed (rc $rc); training eagerly" | tee -a "$OUT/compile.txt"
         if [ -z "${TRAIN_GPU_MINUTES:-}" ]; then  # (minutes given stay as given)
-            MINUTES="$(left_minutes)"
-            "$PY" -c 'import sys; sys.exit(float(sys.argv[1]) < 1)' "$MINUTES" || {
-                echo "$0: too little left to train again eagerly ($MINUTES min)" >&2; exit 3; }
+            minutes_left_or_stop " again eagerly"
         fi
         RUN="$OUT/run-eager"
         COMPILED=
