@@ -166,12 +166,18 @@ def test_train_gpu_script_trains_for_what_its_deadline_leaves(tmp_path):
 
 
 def test_train_gpu_script_says_when_it_cannot_calibrate_blind_mode(tmp_path):
+    """(With a compilation that fails and falls back to eager, as well: one of the cases of
+    test_train_gpu_script_trains_eagerly_when_compiling_fails_or_takes_too_long, run here to spare the
+    suite a run of the script.)"""
     photos(tmp_path / "photos", calibration=False)
     out = tmp_path / "out"
-    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out)
+    r = run_script(tmp_path, tiny_gpu_config(tmp_path / "gpu.yaml"), out, TRAIN_GPU_SET="compile=reduce-overhead",
+                   FAKE_COMPILE="broken")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "blind mode not calibrated" in (out / "calibrate-blind.txt").read_text()
     assert not (out / "model/degradation_classifier.safetensors").exists() and (out / "model/model.safetensors").is_file()
+    said = "did not pass (its compilation failed and it fell back to eager"
+    assert said in (out / "compile.txt").read_text() and _compile_of(out / "run") is None
 
 
 def test_train_gpu_script_stops_at_a_failing_smoke_run(tmp_path):
@@ -202,12 +208,12 @@ def test_train_gpu_script_packs_the_newest_log_when_a_step_fails(tmp_path):
 def test_train_gpu_script_trains_eagerly_when_compiling_fails_or_takes_too_long(tmp_path):
     """A compiled smoke run killed at its limit (20 s here: a stand-in that compiles for two
     minutes; TRAIN_GPU_MINUTES, set here, leaves the limit as given), or one whose
-    compilation fails and falls back to eager, costs the lease that time, not the model; so does a
-    compiled training that fails after a compiled smoke run passed."""
+    compilation fails and falls back to eager (in test_train_gpu_script_says_when_it_cannot_calibrate_blind_mode),
+    costs the lease that time, not the model; so does a compiled training that fails after a compiled smoke
+    run passed."""
     photos(tmp_path / "photos", calibration=False)
     config = tiny_gpu_config(tmp_path / "gpu.yaml")
     cases = (("slow", {"FAKE_COMPILE": "slow", "TRAIN_GPU_COMPILE_LIMIT": "20"}, "did not pass (ran past 20 s", "run"),
-             ("broken", {"FAKE_COMPILE": "broken"}, "did not pass (its compilation failed and it fell back to eager", "run"),
              ("late", {"FAKE_COMPILE": "fails-in-training"}, "the compiled training failed (rc 1); training eagerly",
               "run-eager"))
     for name, env, said, run in cases:
