@@ -635,6 +635,54 @@ def test_the_budget_counts_a_compilation_once_not_again_in_every_stage_that_reus
     assert first >= compile_s * 0.9 and compile_s * 0.9 <= second < compile_s + 1 and again == 0, event
 
 
+def test_a_restart_that_falls_back_to_eager_is_planned_at_the_eager_pace(folders, tmp_path, monkeypatch):
+    """The budget's second start of a compiled stage (its graphs cached) may fail to compile and run
+    eagerly; its warm-up steps then ran at the eager pace, and only what is left beyond them is the
+    stage's start. A stand-in compiler works once (slowly), then fails; eager steps here are slower
+    than compiled ones by EAGER seconds each, so a start that took off the warm-up at the compiled
+    pace would plan about three of them as start-up."""
+    import time
+
+    from instruct_ipt.train.trainer import calibration_warmup
+
+    eager_s, compile_s, made = 0.3, 2.0, []
+    inside = {"compiled": False}
+    forward = InstructIPT.forward
+
+    def slow_when_eager(self, *args, **kwargs):
+        if not inside["compiled"]:
+            time.sleep(eager_s)
+        return forward(self, *args, **kwargs)
+
+    class OnceThenBroken(torch.nn.Module):
+        def __init__(self, net, mode=None):
+            super().__init__()
+            self.net, self.first_call = net, True
+            made.append(self)
+
+        def forward(self, *args):
+            if len(made) > 1:
+                raise RuntimeError("no compiler this time")
+            if self.first_call:
+                self.first_call = False
+                time.sleep(compile_s)
+            inside["compiled"] = True
+            try:
+                return self.net(*args)
+            finally:
+                inside["compiled"] = False
+
+    monkeypatch.setattr(InstructIPT, "forward", slow_when_eager)
+    monkeypatch.setattr(torch, "compile", OnceThenBroken)
+    cfg = make_cfg(folders, tmp_path / "b", stages=BUDGET_STAGES[:1], log_every=10, val_every=10**6, ckpt_every=40,
+                   ema=0.9, compile="default")
+    with pytest.warns(UserWarning, match="no compiler this time"):
+        assert Trainer(cfg, progress=False, max_minutes=30).run(stop_after=1) is None
+    event = next(json.loads(x) for x in (tmp_path / "b/log.jsonl").read_text().splitlines() if "budget" in x)
+    assert len(made) >= 2 and event["seconds_per_step"][0] >= eager_s, event  # the stage will run eagerly
+    assert event["start_seconds"][0] < eager_s * calibration_warmup(cfg.data.workers) / 2, event
+
+
 def test_time_budget_too_small_or_added_on_resume_is_refused_before_any_step(folders, tmp_path):
     with pytest.raises(ConfigError, match=r"a budget of 0\.00 min is too small for this run: .* min of it to set up and measure"):
         Trainer(budget_cfg(folders, tmp_path / "small"), progress=False, max_minutes=0.001).run()  # (the budget given)

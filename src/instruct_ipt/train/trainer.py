@@ -803,9 +803,10 @@ class Trainer:
         try:  # a start with the graphs already compiled, as the real stage's will be
             again, steps = self._start_runner(probe, stage, tasks)
             self._time(lambda: steps(warm))
-            restart = time.perf_counter() - t0 - warm * timed
+            elapsed = time.perf_counter() - t0
             if again.net is again.eager:  # compiling failed this time: the stage will run eagerly, at that pace
                 timed = self._time(lambda: steps(CALIBRATION_STEPS)) / CALIBRATION_STEPS
+            restart = elapsed - warm * timed  # (its warm-up steps at the pace they ran)
         finally:
             if again is not None:
                 again.close()
