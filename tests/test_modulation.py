@@ -546,7 +546,6 @@ def test_a_mixed_batch_forward_compiles_as_one_graph():
         torch._dynamo.reset()
 
 
-
 class _Casts:
     """The shapes of the tensors cast (``_to_copy``) while it is entered."""
 
